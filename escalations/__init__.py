@@ -1,0 +1,1 @@
+"""Escalations: resolving professional differences over email."""

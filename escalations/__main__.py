@@ -1,0 +1,3 @@
+from escalations.cli import main
+
+main()

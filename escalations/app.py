@@ -1,0 +1,179 @@
+"""The one composition root: ``build_app(settings) -> App``. Nothing else reads settings."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from escalations.cases.store import Store, StoredInbound, content_key, make_engine
+from escalations.cases.workflow import Workflow
+from escalations.clock import Clock, SystemClock
+from escalations.mailer.outbox import OutboxDispatcher, Renderer
+from escalations.mailer.smtp_sender import FileSender, MailSender, SmtpRelaySender
+from escalations.processor import Outcome, Processor
+from escalations.routing.policy import PolicyConfig, load_config
+from escalations.settings import Settings
+
+log = structlog.get_logger("escalations.app")
+
+
+@dataclass
+class App:
+    settings: Settings
+    clock: Clock
+    config: PolicyConfig
+    store: Store
+    renderer: Renderer
+    processor: Processor
+    outbox: OutboxDispatcher
+    workflow: Workflow
+    wake_processor: threading.Event = field(default_factory=threading.Event)
+    wake_outbox: threading.Event = field(default_factory=threading.Event)
+    smtp_port: int | None = None
+
+    # ---- intake --------------------------------------------------------------------------
+
+    def accepts(self, address: str) -> bool:
+        """Is this envelope recipient one of our partnership mailboxes (sub-addresses included)?"""
+        a = address.strip().strip("<>").lower()
+        local, _, domain = a.partition("@")
+        mailboxes = self.config.all_mailboxes()
+        return a in mailboxes or f"{local.split('+', 1)[0]}@{domain}" in mailboxes
+
+    def on_stored(self, _inbound_id: int) -> None:
+        self.wake_processor.set()
+
+    def ingest(self, raw: bytes, *, received_at: datetime | None = None) -> StoredInbound:
+        """Store a saved message exactly as if it had arrived (``escalations ingest``)."""
+        stored = self.store.store_inbound(raw, source="cli", idempotency_key=content_key(raw),
+                                          received_at=received_at)
+        if stored.created:
+            self.on_stored(stored.id)
+        return stored
+
+    def process_pending(self) -> list[Outcome]:
+        outcomes = self.processor.process_pending()
+        if any(o.status == "done" for o in outcomes):
+            self.wake_outbox.set()
+        return outcomes
+
+    def send_outbox(self) -> int:
+        return self.outbox.send_due()
+
+    def tick(self, now: datetime | None = None) -> dict[str, Any]:
+        """Process waiting mail, run due reminders and escalations once, then send what is waiting."""
+        now = now or self.clock.now()
+        processed = self.process_pending()
+        fired = self.workflow.tick(now)
+        sent = self.send_outbox()
+        return {"now": now.isoformat(), "processed": len(processed), "timers_fired": len(fired),
+                "fired": fired, "sent": sent}
+
+    # ---- the service ---------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *, on_started: Callable[[App], None] | None = None) -> None:
+        """Run every component until ``stop`` is set. Each loop survives its own errors."""
+        from escalations.mailer.imap_watcher import ImapWatcher
+        from escalations.mailer.smtp_intake import start_smtp_intake
+
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        threads: list[threading.Thread] = []
+        controller = None
+        if s.smtp_intake_enabled:
+            controller = start_smtp_intake(self.store, self.accepts, host=s.smtp_listen_host,
+                                           port=s.smtp_listen_port, max_size=s.smtp_max_message_size,
+                                           on_stored=self.on_stored)
+            self.smtp_port = controller.port
+        for mb in s.mailboxes:
+            watcher = ImapWatcher(mb, self.store, on_stored=self.on_stored)
+            threads.append(threading.Thread(target=watcher.run, args=(stop,), name=f"imap-{mb.name}", daemon=True))
+        threads.append(threading.Thread(target=self._loop, args=(stop, self.wake_processor,
+                                        s.process_interval_seconds, self.process_pending, "processor"),
+                                        name="processor", daemon=True))
+        threads.append(threading.Thread(target=self._loop, args=(stop, self.wake_outbox, 2.0, self.send_outbox,
+                                        "outbox"), name="outbox", daemon=True))
+        scheduler = BackgroundScheduler(timezone="UTC")
+        scheduler.add_job(lambda: self._safely("tick", self.tick), "interval", seconds=s.tick_interval_seconds,
+                          id="tick", max_instances=1, coalesce=True)
+        for t in threads:
+            t.start()
+        scheduler.start()
+        log.info("service.started", smtp_port=self.smtp_port, mailboxes=[m.name for m in s.mailboxes],
+                 database=s.effective_database_url.split("@")[-1], relay=bool(s.relay))
+        self.wake_processor.set()
+        try:
+            if on_started is not None:
+                on_started(self)
+            stop.wait()
+        finally:
+            log.info("service.stopping")
+            scheduler.shutdown(wait=False)
+            if controller is not None:
+                controller.stop()
+            self.wake_processor.set()
+            self.wake_outbox.set()
+            for t in threads:
+                t.join(timeout=10)
+            log.info("service.stopped")
+
+    @staticmethod
+    def _safely(name: str, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception:
+            log.exception(f"{name}.failed")
+
+    def _loop(self, stop: threading.Event, wake: threading.Event, interval: float,
+              fn: Callable[[], object], name: str) -> None:
+        while not stop.is_set():
+            wake.wait(timeout=interval)
+            wake.clear()
+            if stop.is_set():
+                break
+            self._safely(name, fn)
+
+
+def mail_sender_for(settings: Settings) -> MailSender:
+    if settings.relay is not None:
+        return SmtpRelaySender(settings.relay)
+    return FileSender(settings.sent_dir)
+
+
+def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSender | None = None,
+              config: PolicyConfig | None = None) -> App:
+    clock = clock or SystemClock()
+    config = config or load_config(settings.config_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(make_engine(settings.effective_database_url), clock)
+    store.create_schema()
+    renderer = Renderer()
+    app_ref: list[App] = []
+    workflow = Workflow(store, config, renderer, settings.secret_key.get_secret_value().encode(),
+                        settings.message_id_domain, subaddressing=settings.reply_subaddressing)
+    processor = Processor(store, config, renderer, clock, message_id_domain=settings.message_id_domain,
+                          workflow=workflow, trusted_authserv_ids=settings.trusted_authserv_ids,
+                          on_queued=lambda: app_ref[0].wake_outbox.set() if app_ref else None)
+    outbox = OutboxDispatcher(store, sender or mail_sender_for(settings), max_attempts=settings.outbox_max_attempts,
+                              backoff_initial=settings.outbox_backoff_initial_seconds,
+                              backoff_max=settings.outbox_backoff_max_seconds)
+    app = App(settings=settings, clock=clock, config=config, store=store, renderer=renderer,
+              processor=processor, outbox=outbox, workflow=workflow)
+    app_ref.append(app)
+    return app
+
+
+def demo_messages() -> Iterable[tuple[str, Path]]:
+    """The bundled sample referral of each partnership (escalations/demo/<id>.eml)."""
+    folder = Path(__file__).resolve().parent / "demo"
+    for path in sorted(folder.glob("*.eml")):
+        yield path.stem, path
+
+

@@ -1,0 +1,204 @@
+"""Database tables (sqlmodel). Every datetime is stored as UTC and read back timezone-aware."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, LargeBinary, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware datetimes on every backend: stored as UTC, returned with tzinfo=UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utc_column(*, nullable: bool = False, index: bool = False) -> Any:
+    return Field(sa_column=Column(UTCDateTime(), nullable=nullable, index=index))
+
+
+def nullable_utc(*, index: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=True, index=index))
+
+
+def json_column(default_factory: Any) -> Any:
+    return Field(default_factory=default_factory, sa_column=Column(JSON, nullable=False))
+
+
+class InboundMessage(SQLModel, table=True):
+    """Raw inbound mail, stored before any server is told we have it (ARCHITECTURE: raw first)."""
+
+    __tablename__ = "inbound_message"
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(sa_column=Column(String(16), nullable=False))  # imap | smtp | cli
+    idempotency_key: str = Field(sa_column=Column(String(512), nullable=False, unique=True))
+    #: SHA-256 over Message-ID, From, Date, Subject and body: the same mail seen over IMAP and
+    #: SMTP, or after a UIDVALIDITY change, has the same fingerprint even though transit headers differ.
+    fingerprint: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    account: str | None = Field(default=None, sa_column=Column(String(255)))
+    folder: str | None = Field(default=None, sa_column=Column(String(255)))
+    message_id: str | None = Field(default=None, sa_column=Column(String(998), index=True))
+    envelope_sender: str | None = Field(default=None, sa_column=Column(String(998)))
+    envelope_recipients: list[str] = json_column(list)
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    size: int = 0
+    received_at: datetime = utc_column(index=True)
+    #: pending -> done | quarantined ; claimed_at marks work in progress (stale claims are retaken).
+    status: str = Field(default="pending", sa_column=Column(String(16), nullable=False, index=True))
+    kind: str | None = Field(default=None, sa_column=Column(String(32)))
+    partnership: str | None = Field(default=None, sa_column=Column(String(64)))
+    case_id: int | None = Field(default=None, foreign_key="case.id", index=True)
+    attempts: int = 0
+    claimed_at: datetime | None = nullable_utc()
+    processed_at: datetime | None = nullable_utc()
+    error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class InboundAlias(SQLModel, table=True):
+    """Further idempotency keys that resolve to an already stored message."""
+
+    __tablename__ = "inbound_alias"
+
+    idempotency_key: str = Field(sa_column=Column(String(512), primary_key=True))
+    inbound_id: int = Field(foreign_key="inbound_message.id", index=True)
+    created_at: datetime = utc_column()
+
+
+class ImapCursor(SQLModel, table=True):
+    """How far a watcher has stored a folder. An optimisation only: correctness rests on the keys."""
+
+    __tablename__ = "imap_cursor"
+    __table_args__ = (UniqueConstraint("account", "folder"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    account: str = Field(sa_column=Column(String(255), nullable=False))
+    folder: str = Field(sa_column=Column(String(255), nullable=False))
+    uidvalidity: int = 0
+    last_uid: int = 0
+    updated_at: datetime = utc_column()
+
+
+class Case(SQLModel, table=True):
+    __tablename__ = "case"
+
+    id: int | None = Field(default=None, primary_key=True)
+    reference: str = Field(sa_column=Column(String(32), nullable=False, unique=True))
+    partnership: str = Field(sa_column=Column(String(64), nullable=False, index=True))
+    #: awaiting_information | open | needs_routing | resolved | closed | withdrawn
+    status: str = Field(sa_column=Column(String(32), nullable=False, index=True))
+    #: 1-based stage number as the policy names it (0: the immediate-risk step).
+    stage: int | None = None
+    #: Index into the route's stages (-1: the immediate-risk step); None before routing.
+    stage_index: int | None = None
+    route: str | None = Field(default=None, sa_column=Column(String(64)))
+    stage_opened_at: datetime | None = nullable_utc()
+    raising_agency: str | None = Field(default=None, sa_column=Column(String(64)))
+    other_agency: str | None = Field(default=None, sa_column=Column(String(64)))
+    #: Who is involved at the current stage: [{email, name, role_name, party, side, deputy_email, ...}].
+    parties: list[dict[str, Any]] = json_column(list)
+    #: A RESOLVED awaiting the other side's confirmation: {by, side, outcome, at, stage}.
+    resolution: dict[str, Any] = json_column(dict)
+    closed_at: datetime | None = nullable_utc()
+    opened_at: datetime = utc_column()
+    updated_at: datetime = utc_column()
+    due_at: datetime | None = nullable_utc(index=True)
+    raised_by_email: str | None = Field(default=None, sa_column=Column(String(320)))
+    immediate_risk: bool = False
+    #: The referral as understood (contains personal data: stays in the database, never in logs).
+    fields: dict[str, Any] = json_column(dict)
+    missing: list[str] = json_column(list)
+    policy_version: str | None = Field(default=None, sa_column=Column(String(128)))
+    #: The partnership policy as it was when the case opened (a later YAML edit does not move deadlines).
+    policy_snapshot: dict[str, Any] = json_column(dict)
+    origin_inbound_id: int | None = None  # no FK: inbound_message already references case
+    origin_message_id: str | None = Field(default=None, sa_column=Column(String(998)))
+
+
+class CaseEvent(SQLModel, table=True):
+    """Append-only history of a case: who, when, what, which message, which clause."""
+
+    __tablename__ = "case_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="case.id", index=True)
+    at: datetime = utc_column()
+    kind: str = Field(sa_column=Column(String(64), nullable=False))
+    actor: str | None = Field(default=None, sa_column=Column(String(320)))
+    inbound_id: int | None = Field(default=None, foreign_key="inbound_message.id")
+    clause: str | None = Field(default=None, sa_column=Column(String(255)))
+    detail: dict[str, Any] = json_column(dict)
+
+
+class ReferenceCounter(SQLModel, table=True):
+    __tablename__ = "reference_counter"
+    __table_args__ = (UniqueConstraint("prefix", "year"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    prefix: str = Field(sa_column=Column(String(16), nullable=False))
+    year: int
+    last: int = 0
+
+
+class OutboxMessage(SQLModel, table=True):
+    """Outgoing mail: a row first, sent after commit (ARCHITECTURE: outbox)."""
+
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    #: Makes every send idempotent: e.g. "ack:<inbound id>". A second insert with it is a no-op.
+    dedupe_key: str = Field(sa_column=Column(String(512), nullable=False, unique=True))
+    message_id: str = Field(sa_column=Column(String(998), nullable=False, unique=True))
+    case_id: int | None = Field(default=None, foreign_key="case.id", index=True)
+    template: str = Field(sa_column=Column(String(128), nullable=False))
+    sender: str = Field(sa_column=Column(String(320), nullable=False))
+    recipients: list[str] = json_column(list)
+    subject: str = Field(sa_column=Column(String(998), nullable=False))
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    #: pending | sending | sent | failed
+    status: str = Field(default="pending", sa_column=Column(String(16), nullable=False, index=True))
+    attempts: int = 0
+    next_attempt_at: datetime = utc_column(index=True)
+    created_at: datetime = utc_column()
+    sent_at: datetime | None = nullable_utc()
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class Timer(SQLModel, table=True):
+    """A persisted deadline: reminders and escalations live here, never only in memory.
+
+    ``key`` is unique per case/stage/kind, so scheduling twice, restarting, or two processes
+    ticking together can never produce the same reminder twice.
+    """
+
+    __tablename__ = "timer"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(sa_column=Column(String(255), nullable=False, unique=True))
+    case_id: int = Field(foreign_key="case.id", index=True)
+    stage: int | None = None
+    #: remind_before | remind_due | escalate | routing_reminder | confirm_deadline | info_reminder
+    kind: str = Field(sa_column=Column(String(32), nullable=False))
+    due_at: datetime = utc_column(index=True)
+    #: pending | firing | done | cancelled
+    status: str = Field(default="pending", sa_column=Column(String(16), nullable=False, index=True))
+    created_at: datetime = utc_column()
+    fired_at: datetime | None = nullable_utc()
+    claimed_at: datetime | None = nullable_utc()

@@ -1,0 +1,431 @@
+"""Command line (typer). Thin: parses arguments, builds the app, prints results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import smtplib
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Optional
+from zoneinfo import ZoneInfo
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from escalations.logs import configure_logging
+from escalations.routing.policy import ConfigError
+from escalations.settings import Settings
+
+app = typer.Typer(help="Resolving professional differences: the partnership escalation service.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+cases_app = typer.Typer(help="Cases: list and show.", no_args_is_help=True)
+outbox_app = typer.Typer(help="Outgoing mail waiting or sent.", no_args_is_help=True)
+quarantine_app = typer.Typer(help="Mail that could not be processed, and replaying it.", no_args_is_help=True)
+app.add_typer(cases_app, name="cases")
+app.add_typer(outbox_app, name="outbox")
+app.add_typer(quarantine_app, name="quarantine")
+
+try:  # the policy-engine commands (config check, policy show/timeline)
+    from escalations.policy_cli import config_app, policy_app
+
+    app.add_typer(config_app, name="config")
+    app.add_typer(policy_app, name="policy")
+except ImportError:  # pragma: no cover - only while the module is being written
+    pass
+
+console = Console()
+err = Console(stderr=True)
+LONDON = ZoneInfo("Europe/London")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", envvar="ESCALATIONS_DATA_DIR",
+                        help="SQLite database and captured mail [default: ./var]")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", envvar="ESCALATIONS_CONFIG",
+                      help="Configuration folder [default: the repository's config/]")] = None,
+    database_url: Annotated[Optional[str], typer.Option("--database-url", envvar="ESCALATIONS_DATABASE_URL",
+                            help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db [default: SQLite]")] = None,
+) -> None:
+    overrides: dict[str, Any] = {}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if config is not None:
+        overrides["config_dir"] = config
+    if database_url is not None:
+        overrides["database_url"] = database_url
+    ctx.obj = Settings(**overrides)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, Settings)
+    return obj
+
+
+def _build(ctx: typer.Context, log_format: str = "console", level: int = logging.WARNING) -> Any:
+    from escalations.app import build_app
+
+    configure_logging("json" if log_format == "json" else "console", level)
+    try:
+        return build_app(_settings(ctx))
+    except ConfigError as exc:
+        err.print("[red]Configuration is not valid:[/red]")
+        for issue in exc.issues:
+            err.print(f"  {issue}", markup=False, highlight=False)
+        raise typer.Exit(2) from exc
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.isoformat() if dt else None
+
+
+def _local(dt: datetime | None) -> str:
+    return dt.astimezone(LONDON).strftime("%a %d %b %Y %H:%M") if dt else "-"
+
+
+def parse_when(value: str) -> datetime:
+    """ISO date/time; a naive one is Europe/London local time."""
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not an ISO date/time: {value!r}") from exc
+    return (dt.replace(tzinfo=LONDON) if dt.tzinfo is None else dt).astimezone(UTC)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+# ---- run ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    demo: Annotated[bool, typer.Option("--demo", help="Submit each partnership's sample referral and show cases.")] = False,
+    smtp_port: Annotated[Optional[int], typer.Option("--smtp-port", help="SMTP intake port [default: 8025]")] = None,
+) -> None:
+    """Run the service: IMAP watchers, SMTP intake, processor, outbox sender, scheduler."""
+    settings = _settings(ctx)
+    if smtp_port is not None:
+        settings.smtp_listen_port = smtp_port
+    if demo:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        configure_logging("json", logging.INFO)
+        _log_to_file(settings.data_dir / "escalations.log")
+    else:
+        configure_logging(settings.log_format if settings.log_format != "console" else "json", logging.INFO)
+    from escalations.app import build_app
+
+    try:
+        application = build_app(settings)
+    except ConfigError as exc:
+        err.print("[red]Configuration is not valid:[/red]")
+        for issue in exc.issues:
+            err.print(f"  {issue}", markup=False, highlight=False)
+        raise typer.Exit(2) from exc
+    stop = threading.Event()
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    on_started = _demo_driver(stop) if demo else None
+    application.run(stop, on_started=on_started)
+
+
+def _log_to_file(path: Path) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_escalations", False):
+            root.removeHandler(h)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._escalations = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+
+
+def _demo_driver(stop: threading.Event) -> Any:
+    from rich.live import Live
+
+    from escalations.app import App, demo_messages
+
+    def drive(application: App) -> None:
+        s = application.settings
+        console.print(f"[bold]escalations demo[/bold] — SMTP intake on {s.smtp_listen_host}:{application.smtp_port}, "
+                      f"database {s.effective_database_url}, mail written to {s.sent_dir}/, log in "
+                      f"{s.data_dir / 'escalations.log'}")
+        for pid, path in demo_messages():
+            partnership = application.config.partnerships.get(pid)
+            if partnership is None:
+                continue
+            raw = path.read_bytes()
+            with smtplib.SMTP(s.smtp_listen_host, application.smtp_port or s.smtp_listen_port, timeout=30) as c:
+                c.sendmail("practitioner@example.org", [partnership.primary_mailbox], raw)
+            console.print(f"  submitted the sample referral of [cyan]{partnership.name}[/cyan] over SMTP")
+        console.print("Watching cases (Ctrl-C to stop; send more mail to the SMTP port to see it arrive)…")
+
+        def watch() -> None:
+            with Live(_cases_table(application), console=console, refresh_per_second=2) as live:
+                while not stop.is_set():
+                    live.update(_cases_table(application))
+                    time.sleep(0.5)
+
+        threading.Thread(target=watch, name="demo-view", daemon=True).start()
+
+    return drive
+
+
+def _cases_table(application: Any) -> Table:
+    table = Table(title="Cases")
+    for col in ("Reference", "Partnership", "Status", "Stage", "Opened (London)", "Missing", "Acknowledgement"):
+        table.add_column(col)
+    sent_by_case: dict[int, str] = {}
+    for row in application.store.list_outbox():
+        if row.case_id is not None and row.template.startswith("referral_"):
+            sent_by_case[row.case_id] = row.status
+    for case in application.store.list_cases():
+        table.add_row(case.reference, case.partnership, case.status, str(case.stage or "-"), _local(case.opened_at),
+                      ", ".join(case.missing) or "-", sent_by_case.get(case.id or 0, "-"))
+    return table
+
+
+# ---- parse / ingest ------------------------------------------------------------------------------
+
+
+@app.command()
+def parse(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="A saved .eml message")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Parse one message and show what was understood. No side effects."""
+    from escalations.inspect import inspect_message
+    from escalations.routing.policy import load_config
+
+    try:
+        config = load_config(_settings(ctx).config_dir)
+    except ConfigError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(2) from exc
+    result = inspect_message(file.read_bytes(), config)
+    if as_json:
+        _print_json(result)
+        return
+    console.print(f"kind: [bold]{result['kind']}[/bold]   partnership: {result['partnership'] or '(none)'}")
+    if result.get("reason"):
+        console.print(f"reason: {result['reason']}")
+    table = Table("field", "value")
+    for name, value in result["fields"].items():
+        if value not in (None, [], ""):
+            table.add_row(name, json.dumps(value) if isinstance(value, list) else str(value))
+    console.print(table)
+    console.print(f"missing: {', '.join(result['missing']) or 'nothing'}")
+
+
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True, help=".eml files")],
+    received: Annotated[Optional[str], typer.Option("--received", help="When they arrived (ISO; default now)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Store and process saved messages exactly as if they had arrived."""
+    application = _build(ctx)
+    when = parse_when(received) if received else None
+    results = []
+    for path in files:
+        stored = application.ingest(path.read_bytes(), received_at=when)
+        results.append({"file": str(path), "inbound_id": stored.id, "new": stored.created})
+    outcomes = {o.inbound_id: o for o in application.process_pending()}
+    sent = application.send_outbox()
+    for r in results:
+        o = outcomes.get(r["inbound_id"])
+        row = application.store.get_inbound(r["inbound_id"])
+        r["kind"] = o.kind if o else (row.kind if row else None)
+        r["status"] = o.status if o else (row.status if row else None)
+        r["case"] = o.case_reference if o else None
+        if r["case"] is None and row is not None and row.case_id is not None:
+            r["case"] = next((c.reference for c in application.store.list_cases() if c.id == row.case_id), None)
+        r["detail"] = o.detail if o else ("already received" if not r["new"] else "")
+    if as_json:
+        _print_json({"messages": results, "sent": sent})
+        return
+    table = Table("file", "inbound", "kind", "status", "case", "detail")
+    for r in results:
+        table.add_row(r["file"], str(r["inbound_id"]), str(r["kind"]), str(r["status"]), str(r["case"] or "-"),
+                      str(r["detail"]))
+    console.print(table)
+    console.print(f"{sent} message(s) sent")
+
+
+# ---- cases -------------------------------------------------------------------------------------------
+
+
+def case_json(application: Any, case: Any) -> dict[str, Any]:
+    events = application.store.case_events(case.id)
+    outbox = [o for o in application.store.list_outbox() if o.case_id == case.id]
+    return {
+        "reference": case.reference,
+        "partnership": case.partnership,
+        "status": case.status,
+        "stage": case.stage,
+        "route": case.route,
+        "opened_at": _iso(case.opened_at),
+        "updated_at": _iso(case.updated_at),
+        "due_at": _iso(case.due_at),
+        "immediate_risk": case.immediate_risk,
+        "raised_by_email": case.raised_by_email,
+        "missing": case.missing,
+        "policy_version": case.policy_version,
+        "parties": sorted({r for o in outbox for r in o.recipients}),
+        "fields": case.fields,
+        "events": [{"at": _iso(e.at), "kind": e.kind, "actor": e.actor, "clause": e.clause, "detail": e.detail,
+                    "inbound_id": e.inbound_id} for e in events],
+        "mail": [{"message_id": o.message_id, "template": o.template, "to": o.recipients, "status": o.status,
+                  "subject": o.subject, "created_at": _iso(o.created_at), "sent_at": _iso(o.sent_at)} for o in outbox],
+    }
+
+
+@cases_app.command("list")
+def cases_list(
+    ctx: typer.Context,
+    partnership: Annotated[Optional[str], typer.Option(help="Only this partnership id")] = None,
+    status: Annotated[Optional[str], typer.Option(help="Only this status")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List cases with stage, status and due time."""
+    application = _build(ctx)
+    rows = application.store.list_cases(partnership, status)
+    if as_json:
+        _print_json([{"reference": c.reference, "partnership": c.partnership, "status": c.status, "stage": c.stage,
+                      "opened_at": _iso(c.opened_at), "due_at": _iso(c.due_at), "missing": c.missing} for c in rows])
+        return
+    console.print(_cases_table(application))
+
+
+@cases_app.command("show")
+def cases_show(ctx: typer.Context, reference: Annotated[str, typer.Argument(help="e.g. CH-2026-0001")],
+               as_json: JsonOpt = False) -> None:
+    """Show one case with its event history and mail."""
+    application = _build(ctx)
+    case = application.store.case_by_reference(reference)
+    if case is None:
+        err.print(f"No case with reference {reference}")
+        raise typer.Exit(1)
+    data = case_json(application, case)
+    if as_json:
+        _print_json(data)
+        return
+    console.print(f"[bold]{data['reference']}[/bold]  {data['partnership']}  status={data['status']}  "
+                  f"stage={data['stage'] or '-'}  due={_local(case.due_at)}")
+    console.print(f"opened {_local(case.opened_at)}; missing: {', '.join(data['missing']) or 'nothing'}")
+    events = Table("when (London)", "event", "actor", "clause", "detail", title="History")
+    for e in application.store.case_events(case.id):
+        events.add_row(_local(e.at), e.kind, e.actor or "-", e.clause or "-", json.dumps(e.detail, default=str)[:120])
+    console.print(events)
+    mail = Table("created", "template", "to", "status", title="Mail")
+    for m in data["mail"]:
+        mail.add_row(m["created_at"], m["template"], ", ".join(m["to"]), m["status"])
+    console.print(mail)
+
+
+# ---- tick / outbox / quarantine ------------------------------------------------------------------
+
+
+@app.command()
+def tick(ctx: typer.Context,
+         now: Annotated[Optional[str], typer.Option("--now", help="Pretend it is this time (ISO)")] = None,
+         as_json: JsonOpt = False) -> None:
+    """Run due reminders and escalations once (and process/send anything waiting)."""
+    from escalations.app import build_app
+    from escalations.clock import FakeClock, SystemClock
+
+    configure_logging("console", logging.WARNING)
+    clock = FakeClock(parse_when(now)) if now else SystemClock()
+    try:
+        application = build_app(_settings(ctx), clock=clock)
+    except ConfigError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(2) from exc
+    result = application.tick(clock.now())
+    if as_json:
+        _print_json(result)
+    else:
+        console.print(", ".join(f"{k}: {v}" for k, v in result.items()))
+
+
+@outbox_app.command("list")
+def outbox_list(ctx: typer.Context,
+                status: Annotated[Optional[str], typer.Option(help="pending | sending | sent | failed")] = None,
+                as_json: JsonOpt = False) -> None:
+    """What is waiting to go out, and what went."""
+    application = _build(ctx)
+    rows = application.store.list_outbox(status)
+    data = [{"id": o.id, "case_id": o.case_id, "template": o.template, "to": o.recipients, "subject": o.subject,
+             "status": o.status, "attempts": o.attempts, "next_attempt_at": _iso(o.next_attempt_at),
+             "sent_at": _iso(o.sent_at), "last_error": o.last_error, "message_id": o.message_id} for o in rows]
+    if as_json:
+        _print_json(data)
+        return
+    table = Table("id", "subject", "to", "status", "attempts", "next attempt", "last error", title="Outbox")
+    for d, o in zip(data, rows, strict=True):
+        table.add_row(str(d["id"]), d["subject"], ", ".join(d["to"]), d["status"], str(d["attempts"]),
+                      _local(o.next_attempt_at) if o.status == "pending" else "-", (d["last_error"] or "")[:60])
+    console.print(table)
+
+
+@quarantine_app.command("list")
+def quarantine_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Messages that could not be processed, with the reason."""
+    application = _build(ctx)
+    rows = application.store.list_inbound("quarantined")
+    data = [{"id": r.id, "source": r.source, "received_at": _iso(r.received_at), "message_id": r.message_id,
+             "partnership": r.partnership, "size": r.size, "attempts": r.attempts,
+             "reason": (r.error or "").split("\n", 1)[0]} for r in rows]
+    if as_json:
+        _print_json(data)
+        return
+    table = Table("id", "received (London)", "source", "partnership", "reason", title="Quarantine")
+    for d, r in zip(data, rows, strict=True):
+        table.add_row(str(d["id"]), _local(r.received_at), d["source"], d["partnership"] or "-", d["reason"])
+    console.print(table)
+
+
+@quarantine_app.command("replay")
+def quarantine_replay(ctx: typer.Context,
+                      ids: Annotated[list[int], typer.Argument(help="Quarantined message id(s)")],
+                      as_json: JsonOpt = False) -> None:
+    """Process quarantined messages again (after fixing configuration or code)."""
+    application = _build(ctx)
+    results = []
+    for inbound_id in ids:
+        if not application.store.release_for_replay(inbound_id):
+            results.append({"id": inbound_id, "status": "not-quarantined"})
+            continue
+        outcome = application.processor.process_one(inbound_id)
+        results.append({"id": inbound_id, "status": outcome.status, "kind": outcome.kind,
+                        "case": outcome.case_reference, "detail": outcome.detail})
+    sent = application.send_outbox()
+    if as_json:
+        _print_json({"replayed": results, "sent": sent})
+    else:
+        for r in results:
+            console.print(", ".join(f"{k}={v}" for k, v in r.items() if v is not None))
+    if any(r["status"] != "done" for r in results):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,168 @@
+"""The outbox: outgoing mail becomes a row in the caller's transaction, and is sent after commit.
+
+The Message-ID is fixed when the row is created, so a retry after a crash re-sends the same
+message, which the recipient's client shows once.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, formataddr
+from typing import Any
+
+import structlog
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from sqlmodel import Session, select
+
+from escalations.cases.models import OutboxMessage
+from escalations.cases.store import Store
+from escalations.mailer.smtp_sender import DeliveryError, MailSender
+from escalations.routing.decide import OutgoingMail
+
+log = structlog.get_logger("escalations.outbox")
+
+
+class Renderer:
+    """Jinja2 mail bodies under escalations/templates; undefined variables are errors, not blanks."""
+
+    def __init__(self) -> None:
+        self.env = Environment(
+            loader=PackageLoader("escalations", "templates"),
+            undefined=StrictUndefined,
+            autoescape=False,  # plain-text mail
+            keep_trailing_newline=True,
+            trim_blocks=False,
+        )
+
+    def render(self, template: str, context: Mapping[str, Any]) -> str:
+        return self.env.get_template(template).render(**context)
+
+
+def new_message_id(domain: str) -> str:
+    return f"{uuid.uuid4().hex}@{domain}"
+
+
+def build_message(
+    *,
+    mail: OutgoingMail,
+    body: str,
+    from_address: str,
+    from_name: str,
+    message_id: str,
+    date: datetime,
+    reply_to: str | None = None,
+) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = formataddr((from_name, from_address))
+    msg["To"] = ", ".join(mail.to)
+    if mail.cc:
+        msg["Cc"] = ", ".join(mail.cc)
+    if reply_to:
+        msg["Reply-To"] = reply_to
+    msg["Subject"] = mail.subject
+    msg["Date"] = format_datetime(date)
+    msg["Message-ID"] = f"<{message_id}>"
+    if mail.in_reply_to:
+        msg["In-Reply-To"] = f"<{mail.in_reply_to}>"
+        msg["References"] = f"<{mail.in_reply_to}>"
+    # RFC 3834: mark our mail so well-behaved responders do not answer it.
+    msg["Auto-Submitted"] = mail.auto_submitted
+    msg["X-Escalations-Template"] = mail.template.removesuffix(".txt.j2")
+    msg.set_content(body, charset="utf-8", cte="quoted-printable")
+    return msg.as_bytes(policy=SMTP)  # CRLF line ends, as sent on the wire
+
+
+def enqueue(
+    session: Session,
+    mail: OutgoingMail,
+    *,
+    renderer: Renderer,
+    from_address: str,
+    from_name: str,
+    case_id: int | None,
+    now: datetime,
+    message_id_domain: str,
+    reply_to: str | None = None,
+    footer: str = "",
+    message_id: str | None = None,
+) -> OutboxMessage | None:
+    """Add the row to the caller's transaction. Returns None if this dedupe key was queued before."""
+    existing = session.exec(select(OutboxMessage).where(OutboxMessage.dedupe_key == mail.dedupe_key)).first()
+    if existing is not None:
+        return None
+    message_id = message_id or new_message_id(message_id_domain)
+    body = renderer.render(mail.template, mail.context)
+    if footer:
+        body = body.rstrip("\n") + "\n" + footer + "\n"
+    raw = build_message(mail=mail, body=body, from_address=from_address, from_name=from_name,
+                        message_id=message_id, date=now, reply_to=reply_to)
+    row = OutboxMessage(
+        dedupe_key=mail.dedupe_key,
+        message_id=message_id,
+        case_id=case_id,
+        template=mail.template,
+        sender=from_address,
+        recipients=[*mail.to, *mail.cc],
+        subject=mail.subject,
+        raw=raw,
+        next_attempt_at=now,
+        created_at=now,
+    )
+    session.add(row)
+    return row
+
+
+class OutboxDispatcher:
+    """Sends due rows, one at a time, with exponential backoff; a permanent failure stops retries."""
+
+    def __init__(
+        self,
+        store: Store,
+        sender: MailSender,
+        *,
+        max_attempts: int = 8,
+        backoff_initial: float = 30.0,
+        backoff_max: float = 3600.0,
+    ) -> None:
+        self.store = store
+        self.sender = sender
+        self.max_attempts = max_attempts
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+
+    def retry_delay(self, attempts: int) -> timedelta:
+        base = min(self.backoff_max, self.backoff_initial * (2 ** max(0, attempts - 1)))
+        return timedelta(seconds=base * random.uniform(0.8, 1.0))
+
+    def send_due(self) -> int:
+        sent = 0
+        for oid in self.store.claim_due_outbox():
+            row = self.store.get_outbox(oid)
+            if row is None:
+                continue
+            try:
+                self.sender.send(row.sender, list(row.recipients), row.raw, name_hint=f"{row.id:06d}-{row.message_id}")
+            except DeliveryError as exc:
+                attempts = row.attempts + 1
+                final = exc.permanent or attempts >= self.max_attempts
+                retry_at = None if final else self.store.clock.now() + self.retry_delay(attempts)
+                self.store.mark_outbox_failed(oid, str(exc), retry_at)
+                log.warning("outbox.send_failed", outbox_id=oid, message_id=row.message_id, attempts=attempts,
+                            permanent=exc.permanent, final=final, error=str(exc))
+                continue
+            except Exception as exc:  # never lose the row to an unexpected error
+                attempts = row.attempts + 1
+                self.store.mark_outbox_failed(oid, f"{type(exc).__name__}: {exc}",
+                                              self.store.clock.now() + self.retry_delay(attempts))
+                log.exception("outbox.send_error", outbox_id=oid, message_id=row.message_id)
+                continue
+            self.store.mark_outbox_sent(oid)
+            sent += 1
+            log.info("outbox.sent", outbox_id=oid, message_id=row.message_id, template=row.template,
+                     case_id=row.case_id)
+        return sent

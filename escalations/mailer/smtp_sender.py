@@ -1,0 +1,83 @@
+"""Delivery edges: an SMTP relay (STARTTLS/SSL, AUTH) or, with no relay configured, .eml files."""
+
+from __future__ import annotations
+
+import os
+import re
+import smtplib
+import ssl
+from pathlib import Path
+from typing import Protocol
+
+from escalations.settings import RelaySettings
+
+
+class DeliveryError(Exception):
+    """A send failed. ``permanent`` errors are not retried."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class MailSender(Protocol):
+    def send(self, sender: str, recipients: list[str], raw: bytes, *, name_hint: str) -> None: ...
+
+
+class FileSender:
+    """Writes each message as ``<dir>/<name_hint>.eml``, atomically (write then rename)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def send(self, sender: str, recipients: list[str], raw: bytes, *, name_hint: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name_hint)[:120]
+        final = self.directory / f"{safe}.eml"
+        tmp = self.directory / f".{safe}.tmp"
+        envelope = f"X-Envelope-From: <{sender}>\r\nX-Envelope-To: {', '.join(recipients)}\r\n".encode()
+        with open(tmp, "wb") as fh:
+            fh.write(envelope + raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+
+
+class SmtpRelaySender:
+    def __init__(self, relay: RelaySettings) -> None:
+        self.relay = relay
+
+    def _context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        if not self.relay.verify_tls:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    def send(self, sender: str, recipients: list[str], raw: bytes, *, name_hint: str) -> None:
+        r = self.relay
+        try:
+            client: smtplib.SMTP
+            if r.security == "ssl":
+                client = smtplib.SMTP_SSL(r.host, r.port, timeout=r.timeout_seconds, context=self._context())
+            else:
+                client = smtplib.SMTP(r.host, r.port, timeout=r.timeout_seconds)
+            with client:
+                client.ehlo()
+                if r.security == "starttls":
+                    client.starttls(context=self._context())
+                    client.ehlo()
+                if r.username:
+                    client.login(r.username, r.password.get_secret_value() if r.password else "")
+                refused = client.sendmail(sender, recipients, raw)
+                if refused:
+                    # Partial refusal: the accepted ones have it; retrying would send twice to them.
+                    codes = {addr: code for addr, (code, _msg) in refused.items()}
+                    raise DeliveryError(f"recipients refused: {codes}", permanent=True)
+        except smtplib.SMTPRecipientsRefused as exc:
+            permanent = all(code >= 500 for code, _ in exc.recipients.values())
+            raise DeliveryError(f"all recipients refused: {sorted(exc.recipients)}", permanent=permanent) from exc
+        except smtplib.SMTPResponseException as exc:
+            raise DeliveryError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", permanent=exc.smtp_code >= 500) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,264 @@
+"""Administrators' tools: ``escalations config check`` and ``escalations policy show / timeline``.
+
+The root CLI (escalations/cli.py) mounts :data:`config_app` and :data:`policy_app` and sets
+``ctx.obj`` to an object with a ``config_dir`` attribute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from escalations.routing.policy import (
+    CHILD_STATUSES,
+    ConfigError,
+    ConfigIssue,
+    Partnership,
+    PolicyConfig,
+    Stage,
+    StagePlan,
+    Timescale,
+    load_config,
+    timeline,
+)
+
+config_app = typer.Typer(help="Check the partnership configuration (YAML under config/).", no_args_is_help=True)
+policy_app = typer.Typer(help="Show a partnership's encoded escalation policy and preview its deadlines.",
+                         no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _config_dir(ctx: typer.Context) -> Path:
+    root = ctx.find_root()
+    for obj in (ctx.obj, root.obj):
+        value = getattr(obj, "config_dir", None)
+        if value is not None:
+            return Path(value)
+    env = os.environ.get("ESCALATIONS_CONFIG")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "config"
+
+
+def _rel(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def _issue_text(i: ConfigIssue) -> str:
+    return str(ConfigIssue(_rel(i.file), i.line, i.field, i.message))
+
+
+def _issue_json(i: ConfigIssue) -> dict[str, Any]:
+    return {"file": _rel(i.file), "line": i.line, "field": i.field, "message": i.message}
+
+
+def _load(ctx: typer.Context, err: Console) -> PolicyConfig:
+    try:
+        return load_config(_config_dir(ctx))
+    except ConfigError as exc:
+        for i in exc.issues:
+            err.print(_issue_text(i), markup=False, highlight=False, soft_wrap=True)
+        err.print(f"{len(exc.issues)} configuration error(s); run 'escalations config check'.")
+        raise typer.Exit(1) from None
+
+
+def _partnership(cfg: PolicyConfig, pid: str, err: Console) -> Partnership:
+    p = cfg.partnerships.get(pid)
+    if p is None:
+        err.print(f"unknown partnership {pid!r}; known: {', '.join(sorted(cfg.partnerships))}")
+        raise typer.Exit(2)
+    return p
+
+
+@config_app.command("check")
+def config_check(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Validate every partnership and agencies file; errors name file, line and field. Exit 1 on error."""
+    out, err = Console(), Console(stderr=True)
+    try:
+        cfg = load_config(_config_dir(ctx))
+    except ConfigError as exc:
+        if as_json:
+            out.print_json(json.dumps({"ok": False, "errors": [_issue_json(i) for i in exc.issues]}))
+        else:
+            for i in exc.issues:
+                err.print(_issue_text(i), markup=False, highlight=False, soft_wrap=True)
+            err.print(f"{len(exc.issues)} configuration error(s).")
+        raise typer.Exit(1) from None
+    if as_json:
+        out.print_json(json.dumps({
+            "ok": True,
+            "partnerships": {pid: {"policy_version": p.policy_version, "mailboxes": p.mailboxes,
+                                   "routes": [r.id for r in p.routes], "agencies": len(p.agencies)}
+                             for pid, p in cfg.partnerships.items()},
+            "warnings": [_issue_json(w) for w in cfg.warnings],
+        }))
+        return
+    table = Table(title=f"Configuration OK: {_config_dir(ctx)}")
+    for col in ("Partnership", "Mailbox", "Policy version", "Routes", "Stages", "Agencies"):
+        table.add_column(col)
+    for p in cfg.partnerships.values():
+        table.add_row(p.id, ", ".join(p.mailboxes), p.policy_version, ", ".join(r.id for r in p.routes),
+                      str(sum(len(r.stages) for r in p.routes)), str(len(p.agencies)))
+    out.print(table)
+    for w in cfg.warnings:
+        out.print(f"warning: {_issue_text(w)}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _who(parties: list[str]) -> str:
+    return ", ".join(parties)
+
+
+def _timescale(stage: Stage) -> str:
+    parts = []
+    if stage.reach_within:
+        parts.append(f"reach within {stage.reach_within.describe()}")
+    ts: Timescale | None = stage.timescale or (stage.decision_maker.decision_within if stage.decision_maker else None)
+    parts.append(ts.describe() if ts else "none set by the policy")
+    return "; ".join(parts)
+
+
+def _stage_json(p: Partnership, number: int, stage: Stage) -> dict[str, Any]:
+    data = stage.model_dump(mode="json", exclude_none=True)
+    return {"stage": number, **data, "timescale_text": _timescale(stage)}
+
+
+@policy_app.command("show")
+def policy_show(
+    ctx: typer.Context,
+    partnership: Annotated[str, typer.Argument(help="Partnership id, e.g. city-and-hackney")],
+    as_json: JsonOpt = False,
+) -> None:
+    """The encoded ladder(s): stage, who is asked, timescale, clause."""
+    out, err = Console(), Console(stderr=True)
+    p = _partnership(_load(ctx, err), partnership, err)
+    if as_json:
+        ir = p.immediate_risk
+        out.print_json(json.dumps({
+            "partnership": p.id, "name": p.name, "policy_version": p.policy_version,
+            "policy": p.policy.model_dump(mode="json"), "mailboxes": p.mailboxes,
+            "secure_mail": p.secure_mail.model_dump(mode="json") if p.secure_mail else None,
+            "immediate_risk": ir.model_dump(mode="json", exclude_none=True) if ir else None,
+            "routes": [{"id": r.id, "name": r.name, "default": r is p.default_route, "clause": r.clause,
+                        "keywords": r.keywords,
+                        "stages": [_stage_json(p, n, s) for n, s in enumerate(r.stages, start=1)]}
+                       for r in p.routes],
+        }, ensure_ascii=False))
+        return
+    date_text = f", {p.policy.date:%B %Y}" if p.policy.date else ""
+    out.print(f"[bold]{p.name}[/bold] — {p.policy.title} ({p.policy.version}{date_text})")
+    out.print(f"Policy version {p.policy_version}; mailbox {', '.join(p.mailboxes)}; "
+              f"working day ends {p.working_day_end:%H:%M} ({p.bank_holidays} bank holidays)")
+    if p.secure_mail:
+        out.print(f"Secure mail: {p.secure_mail.means} [{p.secure_mail.clause}]")
+    for r in p.routes:
+        table = Table(title=f"{r.name} ({r.id}{', default' if r is p.default_route else ''}) — {r.clause}",
+                      show_lines=True)
+        for col in ("#", "Stage", "Who is asked", "Timescale", "Also notified", "Clause"):
+            table.add_column(col)
+        if p.immediate_risk and r is p.default_route:
+            ir = p.immediate_risk
+            then = f"then {ir.bypass_to if ir.bypass_mandatory else ir.continue_at or 'stage 1'}"
+            table.add_row("0", f"Immediate risk ({then})", _who(ir.asked), ir.timescale.describe(), "", ir.clause)
+        for n, s in enumerate(r.stages, start=1):
+            notes = []
+            for note in s.notifications:
+                cond = f" if {' or '.join(note.when_child_status)}" if note.when_child_status else ""
+                if note.when_immediate_risk is not None:
+                    cond += " if immediate risk" if note.when_immediate_risk else " if no immediate risk"
+                notes.append(f"{_who(note.notify)}{cond} [{note.clause}]")
+            name = f"{s.label}: {s.name}" if s.label else s.name
+            table.add_row(str(n), name, _who(s.asked), _timescale(s), "\n".join(notes), s.clause)
+        out.print(table)
+
+
+def _parse_when(value: str, what: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not an ISO date-time (e.g. 2026-12-23T17:30)", param_hint=what) from None
+
+
+def _parse_needed_by(value: str) -> date | datetime:
+    try:
+        return date.fromisoformat(value) if len(value) == 10 else datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not an ISO date or date-time", param_hint="--needed-by") from None
+
+
+def _iso(p: Partnership, t: datetime | None) -> str | None:
+    return t.astimezone(p.tz).isoformat() if t else None
+
+
+def _plan_json(p: Partnership, plan: StagePlan) -> dict[str, Any]:
+    return {
+        "stage": plan.number, "id": plan.stage_id, "name": plan.name, "label": plan.label,
+        "asked": list(plan.asked_parties), "notified": list(plan.notified_parties),
+        "opens": _iso(p, plan.opens), "due": _iso(p, plan.due), "policy_due": _iso(p, plan.policy_due),
+        "due_rule": plan.due_rule, "due_clause": plan.due_clause,
+        "shortened_by_needed_by": plan.shortened_by_needed_by, "escalate_by": _iso(p, plan.escalate_by),
+        "clause": plan.clause, "notification_clauses": list(plan.notification_clauses),
+        "asked_contacts": [r.email for r in plan.asked], "notified_contacts": [r.email for r in plan.notified],
+    }
+
+
+def _local(p: Partnership, t: datetime | None) -> str:
+    if t is None:
+        return "—"
+    lt = t.astimezone(p.tz)
+    return f"{lt:%a} {lt.day} {lt:%b %Y %H:%M %Z}"
+
+
+@policy_app.command("timeline")
+def policy_timeline(
+    ctx: typer.Context,
+    partnership: Annotated[str, typer.Argument(help="Partnership id, e.g. tri-borough")],
+    opened: Annotated[str, typer.Option("--opened", help="When the case opened (ISO; naive = local time)")],
+    immediate_risk: Annotated[bool, typer.Option("--immediate-risk", help="The child is at immediate risk")] = False,
+    child_status: Annotated[str | None, typer.Option(
+        "--child-status", help=f"One of {', '.join(CHILD_STATUSES)}")] = None,
+    needed_by: Annotated[str | None, typer.Option(
+        "--needed-by", help="The referral's timescale that protects the child (ISO date or date-time)")] = None,
+    route: Annotated[str | None, typer.Option("--route", help="Route id (default: the default route)")] = None,
+    borough: Annotated[str | None, typer.Option("--borough", help="Borough (Tri-borough)")] = None,
+    raising_agency: Annotated[str | None, typer.Option("--raising-agency", help="Agency raising the concern")] = None,
+    other_agency: Annotated[str | None, typer.Option("--other-agency", help="Agency the concern is about")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What happens if nobody resolves anything: each stage, who is asked and notified, and when it falls due."""
+    out, err = Console(), Console(stderr=True)
+    p = _partnership(_load(ctx, err), partnership, err)
+    if child_status is not None and child_status not in CHILD_STATUSES:
+        raise typer.BadParameter(f"{child_status!r} is not one of {', '.join(CHILD_STATUSES)}",
+                                 param_hint="--child-status")
+    if route is not None and route not in {r.id for r in p.routes}:
+        raise typer.BadParameter(f"{route!r} is not a route of {p.id} ({', '.join(r.id for r in p.routes)})",
+                                 param_hint="--route")
+    plans = timeline(p, _parse_when(opened, "--opened"), route_id=route, child_status=child_status,
+                     immediate_risk=immediate_risk, needed_by=_parse_needed_by(needed_by) if needed_by else None,
+                     raising_agency=raising_agency, other_agency=other_agency, borough=borough)
+    route_id = plans[-1].route_id if plans else p.route(route).id
+    if as_json:
+        out.print_json(json.dumps({"partnership": p.id, "route": route_id, "policy_version": p.policy_version,
+                                   "stages": [_plan_json(p, pl) for pl in plans]}, ensure_ascii=False))
+        return
+    table = Table(title=f"{p.name}: {route_id} — if nobody resolves anything", show_lines=True)
+    for col in ("#", "Stage", "Asked", "Notified", "Opens", "Due", "Rule", "Clause"):
+        table.add_column(col)
+    for pl in plans:
+        due = _local(p, pl.due)
+        if pl.escalate_by:
+            due += f"\n(reach by {_local(p, pl.escalate_by)})"
+        table.add_row(str(pl.number), pl.name, _who(list(pl.asked_parties)), _who(list(pl.notified_parties)),
+                      _local(p, pl.opens), due, pl.due_rule, pl.due_clause or pl.clause)
+    out.print(table)

@@ -1,0 +1,818 @@
+"""Pure decisions: given what arrived and the partnership's policy, what should happen.
+
+``decide_*`` functions never touch the database, the network or the clock; the processor
+applies a :class:`Decision` in one transaction (ARCHITECTURE: "Decide, don't do").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from escalations.parsers.referral import ReferralFields, ReferralParse
+    from escalations.routing.policy import Partnership, StagePlan
+
+#: How required fields are named to a practitioner (and in the acknowledgement).
+FIELD_LABELS: Mapping[str, str] = {
+    "child_names": "Name of child(ren)",
+    "child_dobs": "Date of birth",
+    "child_id": "Mosaic ID no.",
+    "child_status": "Child status (CP plan / looked after / child in need / none)",
+    "raised_by_name": "Name of referrer",
+    "raised_by_role": "Role of referrer",
+    "raised_by_agency": "Referrer's agency",
+    "raised_by_email": "Referrer's email",
+    "other_agency": "Agency with which there is a concern",
+    "other_practitioner": "Name of practitioner with whom there is a concern",
+    "concern": "Brief description of nature of concern",
+    "actions_taken": "Action taken to resolve the issue",
+    "outcome_sought": "Outcome sought",
+    "needed_by": "Timescale that protects the child (date)",
+    "immediate_risk": "Is the child at immediate risk? (yes/no)",
+    "stage": "Stage already reached (1-4)",
+    "borough": "Borough",
+}
+
+
+@dataclass(frozen=True)
+class OutgoingMail:
+    """A message the dispatcher must queue: template + recipients + context, and why."""
+
+    template: str
+    to: tuple[str, ...]
+    subject: str
+    context: Mapping[str, Any]
+    #: Unique per logical send: a second Decision asking for the same key queues nothing.
+    dedupe_key: str
+    reason: str
+    cc: tuple[str, ...] = ()
+    in_reply_to: str | None = None
+    #: RFC 3834: "auto-replied" for answers to a message, "auto-generated" otherwise.
+    auto_submitted: str = "auto-generated"
+    #: Sign a reply token for the recipient at this stage index (Reply-To, Message-ID, footer).
+    token_stage: int | None = None
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    kind: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    clause: str | None = None
+    actor: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: str | None = None
+    stage: int | None = None
+    due_at: datetime | None = None
+    events: tuple[EventRecord, ...] = ()
+    mails: tuple[OutgoingMail, ...] = ()
+
+
+def initials(names: Sequence[str]) -> str:
+    """'Ava Testchild', 'Ben Testchild' -> 'A.T., B.T.' (the only form of a name that leaves the database)."""
+    out = []
+    for name in names:
+        letters = [part[0].upper() for part in name.replace("-", " ").split() if part[:1].isalpha()]
+        if letters:
+            out.append(".".join(letters) + ".")
+    return ", ".join(out) if out else "(not given)"
+
+
+def summarise(text: str | None, limit: int = 240) -> str:
+    if not text:
+        return ""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+def case_subject(reference: str, what: str) -> str:
+    """Subjects carry the case reference only, never a name."""
+    return f"[{reference}] {what}"
+
+
+def decide_new_referral(
+    parse: ReferralParse,
+    partnership: Partnership,
+    *,
+    reference: str,
+    sender: str | None,
+    origin_message_id: str | None,
+    may_answer: bool,
+) -> Decision:
+    """A referral opened a case: acknowledge it and ask for what is missing (issue 3)."""
+    f = parse.fields
+    missing = list(parse.missing)
+    status = "awaiting_information" if missing else "open"
+    events: list[EventRecord] = [
+        EventRecord(
+            "case_opened",
+            {"missing": missing, "sources": list(parse.sources), "partnership": partnership.id},
+            clause=None,
+            actor=sender,
+        )
+    ]
+    mails: list[OutgoingMail] = []
+    raiser = f.raised_by_email or sender
+    if raiser and may_answer:
+        template = "referral_incomplete.txt.j2" if missing else "referral_acknowledged.txt.j2"
+        context: dict[str, Any] = {
+            "reference": reference,
+            "partnership_name": partnership.name,
+            "mailbox": partnership.primary_mailbox,
+            "child_initials": initials(f.child_names),
+            "child_count": len(f.child_names),
+            "other_agency": f.other_agency or "",
+            "other_practitioner": f.other_practitioner or "",
+            "concern_summary": summarise(f.concern),
+            "outcome_sought": summarise(f.outcome_sought),
+            "immediate_risk": bool(f.immediate_risk),
+            "missing": [FIELD_LABELS.get(m, m) for m in missing],
+            "raised_by_name": f.raised_by_name or "",
+        }
+        subject = case_subject(reference, "Information needed for your escalation" if missing
+                               else "Escalation referral received")
+        mails.append(
+            OutgoingMail(
+                template=template,
+                to=(raiser,),
+                subject=subject,
+                context=context,
+                dedupe_key=f"ack:{reference}",
+                reason="acknowledge referral; ask for missing required fields" if missing
+                else "acknowledge referral",
+                in_reply_to=origin_message_id,
+                auto_submitted="auto-replied",
+            )
+        )
+        events.append(EventRecord("acknowledgement_queued", {"template": template, "to": [raiser]}))
+    elif not may_answer:
+        events.append(EventRecord("acknowledgement_suppressed", {"reason": "automated sender"}))
+    return Decision(status=status, events=tuple(events), mails=tuple(mails))
+
+
+# =====================================================================================================
+# The case workflow (issue 5): one pure transition function defines every legal move.
+# =====================================================================================================
+
+COMMANDS_HELP: tuple[tuple[str, str], ...] = (
+    ("RESOLVED <agreed outcome>", "the disagreement is resolved; say what was agreed and how outstanding "
+                                  "issues will be pursued (the other side is asked to confirm)"),
+    ("ESCALATE <reason>", "not resolved: move the case to the next stage now"),
+    ("ACCEPT (or AGREE)", "confirm a resolution the other side has recorded"),
+    ("NOTE <text>", "add a note to the case record"),
+    ("URGENT <reason>", "the child is at immediate risk: follow the immediate-risk route now"),
+    ("WITHDRAW <reason>", "withdraw the escalation (the practitioner who raised it only)"),
+    ("INFO", "answer a request for missing information: one 'Label: value' per line"),
+)
+
+#: How long the other side has to confirm a RESOLVED before the case closes on the first side's word
+#: (after a reminder). The policies require written confirmation between the parties (C&H 3.1,
+#: Wiltshire "Documenting discussions", Tri-borough §4, Sutton 7.6) but set no timescale for it.
+CONFIRMATION_WORKING_DAYS = 2
+RECORD_CLAUSES: Mapping[str, str] = {
+    "city-and-hackney": "C&H 3.1",
+    "havering": "Havering 3.1",
+    "wiltshire": "Wiltshire: Documenting discussions and decisions",
+    "tri-borough": "Tri-borough §4 Additional Notes",
+    "sutton": "Sutton 7.6",
+}
+
+
+@dataclass(frozen=True)
+class Party:
+    """Someone involved in the case at its current stage (from the directory or the referral)."""
+
+    email: str
+    name: str
+    role_name: str
+    party: str  # e.g. "raising.line_manager", "partnership.coordinator", "raiser"
+    side: str  # raising | receiving | partnership | notified
+    asked: bool = True
+    deputy_email: str | None = None
+    deputy_name: str | None = None
+    using_deputy: bool = False
+
+    @property
+    def active_email(self) -> str:
+        return self.deputy_email if self.using_deputy and self.deputy_email else self.email
+
+    @property
+    def active_name(self) -> str:
+        return (self.deputy_name or self.deputy_email or "") if self.using_deputy else self.name
+
+    def to_json(self) -> dict[str, Any]:
+        return {"email": self.email, "name": self.name, "role_name": self.role_name, "party": self.party,
+                "side": self.side, "asked": self.asked, "deputy_email": self.deputy_email,
+                "deputy_name": self.deputy_name, "using_deputy": self.using_deputy}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Party:
+        return cls(email=str(d["email"]), name=str(d.get("name") or ""), role_name=str(d.get("role_name") or ""),
+                   party=str(d.get("party") or ""), side=str(d.get("side") or ""), asked=bool(d.get("asked", True)),
+                   deputy_email=d.get("deputy_email"), deputy_name=d.get("deputy_name"),
+                   using_deputy=bool(d.get("using_deputy", False)))
+
+
+@dataclass(frozen=True)
+class CaseState:
+    id: int
+    reference: str
+    partnership: str
+    status: str
+    route: str | None
+    stage_index: int | None
+    opened_at: datetime
+    stage_opened_at: datetime | None
+    due_at: datetime | None
+    immediate_risk: bool
+    fields: ReferralFields
+    missing: tuple[str, ...]
+    raiser: str | None
+    parties: tuple[Party, ...] = ()
+    resolution: Mapping[str, Any] = field(default_factory=dict)
+
+    def party_for(self, address: str) -> Party | None:
+        a = address.lower()
+        return next((p for p in self.parties if a in (p.email.lower(), (p.deputy_email or "").lower())), None)
+
+
+@dataclass(frozen=True)
+class TimerSpec:
+    kind: str  # remind_before | remind_due | escalate | routing_reminder | confirm_reminder | confirm_close
+    due_at: datetime
+    stage_index: int | None
+
+
+@dataclass(frozen=True)
+class CaseChange:
+    """Column updates for the case row (None: unchanged)."""
+
+    status: str | None = None
+    route: str | None = None
+    stage_index: int | None = None
+    stage_number: int | None = None
+    stage_opened_at: datetime | None = None
+    due_at: datetime | None = None
+    clear_due: bool = False
+    parties: tuple[Party, ...] | None = None
+    resolution: Mapping[str, Any] | None = None
+    fields: ReferralFields | None = None
+    missing: tuple[str, ...] | None = None
+    immediate_risk: bool | None = None
+    raising_agency: str | None = None
+    other_agency: str | None = None
+    closed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one transition does: case changes, history, mail, timers (applied in one transaction)."""
+
+    change: CaseChange = field(default_factory=CaseChange)
+    events: tuple[EventRecord, ...] = ()
+    mails: tuple[OutgoingMail, ...] = ()
+    timers: tuple[TimerSpec, ...] = ()
+    cancel_timers: bool = False
+
+
+# ---- events the workflow reacts to -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A referral became a case (complete, or incomplete but urgent)."""
+
+
+@dataclass(frozen=True)
+class Replied:
+    sender: str
+    command: str | None
+    argument: str
+    message_id: str | None
+    #: raiser | party | staff | decision_maker
+    authority: str
+    side: str | None
+    info: ReferralFields | None = None
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    kind: str
+    stage_index: int | None
+
+
+@dataclass(frozen=True)
+class Automated:
+    kind: str  # auto_reply | bounce
+    address: str
+    permanent: bool = False
+
+
+WorkflowEvent = Opened | Replied | TimerFired | Automated
+
+
+# ---- helpers -----------------------------------------------------------------------------------------
+
+TERMINAL = ("closed", "withdrawn")
+
+
+def _local(t: datetime | None, p: Partnership) -> str:
+    from escalations.routing.calendar import format_local
+
+    return format_local(t, p.tz) if t else "no deadline set by the policy"
+
+
+def _duration(start: datetime, end: datetime) -> str:
+    secs = max(0, int((end - start).total_seconds()))
+    days, rem = divmod(secs, 86400)
+    hours = rem // 3600
+    parts = [f"{days} day{'s' if days != 1 else ''}"] if days else []
+    parts.append(f"{hours} hour{'s' if hours != 1 else ''}")
+    return " ".join(parts)
+
+
+def _working_day_before(p: Partnership, t: datetime) -> datetime:
+    """The day end of the working day before ``t``'s local date (for "one working day before")."""
+    from datetime import timedelta
+
+    cal = p.calendar
+    d = cal.local(t).date() - timedelta(days=1)
+    while not cal.is_working_day(d):
+        d -= timedelta(days=1)
+    return cal.day_end_at(d)
+
+
+def plan_for(state: CaseState, p: Partnership, index: int, at: datetime,
+             previous_due: datetime | None = None) -> StagePlan:
+    from escalations.routing.policy import stage_plan
+
+    f = state.fields
+    return stage_plan(
+        p, state.route, index, at,
+        child_status=f.child_status, immediate_risk=state.immediate_risk, needed_by=f.needed_by,
+        raising_agency=f.raised_by_agency, other_agency=f.other_agency, borough=f.borough,
+        previous_due=previous_due,
+    )
+
+
+def _side(party: str) -> str:
+    side = party.split(".", 1)[0]
+    return {"both": "partnership"}.get(side, side)
+
+
+def _base_context(state: CaseState, p: Partnership) -> dict[str, Any]:
+    f = state.fields
+    return {
+        "reference": state.reference,
+        "partnership_name": p.name,
+        "mailbox": p.primary_mailbox,
+        "child_initials": initials(f.child_names),
+        "child_count": len(f.child_names),
+        "other_agency": f.other_agency or "",
+        "other_practitioner": f.other_practitioner or "",
+        "concern_summary": summarise(f.concern),
+        "outcome_sought": summarise(f.outcome_sought),
+        "immediate_risk": state.immediate_risk,
+        "commands": COMMANDS_HELP,
+        "secure_mail": p.secure_mail.means if p.secure_mail else "",
+        "record_clause": RECORD_CLAUSES.get(p.id, ""),
+    }
+
+
+def _stage_context(state: CaseState, p: Partnership, plan: StagePlan) -> dict[str, Any]:
+    ctx = _base_context(state, p)
+    ctx.update({
+        "stage_number": plan.number,
+        "stage_name": plan.name,
+        "stage_label": plan.label or "",
+        "stage_action": plan.action,
+        "stage_clause": plan.clause,
+        "due_local": _local(plan.due, p),
+        "due_rule": plan.due_rule,
+        "due_clause": plan.due_clause or "",
+        "is_final": plan.is_final,
+        "suggested_actions": [f"{a.text} ({a.clause})" for a in plan.suggested_actions],
+        "forms": [f"{fm.name}: {fm.note or fm.when.replace('_', ' ')} ({fm.clause})" for fm in plan.forms],
+        "decision_maker": plan.decision_maker.note if plan.decision_maker else "",
+        "notification_clauses": list(plan.notification_clauses),
+    })
+    return ctx
+
+
+def _mail(template: str, to: str, subject: str, ctx: Mapping[str, Any], key: str, reason: str,
+          *, token_stage: int | None = None, recipient_name: str = "", role: str = "") -> OutgoingMail:
+    context = dict(ctx)
+    context.update({"recipient_name": recipient_name, "recipient_role": role})
+    return OutgoingMail(template=template, to=(to,), subject=subject, context=context, dedupe_key=key,
+                        reason=reason, token_stage=token_stage)
+
+
+def open_stage(state: CaseState, p: Partnership, plan: StagePlan, now: datetime, *, because: str,
+               extra_events: Sequence[EventRecord] = ()) -> Step:
+    """Open ``plan``'s stage: ask its parties, copy the raiser, notify, set the deadline's timers."""
+    parties: list[Party] = []
+    for r in (*plan.asked, *plan.panel):
+        if not any(x.email == r.email and x.party == r.party for x in parties):
+            parties.append(Party(email=r.email, name=r.name, role_name=r.role_name, party=r.party,
+                                 side=_side(r.party), deputy_email=r.deputy_email, deputy_name=r.deputy_name))
+    for r in plan.notified:
+        parties.append(Party(email=r.email, name=r.name, role_name=r.role_name, party=r.party, side="notified",
+                             asked=False, deputy_email=r.deputy_email, deputy_name=r.deputy_name))
+    if state.raiser:
+        parties.append(Party(email=state.raiser, name=state.fields.raised_by_name or "",
+                             role_name="Practitioner who raised the concern", party="raiser", side="raising"))
+    # Unknown other agency -> the coordinator routes it (the case waits in needs_routing).
+    f = state.fields
+    other = p.find_agency(f.other_agency, borough=f.borough)
+    raising = p.find_agency(f.raised_by_agency, borough=f.borough)
+    status = "needs_routing" if other is None else "open"
+    raiser_asked = "raising.practitioner" in plan.from_referral
+    ctx = _stage_context(state, p, plan)
+    ctx["because"] = because
+    idx = plan.stage_index
+    subject = case_subject(state.reference, f"Stage {plan.number}: {plan.name}" if plan.number
+                           else "Immediate risk: action needed today")
+    mails: list[OutgoingMail] = []
+    for party in parties:
+        if party.party == "raiser":
+            mails.append(_mail("stage_request.txt.j2" if raiser_asked else "stage_copy.txt.j2", party.email,
+                               subject, ctx,
+                               f"{state.reference}:s{idx}:copy:{party.email}", "copy the raiser (" +
+                               (RECORD_CLAUSES.get(p.id) or "record") + ")", token_stage=idx,
+                               recipient_name=party.name, role=party.role_name))
+        elif party.asked:
+            mails.append(_mail("stage_request.txt.j2", party.active_email, subject, ctx,
+                               f"{state.reference}:s{idx}:request:{party.active_email}", plan.clause,
+                               token_stage=idx, recipient_name=party.active_name, role=party.role_name))
+        else:
+            mails.append(_mail("stage_notification.txt.j2", party.active_email,
+                               case_subject(state.reference, "For information: escalation involving a child "
+                                                             "you are responsible for"),
+                               ctx, f"{state.reference}:s{idx}:notify:{party.active_email}",
+                               "; ".join(plan.notification_clauses), token_stage=idx,
+                               recipient_name=party.active_name, role=party.role_name))
+    if plan.unresolved or status == "needs_routing":
+        for c in plan.coordinator:
+            rctx = dict(ctx)
+            rctx["unresolved"] = [u.reason for u in plan.unresolved]
+            rctx["blocking"] = status == "needs_routing"
+            mails.append(_mail("case_needs_routing.txt.j2", c.email,
+                               case_subject(state.reference, "Routing needed" if status == "needs_routing"
+                                            else "Contacts missing for a stage"),
+                               rctx, f"{state.reference}:s{idx}:routing:{c.email}",
+                               "the directory cannot name every party", token_stage=idx, recipient_name=c.name,
+                               role=c.role_name))
+    timers: list[TimerSpec] = []
+    if status == "needs_routing":
+        timers.append(TimerSpec("routing_reminder", p.calendar.add_working_days(now, 1), idx))
+    elif plan.due is not None:
+        before = _working_day_before(p, plan.due)
+        if before > now:
+            timers.append(TimerSpec("remind_before", before, idx))
+        if plan.is_final or not p.auto_escalate:
+            timers.append(TimerSpec("remind_due", plan.due, idx))
+        else:
+            timers.append(TimerSpec("escalate", plan.due, idx))
+    events = [
+        *extra_events,
+        EventRecord("stage_opened", {
+            "stage": plan.number, "stage_index": idx, "name": plan.name, "route": plan.route_id,
+            "due": plan.due.isoformat() if plan.due else None, "due_rule": plan.due_rule,
+            "asked": [x.active_email for x in parties if x.asked and x.party != "raiser"],
+            "notified": [x.active_email for x in parties if not x.asked],
+            "unresolved": [u.reason for u in plan.unresolved], "because": because,
+            "shortened_by_needed_by": plan.shortened_by_needed_by,
+        }, clause=plan.clause),
+    ]
+    if plan.due_clause:
+        events.append(EventRecord("deadline_set", {"due": plan.due.isoformat() if plan.due else None},
+                                  clause=plan.due_clause))
+    if plan.notification_clauses:
+        events.append(EventRecord("notified", {"to": [x.active_email for x in parties if not x.asked]},
+                                  clause="; ".join(plan.notification_clauses)))
+    if status == "needs_routing":
+        events.append(EventRecord("needs_routing", {"unresolved": [u.reason for u in plan.unresolved]}))
+    change = CaseChange(status=status, route=plan.route_id, stage_index=idx, stage_number=plan.number,
+                        stage_opened_at=now, due_at=plan.due, clear_due=plan.due is None, parties=tuple(parties),
+                        resolution={}, raising_agency=raising.id if raising else None,
+                        other_agency=other.id if other else None)
+    return Step(change=change, events=tuple(events), mails=tuple(mails), timers=tuple(timers), cancel_timers=True)
+
+
+def _initial_step(state: CaseState, p: Partnership, now: datetime, because: str) -> Step:
+    from escalations.routing.policy import IMMEDIATE
+
+    if state.immediate_risk and p.immediate_risk is not None:
+        plan = plan_for(state, p, IMMEDIATE, now)
+        return open_stage(state, p, plan, now, because=because + " — the child is at immediate risk",
+                          extra_events=(EventRecord("immediate_risk_route", {}, clause=plan.clause),))
+    route = p.route(state.route) if state.route else p.choose_route(state.fields.concern)
+    state = replace(state, route=route.id)
+    n = len(route.stages)
+    reached = state.fields.stage
+    index = reached - 1 if reached and 1 <= reached <= n else 0
+    return open_stage(state, p, plan_for(state, p, index, now), now, because=because)
+
+
+def _escalate(state: CaseState, p: Partnership, now: datetime, because: str, clause: str | None) -> Step | None:
+    from escalations.routing.policy import next_step
+
+    if state.stage_index is None:
+        return None
+    f = state.fields
+    nxt = next_step(p, state.route, state.stage_index, "deadline_passed", now,
+                    child_status=f.child_status, immediate_risk=state.immediate_risk, needed_by=f.needed_by,
+                    raising_agency=f.raised_by_agency, other_agency=f.other_agency, borough=f.borough,
+                    previous_due=state.due_at)
+    if nxt is None:
+        return None
+    return open_stage(state, p, nxt, now, because=because,
+                      extra_events=(EventRecord("escalated", {"from_stage_index": state.stage_index,
+                                                              "to_stage": nxt.number, "because": because},
+                                                clause=clause),))
+
+
+def _answer(state: CaseState, p: Partnership, to: str, template: str, key: str, extra: Mapping[str, Any],
+            subject: str) -> OutgoingMail:
+    ctx = _base_context(state, p)
+    ctx.update(extra)
+    return OutgoingMail(template=template, to=(to,), subject=case_subject(state.reference, subject), context=ctx,
+                        dedupe_key=key, reason="answer to a reply", auto_submitted="auto-replied")
+
+
+def _close(state: CaseState, p: Partnership, now: datetime, *, outcome: str, how: str, by: str,
+           status: str = "closed", clause: str | None = None) -> Step:
+    ctx = _base_context(state, p)
+    ctx.update({"outcome": outcome, "how": how, "stage_number": state.stage_index + 1
+                if state.stage_index is not None and state.stage_index >= 0 else 0,
+                "time_taken": _duration(state.opened_at, now), "closed_status": status,
+                "forms": []})
+    try:
+        if state.stage_index is not None:
+            plan = plan_for(state, p, state.stage_index, state.stage_opened_at or now)
+            ctx["stage_number"] = plan.number
+            ctx["stage_name"] = plan.name
+            ctx["forms"] = [f"{fm.name}: {fm.note or 'complete it now'} ({fm.clause})" for fm in plan.forms
+                            if fm.when == "on_resolution"]
+    except (KeyError, IndexError, ValueError):
+        pass
+    ctx.setdefault("stage_name", "")
+    recipients = sorted({x.active_email for x in state.parties} | ({state.raiser} if state.raiser else set()))
+    mails = [_mail("case_closed.txt.j2", r, case_subject(state.reference, "Escalation closed" if status == "closed"
+                                                            else "Escalation withdrawn"),
+                   ctx, f"{state.reference}:closed:{r}", clause or RECORD_CLAUSES.get(p.id, "record"))
+             for r in recipients]
+    events = (EventRecord(status, {"outcome": outcome, "how": how, "time_taken": ctx["time_taken"]},
+                          clause=clause or RECORD_CLAUSES.get(p.id), actor=by),)
+    return Step(change=CaseChange(status=status, closed_at=now, clear_due=True, resolution={}), events=events,
+                mails=tuple(mails), cancel_timers=True)
+
+
+def _reminder(state: CaseState, p: Partnership, kind: str, now: datetime) -> Step:
+    if state.stage_index is None:
+        return Step()
+    plan = plan_for(state, p, state.stage_index, state.stage_opened_at or now)
+    ctx = _stage_context(state, p, plan)
+    ctx["due_local"] = _local(state.due_at, p)
+    ctx["kind"] = kind
+    ctx["auto_escalate"] = p.auto_escalate and not plan.is_final
+    subject = case_subject(state.reference, "Reminder: deadline tomorrow" if kind == "remind_before"
+                           else "Deadline reached")
+    mails = []
+    for x in state.parties:
+        if not x.asked:
+            continue
+        template = "escalation_confirm_request.txt.j2" if (kind == "remind_due" and x.party == "raiser"
+                                                            and not p.auto_escalate and not plan.is_final) \
+            else "reminder.txt.j2"
+        mails.append(_mail(template, x.active_email, subject, ctx,
+                           f"{state.reference}:s{state.stage_index}:{kind}:{x.active_email}",
+                           plan.due_clause or plan.clause, token_stage=state.stage_index,
+                           recipient_name=x.active_name, role=x.role_name))
+    return Step(events=(EventRecord("reminder_sent", {"kind": kind, "to": [m.to[0] for m in mails]},
+                                    clause=plan.due_clause),), mails=tuple(mails))
+
+
+def transition(state: CaseState, event: WorkflowEvent, p: Partnership, now: datetime) -> Step:
+    """Every legal move of a case. Illegal events are recorded and answered, never applied."""
+    if isinstance(event, Opened):
+        return _initial_step(state, p, now, "a referral was received")
+    if isinstance(event, TimerFired):
+        return _on_timer(state, event, p, now)
+    if isinstance(event, Automated):
+        return _on_automated(state, event, p, now)
+    return _on_reply(state, event, p, now)
+
+
+def _on_timer(state: CaseState, t: TimerFired, p: Partnership, now: datetime) -> Step:
+    stale = t.stage_index != state.stage_index or state.status in TERMINAL
+    if stale:
+        return Step(events=(EventRecord("timer_ignored", {"kind": t.kind, "stage_index": t.stage_index}),))
+    if t.kind in ("remind_before", "remind_due") and state.status == "open":
+        return _reminder(state, p, t.kind, now)
+    if t.kind == "escalate" and state.status == "open":
+        plan = plan_for(state, p, state.stage_index or 0, state.stage_opened_at or now) \
+            if state.stage_index is not None else None
+        step = _escalate(state, p, now, "the deadline passed without a confirmed resolution",
+                         plan.due_clause if plan else None)
+        return step or _reminder(state, p, "remind_due", now)
+    if t.kind == "routing_reminder" and state.status == "needs_routing":
+        coord = [c.email for c in p.coordinator()]
+        day = p.calendar.local(now).date().isoformat()
+        mails = tuple(_answer(state, p, c, "case_needs_routing.txt.j2", f"{state.reference}:routing:{day}:{c}",
+                              {"unresolved": ["the case is still waiting to be routed"], "blocking": True,
+                               "recipient_name": "", "recipient_role": "", "because": "daily reminder",
+                               "stage_number": "", "stage_name": "", "due_local": "", "stage_action": ""},
+                              "Reminder: routing needed") for c in coord)
+        return Step(events=(EventRecord("routing_reminder", {"to": coord}),), mails=mails,
+                    timers=(TimerSpec("routing_reminder", p.calendar.add_working_days(now, 1), state.stage_index),))
+    if t.kind == "confirm_reminder" and state.status == "awaiting_confirmation":
+        return _ask_confirmation(state, p, now, reminder=True)
+    if t.kind == "confirm_close" and state.status == "awaiting_confirmation":
+        r = state.resolution
+        return _close(state, p, now, outcome=str(r.get("outcome") or ""), by=str(r.get("by") or ""),
+                      how="resolved; the other side did not answer the request to confirm within "
+                          f"{CONFIRMATION_WORKING_DAYS} working days after a reminder")
+    return Step(events=(EventRecord("timer_ignored", {"kind": t.kind, "status": state.status}),))
+
+
+def _ask_confirmation(state: CaseState, p: Partnership, now: datetime, *, reminder: bool = False) -> Step:
+    r = state.resolution
+    other = [x for x in state.parties if x.asked and x.side != r.get("side") and x.side != "notified"
+             and x.active_email.lower() != str(r.get("by", "")).lower()]
+    ctx = _base_context(state, p)
+    ctx.update({"outcome": r.get("outcome", ""), "resolved_by": r.get("by", ""), "reminder": reminder,
+                "confirm_days": CONFIRMATION_WORKING_DAYS})
+    kind = "confirm_reminder" if reminder else "confirm_request"
+    mails = tuple(_mail("resolution_confirm_request.txt.j2", x.active_email,
+                        case_subject(state.reference, "Please confirm the resolution"), ctx,
+                        f"{state.reference}:s{state.stage_index}:{kind}:{x.active_email}",
+                        RECORD_CLAUSES.get(p.id, "record"), token_stage=state.stage_index,
+                        recipient_name=x.active_name, role=x.role_name) for x in other)
+    timers: tuple[TimerSpec, ...] = ()
+    if not reminder:
+        timers = (TimerSpec("confirm_reminder", p.calendar.add_working_days(now, 1), state.stage_index),
+                  TimerSpec("confirm_close", p.calendar.add_working_days(now, CONFIRMATION_WORKING_DAYS),
+                            state.stage_index))
+    return Step(events=(EventRecord(kind, {"to": [m.to[0] for m in mails]},
+                                    clause=RECORD_CLAUSES.get(p.id)),), mails=mails, timers=timers)
+
+
+def _on_automated(state: CaseState, a: Automated, p: Partnership, now: datetime) -> Step:
+    party = state.party_for(a.address)
+    coord = [c.email for c in p.coordinator()]
+    events: list[EventRecord] = [EventRecord(a.kind, {"address": a.address, "permanent": a.permanent},
+                                             actor=a.address)]
+    if a.kind == "bounce" and a.permanent:
+        events.append(EventRecord("contact_flagged", {"address": a.address, "why": "hard bounce"}))
+    if party is None or state.status in TERMINAL or (a.kind == "bounce" and not a.permanent):
+        return Step(events=tuple(events))
+    takes_over = (party.deputy_email and not party.using_deputy and party.email.lower() == a.address.lower()
+                  and party.asked)
+    mails: list[OutgoingMail] = []
+    ctx = {"address": a.address, "kind": a.kind, "role": party.role_name,
+           "deputy": party.deputy_email if takes_over else "", "stage_number": state.stage_index,
+           "recipient_name": "", "recipient_role": ""}
+    for c in coord:
+        mails.append(_answer(state, p, c, "deputy_takeover.txt.j2",
+                             f"{state.reference}:s{state.stage_index}:{a.kind}:{a.address}:{c}", ctx,
+                             "Contact unavailable" if not takes_over else "Deputy now asked"))
+    if not takes_over:
+        return Step(events=tuple(events), mails=tuple(mails))
+    parties = tuple(replace(x, using_deputy=True) if x is party else x for x in state.parties)
+    new_party = replace(party, using_deputy=True)
+    events.append(EventRecord("deputy_took_over", {"from": party.email, "to": new_party.active_email,
+                                                   "role": party.role_name}))
+    if state.stage_index is not None:
+        plan = plan_for(state, p, state.stage_index, state.stage_opened_at or now)
+        sctx = _stage_context(state, p, plan)
+        sctx["due_local"] = _local(state.due_at, p)
+        sctx["because"] = f"{party.name or party.email} is unavailable ({a.kind.replace('_', ' ')}); you are " \
+                          f"their deputy"
+        mails.append(_mail("stage_request.txt.j2", new_party.active_email,
+                           case_subject(state.reference, f"Stage {plan.number}: {plan.name} (as deputy)"), sctx,
+                           f"{state.reference}:s{state.stage_index}:request:{new_party.active_email}", plan.clause,
+                           token_stage=state.stage_index, recipient_name=new_party.active_name,
+                           role=party.role_name))
+    return Step(change=CaseChange(parties=parties), events=tuple(events), mails=tuple(mails))
+
+
+def _help(state: CaseState, p: Partnership, to: str, now: datetime, note: str) -> OutgoingMail:
+    day = p.calendar.local(now).date().isoformat()
+    return _answer(state, p, to, "reply_help.txt.j2", f"{state.reference}:help:{to}:{day}",
+                   {"note": note, "status": state.status, "recipient_name": "", "recipient_role": ""},
+                   "How to reply")
+
+
+def _on_reply(state: CaseState, r: Replied, p: Partnership, now: datetime) -> Step:
+    cmd = r.command
+    record = EventRecord(f"reply_{(cmd or 'none').lower()}", {"text": r.argument, "message_id": r.message_id,
+                                                              "authority": r.authority}, actor=r.sender)
+
+    def illegal(why: str) -> Step:
+        return Step(events=(record, EventRecord("illegal_command", {"command": cmd, "why": why},
+                                                actor=r.sender)),
+                    mails=(_help(state, p, r.sender, now, why),))
+
+    if state.status in TERMINAL:
+        return illegal(f"case {state.reference} is already {state.status}; nothing was changed")
+    if cmd == "NOTE":
+        return Step(events=(record,))
+    if cmd == "WITHDRAW":
+        if r.authority not in ("raiser", "staff"):
+            return illegal("only the practitioner who raised the concern can withdraw it")
+        return _with_record(record, _close(state, p, now, outcome=r.argument or "withdrawn by the referrer",
+                                           how="withdrawn", by=r.sender, status="withdrawn"))
+    if cmd == "INFO" or (cmd is None and r.info is not None and state.status in ("awaiting_information",
+                                                                               "needs_routing")):
+        return _with_record(record, _on_info(state, r, p, now))
+    if cmd == "URGENT":
+        from escalations.routing.policy import IMMEDIATE
+
+        urgent = replace(state, immediate_risk=True)
+        if p.immediate_risk is None or state.stage_index == IMMEDIATE:
+            return Step(change=CaseChange(immediate_risk=True), events=(record,))
+        step = _initial_step(replace(urgent, route=state.route), p, now, f"{r.sender} said URGENT")
+        return _with_record(record, replace(step, change=replace(step.change, immediate_risk=True)))
+    if state.status == "awaiting_information":
+        return illegal("the case is waiting for missing information; reply with INFO and the missing fields")
+    if state.status == "needs_routing":
+        return illegal("the case is waiting for the partnership to route it to the other agency")
+    if cmd == "ESCALATE":
+        if state.status == "awaiting_confirmation" and r.side == state.resolution.get("side"):
+            return illegal("you recorded a resolution; the other side has been asked to confirm it")
+        step = _escalate(state, p, now, f"{r.sender} asked to escalate: {r.argument or 'no reason given'}",
+                         None)
+        if step is None:
+            return illegal("this is the final stage: the decision maker's written decision closes the case")
+        return _with_record(record, step)
+    if cmd == "RESOLVED":
+        plan = plan_for(state, p, state.stage_index or 0, state.stage_opened_at or now) \
+            if state.stage_index is not None else None
+        decides = r.authority in ("staff", "decision_maker") or (plan is not None and plan.is_final and
+                                                                  r.authority == "decision_maker")
+        if decides:
+            clause = plan.decision_maker.clause if plan and plan.decision_maker else None
+            return _with_record(record, _close(state, p, now, outcome=r.argument, by=r.sender,
+                                               how="decided by " + ("the decision maker" if r.authority ==
+                                                                    "decision_maker" else "partnership staff"),
+                                               clause=clause))
+        if state.status == "awaiting_confirmation" and r.side != state.resolution.get("side"):
+            return _with_record(record, _close(state, p, now, outcome=str(state.resolution.get("outcome")),
+                                               by=r.sender, how="resolved and confirmed by both sides"))
+        resolution = {"by": r.sender, "side": r.side, "outcome": r.argument, "at": now.isoformat(),
+                      "stage_index": state.stage_index}
+        pending = replace(state, status="awaiting_confirmation", resolution=resolution)
+        ask = _ask_confirmation(pending, p, now)
+        if not ask.mails:  # nobody on the other side to confirm: the record stands on its own
+            return _with_record(record, _close(state, p, now, outcome=r.argument, by=r.sender,
+                                               how="resolved (no other party to confirm)"))
+        return Step(change=CaseChange(status="awaiting_confirmation", resolution=resolution),
+                    events=(record, *ask.events), mails=ask.mails, timers=ask.timers)
+    if cmd == "ACCEPT":
+        if state.status != "awaiting_confirmation":
+            return illegal("there is no resolution waiting for confirmation")
+        if r.side == state.resolution.get("side") and r.authority != "staff":
+            return illegal("the resolution must be confirmed by the other side")
+        return _with_record(record, _close(state, p, now, outcome=str(state.resolution.get("outcome")),
+                                           by=r.sender, how="resolved and confirmed by both sides"))
+    # No command: keep it as a note and tell the sender what they can say.
+    return Step(events=(record,), mails=(_help(state, p, r.sender, now, "your message was recorded as a note"),))
+
+
+def _with_record(record: EventRecord, step: Step) -> Step:
+    return replace(step, events=(record, *step.events))
+
+
+def _on_info(state: CaseState, r: Replied, p: Partnership, now: datetime) -> Step:
+    if r.info is None:
+        return Step(events=(EventRecord("info_empty", {}, actor=r.sender),),
+                    mails=(_help(state, p, r.sender, now, "no 'Label: value' lines were found in your reply"),))
+    fields = state.fields.merged_with(r.info) if state.status != "needs_routing" else r.info.merged_with(
+        state.fields)
+    missing = tuple(m for m in p.all_required_fields() if fields.is_empty(m))
+    updated = replace(state, fields=fields, missing=missing,
+                      immediate_risk=state.immediate_risk or bool(fields.immediate_risk))
+    change = CaseChange(fields=fields, missing=missing, immediate_risk=updated.immediate_risk)
+    ev = EventRecord("information_added", {"fields": sorted(k for k, v in r.info.to_json().items()
+                                                            if v not in (None, [], "")),
+                                           "still_missing": list(missing)}, actor=r.sender)
+    if state.status == "awaiting_information" and missing:
+        ctx = _base_context(updated, p)
+        ctx.update({"missing": [FIELD_LABELS.get(m, m) for m in missing],
+                    "raised_by_name": fields.raised_by_name or ""})
+        ask = OutgoingMail(template="referral_incomplete.txt.j2", to=(r.sender,),
+                           subject=case_subject(state.reference, "Information still needed"), context=ctx,
+                           dedupe_key=f"{state.reference}:info:{'+'.join(missing)}", reason="missing fields",
+                           auto_submitted="auto-replied")
+        return Step(change=change, events=(ev,), mails=(ask,))
+    if state.status in ("awaiting_information", "needs_routing"):
+        step = _initial_step(updated, p, now, "the missing information was provided")
+        return replace(step, change=replace(step.change, fields=fields, missing=missing,
+                                            immediate_risk=updated.immediate_risk), events=(ev, *step.events))
+    return Step(change=change, events=(ev,))

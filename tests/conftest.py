@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from escalations.app import App
+from escalations.clock import FakeClock
+from escalations.logs import configure_logging
+from escalations.settings import RelaySettings, Settings
+
+pytest_plugins = ["tests.servers.smtp", "tests.servers.postgres"]
+
+try:  # the Dovecot fixture lives beside the others once written
+    import tests.servers.dovecot  # noqa: F401
+
+    pytest_plugins.append("tests.servers.dovecot")
+except ImportError:  # pragma: no cover
+    pass
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO / "config"
+MAIL_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mail"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _logging() -> None:
+    configure_logging("json")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.sqlite3'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'test.sqlite3'}"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    # Tuesday 3 November 2026, 10:00 GMT: a working day, before the day's end.
+    return FakeClock(datetime(2026, 11, 3, 10, 0, tzinfo=UTC))
+
+
+AppFactory = Callable[..., "App"]
+
+
+@pytest.fixture
+def make_app(tmp_path: Path, clock: FakeClock) -> Iterator[AppFactory]:
+    from escalations.app import build_app
+
+    built: list[App] = []
+
+    def factory(database_url: str | None = None, *, relay_port: int | None = None, **overrides: object) -> App:
+        settings = Settings(
+            data_dir=tmp_path / "var",
+            config_dir=CONFIG_DIR,
+            database_url=database_url or f"sqlite:///{tmp_path / 'app.sqlite3'}",
+            smtp_listen_port=0,
+            relay=RelaySettings(host="127.0.0.1", port=relay_port, security="none") if relay_port else None,
+            outbox_backoff_initial_seconds=0.01,
+            outbox_backoff_max_seconds=0.05,
+            process_interval_seconds=0.2,
+            **overrides,  # type: ignore[arg-type]
+        )
+        app = build_app(settings, clock=clock)
+        built.append(app)
+        return app
+
+    yield factory
+    for app in built:
+        app.store.engine.dispose()

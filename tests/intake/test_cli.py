@@ -1,0 +1,110 @@
+"""The CLI contract of ARCHITECTURE.md: parse, ingest, cases, outbox, quarantine (with --json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from escalations.cli import app
+from tests.conftest import CONFIG_DIR
+from tests.intake.test_service_smtp import CHILD, referral
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {"ESCALATIONS_DATA_DIR": str(tmp_path / "var"), "ESCALATIONS_CONFIG": str(CONFIG_DIR),
+            "ESCALATIONS_DATABASE_URL": ""}
+
+
+def cli(env: dict[str, str], *args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args), env=env)
+    return result.exit_code, result.stdout
+
+
+def test_every_command_has_help(env: dict[str, str]) -> None:
+    for args in (["--help"], ["run", "--help"], ["parse", "--help"], ["ingest", "--help"], ["cases", "list", "--help"],
+                 ["cases", "show", "--help"], ["tick", "--help"], ["outbox", "list", "--help"],
+                 ["quarantine", "list", "--help"], ["quarantine", "replay", "--help"]):
+        code, out = cli(env, *args)
+        assert code == 0, args
+        assert "Usage" in out
+
+
+def test_parse_json_has_no_side_effects(env: dict[str, str], tmp_path: Path) -> None:
+    eml = tmp_path / "r.eml"
+    eml.write_bytes(referral())
+    code, out = cli(env, "parse", str(eml), "--json")
+    assert code == 0, out
+    data = json.loads(out)
+    assert data["kind"] == "referral"
+    assert data["partnership"] == "city-and-hackney"
+    assert data["fields"]["child_names"] == [CHILD]
+    assert data["fields"]["child_dobs"] == ["2015-03-02"]
+    assert data["missing"] == []
+    assert not (tmp_path / "var" / "escalations.sqlite3").exists()
+
+
+def test_ingest_then_cases_and_outbox(env: dict[str, str], tmp_path: Path) -> None:
+    eml = tmp_path / "r.eml"
+    eml.write_bytes(referral())
+    code, out = cli(env, "ingest", str(eml), "--received", "2026-11-03T09:58:00", "--json")
+    assert code == 0, out
+    data = json.loads(out)
+    (m,) = data["messages"]
+    assert m["kind"] == "referral" and m["status"] == "done" and m["case"].startswith("CH-2026-")
+    assert data["sent"] == 1
+    assert len(list((tmp_path / "var" / "sent").glob("*.eml"))) == 1
+    # ingesting the same file again changes nothing
+    code, out = cli(env, "ingest", str(eml), "--json")
+    again = json.loads(out)["messages"][0]
+    assert not again["new"] and again["case"] == m["case"]
+
+    code, out = cli(env, "cases", "list", "--json")
+    (case,) = json.loads(out)
+    assert case["reference"] == m["case"] and case["status"] == "open"
+    code, out = cli(env, "cases", "show", m["case"], "--json")
+    shown = json.loads(out)
+    assert {"reference", "partnership", "status", "stage", "due_at", "parties", "events"} <= set(shown)
+    assert [e["kind"] for e in shown["events"]][:1] == ["case_opened"]
+    assert shown["parties"] == ["jo.bloggs@school.example.org"]
+    code, out = cli(env, "outbox", "list", "--json")
+    (row,) = json.loads(out)
+    assert row["status"] == "sent" and CHILD not in row["subject"]
+
+    code, out = cli(env, "cases", "show", "CH-1999-0001")
+    assert code == 1
+
+
+def test_quarantine_and_replay(env: dict[str, str], tmp_path: Path) -> None:
+    stray = tmp_path / "stray.eml"
+    stray.write_bytes(referral("nobody@example.net"))
+    code, out = cli(env, "ingest", str(stray), "--json")
+    m = json.loads(out)["messages"][0]
+    assert m["status"] == "quarantined" and "partnership mailbox" in m["detail"]
+    code, out = cli(env, "quarantine", "list", "--json")
+    (q,) = json.loads(out)
+    assert q["id"] == m["inbound_id"] and "partnership mailbox" in q["reason"]
+    assert CHILD not in out
+
+    # the administrator adds the address as a mailbox of a partnership, then replays
+    cfg = tmp_path / "config"
+    (cfg / "partnerships").mkdir(parents=True)
+    for f in (CONFIG_DIR / "partnerships").glob("*.yaml"):
+        text = f.read_text()
+        if f.name == "havering.yaml":
+            text = text.replace("mailboxes:\n", "mailboxes:\n  - nobody@example.net\n", 1)
+        (cfg / "partnerships" / f.name).write_text(text)
+    for extra in CONFIG_DIR.glob("*.yaml"):
+        (cfg / extra.name).write_text(extra.read_text())
+    env2 = {**env, "ESCALATIONS_CONFIG": str(cfg)}
+    code, out = cli(env2, "quarantine", "replay", str(q["id"]), "--json")
+    assert code == 0, out
+    replayed = json.loads(out)["replayed"][0]
+    assert replayed["status"] == "done" and replayed["case"].startswith("HAV-")
+    code, out = cli(env2, "quarantine", "list", "--json")
+    assert json.loads(out) == []

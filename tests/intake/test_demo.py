@@ -1,0 +1,40 @@
+"""`escalations run --demo` as a user runs it: a real process, real SMTP, Ctrl-C to stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONFIG_DIR
+from tests.servers import free_port
+
+
+@pytest.mark.servers
+def test_demo_acknowledges_each_partnership_sample(tmp_path: Path) -> None:
+    env = {**os.environ, "ESCALATIONS_DATA_DIR": str(tmp_path / "var"), "ESCALATIONS_CONFIG": str(CONFIG_DIR)}
+    env.pop("ESCALATIONS_DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "escalations", "run", "--demo", "--smtp-port", str(free_port())],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sent = tmp_path / "var" / "sent"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(list(sent.glob("*.eml"))) < 5:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        files = sorted(sent.glob("*.eml"))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, errout = proc.communicate(timeout=30)
+    assert proc.returncode == 0, errout.decode(errors="replace")[-2000:]
+    assert len(files) == 5, out.decode(errors="replace")[-2000:]
+    subjects = sorted(next(line for line in f.read_text().splitlines() if line.startswith("Subject:")) for f in files)
+    prefixes = sorted(s.split("[", 1)[1].split("-", 1)[0] for s in subjects)
+    assert prefixes == ["CH", "HAV", "SUT", "TRI", "WIL"]
+    assert b"Cases" in out

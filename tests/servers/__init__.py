@@ -1,0 +1,25 @@
+"""Real-server fixtures (Dovecot, aiosmtpd, PostgreSQL) on loopback, on free ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(reason: str) -> None:
+    """Skip a server test on a bare developer machine; under CI=true a missing server is a failure."""
+    if in_ci():
+        pytest.fail(f"required test server unavailable under CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
