@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import smtplib
 import sys
@@ -11,7 +12,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import typer
@@ -49,11 +50,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 @app.callback()
 def main_callback(
     ctx: typer.Context,
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", envvar="ESCALATIONS_DATA_DIR",
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="ESCALATIONS_DATA_DIR",
                         help="SQLite database and captured mail [default: ./var]")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", envvar="ESCALATIONS_CONFIG",
+    config: Annotated[Path | None, typer.Option("--config", envvar="ESCALATIONS_CONFIG",
                       help="Configuration folder [default: the repository's config/]")] = None,
-    database_url: Annotated[Optional[str], typer.Option("--database-url", envvar="ESCALATIONS_DATABASE_URL",
+    database_url: Annotated[str | None, typer.Option("--database-url", envvar="ESCALATIONS_DATABASE_URL",
                             help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db [default: SQLite]")] = None,
 ) -> None:
     overrides: dict[str, Any] = {}
@@ -113,7 +114,7 @@ def _print_json(data: Any) -> None:
 def run(
     ctx: typer.Context,
     demo: Annotated[bool, typer.Option("--demo", help="Submit each partnership's sample referral and show cases.")] = False,
-    smtp_port: Annotated[Optional[int], typer.Option("--smtp-port", help="SMTP intake port [default: 8025]")] = None,
+    smtp_port: Annotated[int | None, typer.Option("--smtp-port", help="SMTP intake port [default: 8025]")] = None,
 ) -> None:
     """Run the service: IMAP watchers, SMTP intake, processor, outbox sender, scheduler."""
     settings = _settings(ctx)
@@ -170,34 +171,52 @@ def _demo_driver(stop: threading.Event) -> Any:
             partnership = application.config.partnerships.get(pid)
             if partnership is None:
                 continue
-            raw = path.read_bytes()
+            # SMTP lines end in CRLF (RFC 5321 2.3.8); the samples are stored with Unix line ends.
+            raw = re.sub(rb"\r?\n", b"\r\n", path.read_bytes())
             with smtplib.SMTP(s.smtp_listen_host, application.smtp_port or s.smtp_listen_port, timeout=30) as c:
                 c.sendmail("practitioner@example.org", [partnership.primary_mailbox], raw)
             console.print(f"  submitted the sample referral of [cyan]{partnership.name}[/cyan] over SMTP")
         console.print("Watching cases (Ctrl-C to stop; send more mail to the SMTP port to see it arrive)…")
 
         def watch() -> None:
-            with Live(_cases_table(application), console=console, refresh_per_second=2) as live:
-                while not stop.is_set():
-                    live.update(_cases_table(application))
-                    time.sleep(0.5)
+            if console.is_terminal:
+                with Live(_cases_table(application), console=console, refresh_per_second=2) as live:
+                    while not stop.is_set():
+                        live.update(_cases_table(application))
+                        time.sleep(0.5)
+                return
+            # Not a terminal (piped, logged): one line per change instead of a redrawn table.
+            seen: set[tuple[str, ...]] = set()
+            console.print("Cases (reference, partnership, status, stage, acknowledgement):")
+            while not stop.is_set():
+                for row in _case_rows(application):
+                    if row not in seen:
+                        seen.add(row)
+                        console.print("  " + "  ".join(row), markup=False, soft_wrap=True)
+                time.sleep(0.5)
 
         threading.Thread(target=watch, name="demo-view", daemon=True).start()
 
     return drive
 
 
-def _cases_table(application: Any) -> Table:
-    table = Table(title="Cases")
-    for col in ("Reference", "Partnership", "Status", "Stage", "Opened (London)", "Missing", "Acknowledgement"):
-        table.add_column(col)
+def _case_rows(application: Any) -> list[tuple[str, ...]]:
+    """Reference, partnership, status, stage, opened (London), missing fields, acknowledgement status."""
     sent_by_case: dict[int, str] = {}
     for row in application.store.list_outbox():
         if row.case_id is not None and row.template.startswith("referral_"):
             sent_by_case[row.case_id] = row.status
-    for case in application.store.list_cases():
-        table.add_row(case.reference, case.partnership, case.status, str(case.stage or "-"), _local(case.opened_at),
-                      ", ".join(case.missing) or "-", sent_by_case.get(case.id or 0, "-"))
+    return [(case.reference, case.partnership, case.status, str(case.stage or "-"), _local(case.opened_at),
+             ", ".join(case.missing) or "-", "ack " + sent_by_case.get(case.id or 0, "-"))
+            for case in application.store.list_cases()]
+
+
+def _cases_table(application: Any) -> Table:
+    table = Table(title="Cases")
+    for col in ("Reference", "Partnership", "Status", "Stage", "Opened (London)", "Missing", "Acknowledgement"):
+        table.add_column(col)
+    for row in _case_rows(application):
+        table.add_row(*row)
     return table
 
 
@@ -238,7 +257,7 @@ def parse(
 def ingest(
     ctx: typer.Context,
     files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True, help=".eml files")],
-    received: Annotated[Optional[str], typer.Option("--received", help="When they arrived (ISO; default now)")] = None,
+    received: Annotated[str | None, typer.Option("--received", help="When they arrived (ISO; default now)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Store and process saved messages exactly as if they had arrived."""
@@ -301,8 +320,8 @@ def case_json(application: Any, case: Any) -> dict[str, Any]:
 @cases_app.command("list")
 def cases_list(
     ctx: typer.Context,
-    partnership: Annotated[Optional[str], typer.Option(help="Only this partnership id")] = None,
-    status: Annotated[Optional[str], typer.Option(help="Only this status")] = None,
+    partnership: Annotated[str | None, typer.Option(help="Only this partnership id")] = None,
+    status: Annotated[str | None, typer.Option(help="Only this status")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List cases with stage, status and due time."""
@@ -346,7 +365,7 @@ def cases_show(ctx: typer.Context, reference: Annotated[str, typer.Argument(help
 
 @app.command()
 def tick(ctx: typer.Context,
-         now: Annotated[Optional[str], typer.Option("--now", help="Pretend it is this time (ISO)")] = None,
+         now: Annotated[str | None, typer.Option("--now", help="Pretend it is this time (ISO)")] = None,
          as_json: JsonOpt = False) -> None:
     """Run due reminders and escalations once (and process/send anything waiting)."""
     from escalations.app import build_app
@@ -368,7 +387,7 @@ def tick(ctx: typer.Context,
 
 @outbox_app.command("list")
 def outbox_list(ctx: typer.Context,
-                status: Annotated[Optional[str], typer.Option(help="pending | sending | sent | failed")] = None,
+                status: Annotated[str | None, typer.Option(help="pending | sending | sent | failed")] = None,
                 as_json: JsonOpt = False) -> None:
     """What is waiting to go out, and what went."""
     application = _build(ctx)

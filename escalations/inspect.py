@@ -23,6 +23,7 @@ def inspect_message(raw: bytes, config: PolicyConfig) -> dict[str, Any]:
     required = partnership.all_required_fields() if partnership else list(BASE_REQUIRED_FIELDS)
     parse = extract_referral(msg, required)
     automated = detect_automated(msg)
+    kind: str
     reference = find_reference(msg.subject)
     if automated.kind != "none":
         kind, reason = automated.kind, automated.reason

@@ -16,11 +16,11 @@ from sqlmodel import Session, select
 
 from escalations.cases.models import Case, CaseEvent, InboundMessage
 from escalations.cases.store import Store
+from escalations.cases.workflow import Workflow, known_addresses, policy_of, staff_addresses
 from escalations.clock import Clock
 from escalations.mailer.outbox import Renderer, enqueue
-from escalations.cases.workflow import Workflow, known_addresses, policy_of, staff_addresses
-from escalations.parsers.auto_reply import detect_automated, must_not_answer
 from escalations.parsers.authresults import dmarc_verdict, sender_fails_dmarc
+from escalations.parsers.auto_reply import detect_automated, must_not_answer
 from escalations.parsers.message import MessageParseError, ParsedMessage, parse_message
 from escalations.parsers.referral import ReferralParse, extract_fields_from_text, extract_referral
 from escalations.parsers.reply import find_reference, parse_reply

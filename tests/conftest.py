@@ -3,10 +3,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from escalations.app import App
@@ -14,14 +13,7 @@ from escalations.clock import FakeClock
 from escalations.logs import configure_logging
 from escalations.settings import RelaySettings, Settings
 
-pytest_plugins = ["tests.servers.smtp", "tests.servers.postgres"]
-
-try:  # the Dovecot fixture lives beside the others once written
-    import tests.servers.dovecot  # noqa: F401
-
-    pytest_plugins.append("tests.servers.dovecot")
-except ImportError:  # pragma: no cover
-    pass
+pytest_plugins = ["tests.servers.smtp", "tests.servers.postgres", "tests.servers.dovecot"]
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "config"

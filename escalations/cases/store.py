@@ -240,18 +240,18 @@ class Store:
             candidates = s.exec(
                 select(InboundMessage.id)
                 .where(
-                    InboundMessage.status == "pending",
+                    col(InboundMessage.status) == "pending",
                     or_(col(InboundMessage.claimed_at).is_(None), col(InboundMessage.claimed_at) < now - stale_after),
                 )
                 .order_by(col(InboundMessage.id))
                 .limit(5)
             ).all()
             for cid in candidates:
-                result = s.exec(  # type: ignore[call-overload]
+                result = s.exec(
                     update(InboundMessage)
                     .where(
                         col(InboundMessage.id) == cid,
-                        InboundMessage.status == "pending",
+                        col(InboundMessage.status) == "pending",
                         or_(col(InboundMessage.claimed_at).is_(None),
                             col(InboundMessage.claimed_at) < now - stale_after),
                     )
@@ -356,15 +356,15 @@ class Store:
                 select(OutboxMessage.id)
                 .where(
                     or_(
-                        (OutboxMessage.status == "pending") & (col(OutboxMessage.next_attempt_at) <= now),
-                        (OutboxMessage.status == "sending") & (col(OutboxMessage.next_attempt_at) < now - stale_after),
+                        (col(OutboxMessage.status) == "pending") & (col(OutboxMessage.next_attempt_at) <= now),
+                        (col(OutboxMessage.status) == "sending") & (col(OutboxMessage.next_attempt_at) < now - stale_after),
                     )
                 )
                 .order_by(col(OutboxMessage.id))
                 .limit(limit)
             ).all()
             for oid in ids:
-                res = s.exec(  # type: ignore[call-overload]
+                res = s.exec(
                     update(OutboxMessage)
                     .where(col(OutboxMessage.id) == oid, col(OutboxMessage.status).in_(("pending", "sending")))
                     .values(status="sending", next_attempt_at=now)
@@ -426,10 +426,10 @@ class Store:
 
     @staticmethod
     def cancel_timers(s: Session, case_id: int, *, kinds: Sequence[str] | None = None) -> int:
-        q = update(Timer).where(col(Timer.case_id) == case_id, Timer.status == "pending")
+        q = update(Timer).where(col(Timer.case_id) == case_id, col(Timer.status) == "pending")
         if kinds:
             q = q.where(col(Timer.kind).in_(list(kinds)))
-        result = s.exec(q.values(status="cancelled"))  # type: ignore[call-overload]
+        result = s.exec(q.values(status="cancelled"))
         return int(result.rowcount or 0)
 
     def claim_due_timer(self, now: datetime, stale_after: timedelta = timedelta(minutes=10)) -> int | None:
@@ -439,18 +439,18 @@ class Store:
                 select(Timer.id)
                 .where(
                     col(Timer.due_at) <= now,
-                    or_(Timer.status == "pending",
-                        (Timer.status == "firing") & (col(Timer.claimed_at) < self.clock.now() - stale_after)),
+                    or_(col(Timer.status) == "pending",
+                        (col(Timer.status) == "firing") & (col(Timer.claimed_at) < self.clock.now() - stale_after)),
                 )
                 .order_by(col(Timer.due_at), col(Timer.id))
                 .limit(5)
             ).all()
             for tid in ids:
-                res = s.exec(  # type: ignore[call-overload]
+                res = s.exec(
                     update(Timer)
                     .where(col(Timer.id) == tid,
-                           or_(Timer.status == "pending",
-                               (Timer.status == "firing")
+                           or_(col(Timer.status) == "pending",
+                               (col(Timer.status) == "firing")
                                & (col(Timer.claimed_at) < self.clock.now() - stale_after)))
                     .values(status="firing", claimed_at=self.clock.now())
                 )

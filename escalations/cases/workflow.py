@@ -5,7 +5,6 @@ caller's transaction. ``tick`` fires due timers, each in its own transaction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any

@@ -29,7 +29,7 @@ class IntakeHandler:
         self.accepts = accepts
         self.on_stored = on_stored
 
-    async def handle_RCPT(  # noqa: N802 (aiosmtpd hook name)
+    async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
         if not self.accepts(address):
@@ -37,7 +37,7 @@ class IntakeHandler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or (
             envelope.content if isinstance(envelope.content, bytes) else str(envelope.content or "").encode()
         )

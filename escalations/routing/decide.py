@@ -746,11 +746,11 @@ def _on_reply(state: CaseState, r: Replied, p: Partnership, now: datetime) -> St
     if cmd == "ESCALATE":
         if state.status == "awaiting_confirmation" and r.side == state.resolution.get("side"):
             return illegal("you recorded a resolution; the other side has been asked to confirm it")
-        step = _escalate(state, p, now, f"{r.sender} asked to escalate: {r.argument or 'no reason given'}",
-                         None)
-        if step is None:
+        escalated = _escalate(state, p, now, f"{r.sender} asked to escalate: {r.argument or 'no reason given'}",
+                              None)
+        if escalated is None:
             return illegal("this is the final stage: the decision maker's written decision closes the case")
-        return _with_record(record, step)
+        return _with_record(record, escalated)
     if cmd == "RESOLVED":
         plan = plan_for(state, p, state.stage_index or 0, state.stage_opened_at or now) \
             if state.stage_index is not None else None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,8 +59,12 @@ def test_ingest_then_cases_and_outbox(env: dict[str, str], tmp_path: Path) -> No
     data = json.loads(out)
     (m,) = data["messages"]
     assert m["kind"] == "referral" and m["status"] == "done" and m["case"].startswith("CH-2026-")
-    assert data["sent"] == 1
-    assert len(list((tmp_path / "var" / "sent").glob("*.eml"))) == 1
+    # the acknowledgement, and the raiser's copy of stage 1 (the other worker is named, not addressed)
+    assert data["sent"] == 2
+    sent = sorted((tmp_path / "var" / "sent").glob("*.eml"))
+    assert len(sent) == 2
+    assert [b"referral_acknowledged" in f.read_bytes() for f in sent] == [True, False]
+    assert all(CHILD.encode() not in f.read_bytes() for f in sent)
     # ingesting the same file again changes nothing
     code, out = cli(env, "ingest", str(eml), "--json")
     again = json.loads(out)["messages"][0]
@@ -73,8 +79,9 @@ def test_ingest_then_cases_and_outbox(env: dict[str, str], tmp_path: Path) -> No
     assert [e["kind"] for e in shown["events"]][:1] == ["case_opened"]
     assert shown["parties"] == ["jo.bloggs@school.example.org"]
     code, out = cli(env, "outbox", "list", "--json")
-    (row,) = json.loads(out)
-    assert row["status"] == "sent" and CHILD not in row["subject"]
+    rows = json.loads(out)
+    assert len(rows) == 2
+    assert all(r["status"] == "sent" and CHILD not in r["subject"] and m["case"] in r["subject"] for r in rows)
 
     code, out = cli(env, "cases", "show", "CH-1999-0001")
     assert code == 1
@@ -93,14 +100,9 @@ def test_quarantine_and_replay(env: dict[str, str], tmp_path: Path) -> None:
 
     # the administrator adds the address as a mailbox of a partnership, then replays
     cfg = tmp_path / "config"
-    (cfg / "partnerships").mkdir(parents=True)
-    for f in (CONFIG_DIR / "partnerships").glob("*.yaml"):
-        text = f.read_text()
-        if f.name == "havering.yaml":
-            text = text.replace("mailboxes:\n", "mailboxes:\n  - nobody@example.net\n", 1)
-        (cfg / "partnerships" / f.name).write_text(text)
-    for extra in CONFIG_DIR.glob("*.yaml"):
-        (cfg / extra.name).write_text(extra.read_text())
+    shutil.copytree(CONFIG_DIR, cfg)
+    hav = cfg / "partnerships" / "havering.yaml"
+    hav.write_text(re.sub(r"mailboxes:\n", "mailboxes:\n  - nobody@example.net\n", hav.read_text(), count=1))
     env2 = {**env, "ESCALATIONS_CONFIG": str(cfg)}
     code, out = cli(env2, "quarantine", "replay", str(q["id"]), "--json")
     assert code == 0, out

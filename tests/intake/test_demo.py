@@ -22,13 +22,18 @@ def test_demo_acknowledges_each_partnership_sample(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "escalations", "run", "--demo", "--smtp-port", str(free_port())],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     sent = tmp_path / "var" / "sent"
+
+    def acknowledgements() -> list[Path]:
+        return [f for f in sorted(sent.glob("*.eml"))
+                if b"X-Escalations-Template: referral_acknowledged" in f.read_bytes()]
+
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(list(sent.glob("*.eml"))) < 5:
+        while time.monotonic() < deadline and len(acknowledgements()) < 5:
             if proc.poll() is not None:
                 break
             time.sleep(0.2)
-        files = sorted(sent.glob("*.eml"))
+        files = acknowledgements()
     finally:
         proc.send_signal(signal.SIGINT)
         out, errout = proc.communicate(timeout=30)
@@ -37,4 +42,8 @@ def test_demo_acknowledges_each_partnership_sample(tmp_path: Path) -> None:
     subjects = sorted(next(line for line in f.read_text().splitlines() if line.startswith("Subject:")) for f in files)
     prefixes = sorted(s.split("[", 1)[1].split("-", 1)[0] for s in subjects)
     assert prefixes == ["CH", "HAV", "SUT", "TRI", "WIL"]
-    assert b"Cases" in out
+    text = out.decode()
+    assert "Cases" in text
+    for f in files:  # the live view reports each case with its acknowledgement sent
+        ref = next(line for line in f.read_text().splitlines() if line.startswith("Subject:")).split("[")[1].split("]")[0]
+        assert any(ref in line and "ack sent" in line for line in text.splitlines()), text

@@ -17,6 +17,7 @@ from tests.servers.smtp import SmtpCapture
 pytestmark = pytest.mark.servers
 
 CHILD = "Poppy Testchild"
+ACK = "referral_acknowledged"
 
 
 def referral(mailbox: str = "chscp@hackney.gov.uk", *, message_id: str = "<ref-1@example.org>",
@@ -54,13 +55,13 @@ def running(make_app: AppFactory, database_url: str, smtp_capture: SmtpCapture) 
 def submit(app: App, raw: bytes, rcpt: str = "chscp@hackney.gov.uk") -> None:
     assert app.smtp_port
     with smtplib.SMTP("127.0.0.1", app.smtp_port, timeout=20) as c:
-        c.sendmail("jo.bloggs@school.example.org", [rcpt], raw)
+        c.sendmail("jo.bloggs@school.example.org", [rcpt], raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
 
 
 def test_referral_is_acknowledged_once(running: App, smtp_capture: SmtpCapture,
                                        caplog: pytest.LogCaptureFixture) -> None:
     submit(running, referral())
-    (ack,) = smtp_capture.wait_for(1)
+    (ack,) = smtp_capture.wait_for(1, template=ACK)
     msg = ack.message
     assert ack.rcpt_tos == ["jo.bloggs@school.example.org"]
     assert msg["Subject"].startswith("[CH-") and "Testchild" not in msg["Subject"]
@@ -73,7 +74,12 @@ def test_referral_is_acknowledged_once(running: App, smtp_capture: SmtpCapture,
     running.wake_processor.set()
     cases = running.store.list_cases()
     assert len(cases) == 1 and cases[0].status == "open"
-    assert len(running.store.list_outbox()) == 1
+    acks = [m for m in running.store.list_outbox() if m.template.startswith(ACK)]
+    assert len(acks) == 1
+    # every mail of the case carries the reference and never the child's name
+    for m in smtp_capture.wait_for(2):
+        assert m.message["Subject"].startswith(msg["Subject"][:14]) and CHILD not in m.message["Subject"]
+        assert CHILD.encode() not in m.raw
     assert CHILD not in caplog.text and "Testchild" not in caplog.text
 
 
@@ -87,7 +93,7 @@ def test_unknown_recipient_is_refused(running: App) -> None:
 
 def test_sub_addressed_mailbox_is_accepted(running: App, smtp_capture: SmtpCapture) -> None:
     submit(running, referral("chscp@hackney.gov.uk"), rcpt="chscp+abc@hackney.gov.uk")
-    smtp_capture.wait_for(1)
+    smtp_capture.wait_for(1, template=ACK)
     assert len(running.store.list_cases()) == 1
 
 
@@ -100,7 +106,7 @@ def test_incomplete_referral_asks_for_missing_fields(running: App, smtp_capture:
     msg.set_content("Name of child/ children: Kai Testchild\nName of practitioner and agency with which there is a "
                     "concern: Sutton CSC\nBrief description of nature of concern: No strategy meeting held.\n")
     submit(running, bytes(msg), rcpt="suttonlscp@sutton.gov.uk.cjsm.net")
-    (ack,) = smtp_capture.wait_for(1)
+    (ack,) = smtp_capture.wait_for(1, template="referral_incomplete")
     body = ack.message.get_content()
     assert ack.message["Subject"].startswith("[SUT-")
     for label in ("Outcome sought", "Mosaic ID no.", "Date of birth"):

@@ -22,7 +22,7 @@ def postgres_url() -> Iterator[str]:
         admin = sa.create_engine(PG_BASE, connect_args={"connect_timeout": 5})
         with admin.begin() as conn:
             conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    except Exception as exc:  # noqa: BLE001 - any failure means "no server here"
+    except Exception as exc:
         unavailable(f"PostgreSQL not reachable at {PG_BASE}: {type(exc).__name__}")
     url = f"{PG_BASE}?options=-csearch_path%3D{schema}"
     try:

@@ -37,7 +37,7 @@ class CapturingHandler:
     fail_next: int = 0
     fail_reply: str = "451 4.3.0 Try again later"
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         with self.lock:
             if self.fail_next > 0:
                 self.fail_next -= 1
@@ -59,14 +59,22 @@ class SmtpCapture:
         with self.handler.lock:
             return list(self.handler.messages)
 
-    def wait_for(self, count: int, timeout: float = 20.0) -> list[Captured]:
+    def of_template(self, template: str | None) -> list[Captured]:
+        """Captured mail, optionally only that rendered from ``template`` (X-Escalations-Template)."""
+        msgs = self.messages
+        if template is None:
+            return msgs
+        return [m for m in msgs if m.message["X-Escalations-Template"] == template]
+
+    def wait_for(self, count: int, timeout: float = 20.0, *, template: str | None = None) -> list[Captured]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            msgs = self.messages
+            msgs = self.of_template(template)
             if len(msgs) >= count:
                 return msgs
             time.sleep(0.05)
-        raise AssertionError(f"expected {count} captured messages, got {len(self.messages)}")
+        raise AssertionError(f"expected {count} captured messages (template {template}), "
+                             f"got {len(self.of_template(template))}")
 
 
 @pytest.fixture
