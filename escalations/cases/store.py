@@ -91,6 +91,8 @@ def fingerprint(raw: bytes) -> str:
     header_block, body = split_raw(raw)
     values = _header_values(header_block)
     h = hashlib.sha256()
+    if not values:  # not a recognisable message: only its exact bytes identify it
+        h.update(b"raw=" + raw)
     for name in _FINGERPRINT_HEADERS:
         h.update(name + b"=" + b" ".join(values.get(name, b"").split()) + b"\n")
     h.update(b"\n".join(line.rstrip() for line in body.replace(b"\r\n", b"\n").split(b"\n")).rstrip())
