@@ -29,10 +29,7 @@ def _child_names() -> set[str]:
     return names
 
 
-@pytest.fixture
-def corpus_app(make_app: AppFactory, caplog: pytest.LogCaptureFixture) -> tuple[App, dict[str, Any]]:
-    caplog.set_level(logging.DEBUG)
-    app = make_app()
+def run_corpus(app: App) -> tuple[App, dict[str, Any]]:
     outcomes: dict[str, Any] = {}
     for fixture in FIXTURES:  # in MANIFEST order: the plain referral (CH-2026-0001) comes first
         raw = (MAIL / fixture["file"]).read_bytes()
@@ -43,9 +40,9 @@ def corpus_app(make_app: AppFactory, caplog: pytest.LogCaptureFixture) -> tuple[
     return app, outcomes
 
 
-def test_every_fixture_has_a_definite_outcome(corpus_app: tuple[App, dict[str, Any]],
-                                               caplog: pytest.LogCaptureFixture) -> None:
-    app, outcomes = corpus_app
+def test_every_fixture_has_a_definite_outcome(make_app: AppFactory, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    app, outcomes = run_corpus(make_app())
     by_status = Counter(o.status for o in outcomes.values())
     assert set(by_status) <= {"done", "quarantined"}, by_status
     with app.store.session() as s:
@@ -102,8 +99,8 @@ def test_every_fixture_has_a_definite_outcome(corpus_app: tuple[App, dict[str, A
         assert child not in subjects, child
 
 
-def test_replaying_the_corpus_changes_nothing(corpus_app: tuple[App, dict[str, Any]]) -> None:
-    app, _ = corpus_app
+def test_replaying_the_corpus_changes_nothing(make_app: AppFactory) -> None:
+    app, _ = run_corpus(make_app())
     cases_before = len(app.store.list_cases())
     outbox_before = len(app.store.list_outbox())
     for fixture in FIXTURES:
