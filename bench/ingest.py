@@ -1,0 +1,1001 @@
+#!/usr/bin/env python3
+"""Ingest benchmark: how fast the service catches up on a full mailbox, against a raw baseline.
+
+    .venv/bin/python bench/ingest.py                 # N=2000 referrals, 200 IDLE latency samples
+    .venv/bin/python bench/ingest.py --smoke         # CI: N=50, 10 samples, well under a minute
+    .venv/bin/python bench/ingest.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test --json
+
+What it does, all on loopback (ARCHITECTURE "Testing": real servers, figures against a baseline
+measured in the same run, never asserted):
+
+1. Starts an unprivileged Dovecot (tests/servers/dovecot.py) and a capturing aiosmtpd relay
+   (tests/servers/smtp.py, with a handler that time-stamps each message), then APPENDs the same N
+   distinct City & Hackney referrals to INBOX (for the service) and to a folder "Baseline".
+2. (b) baseline, in a child process: IMAPClient login, SELECT, batch FETCH RFC822, stdlib
+   ``email`` parse, plain sqlite3 insert (one transaction per batch), one smtplib connection sending
+   one fixed reply per message to the relay.
+3. (a) pipeline, in another child process (so its peak RSS is its own): ``build_app`` with the
+   mailbox and the relay configured, ``App.run``; elapsed = from just before ``App.run`` until the
+   relay has captured the N-th ``referral_acknowledged`` mail. Then waits for the outbox to drain.
+4. (d) IDLE latency, the service still running and idle: APPEND single referrals one at a time;
+   for each, APPEND returned -> acknowledgement row in the outbox table (polled every 2 ms from this
+   process), and APPEND returned -> EXISTS seen by a separate IMAPClient in IDLE (the server's own
+   notification delay).
+5. Checks correctness (exactly one case and one acknowledgement per referral, all inbound mail
+   done, every outbox row sent once) and prints msgs/s, the ratio, peak RSS and latency
+   percentiles, with "target met"/"target missed" for each target.
+
+Exit status: 0 when the run was correct, whatever the figures; 1 when something is broken
+(missing or duplicate cases/acks, quarantined mail, a child that died, a stalled pipeline);
+2 when Dovecot is missing under CI=true. Without Dovecot and outside CI it skips with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import queue
+import random
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # `tests.servers.*` and a source-checkout `escalations`
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from tests.servers.dovecot import DovecotServer
+
+# ---- targets (from the issue) --------------------------------------------------------------
+
+TARGET_RATIO = 0.7
+TARGET_LATENCY_MARGIN_MS = 50.0
+TARGET_RSS_MIB = 100.0
+
+ACK_TEMPLATE = "referral_acknowledged"
+MAILBOX = "chscp@hackney.gov.uk"
+BASELINE_FOLDER = "Baseline"
+PROTOCOL_PREFIX = "BENCH "
+FETCH_BATCH = 100
+#: The pipeline is "stalled" (broken) when none of its counters moves for this long.
+STALL_SECONDS = 60.0
+
+
+class Broken(Exception):
+    """The benchmark found the service (or itself) not working: exit non-zero."""
+
+
+def progress(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+# ---- referrals ---------------------------------------------------------------------------------
+
+FIRST_NAMES = (
+    "Ava", "Noah", "Amara", "Leo", "Zainab", "Oscar", "Maya", "Yusuf", "Isla", "Kofi", "Ruby", "Mateo",
+    "Aisha", "Theo", "Freya", "Ibrahim", "Lily", "Jayden", "Mia", "Arlo", "Hana", "Elijah", "Sofia", "Kai",
+)
+#: (name, role, agency as written, email) of practitioners who raise differences.
+RAISERS = tuple(
+    (f"{first} Example{n}", role, agency, f"{first.lower()}.example{n}@{domain}")
+    for n, (first, role, agency, domain) in enumerate((
+        ("Priya", "School Designated Safeguarding Lead", "Hackney Education", "school.example.org"),
+        ("Tom", "Health Visitor", "Homerton Healthcare NHS Foundation Trust", "nhs.example.net"),
+        ("Grace", "Detective Constable", "Metropolitan Police Service", "police.example.org"),
+        ("Sam", "Housing Officer", "Hackney Council Housing Services", "housing.example.org"),
+        ("Chidi", "Probation Officer", "Probation Service (London)", "probation.example.net"),
+        ("Lena", "Community Psychiatric Nurse", "East London NHS Foundation Trust", "elft.example.net"),
+        ("Owen", "Head Teacher", "Hackney Education", "academy.example.org"),
+        ("Fatima", "School Nurse", "Homerton Healthcare NHS Foundation Trust", "nhs.example.net"),
+    ) * 5)
+)
+OTHER_AGENCIES = (
+    ("Hackney Children and Families Service", "Sam Smith (duty social worker)"),
+    ("City of London Children's Social Care", "Alex Jones (team manager)"),
+    ("Metropolitan Police Service", "DS Morgan (MASH)"),
+    ("Hackney Children and Families Service", "Jordan Lee (social worker)"),
+)
+STATUSES = ("Child in need", "Child protection plan", "Looked after", "None")
+CONCERNS = (
+    "{first} disclosed that an adult at home hit them. Our referral to the MASH was closed the same day "
+    "with no further action and no strategy discussion.",
+    "Repeated missed health appointments and weight loss for {first}; the case was stepped down to "
+    "early help without a home visit.",
+    "{first} has been missing from home three times this month; the return interviews were not "
+    "shared and the case was closed.",
+    "Domestic abuse notifications for {first}'s household were not progressed to an assessment.",
+)
+
+
+def _letters(i: int) -> str:
+    out = ""
+    i += 26 * 26  # at least three letters
+    while i:
+        i, r = divmod(i, 26)
+        out = chr(ord("a") + r) + out
+    return out
+
+
+def make_referral(i: int, run_id: str) -> tuple[str, bytes]:
+    """A complete, distinct referral (its Message-ID, child, raiser and wording vary with i)."""
+    first = FIRST_NAMES[i % len(FIRST_NAMES)]
+    child = f"{first} Test{_letters(i)}"
+    name, role, agency, email = RAISERS[i % len(RAISERS)]
+    other_agency, other_practitioner = OTHER_AGENCIES[i % len(OTHER_AGENCIES)]
+    dob = date(2009, 1, 1) + timedelta(days=(i * 37) % 5400)
+    message_id = f"bench-{run_id}-{i}@bench.example.org"
+    msg = EmailMessage()
+    msg["From"] = f"{name} <{email}>"
+    msg["To"] = f"CHSCP <{MAILBOX}>"
+    msg["Subject"] = f"Professional difference - {child}"
+    msg["Date"] = format_datetime(datetime.now(UTC) - timedelta(minutes=i % 600))
+    msg["Message-ID"] = f"<{message_id}>"
+    msg.set_content(
+        "Dear CHSCP business unit,\n\n"
+        "I am raising a professional difference under the Resolving Professional Difference policy.\n\n"
+        f"Name of child(ren): {child}\n"
+        f"Date of birth: {dob:%d/%m/%Y}\n"
+        f"Child status: {STATUSES[i % len(STATUSES)]}\n"
+        f"Name of referrer: {name}\n"
+        f"Role: {role}\n"
+        f"Agency: {agency}\n"
+        f"Email: {email}\n"
+        f"Other agency: {other_agency}\n"
+        f"Other practitioner: {other_practitioner}\n\n"
+        "Brief description of nature of concern:\n"
+        f"{CONCERNS[i % len(CONCERNS)].format(first=first)}\n\n"
+        "Action taken: I spoke to the duty worker and my manager emailed the team manager. "
+        "No change to the decision.\n"
+        "Outcome sought: A strategy discussion and a child and family assessment.\n"
+        "Is the child at immediate risk? No\n\n"
+        f"Kind regards,\n{name}\n{role}\n"
+    )
+    return message_id, bytes(msg)
+
+
+# ---- the capturing relay, with arrival times ---------------------------------------------------
+
+_TEMPLATE_RE = re.compile(rb"^X-Escalations-Template:[ \t]*(\S+)", re.IGNORECASE | re.MULTILINE)
+_MESSAGE_ID_RE = re.compile(rb"^Message-ID:\s*<([^>\s]+)>", re.IGNORECASE | re.MULTILINE)  # may be folded
+
+
+@dataclass(frozen=True)
+class Arrival:
+    at: float  # time.monotonic() in this process
+    template: str
+    message_id: str
+
+
+class TimedRelay:
+    """tests/servers/smtp.py's SmtpCapture with a handler that notes when each message arrived."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import SMTP, Envelope, Session
+
+        from tests.servers.smtp import CapturingHandler, SmtpCapture
+
+        arrivals: list[Arrival] = []
+        self.arrivals = arrivals
+
+        class TimedHandler(CapturingHandler):
+            async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+                reply = await super().handle_DATA(server, session, envelope)
+                if reply.startswith("250"):
+                    at = time.monotonic()
+                    head = (envelope.original_content or b"").split(b"\r\n\r\n", 1)[0]
+                    tm, mm = _TEMPLATE_RE.search(head), _MESSAGE_ID_RE.search(head)
+                    with self.lock:
+                        arrivals.append(Arrival(at, tm.group(1).decode() if tm else "",
+                                                mm.group(1).decode() if mm else ""))
+                return reply
+
+        self.capture = SmtpCapture()
+        self.capture.handler = TimedHandler()
+        self.capture.controller = Controller(self.capture.handler, hostname=self.capture.host,
+                                             port=self.capture.port, decode_data=False)
+        self.port = self.capture.port
+
+    def start(self) -> None:
+        self.capture.controller.start()
+
+    def stop(self) -> None:
+        self.capture.controller.stop()
+
+    def snapshot(self) -> list[Arrival]:
+        with self.capture.handler.lock:
+            return list(self.arrivals)
+
+    def count(self, template: str | None = None) -> int:
+        with self.capture.handler.lock:
+            if template is None:
+                return len(self.arrivals)
+            return sum(1 for a in self.arrivals if a.template == template)
+
+
+# ---- database look (from this process, never through the service) -----------------------------
+
+
+class DbWatch:
+    """Read-only counts from the service's database, polled while the service runs."""
+
+    def __init__(self, url: str) -> None:
+        import sqlalchemy as sa
+
+        self._sa = sa
+        connect_args: dict[str, Any] = {"timeout": 30} if url.startswith("sqlite") else {}
+        self.engine: Engine = sa.create_engine(url, connect_args=connect_args, hide_parameters=True)
+
+    def scalar(self, sql: str, **params: Any) -> int:
+        with self.engine.connect() as c:
+            return int(c.execute(self._sa.text(sql), params).scalar() or 0)
+
+    def rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+        with self.engine.connect() as c:
+            return [tuple(r) for r in c.execute(self._sa.text(sql), params).all()]
+
+    def ack_rows(self) -> int:
+        return self.scalar("SELECT count(*) FROM outbox WHERE template = :t", t=f"{ACK_TEMPLATE}.txt.j2")
+
+    def counts(self) -> dict[str, int]:
+        (inbound, pending, done, quarantined), = self.rows(
+            "SELECT count(*), "
+            "coalesce(sum(CASE WHEN status = 'pending' THEN 1 ELSE 0 END), 0), "
+            "coalesce(sum(CASE WHEN status = 'done' THEN 1 ELSE 0 END), 0), "
+            "coalesce(sum(CASE WHEN status = 'quarantined' THEN 1 ELSE 0 END), 0) FROM inbound_message")
+        (outbox, sent, failed), = self.rows(
+            "SELECT count(*), coalesce(sum(CASE WHEN status = 'sent' THEN 1 ELSE 0 END), 0), "
+            "coalesce(sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0) FROM outbox")
+        return {"inbound": int(inbound), "pending": int(pending), "done": int(done),
+                "quarantined": int(quarantined), "outbox": int(outbox), "outbox_sent": int(sent),
+                "outbox_failed": int(failed)}
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+@contextlib.contextmanager
+def bench_database(url: str | None, tmp: Path) -> Iterator[str]:
+    """A fresh database for the service: a temp SQLite file, or a new schema on PostgreSQL."""
+    if not url:
+        yield f"sqlite:///{tmp / 'escalations.sqlite3'}"
+        return
+    if url.startswith("sqlite"):
+        yield url
+        return
+    import sqlalchemy as sa
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url, connect_args={"connect_timeout": 5})
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:
+        admin.dispose()
+        raise Broken(f"cannot create a schema at {url.split('@')[-1]}: {type(exc).__name__}: {exc}") from exc
+    sep = "&" if "?" in url else "?"
+    try:
+        yield f"{url}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with contextlib.suppress(Exception), admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+# ---- child processes ---------------------------------------------------------------------------
+
+
+def emit(event: str, **data: Any) -> None:
+    """One protocol line from a child to the parent (stdout is reserved for these)."""
+    sys.stdout.write(PROTOCOL_PREFIX + json.dumps({"event": event, **data}) + "\n")
+    sys.stdout.flush()
+
+
+def max_rss_kib() -> int:
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+
+
+def child_baseline(cfg: dict[str, Any]) -> None:
+    """(b) The raw baseline: fetch, parse, insert, reply, with nothing but the libraries."""
+    import email
+    import email.policy
+    import smtplib
+    import sqlite3
+
+    from imapclient import IMAPClient
+
+    reply = EmailMessage()
+    reply["From"] = f"CHSCP <{MAILBOX}>"
+    reply["Subject"] = "Your referral was received"
+    reply["Auto-Submitted"] = "auto-replied"
+    reply["X-Escalations-Template"] = "baseline_reply"
+    reply.set_content("Thank you. Your referral has been received and will be acknowledged with a reference.\n")
+    fixed = reply.as_bytes(policy=email.policy.SMTP)
+
+    t0 = time.monotonic()
+    imap = IMAPClient(cfg["host"], cfg["port"], ssl=False, timeout=30)
+    imap.login(cfg["user"], cfg["password"])
+    uidvalidity = int(imap.select_folder(cfg["folder"], readonly=True)[b"UIDVALIDITY"])
+    uids = sorted(int(u) for u in imap.search(["UID", "1:*"]))
+    db = sqlite3.connect(cfg["sqlite_path"])
+    db.execute("CREATE TABLE message (key TEXT PRIMARY KEY, raw BLOB NOT NULL, subject TEXT)")
+    db.commit()
+    smtp = smtplib.SMTP("127.0.0.1", cfg["relay_port"], timeout=30)
+    smtp.ehlo()
+    sent = 0
+    for start in range(0, len(uids), cfg["batch"]):
+        batch = uids[start:start + cfg["batch"]]
+        fetched = imap.fetch(batch, ["RFC822"])
+        rows: list[tuple[str, bytes, str]] = []
+        reply_to: list[str] = []
+        for uid in batch:
+            raw = bytes(fetched[uid][b"RFC822"])
+            msg = email.message_from_bytes(raw, policy=email.policy.default)
+            rows.append((f"{uidvalidity}:{uid}", raw, str(msg["subject"] or "")))
+            sender = msg["from"]
+            addresses = getattr(sender, "addresses", ())
+            reply_to.append(addresses[0].addr_spec if addresses else "unknown@example.org")
+        with db:  # one transaction per batch
+            db.executemany("INSERT INTO message (key, raw, subject) VALUES (?, ?, ?)", rows)
+        for rcpt in reply_to:  # after the commit, as the service does
+            smtp.sendmail(MAILBOX, [rcpt], fixed)
+            sent += 1
+    smtp.quit()
+    imap.logout()
+    t1 = time.monotonic()
+    stored = int(db.execute("SELECT count(*) FROM message").fetchone()[0])
+    db.close()
+    emit("result", t0=t0, t1=t1, fetched=len(uids), stored=stored, sent=sent, maxrss_kib=max_rss_kib())
+
+
+def _install_thread_profiler(profiles: list[tuple[str, Any]]) -> None:
+    """Run every thread started from now on under its own cProfile (Python 3.11: per-thread hooks)."""
+    import cProfile
+
+    original = threading.Thread.run
+
+    def run(self: threading.Thread) -> None:
+        prof = cProfile.Profile()
+        profiles.append((self.name, prof))
+        prof.enable()
+        try:
+            original(self)
+        finally:
+            prof.disable()
+
+    threading.Thread.run = run  # type: ignore[method-assign]
+
+
+def child_pipeline(cfg: dict[str, Any]) -> None:
+    """(a)+(d) The service itself: App.run with the mailbox and the relay; commands on stdin."""
+    from escalations.app import build_app
+    from escalations.logs import configure_logging
+    from escalations.settings import MailboxSettings, RelaySettings, Settings
+
+    configure_logging("json")  # production-like INFO logging, to stderr (a file the parent reads)
+    settings = Settings(
+        data_dir=Path(cfg["data_dir"]),
+        config_dir=Path(cfg["config_dir"]),
+        database_url=cfg["database_url"],
+        smtp_listen_port=0,
+        relay=RelaySettings(host="127.0.0.1", port=cfg["relay_port"], security="none"),
+        mailboxes=[MailboxSettings.model_validate(cfg["mailbox"])],
+    )
+    app = build_app(settings)
+    profiles: list[tuple[str, Any]] = []
+    if cfg.get("profile"):
+        _install_thread_profiler(profiles)
+    stop, started = threading.Event(), threading.Event()
+    t0 = time.monotonic()
+    runner = threading.Thread(target=app.run, args=(stop,), kwargs={"on_started": lambda _a: started.set()},
+                              name="app-run", daemon=True)
+    runner.start()
+    if not started.wait(60):
+        emit("error", message="service did not start within 60 s")
+        return
+    emit("started", t0=t0, smtp_port=app.smtp_port)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "rss":
+            emit("rss", maxrss_kib=max_rss_kib())
+        elif command == "stop":
+            break
+    stop.set()
+    runner.join(30)
+    if cfg.get("profile"):
+        import pstats
+
+        done = [(name, p) for name, p in profiles if not any(t.name == name and t.is_alive()
+                                                              for t in threading.enumerate())]
+        if done:
+            stats = pstats.Stats(done[0][1])
+            for _name, p in done[1:]:
+                stats.add(p)
+            stats.dump_stats(cfg["profile"])
+    app.store.engine.dispose()
+    emit("result", maxrss_kib=max_rss_kib(), stopped=not runner.is_alive())
+
+
+class Child:
+    """A child process of this script speaking the line protocol; stderr goes to a log file."""
+
+    def __init__(self, role: str, cfg: dict[str, Any], log_path: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ESCALATIONS_")}  # no stray settings
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--child", role],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, env=env, cwd=str(REPO),
+        )
+        self.role = role
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, name=f"{role}-reader", daemon=True)
+        self._reader.start()
+        self.send(json.dumps(cfg))
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(PROTOCOL_PREFIX):
+                with contextlib.suppress(ValueError):
+                    self.events.put(json.loads(line[len(PROTOCOL_PREFIX):]))
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise Broken(f"{self.role} process is gone ({exc}){self.log_tail()}") from exc
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def expect(self, event: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Broken(f"{self.role}: no '{event}' within {timeout:.0f} s{self.log_tail()}")
+            try:
+                got = self.events.get(timeout=min(0.2, remaining))
+            except queue.Empty:
+                if not self.alive() and self.events.empty():
+                    raise Broken(f"{self.role} process exited with {self.proc.returncode} "
+                                 f"before '{event}'{self.log_tail()}") from None
+                continue
+            if got.get("event") == "error":
+                raise Broken(f"{self.role}: {got.get('message')}{self.log_tail()}")
+            if got.get("event") == event:
+                return got
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return ""
+        return ("\n--- " + self.log_path.name + " (last lines) ---\n" + "\n".join(text[-lines:])) if text else ""
+
+    def close(self, timeout: float = 30.0) -> None:
+        with contextlib.suppress(Exception):
+            if self.proc.stdin:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # our own child, by its handle
+            self.proc.wait(timeout=10)
+        self._log.close()
+
+
+# ---- figures -----------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (p99 of 200 samples is the 198th smallest)."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    rank = max(1, math.ceil(pct / 100.0 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def verdict(ok: bool) -> str:
+    return "target met" if ok else "target missed"
+
+
+@dataclass
+class Results:
+    n: int
+    samples: int
+    database: str
+    dovecot_version: str
+    append_seconds: float = 0.0
+    baseline: dict[str, Any] = field(default_factory=dict)
+    pipeline: dict[str, Any] = field(default_factory=dict)
+    latency: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, Any] = field(default_factory=dict)
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# ---- phases ------------------------------------------------------------------------------------
+
+
+def run_baseline(dovecot: DovecotServer, relay: TimedRelay, tmp: Path, n: int) -> dict[str, Any]:
+    progress(f"(b) baseline: FETCH+parse+sqlite+SMTP of {n} messages in a child process")
+    before = relay.count("baseline_reply")
+    child = Child("baseline", {
+        "host": dovecot.host, "port": dovecot.port, "user": dovecot.user, "password": dovecot.password,
+        "folder": BASELINE_FOLDER, "relay_port": relay.port, "sqlite_path": str(tmp / "baseline.sqlite3"),
+        "batch": FETCH_BATCH,
+    }, tmp / "baseline.log")
+    try:
+        result = child.expect("result", timeout=max(120.0, n * 0.1))
+    finally:
+        child.close()
+    if child.proc.returncode != 0:
+        raise Broken(f"baseline process exited with {child.proc.returncode}{child.log_tail()}")
+    replies = relay.count("baseline_reply") - before
+    if not (result["fetched"] == result["stored"] == result["sent"] == replies == n):
+        raise Broken(f"baseline did not handle all {n} messages: fetched {result['fetched']}, stored "
+                     f"{result['stored']}, sent {result['sent']}, relay captured {replies}")
+    elapsed = result["t1"] - result["t0"]
+    out = {"seconds": elapsed, "msgs_per_s": n / elapsed, "maxrss_kib": result["maxrss_kib"]}
+    progress(f"(b) baseline: {n} in {elapsed:.2f} s = {n / elapsed:.0f} msgs/s")
+    return out
+
+
+def wait_catch_up(child: Child, db: DbWatch, relay: TimedRelay, n: int, t0: float) -> dict[str, Any]:
+    """Until the relay has N acknowledgements; notes when all were stored and processed."""
+    stored_at = processed_at = None
+    last_state: tuple[int, ...] = ()
+    last_change = last_print = time.monotonic()
+    while True:
+        acks = relay.count(ACK_TEMPLATE)
+        now = time.monotonic()
+        if now - last_print >= 0.25 or acks >= n:
+            c = db.counts()
+            if stored_at is None and c["inbound"] >= n:
+                stored_at = now - t0
+            if processed_at is None and c["inbound"] >= n and c["pending"] == 0:
+                processed_at = now - t0
+            state = (c["inbound"], c["done"], c["quarantined"], c["outbox_sent"], acks)
+            if state != last_state:
+                last_state, last_change = state, now
+            if c["quarantined"]:
+                raise Broken(f"{c['quarantined']} referral(s) quarantined during catch-up{child.log_tail()}")
+            if now - last_change > STALL_SECONDS:
+                raise Broken(f"pipeline stalled for {STALL_SECONDS:.0f} s: stored {c['inbound']}/{n}, "
+                             f"processed {c['done']}/{n}, acks captured {acks}/{n}{child.log_tail()}")
+            if now - last_print >= 2.0 or acks >= n:
+                progress(f"(a) pipeline {now - t0:6.1f} s: stored {c['inbound']}/{n} processed {c['done']}/{n} "
+                         f"outbox sent {c['outbox_sent']}/{c['outbox']} acks captured {acks}/{n}")
+                last_print = now
+        if acks >= n:
+            break
+        if not child.alive():
+            raise Broken(f"pipeline process exited with {child.proc.returncode}{child.log_tail()}")
+        time.sleep(0.01)
+    arrivals = sorted(a.at for a in relay.snapshot() if a.template == ACK_TEMPLATE)
+    return {"stored_all_s": stored_at, "processed_all_s": processed_at, "first_ack_s": arrivals[0] - t0,
+            "nth_ack_at": arrivals[n - 1]}
+
+
+def wait_drained(db: DbWatch, relay: TimedRelay, relay_before: int, timeout: float) -> dict[str, int]:
+    """Until every outbox row is sent and the relay holds exactly that many new messages."""
+    deadline = time.monotonic() + timeout
+    while True:
+        c = db.counts()
+        captured = relay.count() - relay_before
+        if c["pending"] == 0 and c["outbox_sent"] + c["outbox_failed"] == c["outbox"] and captured >= c["outbox_sent"]:
+            return {**c, "captured": captured}
+        if time.monotonic() > deadline:
+            raise Broken(f"outbox did not drain within {timeout:.0f} s: {c}, relay captured {captured}")
+        time.sleep(0.005)
+
+
+class IdleListener:
+    """A separate IMAPClient in IDLE on INBOX: when does the server announce a new message?"""
+
+    def __init__(self, dovecot: DovecotServer) -> None:
+        from imapclient import IMAPClient
+
+        self.client = IMAPClient(dovecot.host, dovecot.port, ssl=False, timeout=30)
+        self.client.login(dovecot.user, dovecot.password)
+        self.client.select_folder("INBOX", readonly=True)
+        self.exists: queue.Queue[tuple[float, int]] = queue.Queue()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="idle-listener", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise Broken("IDLE listener did not start")
+
+    def _run(self) -> None:
+        try:
+            self.client.idle()
+            self._ready.set()
+            renew = time.monotonic() + 600
+            while not self._stop.is_set():
+                for resp in self.client.idle_check(timeout=0.2):
+                    if len(resp) >= 2 and resp[1] == b"EXISTS":
+                        self.exists.put((time.monotonic(), int(resp[0])))
+                if time.monotonic() > renew:  # stay well inside RFC 2177's 29 minutes
+                    self.client.idle_done()
+                    self.client.idle()
+                    renew = time.monotonic() + 600
+            self.client.idle_done()
+        except BaseException as exc:  # reported by the phase
+            self._error = exc
+            self._ready.set()
+
+    def drain(self) -> None:
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.exists.get_nowait()
+
+    def next_exists(self, count: int, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._error is not None:
+                raise Broken(f"IDLE listener failed: {type(self._error).__name__}: {self._error}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Broken(f"the server announced no EXISTS {count} within {timeout:.0f} s")
+            with contextlib.suppress(queue.Empty):
+                at, exists = self.exists.get(timeout=min(0.2, remaining))
+                if exists >= count:
+                    return at
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        with contextlib.suppress(Exception):
+            self.client.logout()
+
+
+def run_latency(dovecot: DovecotServer, db: DbWatch, relay: TimedRelay, relay_base: int, child: Child,
+                run_id: str, first_index: int, samples: int) -> dict[str, Any]:
+    progress(f"(d) IDLE latency: {samples} single APPENDs, one at a time")
+    listener = IdleListener(dovecot)
+    pipeline_ms: list[float] = []
+    notify_ms: list[float] = []
+    rng = random.Random(7)
+    try:
+        with dovecot.client(timeout=30) as appender:
+            exists = int(appender.folder_status("INBOX", ["MESSAGES"])[b"MESSAGES"])
+            for k in range(samples):
+                if not child.alive():
+                    raise Broken(f"pipeline process exited with {child.proc.returncode}{child.log_tail()}")
+                _mid, raw = make_referral(first_index + k, run_id)
+                acks_before = db.ack_rows()
+                listener.drain()
+                appender.append("INBOX", raw)
+                appended = time.monotonic()
+                exists += 1
+                deadline = appended + 30
+                while db.ack_rows() <= acks_before:
+                    if time.monotonic() > deadline:
+                        raise Broken(f"latency sample {k}: no acknowledgement queued within 30 s{child.log_tail()}")
+                    time.sleep(0.002)
+                queued = time.monotonic()
+                announced = listener.next_exists(exists, timeout=30)
+                pipeline_ms.append((queued - appended) * 1000)
+                notify_ms.append((announced - appended) * 1000)
+                # Let the service go idle again (its mail sent) before the next sample.
+                wait_drained(db, relay, relay_base, timeout=30)
+                time.sleep(rng.uniform(0.0, 0.02))
+                if (k + 1) % max(1, samples // 10) == 0:
+                    progress(f"(d) {k + 1}/{samples}: last append->ack {pipeline_ms[-1]:.1f} ms, "
+                             f"append->EXISTS {notify_ms[-1]:.1f} ms")
+    finally:
+        listener.close()
+    diffs = [p - q for p, q in zip(pipeline_ms, notify_ms, strict=True)]
+    return {
+        "samples": samples,
+        "append_to_ack_queued_ms": {"p50": percentile(pipeline_ms, 50), "p99": percentile(pipeline_ms, 99),
+                                    "max": max(pipeline_ms), "mean": statistics.fmean(pipeline_ms)},
+        "append_to_exists_ms": {"p50": percentile(notify_ms, 50), "p99": percentile(notify_ms, 99),
+                                "max": max(notify_ms), "mean": statistics.fmean(notify_ms)},
+        "paired_difference_ms": {"p50": percentile(diffs, 50), "p99": percentile(diffs, 99)},
+    }
+
+
+def run_pipeline(args: argparse.Namespace, dovecot: DovecotServer, relay: TimedRelay, tmp: Path,
+                 database_url: str, run_id: str, expected_ids: Sequence[str], results: Results) -> None:
+    n, samples = args.n, args.latency_samples
+    mailbox = dovecot.mailbox_settings(
+        name="bench", after_store=args.after_store,
+        # production values, not the short test timeouts of mailbox_settings()
+        poll_seconds=30.0, response_timeout_seconds=30.0, idle_renew_seconds=25 * 60,
+        reconnect_initial_seconds=1.0, reconnect_max_seconds=300.0, fetch_batch=FETCH_BATCH,
+    )
+    mailbox_cfg = mailbox.model_dump(mode="json")
+    mailbox_cfg["password"] = mailbox.password.get_secret_value()
+    profile_path = str(Path(args.profile).resolve()) if args.profile else None
+    progress(f"(a) pipeline: App.run in a child process, catching up on {n} referrals in INBOX")
+    relay_before = relay.count()
+    child = Child("pipeline", {
+        "data_dir": str(tmp / "var"), "config_dir": str(REPO / "config"), "database_url": database_url,
+        "relay_port": relay.port, "mailbox": mailbox_cfg, "profile": profile_path,
+    }, tmp / "pipeline.log")
+    db: DbWatch | None = None
+    try:
+        started = child.expect("started", timeout=120)
+        t0 = float(started["t0"])
+        db = DbWatch(database_url)
+        caught = wait_catch_up(child, db, relay, n, t0)
+        elapsed = caught.pop("nth_ack_at") - t0
+        drained = wait_drained(db, relay, relay_before, timeout=max(60.0, n * 0.2))
+        drained_s = time.monotonic() - t0
+        child.send("rss")
+        rss_catch_up = int(child.expect("rss", timeout=30)["maxrss_kib"])
+        progress(f"(a) pipeline: {n} acknowledged in {elapsed:.2f} s = {n / elapsed:.1f} msgs/s; "
+                 f"all {drained['outbox']} outgoing mails sent at {drained_s:.1f} s")
+        results.pipeline = {"seconds": elapsed, "msgs_per_s": n / elapsed, **caught,
+                            "outbox_drained_s": drained_s, "outgoing_mails": drained["outbox"],
+                            "maxrss_kib_after_catch_up": rss_catch_up}
+        results.checks["after_catch_up"] = check_state(db, relay, relay_before, n, expected_ids, drained)
+        if samples > 0:
+            latency_ids = [f"bench-{run_id}-{i}@bench.example.org" for i in range(n, n + samples)]
+            results.latency = run_latency(dovecot, db, relay, relay_before, child, run_id, n, samples)
+            final = wait_drained(db, relay, relay_before, timeout=60)
+            results.checks["final"] = check_state(db, relay, relay_before, n + samples,
+                                                  [*expected_ids, *latency_ids], final)
+        child.send("stop")
+        result = child.expect("result", timeout=60)
+        results.pipeline["maxrss_kib"] = int(result["maxrss_kib"])
+        if not result.get("stopped"):
+            raise Broken(f"the service did not stop within 30 s of being asked{child.log_tail()}")
+    finally:
+        if db is not None:
+            db.dispose()
+        child.close()
+    if child.proc.returncode != 0:
+        raise Broken(f"pipeline process exited with {child.proc.returncode}{child.log_tail()}")
+
+
+def check_state(db: DbWatch, relay: TimedRelay, relay_before: int, n: int, expected_ids: Sequence[str],
+                drained: dict[str, int]) -> dict[str, Any]:
+    """Exactly one case and one acknowledgement per referral; every mail sent exactly once."""
+    problems: list[str] = []
+    c = drained
+    if c["inbound"] != n:
+        problems.append(f"{c['inbound']} inbound rows for {n} referrals")
+    if c["done"] != n:
+        problems.append(f"{c['done']}/{n} inbound rows done ({c['pending']} pending, {c['quarantined']} quarantined)")
+    (cases, distinct_origins), = db.rows('SELECT count(*), count(DISTINCT origin_message_id) FROM "case"')
+    if cases != n or distinct_origins != n:
+        problems.append(f"{cases} cases ({distinct_origins} distinct referrals) for {n} referrals")
+    origins = {str(r[0]).strip("<>") for r in db.rows('SELECT origin_message_id FROM "case"')}
+    missing = [m for m in expected_ids if m not in origins]
+    if missing:
+        problems.append(f"{len(missing)} referrals have no case, e.g. {missing[:3]}")
+    (acks, ack_cases, acks_sent), = db.rows(
+        "SELECT count(*), count(DISTINCT case_id), coalesce(sum(CASE WHEN status = 'sent' THEN 1 ELSE 0 END), 0) "
+        "FROM outbox WHERE template = :t", t=f"{ACK_TEMPLATE}.txt.j2")
+    if acks != n or ack_cases != n or acks_sent != n:
+        problems.append(f"{acks} acknowledgement rows ({ack_cases} cases, {acks_sent} sent) for {n} referrals")
+    if c["outbox_failed"]:
+        problems.append(f"{c['outbox_failed']} outbox rows failed")
+    arrivals = relay.snapshot()[relay_before:]
+    captured_acks = [a for a in arrivals if a.template == ACK_TEMPLATE]
+    if len(captured_acks) != n or len({a.message_id for a in captured_acks}) != n:
+        problems.append(f"relay captured {len(captured_acks)} acknowledgements "
+                        f"({len({a.message_id for a in captured_acks})} distinct) for {n} referrals")
+    if len(arrivals) != c["outbox_sent"] or len({a.message_id for a in arrivals}) != len(arrivals):
+        problems.append(f"relay captured {len(arrivals)} messages ({len({a.message_id for a in arrivals})} "
+                        f"distinct) for {c['outbox_sent']} sent outbox rows")
+    if problems:
+        raise Broken("; ".join(problems))
+    return {"referrals": n, "cases": cases, "acks": acks, "outgoing": len(arrivals), "ok": True}
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+
+def mib(kib: float) -> float:
+    return kib / 1024.0
+
+
+def evaluate(results: Results) -> None:
+    p, b, lat = results.pipeline, results.baseline, results.latency
+    ratio = p["msgs_per_s"] / b["msgs_per_s"]
+    results.targets["throughput_ratio"] = {"value": ratio, "target": f">= {TARGET_RATIO}",
+                                           "met": ratio >= TARGET_RATIO}
+    rss = mib(p["maxrss_kib"])
+    results.targets["peak_rss_mib"] = {"value": rss, "target": f"< {TARGET_RSS_MIB:.0f}", "met": rss < TARGET_RSS_MIB}
+    if lat:
+        margin = lat["append_to_ack_queued_ms"]["p99"] - lat["append_to_exists_ms"]["p99"]
+        results.targets["p99_latency_over_server_ms"] = {
+            "value": margin, "target": f"<= {TARGET_LATENCY_MARGIN_MS:.0f}", "met": margin <= TARGET_LATENCY_MARGIN_MS}
+
+
+def report(results: Results) -> str:
+    p, b, lat, t = results.pipeline, results.baseline, results.latency, results.targets
+    lines = [
+        f"escalations ingest benchmark: N={results.n} City & Hackney referrals, database {results.database}, "
+        f"Dovecot {results.dovecot_version} on loopback",
+        f"  appended 2 x {results.n} messages in {results.append_seconds:.1f} s (setup, not measured)",
+        "",
+        f"(b) baseline   {b['msgs_per_s']:9.1f} msgs/s   {results.n} in {b['seconds']:.2f} s "
+        f"(IMAPClient FETCH RFC822 x{FETCH_BATCH} + email parse + sqlite3 + 1 SMTP connection); "
+        f"peak RSS {mib(b['maxrss_kib']):.1f} MiB",
+        f"(a) pipeline   {p['msgs_per_s']:9.1f} msgs/s   {results.n} in {p['seconds']:.2f} s "
+        f"(App.run start -> N-th referral_acknowledged captured by the relay)",
+        f"      all stored at {_s(p.get('stored_all_s'))}, all processed at {_s(p.get('processed_all_s'))}, "
+        f"first ack at {_s(p.get('first_ack_s'))}; all {p['outgoing_mails']} outgoing mails sent at "
+        f"{p['outbox_drained_s']:.1f} s",
+        f"    ratio pipeline/baseline {t['throughput_ratio']['value']:.3f}   (target >= {TARGET_RATIO}): "
+        f"{verdict(t['throughput_ratio']['met'])}",
+        f"    peak RSS of the service process {t['peak_rss_mib']['value']:.1f} MiB "
+        f"(after catch-up {mib(p['maxrss_kib_after_catch_up']):.1f} MiB)   (target < {TARGET_RSS_MIB:.0f} MiB): "
+        f"{verdict(t['peak_rss_mib']['met'])}",
+    ]
+    if lat:
+        a, e, d = lat["append_to_ack_queued_ms"], lat["append_to_exists_ms"], lat["paired_difference_ms"]
+        m = t["p99_latency_over_server_ms"]
+        lines += [
+            f"(d) IDLE latency over {lat['samples']} single messages (APPEND returned -> ...):",
+            f"      ack queued (outbox row)      p50 {a['p50']:7.1f} ms   p99 {a['p99']:7.1f} ms   max {a['max']:7.1f} ms",
+            f"      EXISTS to another IDLE client p50 {e['p50']:7.1f} ms   p99 {e['p99']:7.1f} ms   max {e['max']:7.1f} ms"
+            "  (the server's own notification delay)",
+            f"      per-message difference       p50 {d['p50']:7.1f} ms   p99 {d['p99']:7.1f} ms",
+            f"    p99 ack - p99 EXISTS {m['value']:.1f} ms   (target <= {TARGET_LATENCY_MARGIN_MS:.0f} ms): "
+            f"{verdict(m['met'])}",
+        ]
+    checks = results.checks.get("final") or results.checks.get("after_catch_up") or {}
+    lines += ["", f"checks: {checks.get('cases')} cases, {checks.get('acks')} acknowledgements, "
+                  f"{checks.get('outgoing')} outgoing mails each captured once; no duplicates, nothing quarantined"]
+    return "\n".join(lines)
+
+
+def _s(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} s"
+
+
+def print_profile(path: str, top: int = 25) -> None:
+    import io
+    import pstats
+
+    out = io.StringIO()
+    stats = pstats.Stats(path, stream=out)
+    stats.strip_dirs().sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(r"escalations|sqlalchemy|smtplib|imapclient", top)
+    print(f"\nprofile of the service threads (cProfile, {path}):\n{out.getvalue()}")
+
+
+# ---- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--n", type=int, default=2000, help="referrals to catch up on (default 2000)")
+    parser.add_argument("--latency-samples", type=int, default=200,
+                        help="single messages for the IDLE latency figures (default 200; 0 skips)")
+    parser.add_argument("--smoke", action="store_true", help="CI mode: --n 50 --latency-samples 10")
+    parser.add_argument("--database-url", default=None,
+                        help="service database (default: a temp SQLite file; a PostgreSQL URL gets a fresh schema)")
+    parser.add_argument("--after-store", choices=("none", "seen"), default="none",
+                        help="what the watcher does after storing (default none, as the baseline)")
+    parser.add_argument("--json", action="store_true", help="also print a JSON summary")
+    parser.add_argument("--profile", metavar="FILE.prof", default=None,
+                        help="profile the service's threads with cProfile (slows it down) and print hot spots")
+    parser.add_argument("--keep", action="store_true", help="keep the temp directory (logs, databases)")
+    parser.add_argument("--child", choices=("pipeline", "baseline"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.n, args.latency_samples = 50, 10
+    if args.n < 1 or args.latency_samples < 0:
+        parser.error("--n must be >= 1 and --latency-samples >= 0")
+    return args
+
+
+def dovecot_version(binary: str) -> str:
+    try:
+        return subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout.split()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "?"
+
+
+def run(args: argparse.Namespace) -> Results:
+    from tests.servers.dovecot import DOVECOT, DovecotServer
+
+    run_id = uuid.uuid4().hex[:8]
+    with contextlib.ExitStack() as stack:
+        tmp = Path(tempfile.mkdtemp(prefix="escalations-bench-"))
+        if args.keep:
+            progress(f"keeping {tmp}")
+        else:
+            stack.callback(shutil.rmtree, tmp, True)
+        database_url = stack.enter_context(bench_database(args.database_url, tmp))
+        results = Results(n=args.n, samples=args.latency_samples,
+                          database="SQLite (temp file)" if not args.database_url else
+                          database_url.split("@")[-1].split("?")[0],
+                          dovecot_version=dovecot_version(DOVECOT))
+        dovecot = DovecotServer()
+        stack.callback(dovecot.cleanup)
+        dovecot.start()
+        relay = TimedRelay()
+        relay.start()
+        stack.callback(relay.stop)
+
+        referrals = [make_referral(i, run_id) for i in range(args.n)]
+        expected_ids = [mid for mid, _raw in referrals]
+        raws = [raw for _mid, raw in referrals]
+        progress(f"appending {args.n} referrals to INBOX and to {BASELINE_FOLDER}")
+        t = time.monotonic()
+        dovecot.append_many(raws, folder="INBOX")
+        dovecot.append_many(raws, folder=BASELINE_FOLDER)
+        results.append_seconds = time.monotonic() - t
+        if len(dovecot.uids("INBOX")) != args.n or len(dovecot.uids(BASELINE_FOLDER)) != args.n:
+            raise Broken("APPEND did not leave N messages in each folder")
+        del referrals, raws
+
+        results.baseline = run_baseline(dovecot, relay, tmp, args.n)
+        run_pipeline(args, dovecot, relay, tmp, database_url, run_id, expected_ids, results)
+        evaluate(results)
+        return results
+    raise AssertionError("unreachable")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        cfg = json.loads(sys.stdin.readline())
+        child: Callable[[dict[str, Any]], None] = child_pipeline if args.child == "pipeline" else child_baseline
+        child(cfg)
+        return 0
+
+    from tests.servers import in_ci
+    from tests.servers.dovecot import DOVECOT
+
+    if not (os.path.exists(DOVECOT) and os.access(DOVECOT, os.X_OK)):
+        if in_ci():
+            print(f"ERROR: {DOVECOT} not found and CI=true: apt-get install dovecot-imapd", file=sys.stderr)
+            return 2
+        print(f"SKIP: {DOVECOT} not found (apt-get install dovecot-imapd); benchmark not run")
+        return 0
+    started = time.monotonic()
+    try:
+        results = run(args)
+    except Broken as exc:
+        print(f"BROKEN: {exc}", file=sys.stderr)
+        return 1
+    print(report(results))
+    if args.profile:
+        print_profile(str(Path(args.profile).resolve()))
+    print(f"\n(total wall time {time.monotonic() - started:.1f} s)")
+    if args.json:
+        print(json.dumps({
+            "n": results.n, "latency_samples": results.samples, "database": results.database,
+            "dovecot": results.dovecot_version, "append_seconds": results.append_seconds,
+            "baseline": results.baseline, "pipeline": results.pipeline, "latency": results.latency,
+            "targets": results.targets, "checks": results.checks,
+        }, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
