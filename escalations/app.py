@@ -156,7 +156,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSen
     store.create_schema()
     renderer = Renderer()
     app_ref: list[App] = []
-    workflow = Workflow(store, config, renderer, settings.secret_key.get_secret_value().encode(),
+    workflow = Workflow(store, config, renderer, settings.token_secret(),
                         settings.message_id_domain, subaddressing=settings.reply_subaddressing)
     processor = Processor(store, config, renderer, clock, message_id_domain=settings.message_id_domain,
                           workflow=workflow, trusted_authserv_ids=settings.trusted_authserv_ids,

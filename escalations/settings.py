@@ -7,6 +7,8 @@ Environment variables are prefixed ``ESCALATIONS_``; nested values use ``__``
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 from typing import Literal
 
@@ -78,8 +80,9 @@ class Settings(BaseSettings):
 
     #: The domain in the Message-IDs we create.
     message_id_domain: str = "escalations.invalid"
-    #: Secret for reply tokens (workflow); set it in production.
-    secret_key: SecretStr = SecretStr("dev-only-change-me")
+    #: Secret that signs reply tokens. Unset: a random key is created once in
+    #: ``<data-dir>/secret.key`` (mode 0600) and reused, so tokens survive restarts.
+    secret_key: SecretStr | None = None
 
     #: Authentication-Results headers to trust (RFC 8601 authserv-id of our receiving server); empty:
     #: trust only the topmost header.
@@ -113,6 +116,27 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'escalations.sqlite3').resolve()}"
+
+    def token_secret(self) -> bytes:
+        """The reply-token key: the configured one, else the data dir's persisted random key."""
+        if self.secret_key is not None and self.secret_key.get_secret_value():
+            return self.secret_key.get_secret_value().encode()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process created it first: use theirs
+                pass
+            else:
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_urlsafe(48))
+                    f.flush()
+                    os.fsync(f.fileno())
+        key = path.read_text(encoding="ascii").strip()
+        if not key:
+            raise ValueError(f"{path} is empty: delete it or set ESCALATIONS_SECRET_KEY")
+        return key.encode()
 
     @property
     def sent_dir(self) -> Path:
