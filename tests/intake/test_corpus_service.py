@@ -109,3 +109,17 @@ def test_replaying_the_corpus_changes_nothing(make_app: AppFactory) -> None:
     assert app.process_pending() == []
     assert len(app.store.list_cases()) == cases_before
     assert len(app.store.list_outbox()) == outbox_before
+
+
+def test_huge_attachment_becomes_a_case(make_app: AppFactory) -> None:
+    """A referral with a multi-megabyte attachment (a scanned form) is stored and opened, not choked on."""
+    from tests.fixtures.make_fixtures import huge_attachment_eml
+
+    raw = huge_attachment_eml()
+    assert len(raw) > 5_000_000
+    app = make_app()
+    stored = app.ingest(raw)
+    (outcome,) = app.process_pending()
+    assert outcome.inbound_id == stored.id
+    assert outcome.status == "done" and outcome.kind == "referral", outcome
+    assert app.send_outbox() >= 1
