@@ -54,6 +54,11 @@ def case_state(case: Case) -> CaseState:
 
 def policy_of(case: Case, config: PolicyConfig) -> Partnership:
     """The policy the case was opened under (its snapshot), so YAML edits don't move running deadlines."""
+    live = config.partnerships.get(case.partnership)
+    if live is not None and case.policy_version and live.policy_version == case.policy_version:
+        # The version fingerprints the whole effective policy: same version, same content, and no
+        # need to re-validate the snapshot (which checks every address) on each event.
+        return live
     if case.policy_snapshot:
         try:
             return Partnership.model_validate(case.policy_snapshot)

@@ -285,7 +285,7 @@ def make_settings(tmp_path: Path, database_url: str, smtp: SmtpCapture, dovecot:
         "database_url": database_url,
         "smtp_intake_enabled": False,
         "relay": RelaySettings(host=smtp.host, port=smtp.port, security="none", timeout_seconds=10),
-        "mailboxes": [dovecot.mailbox_settings(poll_seconds=0.2)] if dovecot is not None else [],
+        "mailboxes": [dovecot.mailbox_settings(poll_seconds=0.05)] if dovecot is not None else [],
         "outbox_backoff_initial_seconds": 0.01,
         "outbox_backoff_max_seconds": 0.05,
         "process_interval_seconds": 0.2,
@@ -303,11 +303,19 @@ def wf_clock() -> FakeClock:
 
 
 @pytest.fixture
+def wf_dovecot(dovecot_factory: Callable[..., DovecotServer]) -> DovecotServer:
+    """Dovecot without IDLE, so the watcher polls every 50 ms: Dovecot delays IDLE news by about half a
+    second, which over a few hundred test messages would be minutes of waiting (IDLE itself is
+    covered by tests/mailer/test_imap_watcher.py)."""
+    return dovecot_factory(drop_capabilities={"IDLE"})
+
+
+@pytest.fixture
 def harness(tmp_path: Path, wf_clock: FakeClock, smtp_capture: SmtpCapture,
-            dovecot: DovecotServer) -> Iterator[Harness]:
+            wf_dovecot: DovecotServer) -> Iterator[Harness]:
     """The service running for real: IMAP watcher on Dovecot, outbox to aiosmtpd, SQLite."""
-    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'wf.sqlite3'}", smtp_capture, dovecot)
-    h = Harness(settings, wf_clock, smtp_capture, dovecot)
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'wf.sqlite3'}", smtp_capture, wf_dovecot)
+    h = Harness(settings, wf_clock, smtp_capture, wf_dovecot)
     h.start()
     try:
         yield h
