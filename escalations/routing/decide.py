@@ -196,6 +196,8 @@ class Party:
     deputy_email: str | None = None
     deputy_name: str | None = None
     using_deputy: bool = False
+    #: Asked by the immediate-risk step that runs alongside the stage (not reminded of its deadline).
+    immediate: bool = False
 
     @property
     def active_email(self) -> str:
@@ -208,14 +210,14 @@ class Party:
     def to_json(self) -> dict[str, Any]:
         return {"email": self.email, "name": self.name, "role_name": self.role_name, "party": self.party,
                 "side": self.side, "asked": self.asked, "deputy_email": self.deputy_email,
-                "deputy_name": self.deputy_name, "using_deputy": self.using_deputy}
+                "deputy_name": self.deputy_name, "using_deputy": self.using_deputy, "immediate": self.immediate}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Party:
         return cls(email=str(d["email"]), name=str(d.get("name") or ""), role_name=str(d.get("role_name") or ""),
                    party=str(d.get("party") or ""), side=str(d.get("side") or ""), asked=bool(d.get("asked", True)),
                    deputy_email=d.get("deputy_email"), deputy_name=d.get("deputy_name"),
-                   using_deputy=bool(d.get("using_deputy", False)))
+                   using_deputy=bool(d.get("using_deputy", False)), immediate=bool(d.get("immediate", False)))
 
 
 @dataclass(frozen=True)
