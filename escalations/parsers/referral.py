@@ -577,7 +577,7 @@ _AGENCY_WORDS = re.compile(
 
 def _split_practitioner_agency(value: str) -> tuple[str | None, str | None]:
     """"Jane Doe, Hackney Children's Social Care" -> ("Jane Doe", "Hackney Children's Social Care")."""
-    lines = [ln.strip() for ln in value.splitlines() if ln.strip()]
+    lines = [ln.strip(" \t,;") for ln in value.splitlines() if ln.strip(" \t,;")]
     if len(lines) >= 2:
         return lines[0], " ".join(lines[1:])
     v = lines[0] if lines else ""

@@ -6,6 +6,7 @@ applies a :class:`Decision` in one transaction (ARCHITECTURE: "Decide, don't do"
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -414,20 +415,57 @@ def _mail(template: str, to: str, subject: str, ctx: Mapping[str, Any], key: str
                         reason=reason, token_stage=token_stage)
 
 
-def open_stage(state: CaseState, p: Partnership, plan: StagePlan, now: datetime, *, because: str,
-               extra_events: Sequence[EventRecord] = ()) -> Step:
-    """Open ``plan``'s stage: ask its parties, copy the raiser, notify, set the deadline's timers."""
+_EMAIL_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+
+def _referral_practitioner(text: str | None) -> tuple[str, str] | None:
+    """(name, address) of the other practitioner when the referral gives their e-mail address."""
+    if not text:
+        return None
+    m = _EMAIL_RE.search(text)
+    if m is None:
+        return None
+    name = (text[:m.start()] + text[m.end():]).replace("<", " ").replace(">", " ").replace("()", " ")
+    name = " ".join(name.replace(",", " ").split()).strip(" -;:")
+    return name, m.group(0)
+
+
+def _stage_parties(state: CaseState, p: Partnership, plan: StagePlan) -> list[Party]:
+    """Who is involved at ``plan``'s stage: the directory's contacts, the practitioners named in the
+    referral, those the policy says to notify, and the raiser (copied on every step)."""
     parties: list[Party] = []
-    for r in (*plan.asked, *plan.panel):
+    for r in plan.asked:
         if not any(x.email == r.email and x.party == r.party for x in parties):
             parties.append(Party(email=r.email, name=r.name, role_name=r.role_name, party=r.party,
                                  side=_side(r.party), deputy_email=r.deputy_email, deputy_name=r.deputy_name))
+    # The practitioners come from the referral, not the directory: the raiser is always known; the
+    # other worker only when the referral gives their address (else only the raiser is asked).
+    if "receiving.practitioner" in plan.from_referral:
+        other = _referral_practitioner(state.fields.other_practitioner)
+        if other is not None and other[1].lower() != (state.raiser or "").lower() \
+                and not any(x.email.lower() == other[1].lower() for x in parties):
+            parties.append(Party(email=other[1], name=other[0], role_name="Practitioner (other agency)",
+                                 party="receiving.practitioner", side="receiving"))
     for r in plan.notified:
-        parties.append(Party(email=r.email, name=r.name, role_name=r.role_name, party=r.party, side="notified",
-                             asked=False, deputy_email=r.deputy_email, deputy_name=r.deputy_name))
-    if state.raiser:
+        if not any(x.email.lower() == r.email.lower() for x in parties):
+            parties.append(Party(email=r.email, name=r.name, role_name=r.role_name, party=r.party,
+                                 side="notified", asked=False, deputy_email=r.deputy_email,
+                                 deputy_name=r.deputy_name))
+    if state.raiser and not any(x.email.lower() == state.raiser.lower() for x in parties):
         parties.append(Party(email=state.raiser, name=state.fields.raised_by_name or "",
                              role_name="Practitioner who raised the concern", party="raiser", side="raising"))
+    return parties
+
+
+def _stage_subject(state: CaseState, plan: StagePlan) -> str:
+    return case_subject(state.reference, f"Stage {plan.number}: {plan.name}" if plan.number
+                        else "Immediate risk: action needed now")
+
+
+def open_stage(state: CaseState, p: Partnership, plan: StagePlan, now: datetime, *, because: str,
+               extra_events: Sequence[EventRecord] = ()) -> Step:
+    """Open ``plan``'s stage: ask its parties, copy the raiser, notify, set the deadline's timers."""
+    parties = _stage_parties(state, p, plan)
     # Unknown other agency -> the coordinator routes it (the case waits in needs_routing).
     f = state.fields
     other = p.find_agency(f.other_agency, borough=f.borough)
@@ -437,8 +475,7 @@ def open_stage(state: CaseState, p: Partnership, plan: StagePlan, now: datetime,
     ctx = _stage_context(state, p, plan)
     ctx["because"] = because
     idx = plan.stage_index
-    subject = case_subject(state.reference, f"Stage {plan.number}: {plan.name}" if plan.number
-                           else "Immediate risk: action needed today")
+    subject = _stage_subject(state, plan)
     mails: list[OutgoingMail] = []
     for party in parties:
         if party.party == "raiser":
@@ -461,7 +498,8 @@ def open_stage(state: CaseState, p: Partnership, plan: StagePlan, now: datetime,
     if plan.unresolved or status == "needs_routing":
         for c in plan.coordinator:
             rctx = dict(ctx)
-            rctx["unresolved"] = [u.reason for u in plan.unresolved]
+            rctx["unresolved"] = [u.reason for u in plan.unresolved] or \
+                [f"the other agency ({f.other_agency or 'not given'}) is not in the agencies directory"]
             rctx["blocking"] = status == "needs_routing"
             mails.append(_mail("case_needs_routing.txt.j2", c.email,
                                case_subject(state.reference, "Routing needed" if status == "needs_routing"
@@ -507,12 +545,8 @@ def open_stage(state: CaseState, p: Partnership, plan: StagePlan, now: datetime,
 
 
 def _initial_step(state: CaseState, p: Partnership, now: datetime, because: str) -> Step:
-    from escalations.routing.policy import IMMEDIATE
-
     if state.immediate_risk and p.immediate_risk is not None:
-        plan = plan_for(state, p, IMMEDIATE, now)
-        return open_stage(state, p, plan, now, because=because + " — the child is at immediate risk",
-                          extra_events=(EventRecord("immediate_risk_route", {}, clause=plan.clause),))
+        return _immediate_step(state, p, now, because + " — the child is at immediate risk")
     route = p.route(state.route) if state.route else p.choose_route(state.fields.concern)
     state = replace(state, route=route.id)
     n = len(route.stages)
@@ -521,8 +555,93 @@ def _initial_step(state: CaseState, p: Partnership, now: datetime, because: str)
     return open_stage(state, p, plan_for(state, p, index, now), now, because=because)
 
 
+def _immediate_step(state: CaseState, p: Partnership, now: datetime, because: str) -> Step:
+    """The partnership's immediate-risk route (C&H/Havering 1.5, Wiltshire Timescales ¶1, Tri-borough
+    §2 ¶1, Sutton 5/7.3), from a referral or an URGENT reply.
+
+    Where the policy runs it alongside the ladder (``parallel``), the ladder stands at the stage it
+    continues at (or stays where it is if already further up) and the immediate step's people are
+    asked at once beside it. Otherwise (Wiltshire: a mandatory direct referral) the immediate step is
+    the case's stage and, when it falls due, the ladder continues where the policy says.
+    """
+    from escalations.routing.policy import IMMEDIATE
+
+    ir = p.immediate_risk
+    assert ir is not None
+    urgent = replace(state, immediate_risk=True)
+    ir_plan = plan_for(urgent, p, IMMEDIATE, now)
+    default = p.default_route
+    target = ir_plan.next_stage_index if ir_plan.next_stage_index is not None else 0
+    current = state.stage_index if state.route in (None, default.id) else None
+    ev = EventRecord("immediate_risk_route", {
+        "asked": [r.email for r in ir_plan.asked], "due": ir_plan.due.isoformat() if ir_plan.due else None,
+        "parallel": ir.parallel, "continue_at": ir.continue_at, "bypass_to": ir.bypass_to,
+        "bypass_mandatory": ir.bypass_mandatory}, clause=ir_plan.clause)
+    sequential = not ir.parallel or (ir.bypass_mandatory and ir.bypass_to)
+    if sequential and (current is None or current == IMMEDIATE or current < target):
+        return open_stage(replace(urgent, route=default.id), p, ir_plan, now, because=because, extra_events=(ev,))
+    if current is not None and current != IMMEDIATE and current >= target:
+        # Already at (or past) where the policy continues: stay, and ask the immediate step's people now.
+        base = Step(change=CaseChange(immediate_risk=True), events=(ev,))
+        stage_state = urgent
+        stage_index = current
+    else:
+        stage_state = replace(urgent, route=default.id)
+        plan = plan_for(stage_state, p, target, now)
+        base = open_stage(stage_state, p, plan, now,
+                          because=f"{because}; the escalation continues at this stage alongside ({ir.clause})",
+                          extra_events=(ev,))
+        base = replace(base, change=replace(base.change, immediate_risk=True))
+        stage_index = target
+    parties = list(base.change.parties if base.change.parties is not None else stage_state.parties)
+    already = {x.active_email.lower() for x in parties if x.asked}
+    ctx = _stage_context(stage_state, p, ir_plan)
+    ctx["because"] = because
+    mails = list(base.mails)
+    for r in ir_plan.asked:
+        if r.email.lower() in already:
+            continue  # asked at the stage itself: one mail, whose "why now" says the child is at risk
+        parties.append(Party(email=r.email, name=r.name, role_name=r.role_name, party=r.party, side=_side(r.party),
+                             deputy_email=r.deputy_email, deputy_name=r.deputy_name, immediate=True))
+        mails.append(_mail("stage_request.txt.j2", r.email, _stage_subject(state, ir_plan), ctx,
+                           f"{state.reference}:immediate:request:{r.email}", ir_plan.clause,
+                           token_stage=stage_index, recipient_name=r.name, role=r.role_name))
+    if state.raiser and base.change.parties is None:  # the raiser is copied on every step
+        mails.append(_mail("stage_copy.txt.j2", state.raiser, _stage_subject(state, ir_plan), ctx,
+                           f"{state.reference}:immediate:copy:{state.raiser}", "copy the raiser",
+                           token_stage=stage_index, recipient_name=state.fields.raised_by_name or "",
+                           role="Practitioner who raised the concern"))
+    return replace(base, change=replace(base.change, parties=tuple(parties)), mails=tuple(mails))
+
+
+def _bypass(state: CaseState, p: Partnership, now: datetime, sender: str) -> Step | None:
+    """Tri-borough §2 ¶7: where the risks are so great and immediate, the referring agency may bypass the
+    structures to the senior officer. Asked for with a second URGENT on an immediate-risk case."""
+    ir = p.immediate_risk
+    if ir is None or not ir.bypass_to or ir.bypass_mandatory:
+        return None
+    route = p.default_route
+    ids = [s.id for s in route.stages]
+    if ir.bypass_to not in ids or (state.route not in (None, route.id)):
+        return None
+    target = ids.index(ir.bypass_to)
+    if state.stage_index is not None and state.stage_index >= target:
+        return None
+    moved = replace(state, route=route.id)
+    plan = plan_for(moved, p, target, now, previous_due=state.due_at)
+    because = f"{sender} asked to bypass to the senior officer: {ir.bypass_note or 'the risks are immediate'}"
+    return open_stage(moved, p, plan, now, because=because,
+                      extra_events=(EventRecord("bypassed", {"from_stage_index": state.stage_index,
+                                                             "to_stage": plan.number, "by": sender},
+                                                clause=ir_plan_clause(p)),))
+
+
+def ir_plan_clause(p: Partnership) -> str | None:
+    return p.immediate_risk.clause if p.immediate_risk else None
+
+
 def _escalate(state: CaseState, p: Partnership, now: datetime, because: str, clause: str | None) -> Step | None:
-    from escalations.routing.policy import next_step
+    from escalations.routing.policy import IMMEDIATE, next_step
 
     if state.stage_index is None:
         return None
@@ -533,10 +652,25 @@ def _escalate(state: CaseState, p: Partnership, now: datetime, because: str, cla
                     previous_due=state.due_at)
     if nxt is None:
         return None
-    return open_stage(state, p, nxt, now, because=because,
+    if state.stage_index == IMMEDIATE:
+        because = f"{because}; after the immediate-risk step the policy continues at stage {nxt.number}"
+    step = open_stage(state, p, nxt, now, because=because,
                       extra_events=(EventRecord("escalated", {"from_stage_index": state.stage_index,
                                                               "to_stage": nxt.number, "because": because},
                                                 clause=clause),))
+    # Everyone asked at the stage that ends is told why it moved on, and that they no longer need to act.
+    new = {x.active_email.lower() for x in (step.change.parties or ())}
+    ctx = _base_context(state, p)
+    ctx.update({"from_stage_number": state.stage_index + 1 if state.stage_index >= 0 else 0,
+                "to_stage_number": nxt.number, "to_stage_name": nxt.name, "to_stage_clause": nxt.clause,
+                "because": because, "due_local": _local(nxt.due, p),
+                "asked_now": sorted({r.role_name for r in nxt.asked})})
+    told = tuple(_mail("stage_escalated.txt.j2", x.active_email,
+                       case_subject(state.reference, f"Escalated to stage {nxt.number}"), ctx,
+                       f"{state.reference}:s{state.stage_index}:escalated:{x.active_email}", clause or nxt.clause,
+                       recipient_name=x.active_name, role=x.role_name)
+                 for x in state.parties if x.asked and x.active_email.lower() not in new)
+    return replace(step, mails=(*step.mails, *told))
 
 
 def _answer(state: CaseState, p: Partnership, to: str, template: str, key: str, extra: Mapping[str, Any],

@@ -264,3 +264,30 @@ def test_label_value_forms_round_trip(values: dict[str, str], data: st.DataObjec
     f = extract_fields_from_text(sep.join(lines))
     for field, value in values.items():
         assert getattr(f, field) == value, (field, sep.join(lines))
+
+
+def test_form_pasted_as_an_html_table() -> None:
+    """Practitioners paste the Word form into Outlook: a two-column table, values with line breaks."""
+    from email.message import EmailMessage
+
+    m = EmailMessage()
+    m["From"] = "a.teacher@school.example.org"
+    m["To"] = "chscp@hackney.gov.uk"
+    m["Subject"] = "Escalation"
+    m.set_content(
+        "<html><body><table border=1>"
+        "<tr><td><b>Name of child(ren)</b></td><td>Ava Testchild</td></tr>"
+        "<tr><td>Date of birth</td><td>14/03/2016</td></tr>"
+        "<tr><td>Name of practitioner and agency with which there is a concern</td>"
+        "<td>Sam Smith,<br>Hackney CSC</td></tr>"
+        "<tr><td>Brief description of nature of concern</td><td><p>Closed with no assessment.</p>"
+        "<p>Siblings not seen.</p></td></tr>"
+        "<tr><td>Outcome sought</td><td>An assessment</td></tr>"
+        "</table></body></html>", subtype="html")
+    parse = extract_referral(parse_message(bytes(m)), ["child_names", "other_agency", "concern", "outcome_sought"])
+    f = parse.fields
+    assert parse.missing == ()
+    assert f.child_names == ("Ava Testchild",) and f.child_dobs == (date(2016, 3, 14),)
+    assert (f.other_practitioner, f.other_agency) == ("Sam Smith", "Hackney CSC")
+    assert f.concern == "Closed with no assessment.\nSiblings not seen."
+    assert f.outcome_sought == "An assessment"
