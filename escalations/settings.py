@@ -59,6 +59,8 @@ class RelaySettings(BaseModel):
     password: SecretStr | None = None
     timeout_seconds: float = 30.0
     verify_tls: bool = True
+    #: PEM file of the CA(s) to trust for the relay's certificate (an in-house CA); default: the system's.
+    ca_file: Path | None = None
 
 
 class Settings(BaseSettings):

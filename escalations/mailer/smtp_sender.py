@@ -48,7 +48,7 @@ class SmtpRelaySender:
         self.relay = relay
 
     def _context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context()
+        ctx = ssl.create_default_context(cafile=str(self.relay.ca_file) if self.relay.ca_file else None)
         if not self.relay.verify_tls:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
