@@ -291,3 +291,26 @@ def test_form_pasted_as_an_html_table() -> None:
     assert (f.other_practitioner, f.other_agency) == ("Sam Smith", "Hackney CSC")
     assert f.concern == "Closed with no assessment.\nSiblings not seen."
     assert f.outcome_sought == "An assessment"
+
+
+def test_form_laid_out_in_columns() -> None:
+    """A table with the labels across the top row and the record in the row below."""
+    from email.message import EmailMessage
+
+    m = EmailMessage()
+    m["From"] = "a.teacher@school.example.org"
+    m["To"] = "chscp@hackney.gov.uk"
+    m["Subject"] = "Escalation"
+    m.set_content(
+        "<html><body><table><tr><td><table border=1>"
+        "<tr><th>Name of child(ren)</th><th>Date of birth</th><th>Agency with which there is a concern</th>"
+        "<th>Brief description of nature of concern</th><th>Outcome sought</th></tr>"
+        "<tr><td>Ava Testchild</td><td>14/03/2016</td><td>Hackney Children's Social Care</td>"
+        "<td>Closed with no assessment.</td><td>An assessment</td></tr>"
+        "</table></td></tr></table></body></html>", subtype="html")
+    parse = extract_referral(parse_message(bytes(m)), ["child_names", "other_agency", "concern", "outcome_sought"])
+    f = parse.fields
+    assert parse.missing == ()
+    assert f.child_names == ("Ava Testchild",) and f.child_dobs == (date(2016, 3, 14),)
+    assert f.other_agency == "Hackney Children's Social Care"
+    assert f.concern == "Closed with no assessment." and f.outcome_sought == "An assessment"
