@@ -109,6 +109,7 @@ class App:
         log.info("service.started", smtp_port=self.smtp_port, mailboxes=[m.name for m in s.mailboxes],
                  database=s.effective_database_url.split("@")[-1], relay=bool(s.relay))
         self.wake_processor.set()
+        self.wake_outbox.set()  # mail committed before a restart goes out now, not at the next poll
         try:
             if on_started is not None:
                 on_started(self)
@@ -163,7 +164,8 @@ def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSen
                           on_queued=lambda: app_ref[0].wake_outbox.set() if app_ref else None)
     outbox = OutboxDispatcher(store, sender or mail_sender_for(settings), max_attempts=settings.outbox_max_attempts,
                               backoff_initial=settings.outbox_backoff_initial_seconds,
-                              backoff_max=settings.outbox_backoff_max_seconds)
+                              backoff_max=settings.outbox_backoff_max_seconds,
+                              max_per_address_per_hour=settings.max_mails_per_address_per_hour)
     app = App(settings=settings, clock=clock, config=config, store=store, renderer=renderer,
               processor=processor, outbox=outbox, workflow=workflow)
     app_ref.append(app)

@@ -263,16 +263,24 @@ class Processor:
     def _authority(case: Case, policy: Partnership, sender: str) -> tuple[str | None, str | None]:
         if case.raised_by_email and sender == case.raised_by_email.lower():
             return "raiser", "raising"
+        notified = False
         for party in case.parties:
+            # Once a deputy has taken over, both act for the role: the contact may be back.
             addresses = {str(party["email"]).lower()}
             if party.get("using_deputy") and party.get("deputy_email"):
-                addresses = {str(party["deputy_email"]).lower()}
-            if sender in addresses and party.get("asked", True):
-                if str(party.get("party", "")).startswith("partnership."):
-                    return "decision_maker", "partnership"
-                return "party", str(party.get("side") or "")
+                addresses.add(str(party["deputy_email"]).lower())
+            if sender not in addresses:
+                continue
+            if not party.get("asked", True):
+                notified = True  # told for information (CP Chair/IRO...): may add a NOTE only
+                continue
+            if str(party.get("party", "")).startswith("partnership."):
+                return "decision_maker", "partnership"
+            return "party", str(party.get("side") or "")
         if sender in staff_addresses(policy):
             return "staff", "partnership"
+        if notified:
+            return "notified", "notified"
         return None, None
 
     def _not_applied(self, s: Session, case: Case, row: InboundMessage, policy: Partnership, sender: str,

@@ -366,9 +366,18 @@ class Store:
                 .limit(limit)
             ).all()
             for oid in ids:
+                # The same condition again: under READ COMMITTED (PostgreSQL) a second sender that
+                # waited on this row re-checks it after the first commits, and must not take it too.
                 res = s.exec(
                     update(OutboxMessage)
-                    .where(col(OutboxMessage.id) == oid, col(OutboxMessage.status).in_(("pending", "sending")))
+                    .where(
+                        col(OutboxMessage.id) == oid,
+                        or_(
+                            (col(OutboxMessage.status) == "pending") & (col(OutboxMessage.next_attempt_at) <= now),
+                            (col(OutboxMessage.status) == "sending")
+                            & (col(OutboxMessage.next_attempt_at) < now - stale_after),
+                        ),
+                    )
                     .values(status="sending", next_attempt_at=now)
                 )
                 if res.rowcount == 1:

@@ -153,8 +153,12 @@ class Workflow:
                     timer.status = "done"
                     s.commit()
                     continue
+                # The step is computed at the timer's own time, so a late tick (after an outage) moves the
+                # case exactly as a punctual one would have; only reminders for deadlines already past
+                # are not sent.
+                late = case.due_at is not None and case.due_at <= now and timer.due_at < case.due_at
                 try:
-                    step = self.handle(s, case, TimerFired(timer.kind, timer.stage), timer.due_at)
+                    step = self.handle(s, case, TimerFired(timer.kind, timer.stage, late=late), timer.due_at)
                 except Exception:
                     s.rollback()
                     log.exception("timer.failed", timer_id=tid, case=case.reference, kind=timer.kind)
@@ -175,7 +179,20 @@ class Workflow:
 
 
 def staff_addresses(p: Partnership) -> set[str]:
-    """Everyone holding a partnership role: they may change any case of theirs."""
+    """The partnership's staff (its coordinator role, e.g. the business unit, and their deputies): they
+    may change any case of theirs. Other partnership roles (CP Chair, IRO, the Independent Chair) act
+    on a case only where the policy makes them a party of its current stage."""
+    out: set[str] = set()
+    role = p.roles.get(p.coordinator_role)
+    for c in role.contacts if role else ():
+        out.add(c.email.lower())
+        if c.deputy:
+            out.add(c.deputy.email.lower())
+    return out
+
+
+def config_addresses(p: Partnership) -> set[str]:
+    """Everyone the partnership's configuration names in a role."""
     out: set[str] = set()
     for role in p.roles.values():
         for c in role.contacts:
@@ -187,7 +204,7 @@ def staff_addresses(p: Partnership) -> set[str]:
 
 def known_addresses(case: Case, p: Partnership) -> set[str]:
     """Addresses that came from config or the case: the only ones we ever write to."""
-    out = staff_addresses(p)
+    out = config_addresses(p)
     for party in case.parties:
         out.add(str(party["email"]).lower())
         if party.get("deputy_email"):

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 from jinja2 import Environment, PackageLoader, StrictUndefined
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from escalations.cases.models import OutboxMessage
 from escalations.cases.store import Store
@@ -117,8 +117,19 @@ def enqueue(
     return row
 
 
+#: The window of the per-address cap (ARCHITECTURE / issue 5: "cap mails per address per hour").
+CAP_WINDOW = timedelta(hours=1)
+
+
 class OutboxDispatcher:
-    """Sends due rows, one at a time, with exponential backoff; a permanent failure stops retries."""
+    """Sends due rows, one at a time, with exponential backoff; a permanent failure stops retries.
+
+    Loop protection: at most ``max_per_address_per_hour`` messages go to any one address in any
+    hour. A row that would exceed it for one of its recipients is deferred, never dropped: it stays
+    pending with ``next_attempt_at`` moved to when the oldest counted send leaves the window, and
+    its attempts are not counted as failures. (Two dispatchers sending at once may each let one
+    message through at the limit; the service runs one.)
+    """
 
     def __init__(
         self,
@@ -128,12 +139,42 @@ class OutboxDispatcher:
         max_attempts: int = 8,
         backoff_initial: float = 30.0,
         backoff_max: float = 3600.0,
+        max_per_address_per_hour: int | None = None,
     ) -> None:
         self.store = store
         self.sender = sender
         self.max_attempts = max_attempts
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.max_per_address_per_hour = max_per_address_per_hour
+
+    def cap_deferral(self, recipients: list[str], now: datetime) -> datetime | None:
+        """When a message to ``recipients`` may go without passing the cap; None if it may go now."""
+        cap = self.max_per_address_per_hour
+        if not cap or cap <= 0:
+            return None
+        wanted = {r.strip().lower() for r in recipients}
+        since = now - CAP_WINDOW
+        with self.store.session() as s:
+            rows = s.exec(select(OutboxMessage.recipients, OutboxMessage.sent_at).where(
+                OutboxMessage.status == "sent", col(OutboxMessage.sent_at) > since)).all()
+        later: datetime | None = None
+        for address in wanted:
+            times = sorted(sent for recips, sent in rows if sent is not None
+                           and address in {str(r).strip().lower() for r in recips})
+            if len(times) >= cap:
+                free_at = times[len(times) - cap] + CAP_WINDOW
+                later = free_at if later is None else max(later, free_at)
+        return later
+
+    def _defer(self, outbox_id: int, until: datetime) -> None:
+        with self.store.session() as s:
+            row = s.get(OutboxMessage, outbox_id)
+            if row is not None and row.status == "sending":
+                row.status, row.next_attempt_at = "pending", until
+                row.last_error = f"deferred: more than {self.max_per_address_per_hour} messages to one address " \
+                                 "in an hour"
+                s.commit()
 
     def retry_delay(self, attempts: int) -> timedelta:
         base = min(self.backoff_max, self.backoff_initial * (2 ** max(0, attempts - 1)))
@@ -144,6 +185,12 @@ class OutboxDispatcher:
         for oid in self.store.claim_due_outbox():
             row = self.store.get_outbox(oid)
             if row is None:
+                continue
+            until = self.cap_deferral(list(row.recipients), self.store.clock.now())
+            if until is not None:
+                self._defer(oid, until)
+                log.warning("outbox.deferred", outbox_id=oid, message_id=row.message_id, until=until.isoformat(),
+                            reason="per-address hourly cap")
                 continue
             try:
                 self.sender.send(row.sender, list(row.recipients), row.raw, name_hint=f"{row.id:06d}-{row.message_id}")

@@ -307,6 +307,9 @@ class Replied:
 class TimerFired:
     kind: str
     stage_index: int | None
+    #: The tick runs after the stage's deadline (the service was down): a "deadline tomorrow"
+    #: reminder would be wrong, so it is recorded and not sent.
+    late: bool = False
 
 
 @dataclass(frozen=True)
@@ -348,6 +351,12 @@ def _working_day_before(p: Partnership, t: datetime) -> datetime:
     while not cal.is_working_day(d):
         d -= timedelta(days=1)
     return cal.day_end_at(d)
+
+
+def _next_day_end(p: Partnership, t: datetime) -> datetime:
+    """The end of the next working day after ``t``'s local date (daily reminders)."""
+    cal = p.calendar
+    return cal.day_end_at(cal.next_working_day(cal.local(t).date()))
 
 
 def plan_for(state: CaseState, p: Partnership, index: int, at: datetime,
@@ -403,6 +412,14 @@ def _stage_context(state: CaseState, p: Partnership, plan: StagePlan) -> dict[st
         "forms": [f"{fm.name}: {fm.note or fm.when.replace('_', ' ')} ({fm.clause})" for fm in plan.forms],
         "decision_maker": plan.decision_maker.note if plan.decision_maker else "",
         "notification_clauses": list(plan.notification_clauses),
+        # The directory's proposal, should the decision maker convene a Resolution Panel (C&H 2.14,
+        # Havering 2.12): they decide whether to; the panel is not asked until they do.
+        "panel": [f"{r.name}, {r.agency_id} <{r.email}>" for r in plan.panel],
+        "panel_clause": plan.decision_maker.panel.clause if plan.decision_maker and plan.decision_maker.panel
+        else "",
+        "panel_shortfall": plan.panel_shortfall or "",
+        "bypass": "",
+        "immediate_note": "",
     })
     return ctx
 
@@ -509,7 +526,7 @@ def open_stage(state: CaseState, p: Partnership, plan: StagePlan, now: datetime,
                                role=c.role_name))
     timers: list[TimerSpec] = []
     if status == "needs_routing":
-        timers.append(TimerSpec("routing_reminder", p.calendar.add_working_days(now, 1), idx))
+        timers.append(TimerSpec("routing_reminder", _next_day_end(p, now), idx))
     elif plan.due is not None:
         before = _working_day_before(p, plan.due)
         if before > now:
@@ -579,7 +596,8 @@ def _immediate_step(state: CaseState, p: Partnership, now: datetime, because: st
         "bypass_mandatory": ir.bypass_mandatory}, clause=ir_plan.clause)
     sequential = not ir.parallel or (ir.bypass_mandatory and ir.bypass_to)
     if sequential and (current is None or current == IMMEDIATE or current < target):
-        return open_stage(replace(urgent, route=default.id), p, ir_plan, now, because=because, extra_events=(ev,))
+        step = open_stage(replace(urgent, route=default.id), p, ir_plan, now, because=because, extra_events=(ev,))
+        return replace(step, change=replace(step.change, immediate_risk=True))
     if current is not None and current != IMMEDIATE and current >= target:
         # Already at (or past) where the policy continues: stay, and ask the immediate step's people now.
         base = Step(change=CaseChange(immediate_risk=True), events=(ev,))
@@ -597,7 +615,17 @@ def _immediate_step(state: CaseState, p: Partnership, now: datetime, because: st
     already = {x.active_email.lower() for x in parties if x.asked}
     ctx = _stage_context(stage_state, p, ir_plan)
     ctx["because"] = because
-    mails = list(base.mails)
+    ids = [s.id for s in default.stages]
+    if ir.bypass_to and not ir.bypass_mandatory and ir.bypass_to in ids:
+        ctx["bypass"] = (f"{ir.bypass_note or 'You may bypass the structures.'} If the risks are so great and "
+                         f"immediate, reply URGENT again to go straight to stage {ids.index(ir.bypass_to) + 1} "
+                         f"({default.stages[ids.index(ir.bypass_to)].name}).")
+    # Someone asked both at the stage and by the immediate step gets one mail that says both.
+    immediate_note = f"{ir_plan.action} ({ir_plan.clause}); by {ctx['due_local']}."
+    both = {r.email.lower() for r in ir_plan.asked}
+    mails = [replace(m, context={**m.context, "immediate_note": immediate_note, "bypass": ctx["bypass"]})
+             if m.to[0].lower() in both or m.to[0].lower() == (state.raiser or "").lower() else m
+             for m in base.mails]
     for r in ir_plan.asked:
         if r.email.lower() in already:
             continue  # asked at the stage itself: one mail, whose "why now" says the child is at risk
@@ -633,11 +661,7 @@ def _bypass(state: CaseState, p: Partnership, now: datetime, sender: str) -> Ste
     return open_stage(moved, p, plan, now, because=because,
                       extra_events=(EventRecord("bypassed", {"from_stage_index": state.stage_index,
                                                              "to_stage": plan.number, "by": sender},
-                                                clause=ir_plan_clause(p)),))
-
-
-def ir_plan_clause(p: Partnership) -> str | None:
-    return p.immediate_risk.clause if p.immediate_risk else None
+                                                clause=ir.clause),))
 
 
 def _escalate(state: CaseState, p: Partnership, now: datetime, because: str, clause: str | None) -> Step | None:
@@ -717,12 +741,13 @@ def _reminder(state: CaseState, p: Partnership, kind: str, now: datetime) -> Ste
     ctx["due_local"] = _local(state.due_at, p)
     ctx["kind"] = kind
     ctx["auto_escalate"] = p.auto_escalate and not plan.is_final
-    subject = case_subject(state.reference, "Reminder: deadline tomorrow" if kind == "remind_before"
-                           else "Deadline reached")
+    subject = case_subject(state.reference, f"Reminder: stage {plan.number} deadline {_local(state.due_at, p)}"
+                           if kind == "remind_before" else f"Stage {plan.number} deadline reached")
     mails = []
     for x in state.parties:
-        if not x.asked:
+        if not x.asked or x.immediate:
             continue
+        # auto_escalate: false (YAML) -> at the deadline the raiser is asked to confirm the escalation.
         template = "escalation_confirm_request.txt.j2" if (kind == "remind_due" and x.party == "raiser"
                                                             and not p.auto_escalate and not plan.is_final) \
             else "reminder.txt.j2"
@@ -749,13 +774,16 @@ def _on_timer(state: CaseState, t: TimerFired, p: Partnership, now: datetime) ->
     stale = t.stage_index != state.stage_index or state.status in TERMINAL
     if stale:
         return Step(events=(EventRecord("timer_ignored", {"kind": t.kind, "stage_index": t.stage_index}),))
+    if t.kind == "remind_before" and t.late:
+        return Step(events=(EventRecord("reminder_skipped", {"kind": t.kind, "why": "the deadline had already "
+                                                             "passed when the timer ran"}),))
     if t.kind in ("remind_before", "remind_due") and state.status == "open":
         return _reminder(state, p, t.kind, now)
-    if t.kind == "escalate" and state.status == "open":
-        plan = plan_for(state, p, state.stage_index or 0, state.stage_opened_at or now) \
-            if state.stage_index is not None else None
-        step = _escalate(state, p, now, "the deadline passed without a confirmed resolution",
-                         plan.due_clause if plan else None)
+    if t.kind == "escalate" and state.status == "open" and state.stage_index is not None:
+        plan = plan_for(state, p, state.stage_index, state.stage_opened_at or now)
+        because = ("the immediate-risk step's deadline passed" if plan.number == 0
+                   else f"the deadline for stage {plan.number} passed without a confirmed resolution")
+        step = _escalate(state, p, now, because, plan.due_clause)
         return step or _reminder(state, p, "remind_due", now)
     if t.kind == "routing_reminder" and state.status == "needs_routing":
         coord = [c.email for c in p.coordinator()]
@@ -766,21 +794,56 @@ def _on_timer(state: CaseState, t: TimerFired, p: Partnership, now: datetime) ->
                                "stage_number": "", "stage_name": "", "due_local": "", "stage_action": ""},
                               "Reminder: routing needed") for c in coord)
         return Step(events=(EventRecord("routing_reminder", {"to": coord}),), mails=mails,
-                    timers=(TimerSpec("routing_reminder", p.calendar.add_working_days(now, 1), state.stage_index),))
+                    timers=(TimerSpec("routing_reminder", _next_day_end(p, now), state.stage_index),))
     if t.kind == "confirm_reminder" and state.status == "awaiting_confirmation":
         return _ask_confirmation(state, p, now, reminder=True)
     if t.kind == "confirm_close" and state.status == "awaiting_confirmation":
         r = state.resolution
         return _close(state, p, now, outcome=str(r.get("outcome") or ""), by=str(r.get("by") or ""),
-                      how="resolved; the other side did not answer the request to confirm within "
-                          f"{CONFIRMATION_WORKING_DAYS} working days after a reminder")
+                      how=f"resolved by {r.get('by')}; not confirmed or disputed within "
+                          f"{CONFIRMATION_WORKING_DAYS} working days of the request and a reminder, so the "
+                          "resolution stands as recorded")
     return Step(events=(EventRecord("timer_ignored", {"kind": t.kind, "status": state.status}),))
+
+
+def _acts_as(x: Party) -> set[str]:
+    """The addresses a party acts from: the contact, and their deputy once the deputy has taken over."""
+    out = {x.email.lower()}
+    if x.using_deputy and x.deputy_email:
+        out.add(x.deputy_email.lower())
+    return out
+
+
+def _confirming(state: CaseState) -> list[Party]:
+    """The parties asked to confirm the pending resolution (whoever acts for them now)."""
+    wanted = {str(a).lower() for a in state.resolution.get("confirm_by", [])}
+    return [x for x in state.parties if _acts_as(x) & wanted]
+
+
+def _decision_maker_parties(state: CaseState, plan: StagePlan | None) -> list[Party]:
+    if plan is None or plan.decision_maker is None:
+        return []
+    dm = plan.decision_maker.party
+    return [x for x in state.parties if x.asked and x.party == dm]
+
+
+def _confirmers(state: CaseState, p: Partnership, resolver: str, side: str | None) -> list[Party]:
+    """Who must confirm a RESOLVED: the stage's decision maker where the policy names one (C&H 2.12,
+    Havering 2.10, Wiltshire Stage Three, Tri-borough ¶6, Sutton 7.4), else everyone asked on the other
+    side (C&H 3.1, Wiltshire "Documenting discussions", Tri-borough §4, Sutton 7.6)."""
+    plan = plan_for(state, p, state.stage_index, state.stage_opened_at or state.opened_at) \
+        if state.stage_index is not None else None
+    resolver = resolver.lower()
+    dms = [x for x in _decision_maker_parties(state, plan) if x.active_email.lower() != resolver]
+    if dms:
+        return dms
+    return [x for x in state.parties if x.asked and not x.immediate and x.side not in (side, "notified")
+            and x.active_email.lower() != resolver]
 
 
 def _ask_confirmation(state: CaseState, p: Partnership, now: datetime, *, reminder: bool = False) -> Step:
     r = state.resolution
-    other = [x for x in state.parties if x.asked and x.side != r.get("side") and x.side != "notified"
-             and x.active_email.lower() != str(r.get("by", "")).lower()]
+    other = _confirming(state)
     ctx = _base_context(state, p)
     ctx.update({"outcome": r.get("outcome", ""), "resolved_by": r.get("by", ""), "reminder": reminder,
                 "confirm_days": CONFIRMATION_WORKING_DAYS})
@@ -800,6 +863,8 @@ def _ask_confirmation(state: CaseState, p: Partnership, now: datetime, *, remind
 
 
 def _on_automated(state: CaseState, a: Automated, p: Partnership, now: datetime) -> Step:
+    """An out-of-office or a bounce from someone on the case: never answered (no loops); a stage
+    contact's deputy takes over and the coordinator is told."""
     party = state.party_for(a.address)
     coord = [c.email for c in p.coordinator()]
     events: list[EventRecord] = [EventRecord(a.kind, {"address": a.address, "permanent": a.permanent},
@@ -808,11 +873,19 @@ def _on_automated(state: CaseState, a: Automated, p: Partnership, now: datetime)
         events.append(EventRecord("contact_flagged", {"address": a.address, "why": "hard bounce"}))
     if party is None or state.status in TERMINAL or (a.kind == "bounce" and not a.permanent):
         return Step(events=tuple(events))
-    takes_over = (party.deputy_email and not party.using_deputy and party.email.lower() == a.address.lower()
-                  and party.asked)
+    address = a.address.lower()
+    takes_over = bool(party.deputy_email and not party.using_deputy and party.email.lower() == address
+                      and party.asked)
+    deputy_away = party.using_deputy and (party.deputy_email or "").lower() == address
+    if party.using_deputy and not deputy_away:
+        # The original contact's auto-reply to an older mail: their deputy already acts.
+        events.append(EventRecord("automated_ignored", {"address": a.address, "why": "deputy already acting"}))
+        return Step(events=tuple(events))
     mails: list[OutgoingMail] = []
+    stage_number = state.stage_index + 1 if state.stage_index is not None and state.stage_index >= 0 else 0
     ctx = {"address": a.address, "kind": a.kind, "role": party.role_name,
-           "deputy": party.deputy_email if takes_over else "", "stage_number": state.stage_index,
+           "deputy": party.deputy_email if takes_over else "", "deputy_away": deputy_away,
+           "original": party.email if deputy_away else "", "stage_number": stage_number,
            "recipient_name": "", "recipient_role": ""}
     for c in coord:
         mails.append(_answer(state, p, c, "deputy_takeover.txt.j2",
@@ -835,6 +908,10 @@ def _on_automated(state: CaseState, a: Automated, p: Partnership, now: datetime)
                            f"{state.reference}:s{state.stage_index}:request:{new_party.active_email}", plan.clause,
                            token_stage=state.stage_index, recipient_name=new_party.active_name,
                            role=party.role_name))
+    if state.status == "awaiting_confirmation" and party in _confirming(state):
+        # They were asked to confirm a resolution: the deputy is asked instead.
+        ask = _ask_confirmation(replace(state, parties=parties), p, now)
+        mails.extend(m for m in ask.mails if m.to[0].lower() == new_party.active_email.lower())
     return Step(change=CaseChange(parties=parties), events=tuple(events), mails=tuple(mails))
 
 
@@ -849,6 +926,7 @@ def _on_reply(state: CaseState, r: Replied, p: Partnership, now: datetime) -> St
     cmd = r.command
     record = EventRecord(f"reply_{(cmd or 'none').lower()}", {"text": r.argument, "message_id": r.message_id,
                                                               "authority": r.authority}, actor=r.sender)
+    sender = r.sender.lower()
 
     def illegal(why: str) -> Step:
         return Step(events=(record, EventRecord("illegal_command", {"command": cmd, "why": why},
@@ -859,64 +937,85 @@ def _on_reply(state: CaseState, r: Replied, p: Partnership, now: datetime) -> St
         return illegal(f"case {state.reference} is already {state.status}; nothing was changed")
     if cmd == "NOTE":
         return Step(events=(record,))
+    if r.authority == "notified":
+        # Told for information (CP Chair/IRO, partnership members): their comments are kept, nothing more.
+        return illegal("you were told about this case for information: your message was kept as a note, "
+                       "and only the people asked at this stage can change the case")
     if cmd == "WITHDRAW":
         if r.authority not in ("raiser", "staff"):
             return illegal("only the practitioner who raised the concern can withdraw it")
         return _with_record(record, _close(state, p, now, outcome=r.argument or "withdrawn by the referrer",
-                                           how="withdrawn", by=r.sender, status="withdrawn"))
+                                           how=f"withdrawn by {r.sender}", by=r.sender, status="withdrawn"))
     if cmd == "INFO" or (cmd is None and r.info is not None and state.status in ("awaiting_information",
                                                                                "needs_routing")):
         return _with_record(record, _on_info(state, r, p, now))
     if cmd == "URGENT":
-        from escalations.routing.policy import IMMEDIATE
-
-        urgent = replace(state, immediate_risk=True)
-        if p.immediate_risk is None or state.stage_index == IMMEDIATE:
+        if p.immediate_risk is None:
             return Step(change=CaseChange(immediate_risk=True), events=(record,))
-        step = _initial_step(replace(urgent, route=state.route), p, now, f"{r.sender} said URGENT")
-        return _with_record(record, replace(step, change=replace(step.change, immediate_risk=True)))
+        if state.immediate_risk and state.status in ("open", "awaiting_confirmation"):
+            bypass = _bypass(state, p, now, r.sender) if r.authority in ("raiser", "staff", "party") else None
+            if bypass is None:
+                return Step(events=(record,))  # already on the immediate-risk route
+            return _with_record(record, replace(bypass, change=replace(bypass.change, immediate_risk=True)))
+        step = _immediate_step(replace(state, immediate_risk=True), p, now, f"{r.sender} said URGENT: "
+                               f"{r.argument or 'the child is at immediate risk'}")
+        return _with_record(record, step)
     if state.status == "awaiting_information":
         return illegal("the case is waiting for missing information; reply with INFO and the missing fields")
     if state.status == "needs_routing":
         return illegal("the case is waiting for the partnership to route it to the other agency")
+    plan = plan_for(state, p, state.stage_index, state.stage_opened_at or now) \
+        if state.stage_index is not None else None
+    is_dm = any(sender in _acts_as(x) for x in _decision_maker_parties(state, plan))
+    awaiting = state.status == "awaiting_confirmation"
+    res = state.resolution
+    confirmer = awaiting and any(sender in _acts_as(x) for x in _confirming(state))
     if cmd == "ESCALATE":
-        if state.status == "awaiting_confirmation" and r.side == state.resolution.get("side"):
-            return illegal("you recorded a resolution; the other side has been asked to confirm it")
+        if awaiting and not confirmer and r.side == res.get("side"):
+            return illegal("a resolution was recorded on your side; the other side has been asked to confirm it")
         escalated = _escalate(state, p, now, f"{r.sender} asked to escalate: {r.argument or 'no reason given'}",
                               None)
         if escalated is None:
             return illegal("this is the final stage: the decision maker's written decision closes the case")
         return _with_record(record, escalated)
+    if cmd in ("RESOLVED", "ACCEPT") and awaiting and (confirmer or is_dm or r.authority == "staff"):
+        outcome = str(res.get("outcome") or "")
+        if cmd == "RESOLVED" and r.argument:
+            outcome = f"{outcome}\nConfirmed with: {r.argument}" if outcome else r.argument
+        elif r.argument:
+            outcome = f"{outcome}\nOutstanding issues: {r.argument}" if outcome else r.argument
+        how = ("decided by the decision maker" if is_dm and not confirmer else
+               f"resolved by {res.get('by')} and confirmed in writing by {r.sender}")
+        return _with_record(record, _close(state, p, now, outcome=outcome, by=r.sender, how=how,
+                                           clause=plan.decision_maker.clause if is_dm and plan and
+                                           plan.decision_maker else None))
+    if cmd == "ACCEPT":
+        if not awaiting:
+            return illegal("there is no resolution waiting for confirmation")
+        return illegal("the resolution must be confirmed by the people asked to confirm it")
     if cmd == "RESOLVED":
-        plan = plan_for(state, p, state.stage_index or 0, state.stage_opened_at or now) \
-            if state.stage_index is not None else None
-        decides = r.authority in ("staff", "decision_maker") or (plan is not None and plan.is_final and
-                                                                  r.authority == "decision_maker")
-        if decides:
-            clause = plan.decision_maker.clause if plan and plan.decision_maker else None
+        if is_dm or r.authority == "staff":
+            # The decision maker's written decision closes the case (Sutton 7.4: final; Wiltshire Stage
+            # Three: communicated to all parties); partnership staff may record it on their behalf.
+            clause = plan.decision_maker.clause if plan and plan.decision_maker and is_dm else None
             return _with_record(record, _close(state, p, now, outcome=r.argument, by=r.sender,
-                                               how="decided by " + ("the decision maker" if r.authority ==
-                                                                    "decision_maker" else "partnership staff"),
-                                               clause=clause))
-        if state.status == "awaiting_confirmation" and r.side != state.resolution.get("side"):
-            return _with_record(record, _close(state, p, now, outcome=str(state.resolution.get("outcome")),
-                                               by=r.sender, how="resolved and confirmed by both sides"))
+                                               how="decided by " + ("the decision maker" if is_dm
+                                                                    else "partnership staff"), clause=clause))
+        if awaiting:
+            return illegal("a resolution was already recorded; the other side has been asked to confirm it")
+        confirm = _confirmers(state, p, r.sender, r.side)
+        if not confirm:
+            # Nobody on the other side can be asked (e.g. stage 1 when the referral gives no address for
+            # the other worker): the record stands on the sender's word and everyone gets it.
+            return _with_record(record, _close(state, p, now, outcome=r.argument, by=r.sender,
+                                               how=f"resolved by {r.sender} (nobody on the other side has an "
+                                                   "address on the case to confirm it)"))
         resolution = {"by": r.sender, "side": r.side, "outcome": r.argument, "at": now.isoformat(),
-                      "stage_index": state.stage_index}
+                      "stage_index": state.stage_index, "confirm_by": [x.active_email for x in confirm]}
         pending = replace(state, status="awaiting_confirmation", resolution=resolution)
         ask = _ask_confirmation(pending, p, now)
-        if not ask.mails:  # nobody on the other side to confirm: the record stands on its own
-            return _with_record(record, _close(state, p, now, outcome=r.argument, by=r.sender,
-                                               how="resolved (no other party to confirm)"))
         return Step(change=CaseChange(status="awaiting_confirmation", resolution=resolution),
                     events=(record, *ask.events), mails=ask.mails, timers=ask.timers)
-    if cmd == "ACCEPT":
-        if state.status != "awaiting_confirmation":
-            return illegal("there is no resolution waiting for confirmation")
-        if r.side == state.resolution.get("side") and r.authority != "staff":
-            return illegal("the resolution must be confirmed by the other side")
-        return _with_record(record, _close(state, p, now, outcome=str(state.resolution.get("outcome")),
-                                           by=r.sender, how="resolved and confirmed by both sides"))
     # No command: keep it as a note and tell the sender what they can say.
     return Step(events=(record,), mails=(_help(state, p, r.sender, now, "your message was recorded as a note"),))
 

@@ -34,6 +34,9 @@ def test_demo_acknowledges_each_partnership_sample(tmp_path: Path) -> None:
                 break
             time.sleep(0.2)
         files = acknowledgements()
+        # The live view polls every 0.5 s: let it print the state in which every ack has gone out
+        # (each case now also queues its stage mail, so the last ack can land just after a poll).
+        time.sleep(1.2)
     finally:
         proc.send_signal(signal.SIGINT)
         out, errout = proc.communicate(timeout=30)

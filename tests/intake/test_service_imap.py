@@ -55,7 +55,9 @@ def service(make_app: AppFactory, database_url: str, smtp_capture: SmtpCapture,
             dovecot: DovecotServer) -> Callable[..., App]:
     """A new App (as after a restart) on the same database, watching the Dovecot INBOX."""
     def build(**mailbox: object) -> App:
-        return make_app(database_url, relay_port=smtp_capture.port,
+        # One sender's 100 referrals get 200 replies within the hour: above the per-address loop cap
+        # (max_mails_per_address_per_hour, which defers the rest to later hours), so lift it here.
+        return make_app(database_url, relay_port=smtp_capture.port, max_mails_per_address_per_hour=1000,
                         mailboxes=[dovecot.mailbox_settings(**{"after_store": "seen", **mailbox})])
     return build
 

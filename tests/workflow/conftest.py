@@ -310,15 +310,34 @@ def wf_dovecot(dovecot_factory: Callable[..., DovecotServer]) -> DovecotServer:
     return dovecot_factory(drop_capabilities={"IDLE"})
 
 
+HarnessFactory = Callable[..., Harness]
+
+
 @pytest.fixture
-def harness(tmp_path: Path, wf_clock: FakeClock, smtp_capture: SmtpCapture,
-            wf_dovecot: DovecotServer) -> Iterator[Harness]:
-    """The service running for real: IMAP watcher on Dovecot, outbox to aiosmtpd, SQLite."""
-    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'wf.sqlite3'}", smtp_capture, wf_dovecot)
-    h = Harness(settings, wf_clock, smtp_capture, wf_dovecot)
-    h.start()
+def harness_factory(tmp_path: Path, wf_clock: FakeClock, smtp_capture: SmtpCapture,
+                    wf_dovecot: DovecotServer) -> Iterator[HarnessFactory]:
+    """``harness_factory(**settings_overrides)``: the service running for real (IMAP watcher on Dovecot,
+    outbox to aiosmtpd, SQLite unless ``database_url`` is given)."""
+    made: list[Harness] = []
+
+    def factory(**overrides: Any) -> Harness:
+        assert not made, "one running service per test"
+        url = overrides.pop("database_url", f"sqlite:///{tmp_path / 'wf.sqlite3'}")
+        settings = make_settings(tmp_path, url, smtp_capture, wf_dovecot, **overrides)
+        h = Harness(settings, wf_clock, smtp_capture, wf_dovecot)
+        made.append(h)
+        h.start()
+        return h
+
     try:
-        yield h
+        yield factory
     finally:
-        h.stop()
-        h.app.store.engine.dispose()
+        for h in made:
+            h.stop()
+            h.app.store.engine.dispose()
+
+
+@pytest.fixture
+def harness(harness_factory: HarnessFactory) -> Harness:
+    """The service running for real: IMAP watcher on Dovecot, outbox to aiosmtpd, SQLite."""
+    return harness_factory()

@@ -69,8 +69,9 @@ class Profile:
     other_line_manager: str
     other_line_manager_deputy: str
     borough: str | None = None
+    #: Fields a referral must carry beyond the basics (Sutton's form: Mosaic ID).
     extra_fields: dict[str, str] = field(default_factory=dict)
-    #: Fields a referral must carry beyond the basics (Sutton's form: Mosaic ID, DOB).
+    #: The referral's "timescale that protects the child" (Tri-borough: gives stage 4 a deadline).
     needed_by: str | None = None
 
 
