@@ -292,6 +292,14 @@ def ingest(
 # ---- cases -------------------------------------------------------------------------------------------
 
 
+def _party_json(p: dict[str, Any]) -> dict[str, Any]:
+    deputy = bool(p.get("using_deputy") and p.get("deputy_email"))
+    return {"email": p.get("deputy_email") if deputy else p.get("email"),
+            "name": p.get("deputy_name") if deputy else p.get("name"),
+            "role": p.get("role_name"), "party": p.get("party"), "side": p.get("side"),
+            "asked": bool(p.get("asked", True)), "deputy_for": p.get("email") if deputy else None}
+
+
 def case_json(application: Any, case: Any) -> dict[str, Any]:
     events = application.store.case_events(case.id)
     outbox = [o for o in application.store.list_outbox() if o.case_id == case.id]
@@ -308,7 +316,9 @@ def case_json(application: Any, case: Any) -> dict[str, Any]:
         "raised_by_email": case.raised_by_email,
         "missing": case.missing,
         "policy_version": case.policy_version,
-        "parties": sorted({r for o in outbox for r in o.recipients}),
+        # the people the case involves at its current stage (deputies in place of absent contacts)
+        "parties": [_party_json(p) for p in case.parties],
+        "mailed": sorted({r for o in outbox for r in o.recipients}),
         "fields": case.fields,
         "events": [{"at": _iso(e.at), "kind": e.kind, "actor": e.actor, "clause": e.clause, "detail": e.detail,
                     "inbound_id": e.inbound_id} for e in events],

@@ -47,6 +47,9 @@ def new_message_id(domain: str) -> str:
     return f"{uuid.uuid4().hex}@{domain}"
 
 
+_WIRE = SMTP.clone(max_line_length=200)
+
+
 def build_message(
     *,
     mail: OutgoingMail,
@@ -74,7 +77,10 @@ def build_message(
     msg["Auto-Submitted"] = mail.auto_submitted
     msg["X-Escalations-Template"] = mail.template.removesuffix(".txt.j2")
     msg.set_content(body, charset="utf-8", cte="quoted-printable")
-    return msg.as_bytes(policy=SMTP)  # CRLF line ends, as sent on the wire
+    # CRLF line ends, as sent on the wire. Headers fold at 200, not 78: Python folds a 70-odd
+    # character subject onto a continuation line of its own, which some readers show with a
+    # leading space; RFC 5322 2.1.1 allows up to 998 (78 is a SHOULD for display).
+    return msg.as_bytes(policy=_WIRE)
 
 
 def enqueue(

@@ -77,7 +77,8 @@ def test_ingest_then_cases_and_outbox(env: dict[str, str], tmp_path: Path) -> No
     shown = json.loads(out)
     assert {"reference", "partnership", "status", "stage", "due_at", "parties", "events"} <= set(shown)
     assert [e["kind"] for e in shown["events"]][:1] == ["case_opened"]
-    assert shown["parties"] == ["jo.bloggs@school.example.org"]
+    assert [(p["email"], p["party"]) for p in shown["parties"]] == [("jo.bloggs@school.example.org", "raiser")]
+    assert shown["mailed"] == ["jo.bloggs@school.example.org"]
     code, out = cli(env, "outbox", "list", "--json")
     rows = json.loads(out)
     assert len(rows) == 2

@@ -133,7 +133,9 @@ def test_cli_tick_and_cases_show(harness: Harness, smtp_capture: SmtpCapture) ->
     assert (shown["reference"], shown["partnership"], shown["status"], shown["stage"]) == \
         (ref, "city-and-hackney", "open", 1)
     assert shown["due_at"] == "2026-11-10T17:00:00+00:00"  # C&H 1.4: 5 working days, 17:00
-    assert CH.raiser in shown["parties"] and CH.other_practitioner_email in shown["parties"]
+    parties = {p["email"]: p for p in shown["parties"]}
+    assert parties[CH.raiser]["party"] == "raiser" and parties[CH.raiser]["side"] == "raising"
+    assert parties[CH.other_practitioner_email]["side"] == "receiving" and parties[CH.other_practitioner_email]["asked"]
     kinds = [e["kind"] for e in shown["events"]]
     assert kinds[:2] == ["case_opened", "acknowledgement_queued"]
     assert "stage_opened" in kinds and kinds.count("reminder_sent") == 1
@@ -146,7 +148,8 @@ def test_cli_tick_and_cases_show(harness: Harness, smtp_capture: SmtpCapture) ->
     assert shown["stage"] == 2 and shown["due_at"] == "2026-11-18T17:00:00+00:00"
     escalated = next(e for e in shown["events"] if e["kind"] == "escalated")
     assert escalated["clause"] == "C&H 1.4" and escalated["detail"]["to_stage"] == 2
-    assert "ch.csc.line-manager@example.org" in shown["parties"]
+    assert "ch.csc.line-manager@example.org" in [p["email"] for p in shown["parties"]]
+    assert CH.other_practitioner_email in shown["mailed"]
 
 
 # ---- auto_escalate: false --------------------------------------------------------------------------------
