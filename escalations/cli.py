@@ -27,9 +27,12 @@ app = typer.Typer(help="Resolving professional differences: the partnership esca
                   no_args_is_help=True, pretty_exceptions_enable=False)
 cases_app = typer.Typer(help="Cases: list and show.", no_args_is_help=True)
 outbox_app = typer.Typer(help="Outgoing mail waiting or sent.", no_args_is_help=True)
+timers_app = typer.Typer(help="Deadlines, reminders and escalations waiting to fire (and any that failed).",
+                         no_args_is_help=True)
 quarantine_app = typer.Typer(help="Mail that could not be processed, and replaying it.", no_args_is_help=True)
 app.add_typer(cases_app, name="cases")
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(timers_app, name="timers")
 app.add_typer(quarantine_app, name="quarantine")
 
 try:  # the policy-engine commands (config check, policy show/timeline)
@@ -413,6 +416,46 @@ def outbox_list(ctx: typer.Context,
         table.add_row(str(d["id"]), d["subject"], ", ".join(d["to"]), d["status"], str(d["attempts"]),
                       _local(o.next_attempt_at) if o.status == "pending" else "-", (d["last_error"] or "")[:60])
     console.print(table)
+
+
+@timers_app.command("list")
+def timers_list(ctx: typer.Context,
+                status: Annotated[str | None, typer.Option(help="pending | firing | done | cancelled | failed")] = None,
+                case: Annotated[str | None, typer.Option("--case", help="Only this case reference")] = None,
+                as_json: JsonOpt = False) -> None:
+    """Timers by due time. A `failed` timer raised while firing: fix the cause, then `timers retry ID`."""
+    application = _build(ctx)
+    case_id = None
+    if case:
+        found = application.store.case_by_reference(case)
+        if found is None:
+            err.print(f"No case with reference {case}")
+            raise typer.Exit(1)
+        case_id = found.id
+    refs = {c.id: c.reference for c in application.store.list_cases()}
+    rows = application.store.list_timers(case_id, status)
+    data = [{"id": t.id, "case": refs.get(t.case_id), "stage": t.stage, "kind": t.kind, "due_at": _iso(t.due_at),
+             "status": t.status, "fired_at": _iso(t.fired_at)} for t in rows]
+    if as_json:
+        _print_json(data)
+        return
+    table = Table("id", "case", "kind", "due (London)", "status", title="Timers")
+    for d, t in zip(data, rows, strict=True):
+        table.add_row(str(d["id"]), d["case"] or "-", d["kind"], _local(t.due_at), d["status"])
+    console.print(table)
+
+
+@timers_app.command("retry")
+def timers_retry(ctx: typer.Context, timer_ids: Annotated[list[int], typer.Argument(help="Failed timer ids")]) -> None:
+    """Put failed timers back in the queue; the next tick (or the running service) fires them."""
+    application = _build(ctx)
+    bad = [tid for tid in timer_ids if not application.store.retry_timer(tid)]
+    for tid in timer_ids:
+        if tid not in bad:
+            console.print(f"timer {tid}: pending again")
+    if bad:
+        err.print(f"not a failed timer: {', '.join(map(str, bad))}")
+        raise typer.Exit(1)
 
 
 @quarantine_app.command("list")

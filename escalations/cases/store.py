@@ -479,3 +479,14 @@ class Store:
             if status:
                 q = q.where(Timer.status == status)
             return list(s.exec(q).all())
+
+    def retry_timer(self, timer_id: int) -> bool:
+        """Put a failed timer back to pending (after the cause is fixed); the next tick fires it."""
+        with self.session() as s:
+            res = s.exec(
+                update(Timer)
+                .where(col(Timer.id) == timer_id, col(Timer.status) == "failed")
+                .values(status="pending", claimed_at=None, fired_at=None)
+            )
+            s.commit()
+            return bool(res.rowcount == 1)

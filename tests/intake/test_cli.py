@@ -31,7 +31,8 @@ def cli(env: dict[str, str], *args: str) -> tuple[int, str]:
 def test_every_command_has_help(env: dict[str, str]) -> None:
     for args in (["--help"], ["run", "--help"], ["parse", "--help"], ["ingest", "--help"], ["cases", "list", "--help"],
                  ["cases", "show", "--help"], ["tick", "--help"], ["outbox", "list", "--help"],
-                 ["quarantine", "list", "--help"], ["quarantine", "replay", "--help"]):
+                 ["quarantine", "list", "--help"], ["quarantine", "replay", "--help"],
+                 ["timers", "list", "--help"], ["timers", "retry", "--help"]):
         code, out = cli(env, *args)
         assert code == 0, args
         assert "Usage" in out
@@ -111,3 +112,30 @@ def test_quarantine_and_replay(env: dict[str, str], tmp_path: Path) -> None:
     assert replayed["status"] == "done" and replayed["case"].startswith("HAV-")
     code, out = cli(env2, "quarantine", "list", "--json")
     assert json.loads(out) == []
+
+
+def test_timers_list_and_retry(env: dict[str, str], tmp_path: Path) -> None:
+    eml = tmp_path / "r.eml"
+    eml.write_bytes(referral())
+    code, out = cli(env, "ingest", str(eml), "--received", "2026-11-03T09:58:00", "--json")
+    ref = json.loads(out)["messages"][0]["case"]
+    code, out = cli(env, "timers", "list", "--case", ref, "--json")
+    assert code == 0, out
+    timers = json.loads(out)
+    assert {t["kind"] for t in timers} >= {"escalate"} and all(t["status"] == "pending" for t in timers)
+    assert all(t["case"] == ref for t in timers)
+    # a timer whose step raised is kept as failed; the administrator retries it after the fix
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'var' / 'escalations.sqlite3'}")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE timer SET status = 'failed' WHERE id = :id"), {"id": timers[0]["id"]})
+    engine.dispose()
+    code, out = cli(env, "timers", "list", "--status", "failed", "--json")
+    assert [t["id"] for t in json.loads(out)] == [timers[0]["id"]]
+    code, out = cli(env, "timers", "retry", str(timers[0]["id"]))
+    assert code == 0 and "pending again" in out
+    code, out = cli(env, "timers", "retry", str(timers[0]["id"]))
+    assert code == 1
+    code, out = cli(env, "timers", "list", "--case", "CH-1999-0001")
+    assert code == 1
