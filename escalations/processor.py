@@ -134,16 +134,21 @@ class Processor:
 
     def _process(self, inbound_id: int) -> Outcome:
         now = self.clock.now()
+        # Parse before the write transaction: on SQLite that lock is the whole database's.
+        with self.store.reading() as r:
+            raw = r.exec(select(InboundMessage.raw).where(InboundMessage.id == inbound_id)).first()
+        if raw is None:
+            raise Unprocessable("inbound message vanished")
+        try:
+            msg = parse_message(raw)
+        except MessageParseError as exc:
+            raise Unprocessable(f"not an email message: {exc}") from exc
         with self.store.session() as s:
             row = s.get(InboundMessage, inbound_id)
             if row is None:
                 raise Unprocessable("inbound message vanished")
             if row.status != "pending":
                 return Outcome(inbound_id, row.kind or "unknown", row.status)
-            try:
-                msg = parse_message(row.raw)
-            except MessageParseError as exc:
-                raise Unprocessable(f"not an email message: {exc}") from exc
 
             partnership = partnership_for(msg, row.envelope_recipients, self.config)
             if partnership is None:

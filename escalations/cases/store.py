@@ -35,6 +35,10 @@ _HEADER_SPLIT = re.compile(rb"\r?\n\r?\n")
 _FINGERPRINT_HEADERS = (b"message-id", b"from", b"date", b"subject")
 
 
+#: Execution option marking a read-only transaction (plain BEGIN on SQLite).
+READ_ONLY = "escalations_read_only"
+
+
 def make_engine(url: str) -> Engine:
     """An engine for SQLite (WAL, busy timeout, usable across threads) or PostgreSQL (psycopg 3)."""
     if url.startswith("sqlite"):
@@ -56,12 +60,17 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            # Writers serialise at BEGIN instead of failing on lock upgrade mid-transaction.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers serialise at BEGIN instead of failing on lock upgrade mid-transaction; pure
+            # reads (Store.reading) take no write lock, so they never wait behind a writer (WAL).
+            if conn.get_execution_options().get(READ_ONLY):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     # hide_parameters: a database error must never echo a message body (child data) into a log.
     return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+
 
 
 def split_raw(raw: bytes) -> tuple[bytes, bytes]:
@@ -123,6 +132,7 @@ class StoredInbound:
 
 class Store:
     def __init__(self, engine: Engine, clock: Clock) -> None:
+        self._reader = engine.execution_options(**{READ_ONLY: True})
         self.engine = engine
         self.clock = clock
 
@@ -132,6 +142,12 @@ class Store:
     @contextmanager
     def session(self) -> Iterator[Session]:
         with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for queries only (no write lock on SQLite); never commit in it."""
+        with Session(self._reader, expire_on_commit=False) as session:
             yield session
 
     # ---- inbound -------------------------------------------------------------------------
@@ -200,7 +216,7 @@ class Store:
         return s.exec(select(InboundMessage).where(InboundMessage.fingerprint == fp)).first()
 
     def has_inbound_key(self, key: str) -> bool:
-        with self.session() as s:
+        with self.reading() as s:
             if s.exec(select(InboundMessage.id).where(InboundMessage.idempotency_key == key)).first():
                 return True
             return s.get(InboundAlias, key) is not None
@@ -216,7 +232,7 @@ class Store:
             cur.last_uid, cur.updated_at = uid, now
 
     def imap_cursor(self, account: str, folder: str) -> tuple[int, int] | None:
-        with self.session() as s:
+        with self.reading() as s:
             cur = s.exec(
                 select(ImapCursor).where(ImapCursor.account == account, ImapCursor.folder == folder)
             ).first()
@@ -266,7 +282,7 @@ class Store:
         return None
 
     def pending_inbound_count(self) -> int:
-        with self.session() as s:
+        with self.reading() as s:
             return s.exec(
                 select(func.count()).select_from(InboundMessage).where(InboundMessage.status == "pending")
             ).one()
@@ -290,14 +306,14 @@ class Store:
             return True
 
     def list_inbound(self, status: str | None = None) -> list[InboundMessage]:
-        with self.session() as s:
+        with self.reading() as s:
             q = select(InboundMessage).order_by(col(InboundMessage.id))
             if status:
                 q = q.where(InboundMessage.status == status)
             return list(s.exec(q).all())
 
     def get_inbound(self, inbound_id: int) -> InboundMessage | None:
-        with self.session() as s:
+        with self.reading() as s:
             return s.get(InboundMessage, inbound_id)
 
     # ---- cases -----------------------------------------------------------------------------
@@ -318,7 +334,7 @@ class Store:
         return f"{prefix}-{year}-{counter.last:04d}"
 
     def list_cases(self, partnership: str | None = None, status: str | None = None) -> list[Case]:
-        with self.session() as s:
+        with self.reading() as s:
             q = select(Case).order_by(col(Case.id))
             if partnership:
                 q = q.where(Case.partnership == partnership)
@@ -327,11 +343,11 @@ class Store:
             return list(s.exec(q).all())
 
     def case_by_reference(self, reference: str) -> Case | None:
-        with self.session() as s:
+        with self.reading() as s:
             return s.exec(select(Case).where(func.upper(Case.reference) == reference.upper())).first()
 
     def case_events(self, case_id: int) -> list[CaseEvent]:
-        with self.session() as s:
+        with self.reading() as s:
             return list(s.exec(select(CaseEvent).where(CaseEvent.case_id == case_id)
                                .order_by(col(CaseEvent.at), col(CaseEvent.id))).all())
 
@@ -386,7 +402,7 @@ class Store:
         return claimed
 
     def get_outbox(self, outbox_id: int) -> OutboxMessage | None:
-        with self.session() as s:
+        with self.reading() as s:
             return s.get(OutboxMessage, outbox_id)
 
     def mark_outbox_sent(self, outbox_id: int) -> None:
@@ -410,14 +426,14 @@ class Store:
                 s.commit()
 
     def list_outbox(self, status: str | None = None) -> list[OutboxMessage]:
-        with self.session() as s:
+        with self.reading() as s:
             q = select(OutboxMessage).order_by(col(OutboxMessage.id))
             if status:
                 q = q.where(OutboxMessage.status == status)
             return list(s.exec(q).all())
 
     def next_outbox_due(self) -> datetime | None:
-        with self.session() as s:
+        with self.reading() as s:
             return s.exec(
                 select(func.min(OutboxMessage.next_attempt_at)).where(OutboxMessage.status == "pending")
             ).one()
@@ -472,7 +488,7 @@ class Store:
         return None
 
     def list_timers(self, case_id: int | None = None, status: str | None = None) -> list[Timer]:
-        with self.session() as s:
+        with self.reading() as s:
             q = select(Timer).order_by(col(Timer.due_at), col(Timer.id))
             if case_id is not None:
                 q = q.where(Timer.case_id == case_id)

@@ -7,7 +7,9 @@ message, which the recipient's client shows once.
 from __future__ import annotations
 
 import random
+import threading
 import uuid
+from collections import defaultdict, deque
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -37,6 +39,9 @@ class Renderer:
             autoescape=False,  # plain-text mail
             keep_trailing_newline=True,
             trim_blocks=False,
+            # Templates are read once: files replaced under a running service (a deploy before the
+            # restart) must not meet code that gives them a different context.
+            auto_reload=False,
         )
 
     def render(self, template: str, context: Mapping[str, Any]) -> str:
@@ -123,6 +128,9 @@ def enqueue(
     return row
 
 
+#: Rows claimed at a time; send_due keeps claiming until a batch comes back short.
+BATCH = 20
+
 #: The window of the per-address cap (ARCHITECTURE / issue 5: "cap mails per address per hour").
 CAP_WINDOW = timedelta(hours=1)
 
@@ -153,25 +161,51 @@ class OutboxDispatcher:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.max_per_address_per_hour = max_per_address_per_hour
+        # Sends per address in the last hour: loaded from the outbox once, then kept in memory
+        # (querying every recent row before each send made a burst quadratic).
+        self._window: dict[str, deque[datetime]] | None = None
+        self._window_lock = threading.Lock()
+
+    def _recent(self, now: datetime) -> dict[str, deque[datetime]]:
+        if self._window is None:
+            window: dict[str, deque[datetime]] = defaultdict(deque)
+            with self.store.reading() as s:
+                rows = s.exec(select(OutboxMessage.recipients, OutboxMessage.sent_at)
+                              .where(OutboxMessage.status == "sent", col(OutboxMessage.sent_at) > now - CAP_WINDOW)
+                              .order_by(col(OutboxMessage.sent_at))).all()
+            for recips, sent in rows:
+                if sent is not None:
+                    for r in recips:
+                        window[str(r).strip().lower()].append(sent)
+            self._window = window
+        return self._window
 
     def cap_deferral(self, recipients: list[str], now: datetime) -> datetime | None:
         """When a message to ``recipients`` may go without passing the cap; None if it may go now."""
         cap = self.max_per_address_per_hour
         if not cap or cap <= 0:
             return None
-        wanted = {r.strip().lower() for r in recipients}
-        since = now - CAP_WINDOW
-        with self.store.session() as s:
-            rows = s.exec(select(OutboxMessage.recipients, OutboxMessage.sent_at).where(
-                OutboxMessage.status == "sent", col(OutboxMessage.sent_at) > since)).all()
         later: datetime | None = None
-        for address in wanted:
-            times = sorted(sent for recips, sent in rows if sent is not None
-                           and address in {str(r).strip().lower() for r in recips})
-            if len(times) >= cap:
-                free_at = times[len(times) - cap] + CAP_WINDOW
-                later = free_at if later is None else max(later, free_at)
+        with self._window_lock:
+            window = self._recent(now)
+            for address in {r.strip().lower() for r in recipients}:
+                times = window.get(address)
+                if not times:
+                    continue
+                while times and times[0] <= now - CAP_WINDOW:
+                    times.popleft()
+                if len(times) >= cap:
+                    free_at = times[len(times) - cap] + CAP_WINDOW
+                    later = free_at if later is None else max(later, free_at)
         return later
+
+    def _count_sent(self, recipients: list[str], at: datetime) -> None:
+        if not self.max_per_address_per_hour:
+            return
+        with self._window_lock:
+            window = self._recent(at)
+            for r in recipients:
+                window[r.strip().lower()].append(at)
 
     def _defer(self, outbox_id: int, until: datetime) -> None:
         with self.store.session() as s:
@@ -187,8 +221,17 @@ class OutboxDispatcher:
         return timedelta(seconds=base * random.uniform(0.8, 1.0))
 
     def send_due(self) -> int:
+        """Send everything due now, batch after batch, so a burst is not paced by the caller's loop."""
         sent = 0
-        for oid in self.store.claim_due_outbox():
+        while True:
+            batch = self.store.claim_due_outbox(limit=BATCH)
+            sent += self._send_batch(batch)
+            if len(batch) < BATCH:
+                return sent
+
+    def _send_batch(self, batch: list[int]) -> int:
+        sent = 0
+        for oid in batch:
             row = self.store.get_outbox(oid)
             if row is None:
                 continue
@@ -215,6 +258,7 @@ class OutboxDispatcher:
                 log.exception("outbox.send_error", outbox_id=oid, message_id=row.message_id)
                 continue
             self.store.mark_outbox_sent(oid)
+            self._count_sent(list(row.recipients), self.store.clock.now())
             sent += 1
             log.info("outbox.sent", outbox_id=oid, message_id=row.message_id, template=row.template,
                      case_id=row.case_id)
