@@ -120,7 +120,9 @@ class Processor:
             # The error text may quote a header; keep the type and our own message, plus a trace
             # of code locations (no data values) for the administrator.
             reason = exc.args[0] if isinstance(exc, Unprocessable) and exc.args else type(exc).__name__
-            trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=8))
+            # format_tb: file, line and source of each frame, never the exception's text (which can
+            # quote a value from the message, e.g. a malformed date of birth).
+            trace = "".join(traceback.format_tb(exc.__traceback__, limit=-8)) + type(exc).__name__
             self.store.quarantine(inbound_id, f"{reason}\n\n{trace}")
             log.warning("inbound.quarantined", inbound_id=inbound_id, reason=str(reason)[:200],
                         error_type=type(exc).__name__)

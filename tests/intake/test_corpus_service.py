@@ -123,3 +123,30 @@ def test_huge_attachment_becomes_a_case(make_app: AppFactory) -> None:
     assert outcome.inbound_id == stored.id
     assert outcome.status == "done" and outcome.kind == "referral", outcome
     assert app.send_outbox() >= 1
+
+
+def test_a_crash_is_quarantined_without_the_data_in_its_message(make_app: AppFactory, monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """An exception whose text quotes the message (here the child's name) must not carry it into
+    the quarantine record or the log; the loop goes on and replay works once the bug is gone."""
+    import escalations.processor as processor
+    from tests.intake.test_service_smtp import CHILD, referral
+
+    real = processor.extract_referral
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError(f"cannot read date of birth for {CHILD}")
+
+    monkeypatch.setattr(processor, "extract_referral", broken)
+    caplog.set_level(logging.DEBUG)
+    app = make_app()
+    stored = app.ingest(referral())
+    (outcome,) = app.process_pending()
+    assert outcome.status == "quarantined" and outcome.detail == "ValueError"
+    row = app.store.get_inbound(stored.id)
+    assert row is not None and row.error and "ValueError" in row.error and "processor.py" in row.error
+    assert CHILD not in row.error and CHILD not in caplog.text
+    monkeypatch.setattr(processor, "extract_referral", real)
+    assert app.store.release_for_replay(stored.id)
+    (again,) = app.process_pending()
+    assert again.status == "done" and again.case_reference
