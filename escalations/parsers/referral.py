@@ -7,6 +7,7 @@ lines (which is also how table rows come out: label cell, then value cell).
 
 from __future__ import annotations
 
+import codecs
 import io
 import re
 import zipfile
@@ -963,6 +964,27 @@ def docx_to_text(data: bytes) -> str:
     return "\n".join(out)
 
 
+def rtf_to_plain(rtf: bytes) -> str:
+    """Text of an RTF body (Outlook's plain-text-derived or HTML-encapsulating RTF); '' if unreadable."""
+    if not rtf.lstrip().startswith(b"{\\rtf"):
+        return ""  # still compressed (compressed_rtf missing) or not RTF at all
+    try:
+        from striprtf.striprtf import rtf_to_text
+    except ImportError:  # pragma: no cover - a declared dependency
+        return ""
+    m = re.search(rb"\\ansicpg(\d{3,5})", rtf[:2000])
+    encoding = f"cp{m.group(1).decode()}" if m else "cp1252"
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        encoding = "cp1252"
+    try:
+        text: str = rtf_to_text(rtf.rstrip(b"\x00").decode("latin-1"), encoding=encoding, errors="replace")  # type: ignore[no-untyped-call]
+    except Exception:
+        return ""
+    return text.replace("\r\n", "\n").strip()
+
+
 def tnef_to_parts(data: bytes) -> tuple[str, list[Attachment]]:
     """The body text of a winmail.dat (plain, else HTML) and its attachments."""
     try:
@@ -981,6 +1003,13 @@ def tnef_to_parts(data: bytes) -> tuple[str, list[Attachment]]:
     elif html:
         html_s = html if isinstance(html, str) else decode_bytes(bytes(html).rstrip(b"\x00"), None)
         text = html_to_text(html_s)
+    else:
+        try:  # "Rich Text" mail: compressed RTF, which tnefparse inflates with compressed_rtf
+            rtf = getattr(tnef, "rtfbody", None)
+        except Exception:
+            rtf = None
+        if isinstance(rtf, bytes | bytearray):
+            text = rtf_to_plain(bytes(rtf))
     atts: list[Attachment] = []
     for a in getattr(tnef, "attachments", []):
         try:

@@ -314,3 +314,42 @@ def test_form_laid_out_in_columns() -> None:
     assert f.child_names == ("Ava Testchild",) and f.child_dobs == (date(2016, 3, 14),)
     assert f.other_agency == "Hackney Children's Social Care"
     assert f.concern == "Closed with no assessment." and f.outcome_sought == "An assessment"
+
+
+@pytest.mark.parametrize("rtf", [
+    # Outlook "Rich Text" from a plain-text draft (\fromtext), with a cp1252 escape
+    rb"{\rtf1\ansi\ansicpg1252\fromtext \fbidis \deff0{\fonttbl{\f0\fswiss Arial;}}" b"\r\n"
+    rb"{\*\generator Microsoft Exchange Server;}" b"\r\n"
+    rb"\pard\plain\f0 Name of child(ren): Ava Testchild\par" b"\r\n"
+    rb"Date of birth: 14/03/2016\par" b"\r\n"
+    rb"Other agency: Hackney CSC\par" b"\r\n"
+    rb"Brief description of nature of concern: Closed with no assessment \'96 again.\par" b"\r\n"
+    rb"Outcome sought: An assessment\par" b"\r\n}",
+    # HTML encapsulated in RTF (\fromhtml1): the tags are RTF destinations, the text is plain
+    rb"{\rtf1\ansi\ansicpg1252\fromhtml1 \deff0{\fonttbl{\f0\fswiss Arial;}}" b"\r\n"
+    rb"{\*\htmltag19 <html>}{\*\htmltag50 <body>}" b"\r\n"
+    rb"{\*\htmltag64 <p>}\htmlrtf {\htmlrtf0 Name of child(ren): Ava Testchild\htmlrtf\par}\htmlrtf0"
+    rb"{\*\htmltag72 </p>}{\*\htmltag64 <p>}\htmlrtf {\htmlrtf0 Date of birth: 14/03/2016\htmlrtf\par}\htmlrtf0"
+    rb"{\*\htmltag72 </p>}{\*\htmltag64 <p>}\htmlrtf {\htmlrtf0 Other agency: Hackney CSC\htmlrtf\par}\htmlrtf0"
+    rb"{\*\htmltag72 </p>}{\*\htmltag64 <p>}\htmlrtf {\htmlrtf0 Brief description of nature of concern: "
+    rb"Closed with no assessment \'96 again.\htmlrtf\par}\htmlrtf0{\*\htmltag72 </p>}"
+    rb"{\*\htmltag64 <p>}\htmlrtf {\htmlrtf0 Outcome sought: An assessment\htmlrtf\par}\htmlrtf0"
+    rb"{\*\htmltag72 </p>}{\*\htmltag58 </body>}{\*\htmltag27 </html>}}",
+], ids=["fromtext", "fromhtml"])
+def test_winmail_dat_with_only_a_compressed_rtf_body(rtf: bytes) -> None:
+    from email.message import EmailMessage
+
+    from tests.fixtures.make_fixtures import tnef_rtf_bytes
+
+    m = EmailMessage()
+    m["From"] = "a.teacher@school.example.org"
+    m["To"] = "chscp@hackney.gov.uk"
+    m["Subject"] = "Escalation"
+    m.set_content("")
+    m.add_attachment(tnef_rtf_bytes(rtf), maintype="application", subtype="ms-tnef", filename="winmail.dat")
+    parse = extract_referral(parse_message(bytes(m)), ["child_names", "other_agency", "concern", "outcome_sought"])
+    f = parse.fields
+    assert parse.missing == ()
+    assert f.child_names == ("Ava Testchild",) and f.child_dobs == (date(2016, 3, 14),)
+    assert f.other_agency == "Hackney CSC" and f.outcome_sought == "An assessment"
+    assert f.concern == "Closed with no assessment \u2013 again."
