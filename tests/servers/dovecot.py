@@ -233,7 +233,7 @@ service stats {{
         while pidfile.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
 
-    def kill(self) -> None:
+    def kill(self, *, wait: bool = True) -> None:
         """SIGKILL the whole server at once (a crash; also the fast teardown). Clients see EOF."""
         self.thaw()
         proc, self.process = self.process, None
@@ -244,13 +244,22 @@ service stats {{
         proc.wait(timeout=10)
         if proc.stderr:
             proc.stderr.close()
+        # The children (auth, anvil, imap-login, imap) die with the group, but asynchronously; a
+        # restart that overlaps them can meet their sockets and locks. Wait until the group is gone.
+        deadline = time.monotonic() + (10 if wait else 0)
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                break
+            time.sleep(0.02)
 
     def restart(self) -> None:
         self.stop()
         self.start()
 
     def cleanup(self) -> None:
-        self.kill()
+        self.kill(wait=False)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def log(self) -> str:
