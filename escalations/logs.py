@@ -8,9 +8,28 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+import traceback
+from collections.abc import MutableMapping
+from typing import Any, Literal
 
 import structlog
+
+
+def frames_only_exc_info(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Replace ``exc_info`` by the exception's type and its frames (file, line, source line): an
+    exception's text can quote a value from a message (a child's name, a date of birth), its frames
+    cannot."""
+    exc_info = event.pop("exc_info", None)
+    if not exc_info:
+        return event
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    elif isinstance(exc_info, BaseException):
+        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    if isinstance(exc_info, tuple) and exc_info[0] is not None:
+        event["error_type"] = exc_info[0].__name__
+        event["traceback"] = "".join(traceback.format_tb(exc_info[2], limit=-10))
+    return event
 
 
 def configure_logging(fmt: Literal["json", "console"] = "console", level: int = logging.INFO) -> None:
@@ -24,7 +43,7 @@ def configure_logging(fmt: Literal["json", "console"] = "console", level: int = 
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
+            frames_only_exc_info,
             renderer,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
