@@ -32,6 +32,28 @@ def frames_only_exc_info(_logger: Any, _name: str, event: MutableMapping[str, An
     return event
 
 
+class _BoundLogger(structlog.stdlib.BoundLogger):
+    """``exception()`` logs at ERROR through our processors only: the standard library's
+    ``Logger.exception`` would attach the exception (and its text) to the record again."""
+
+    def exception(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        kw.setdefault("exc_info", True)
+        return self._proxy_to_logger("error", event, *args, **kw)
+
+
+class _FramesOnly(logging.Filter):
+    """For records from other libraries that carry an exception: keep its type and frames, drop its text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is not None:
+            frames = "".join(traceback.format_tb(record.exc_info[2], limit=-10))
+            record.msg = f"{record.getMessage()} [{record.exc_info[0].__name__}]\n{frames}".rstrip("\n")
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def configure_logging(fmt: Literal["json", "console"] = "console", level: int = logging.INFO) -> None:
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
@@ -47,13 +69,14 @@ def configure_logging(fmt: Literal["json", "console"] = "console", level: int = 
             renderer,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        wrapper_class=_BoundLogger,
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()
     if not any(getattr(h, "_escalations", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(_FramesOnly())
         handler._escalations = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
