@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 if TYPE_CHECKING:
     from escalations.app import App
@@ -14,6 +16,12 @@ from escalations.logs import configure_logging
 from escalations.settings import RelaySettings, Settings
 
 pytest_plugins = ["tests.servers.smtp", "tests.servers.postgres", "tests.servers.dovecot"]
+
+# CI explores the same examples on every run (a red build must be reproducible and not depend on
+# luck); developers' runs keep exploring new ones, and hypothesis's database replays what failed.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    hypothesis_settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "config"

@@ -127,7 +127,7 @@ def _codec(charset: str | None) -> str | None:
         return None
     try:
         return codecs.lookup(name).name
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL or other junk in the charset name
         return None
 
 

@@ -254,3 +254,10 @@ def test_parse_never_raises_on_hostile_bodies(body: str, charset: str, cte: str)
            f"Content-Transfer-Encoding: {cte}\n\n").encode() + body.encode("utf-8", "surrogatepass")
     m = parse_message(raw)
     assert isinstance(m.text, str) and isinstance(m.subject, str)
+
+
+def test_charset_name_with_a_nul_is_treated_as_unknown() -> None:
+    """Found by hypothesis: codecs.lookup raises ValueError (not LookupError) on an embedded NUL."""
+    raw = (b"From: a@example.org\r\nTo: chscp@hackney.gov.uk\r\nSubject: x\r\n"
+           b"Content-Type: text/plain; charset=\"utf\x00-8\"\r\n\r\nName of child(ren): Ava Testchild\r\n")
+    assert "Ava Testchild" in parse_message(raw).text
