@@ -253,8 +253,9 @@ class Store:
 
     def claim_next_inbound(self, stale_after: timedelta = timedelta(minutes=10)) -> int | None:
         """Atomically mark the oldest pending message as being processed; returns its id."""
-        now = self.clock.now()
         with self.session() as s:
+            s.connection()  # the write lock before the clock (see claim_due_outbox)
+            now = self.clock.now()
             candidates = s.exec(
                 select(InboundMessage.id)
                 .where(
@@ -367,9 +368,13 @@ class Store:
 
     def claim_due_outbox(self, limit: int = 20, stale_after: timedelta = timedelta(minutes=10)) -> list[int]:
         """Rows due to be sent, marked 'sending' so a second sender leaves them alone."""
-        now = self.clock.now()
         claimed: list[int] = []
         with self.session() as s:
+            # Take the write lock first (BEGIN IMMEDIATE on SQLite), then read the clock: a "now" read
+            # before waiting behind another sender could be older than that sender's claim, and make
+            # its fresh claim look stale (a second send of the same row).
+            s.connection()
+            now = self.clock.now()
             ids = s.exec(
                 select(OutboxMessage.id)
                 .where(

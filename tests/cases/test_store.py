@@ -100,3 +100,33 @@ def test_datetimes_come_back_aware_utc(store: Store, clock: FakeClock) -> None:
     assert row is not None
     assert row.received_at == clock.now()
     assert row.received_at.utcoffset() == timedelta(0)
+
+
+def test_a_claim_waiting_behind_another_writer_reads_the_clock_after_the_lock(tmp_path: object,
+                                                                                clock: FakeClock) -> None:
+    """Found by the workflow restart test: a sender that read "now" before waiting for SQLite's write
+    lock claimed rows with that older time; once the clock had moved on 10 minutes, a second sender
+    took the fresh claim for stale and sent the same rows again."""
+    from sqlmodel import Session
+
+    from escalations.cases.models import OutboxMessage
+
+    store = Store(make_engine(f"sqlite:///{tmp_path}/claim.sqlite3"), clock)
+    store.create_schema()
+    with store.session() as s:
+        for i in range(3):
+            s.add(OutboxMessage(dedupe_key=f"k{i}", message_id=f"m{i}@example.org", template="t", sender="a@example.org",
+                                recipients=["b@example.org"], subject="[CH-2026-0001]", raw=b"x",
+                                next_attempt_at=clock.now(), created_at=clock.now()))
+        s.commit()
+    first: list[int] = []
+    with Session(store.engine) as holder:
+        holder.connection()  # another writer holds the lock
+        waiting = threading.Thread(target=lambda: first.extend(store.claim_due_outbox()))
+        waiting.start()
+        waiting.join(0.3)  # it is now blocked on the lock
+        clock.advance(timedelta(minutes=11))
+        holder.commit()
+    waiting.join(10)
+    assert sorted(first) == [1, 2, 3]
+    assert store.claim_due_outbox() == []  # the claim is fresh at the clock's current time
