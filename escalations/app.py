@@ -149,11 +149,11 @@ def mail_sender_for(settings: Settings) -> MailSender:
 
 
 def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSender | None = None,
-              config: PolicyConfig | None = None) -> App:
+              config: PolicyConfig | None = None, lease_clock: Clock | None = None) -> App:
     clock = clock or SystemClock()
     config = config or load_config(settings.config_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(make_engine(settings.effective_database_url), clock)
+    store = Store(make_engine(settings.effective_database_url), clock, lease_clock=lease_clock)
     store.create_schema()
     renderer = Renderer()
     app_ref: list[App] = []

@@ -387,7 +387,9 @@ def tick(ctx: typer.Context,
     configure_logging("console", logging.WARNING)
     clock = FakeClock(parse_when(now)) if now else SystemClock()
     try:
-        application = build_app(_settings(ctx), clock=clock)
+        # the pretend time is for deadlines only: claims use real time, so a service running on
+        # the same database never mistakes this process's work in progress for abandoned work
+        application = build_app(_settings(ctx), clock=clock, lease_clock=SystemClock())
     except ConfigError as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(2) from exc

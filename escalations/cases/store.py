@@ -131,7 +131,11 @@ class StoredInbound:
 
 
 class Store:
-    def __init__(self, engine: Engine, clock: Clock) -> None:
+    def __init__(self, engine: Engine, clock: Clock, *, lease_clock: Clock | None = None) -> None:
+        #: Claims ("this process is working on it"; stale after 10 minutes) are about processes, not
+        #: deadlines: `tick --now` runs with a pretend clock for deadlines but real time for leases, so a
+        #: running service never takes its claims for stale ones. Tests pass one fake clock for both.
+        self.lease_clock = lease_clock or clock
         self._reader = engine.execution_options(**{READ_ONLY: True})
         self.engine = engine
         self.clock = clock
@@ -255,7 +259,7 @@ class Store:
         """Atomically mark the oldest pending message as being processed; returns its id."""
         with self.session() as s:
             s.connection()  # the write lock before the clock (see claim_due_outbox)
-            now = self.clock.now()
+            now = self.lease_clock.now()
             candidates = s.exec(
                 select(InboundMessage.id)
                 .where(
@@ -375,12 +379,13 @@ class Store:
             # its fresh claim look stale (a second send of the same row).
             s.connection()
             now = self.clock.now()
+            lease_now = self.lease_clock.now()
             ids = s.exec(
                 select(OutboxMessage.id)
                 .where(
                     or_(
                         (col(OutboxMessage.status) == "pending") & (col(OutboxMessage.next_attempt_at) <= now),
-                        (col(OutboxMessage.status) == "sending") & (col(OutboxMessage.next_attempt_at) < now - stale_after),
+                        (col(OutboxMessage.status) == "sending") & (col(OutboxMessage.next_attempt_at) < lease_now - stale_after),
                     )
                 )
                 .order_by(col(OutboxMessage.id))
@@ -396,10 +401,10 @@ class Store:
                         or_(
                             (col(OutboxMessage.status) == "pending") & (col(OutboxMessage.next_attempt_at) <= now),
                             (col(OutboxMessage.status) == "sending")
-                            & (col(OutboxMessage.next_attempt_at) < now - stale_after),
+                            & (col(OutboxMessage.next_attempt_at) < lease_now - stale_after),
                         ),
                     )
-                    .values(status="sending", next_attempt_at=now)
+                    .values(status="sending", next_attempt_at=lease_now)
                 )
                 if res.rowcount == 1:
                     claimed.append(oid or 0)
@@ -472,7 +477,7 @@ class Store:
                 .where(
                     col(Timer.due_at) <= now,
                     or_(col(Timer.status) == "pending",
-                        (col(Timer.status) == "firing") & (col(Timer.claimed_at) < self.clock.now() - stale_after)),
+                        (col(Timer.status) == "firing") & (col(Timer.claimed_at) < self.lease_clock.now() - stale_after)),
                 )
                 .order_by(col(Timer.due_at), col(Timer.id))
                 .limit(5)
@@ -483,8 +488,8 @@ class Store:
                     .where(col(Timer.id) == tid,
                            or_(col(Timer.status) == "pending",
                                (col(Timer.status) == "firing")
-                               & (col(Timer.claimed_at) < self.clock.now() - stale_after)))
-                    .values(status="firing", claimed_at=self.clock.now())
+                               & (col(Timer.claimed_at) < self.lease_clock.now() - stale_after)))
+                    .values(status="firing", claimed_at=self.lease_clock.now())
                 )
                 if res.rowcount == 1:
                     s.commit()

@@ -130,3 +130,23 @@ def test_a_claim_waiting_behind_another_writer_reads_the_clock_after_the_lock(tm
     waiting.join(10)
     assert sorted(first) == [1, 2, 3]
     assert store.claim_due_outbox() == []  # the claim is fresh at the clock's current time
+
+
+def test_claims_use_the_lease_clock_not_the_pretend_time(tmp_path: object, clock: FakeClock) -> None:
+    """`tick --now` in the past, against a live database: its claims are leased in real time, so the
+    running service does not take them for abandoned (stale) ones and send the rows again."""
+    from escalations.cases.models import OutboxMessage
+
+    engine = make_engine(f"sqlite:///{tmp_path}/lease.sqlite3")
+    service = Store(engine, clock)
+    service.create_schema()
+    with service.session() as s:
+        s.add(OutboxMessage(dedupe_key="k", message_id="m@example.org", template="t", sender="a@example.org",
+                            recipients=["b@example.org"], subject="[CH-2026-0001]", raw=b"x",
+                            next_attempt_at=clock.now() - timedelta(days=2), created_at=clock.now()))
+        s.commit()
+    preview = Store(engine, FakeClock(clock.now() - timedelta(days=1)), lease_clock=clock)
+    assert preview.claim_due_outbox() == [1]
+    assert service.claim_due_outbox() == []  # a fresh claim, in real time
+    clock.advance(timedelta(minutes=11))
+    assert service.claim_due_outbox() == [1]  # abandoned for 10 minutes: taken over
