@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
+from sqlalchemy.orm import defer
 from sqlmodel import Session, select
 
 from escalations.cases.models import Case, CaseEvent, InboundMessage
@@ -146,7 +147,8 @@ class Processor:
         except MessageParseError as exc:
             raise Unprocessable(f"not an email message: {exc}") from exc
         with self.store.session() as s:
-            row = s.get(InboundMessage, inbound_id)
+            # the raw bytes were read above; don't load them (possibly megabytes) a second time
+            row = s.get(InboundMessage, inbound_id, options=[defer(InboundMessage.raw)])  # type: ignore[arg-type]  # sqlmodel types columns as values
             if row is None:
                 raise Unprocessable("inbound message vanished")
             if row.status != "pending":
