@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import smtplib
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -16,6 +15,7 @@ import pytest
 from escalations.app import App
 from tests.conftest import AppFactory
 from tests.intake.test_service_smtp import ACK, CHILD, referral
+from tests.servers import wait_until
 from tests.servers.dovecot import DovecotServer
 from tests.servers.smtp import SmtpCapture
 
@@ -35,15 +35,6 @@ def serving(app: App) -> Iterator[App]:
         stop.set()
         t.join(20)
         assert not t.is_alive(), "service did not stop"
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def n_acks(app: App) -> int:
@@ -72,13 +63,13 @@ def test_referral_in_the_mailbox_is_acknowledged_once(service: Callable[..., App
         subject = ack.message["Subject"]
         assert subject.startswith("[CH-2026-0001]") and "Testchild" not in subject
         # stored before flagged: the server's \Seen comes after the row is committed
-        wait_until(lambda: "\\Seen" in dovecot.flags().get(uid, set()), what="\\Seen flag")
+        wait_until(lambda: "\\Seen" in dovecot.flags().get(uid, set()), timeout=20, what="\\Seen flag")
         # the same mail delivered over SMTP too (a practitioner who cc'd the direct address)
         assert app.smtp_port
         with smtplib.SMTP("127.0.0.1", app.smtp_port, timeout=20) as c:
             c.sendmail("jo.bloggs@school.example.org", ["chscp@hackney.gov.uk"],
                        referral().replace(b"\n", b"\r\n"))
-        wait_until(lambda: all(m.status != "pending" for m in app.store.list_inbound()), what="processing")
+        wait_until(lambda: all(m.status != "pending" for m in app.store.list_inbound()), timeout=20, what="processing")
         assert len(app.store.list_cases()) == 1
         assert n_acks(app) == 1
     assert CHILD not in caplog.text
@@ -95,7 +86,7 @@ def test_catch_up_after_downtime_and_restart(service: Callable[..., App], doveco
     dovecot.append(referral(message_id="<first@example.org>", child="Amy Testchild"))
     with serving(service()) as app:
         smtp_capture.wait_for(3, template=ACK)
-        wait_until(lambda: all(m.status != "pending" for m in app.store.list_inbound()), what="processing")
+        wait_until(lambda: all(m.status != "pending" for m in app.store.list_inbound()), timeout=20, what="processing")
         refs = sorted(c.reference for c in app.store.list_cases())
         assert refs == ["CH-2026-0001", "CH-2026-0002", "CH-2026-0003"]
         assert n_acks(app) == 3
@@ -120,7 +111,7 @@ def test_uidvalidity_change_makes_no_duplicate_cases(service: Callable[..., App]
     with serving(service()) as app:
         dovecot.append(referral(message_id="<c@example.org>", child="Cat Testchild"))
         smtp_capture.wait_for(3, template=ACK)
-        wait_until(lambda: all(m.status != "pending" for m in app.store.list_inbound()), what="processing")
+        wait_until(lambda: all(m.status != "pending" for m in app.store.list_inbound()), timeout=20, what="processing")
         assert len(app.store.list_cases()) == 3
         assert n_acks(app) == 3
 
@@ -132,11 +123,11 @@ def test_forced_disconnect_mid_fetch_leaves_no_duplicates(service: Callable[...,
     dovecot.append_many(raws)
     with serving(service(fetch_batch=1)) as app:
         # kick the session while the catch-up is fetching; the watcher reconnects and resumes
-        wait_until(lambda: len(app.store.list_inbound()) >= 1, what="first stored message")
+        wait_until(lambda: len(app.store.list_inbound()) >= 1, timeout=20, what="first stored message")
         dovecot.kick()
         assert len(app.store.list_inbound()) < 100, "the catch-up finished before the disconnect"
         smtp_capture.wait_for(100, template=ACK, timeout=90)
-        wait_until(lambda: all(m.status != "pending" for m in app.store.list_inbound()), what="processing")
+        wait_until(lambda: all(m.status != "pending" for m in app.store.list_inbound()), timeout=20, what="processing")
         assert len(app.store.list_cases()) == 100
         assert n_acks(app) == 100
     assert "imap.connection_lost" in caplog.text

@@ -19,6 +19,7 @@ from escalations.cases.store import Store, StoredInbound, imap_key, make_engine
 from escalations.clock import SystemClock
 from escalations.mailer.imap_watcher import ImapWatcher
 from escalations.settings import MailboxSettings
+from tests.servers import wait_until
 from tests.servers.dovecot import DovecotServer
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(60)]
@@ -44,15 +45,6 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.create_schema()
     yield s
     s.engine.dispose()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def row_count(store: Store) -> int:

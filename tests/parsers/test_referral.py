@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 from datetime import date, datetime
+from email.message import EmailMessage
 
 import pytest
 from hypothesis import given, settings
@@ -266,15 +267,25 @@ def test_label_value_forms_round_trip(values: dict[str, str], data: st.DataObjec
         assert getattr(f, field) == value, (field, sep.join(lines))
 
 
-def test_form_pasted_as_an_html_table() -> None:
-    """Practitioners paste the Word form into Outlook: a two-column table, values with line breaks."""
-    from email.message import EmailMessage
+BASE_REQUIRED = ["child_names", "other_agency", "concern", "outcome_sought"]
 
+
+def _teacher_mail(html: str | None) -> EmailMessage:
+    """A referral as a school's mail client sends it: HTML body, or (None) an empty one for attachments."""
     m = EmailMessage()
     m["From"] = "a.teacher@school.example.org"
     m["To"] = "chscp@hackney.gov.uk"
     m["Subject"] = "Escalation"
-    m.set_content(
+    if html is None:
+        m.set_content("")
+    else:
+        m.set_content(html, subtype="html")
+    return m
+
+
+def test_form_pasted_as_an_html_table() -> None:
+    """Practitioners paste the Word form into Outlook: a two-column table, values with line breaks."""
+    m = _teacher_mail(
         "<html><body><table border=1>"
         "<tr><td><b>Name of child(ren)</b></td><td>Ava Testchild</td></tr>"
         "<tr><td>Date of birth</td><td>14/03/2016</td></tr>"
@@ -283,8 +294,8 @@ def test_form_pasted_as_an_html_table() -> None:
         "<tr><td>Brief description of nature of concern</td><td><p>Closed with no assessment.</p>"
         "<p>Siblings not seen.</p></td></tr>"
         "<tr><td>Outcome sought</td><td>An assessment</td></tr>"
-        "</table></body></html>", subtype="html")
-    parse = extract_referral(parse_message(bytes(m)), ["child_names", "other_agency", "concern", "outcome_sought"])
+        "</table></body></html>")
+    parse = extract_referral(parse_message(bytes(m)), BASE_REQUIRED)
     f = parse.fields
     assert parse.missing == ()
     assert f.child_names == ("Ava Testchild",) and f.child_dobs == (date(2016, 3, 14),)
@@ -295,20 +306,14 @@ def test_form_pasted_as_an_html_table() -> None:
 
 def test_form_laid_out_in_columns() -> None:
     """A table with the labels across the top row and the record in the row below."""
-    from email.message import EmailMessage
-
-    m = EmailMessage()
-    m["From"] = "a.teacher@school.example.org"
-    m["To"] = "chscp@hackney.gov.uk"
-    m["Subject"] = "Escalation"
-    m.set_content(
+    m = _teacher_mail(
         "<html><body><table><tr><td><table border=1>"
         "<tr><th>Name of child(ren)</th><th>Date of birth</th><th>Agency with which there is a concern</th>"
         "<th>Brief description of nature of concern</th><th>Outcome sought</th></tr>"
         "<tr><td>Ava Testchild</td><td>14/03/2016</td><td>Hackney Children's Social Care</td>"
         "<td>Closed with no assessment.</td><td>An assessment</td></tr>"
-        "</table></td></tr></table></body></html>", subtype="html")
-    parse = extract_referral(parse_message(bytes(m)), ["child_names", "other_agency", "concern", "outcome_sought"])
+        "</table></td></tr></table></body></html>")
+    parse = extract_referral(parse_message(bytes(m)), BASE_REQUIRED)
     f = parse.fields
     assert parse.missing == ()
     assert f.child_names == ("Ava Testchild",) and f.child_dobs == (date(2016, 3, 14),)
@@ -337,17 +342,11 @@ def test_form_laid_out_in_columns() -> None:
     rb"{\*\htmltag72 </p>}{\*\htmltag58 </body>}{\*\htmltag27 </html>}}",
 ], ids=["fromtext", "fromhtml"])
 def test_winmail_dat_with_only_a_compressed_rtf_body(rtf: bytes) -> None:
-    from email.message import EmailMessage
-
     from tests.fixtures.make_fixtures import tnef_rtf_bytes
 
-    m = EmailMessage()
-    m["From"] = "a.teacher@school.example.org"
-    m["To"] = "chscp@hackney.gov.uk"
-    m["Subject"] = "Escalation"
-    m.set_content("")
+    m = _teacher_mail(None)
     m.add_attachment(tnef_rtf_bytes(rtf), maintype="application", subtype="ms-tnef", filename="winmail.dat")
-    parse = extract_referral(parse_message(bytes(m)), ["child_names", "other_agency", "concern", "outcome_sought"])
+    parse = extract_referral(parse_message(bytes(m)), BASE_REQUIRED)
     f = parse.fields
     assert parse.missing == ()
     assert f.child_names == ("Ava Testchild",) and f.child_dobs == (date(2016, 3, 14),)

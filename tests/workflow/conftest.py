@@ -9,7 +9,6 @@ finish with mail that has already arrived.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from escalations.cases.models import Case, CaseEvent, InboundMessage, OutboxMess
 from escalations.clock import FakeClock
 from escalations.settings import RelaySettings, Settings
 from tests.conftest import CONFIG_DIR
+from tests.servers import wait_until
 from tests.servers.dovecot import DovecotServer
 from tests.servers.smtp import Captured, SmtpCapture
 from tests.workflow.profiles import OPENED, Profile
@@ -222,12 +222,7 @@ class Harness:
 
     @staticmethod
     def _wait(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if cond():
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"timed out waiting for: {what}")
+        wait_until(cond, timeout, what, interval=0.02)
 
     def _inbound_count(self) -> int:
         with self.app.store.session() as s:
