@@ -72,9 +72,10 @@ class App:
         now = now or self.clock.now()
         processed = self.process_pending()
         fired = self.workflow.tick(now)
+        digests = self.workflow.send_digests(now)
         sent = self.send_outbox()
         return {"now": now.isoformat(), "processed": len(processed), "timers_fired": len(fired),
-                "fired": fired, "sent": sent}
+                "fired": fired, "digests": digests, "sent": sent}
 
     # ---- the service ---------------------------------------------------------------------
 
@@ -160,7 +161,10 @@ def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSen
     workflow = Workflow(store, config, renderer, settings.token_secret(),
                         settings.message_id_domain, subaddressing=settings.reply_subaddressing)
     processor = Processor(store, config, renderer, clock, message_id_domain=settings.message_id_domain,
-                          workflow=workflow, trusted_authserv_ids=settings.trusted_authserv_ids,
+                          workflow=workflow, auth_results={m.name: m.auth_results for m in settings.mailboxes},
+                          smtp_authserv_id=settings.smtp_intake_authserv_id,
+                          ingest_auth_results=settings.ingest_auth_results,
+                          note_limit=settings.max_notes_per_party_per_day,
                           on_queued=lambda: app_ref[0].wake_outbox.set() if app_ref else None)
     outbox = OutboxDispatcher(store, sender or mail_sender_for(settings), max_attempts=settings.outbox_max_attempts,
                               backoff_initial=settings.outbox_backoff_initial_seconds,

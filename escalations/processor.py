@@ -6,45 +6,48 @@ puts it back. Nothing here sends mail: decisions become outbox rows in the same 
 
 from __future__ import annotations
 
+import hashlib
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
+from sqlalchemy import func
 from sqlalchemy.orm import defer
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from escalations.cases.models import Case, CaseEvent, InboundMessage
 from escalations.cases.store import Store
-from escalations.cases.workflow import Workflow, known_addresses, policy_of, staff_addresses
+from escalations.cases.workflow import Workflow, policy_of
 from escalations.clock import Clock
-from escalations.mailer.outbox import Renderer, enqueue
-from escalations.parsers.authresults import dmarc_verdict, sender_fails_dmarc
-from escalations.parsers.auto_reply import detect_automated, must_not_answer
+from escalations.mailer.outbox import Renderer
+from escalations.parsers.authresults import sender_fails_dmarc, trusted_verdict
+from escalations.parsers.auto_reply import AutomatedInfo, detect_automated, must_not_answer
 from escalations.parsers.message import MessageParseError, ParsedMessage, parse_message
 from escalations.parsers.referral import ReferralParse, extract_fields_from_text, extract_referral
 from escalations.parsers.reply import find_reference, parse_reply
+from escalations.parsers.sender import StrictSender, raw_header_values, strict_sender
 from escalations.routing.decide import (
     Automated,
-    Decision,
     EventRecord,
     Opened,
-    OutgoingMail,
     Replied,
     Step,
-    case_subject,
     decide_new_referral,
 )
 from escalations.routing.policy import Partnership, PolicyConfig
 from escalations.routing.tokens import (
     TokenError,
     TokenExpired,
+    TokenMalformed,
     token_from_address,
     token_from_message_ids,
     token_from_text,
     verify_token,
 )
+from escalations.routing.workflow.authority import ReplyFacts, TokenVerdict
+from escalations.routing.workflow.recipients import mailable
 
 log = structlog.get_logger("escalations.processor")
 
@@ -53,7 +56,7 @@ MIN_LABELLED_FIELDS = 2
 
 
 class Unprocessable(Exception):
-    """The message cannot be processed as it stands; it is quarantined with this reason."""
+    """The message cannot be processed as it stands; it is quarantined with this fixed reason code."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,14 @@ class Outcome:
     kind: str
     status: str  # done | quarantined
     case_reference: str | None = None
+    #: A fixed code (never text from the message): case_opened, applied:RESOLVED, refused:ACCEPT,
+    #: not_applied:no_token, or the quarantine reason.
     detail: str = ""
+
+
+def message_id_hash(message_id: str | None) -> str | None:
+    """What logs carry instead of a Message-ID (a header value)."""
+    return hashlib.sha256(message_id.encode("utf-8", "replace")).hexdigest()[:12] if message_id else None
 
 
 def partnership_for(msg: ParsedMessage, envelope: Sequence[str], config: PolicyConfig) -> Partnership | None:
@@ -81,6 +91,17 @@ def partnership_for(msg: ParsedMessage, envelope: Sequence[str], config: PolicyC
     return None
 
 
+def step_result(step: Step, command: str | None) -> str:
+    """What the workflow really did with a reply, as a code for ``ingest --json`` and the logs."""
+    kinds = {e.kind for e in step.events}
+    if "reply_not_applied" in kinds:
+        reason = next(str(e.detail.get("reason")) for e in step.events if e.kind == "reply_not_applied")
+        return f"not_applied:{reason}"
+    if "illegal_command" in kinds:
+        return f"refused:{command or 'note'}"
+    return f"applied:{command or 'note'}"
+
+
 class Processor:
     def __init__(
         self,
@@ -91,7 +112,10 @@ class Processor:
         *,
         message_id_domain: str,
         workflow: Workflow,
-        trusted_authserv_ids: Sequence[str] = (),
+        auth_results: Mapping[str, str] | None = None,
+        smtp_authserv_id: str | None = None,
+        ingest_auth_results: str = "none",
+        note_limit: int = 20,
         on_queued: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
@@ -100,7 +124,11 @@ class Processor:
         self.clock = clock
         self.message_id_domain = message_id_domain
         self.workflow = workflow
-        self.trusted_authserv_ids = tuple(trusted_authserv_ids)
+        #: Mailbox name -> which Authentication-Results to trust ("first", "none", an authserv-id).
+        self.auth_results = dict(auth_results or {})
+        self.smtp_authserv_id = smtp_authserv_id
+        self.ingest_auth_results = ingest_auth_results
+        self.note_limit = note_limit
         self.on_queued = on_queued
 
     # ---- loop --------------------------------------------------------------------------
@@ -118,17 +146,17 @@ class Processor:
         try:
             outcome = self._process(inbound_id)
         except Exception as exc:
-            # The error text may quote a header; keep the type and our own message, plus a trace
-            # of code locations (no data values) for the administrator.
-            reason = exc.args[0] if isinstance(exc, Unprocessable) and exc.args else type(exc).__name__
-            # format_tb: file, line and source of each frame, never the exception's text (which can
-            # quote a value from the message, e.g. a malformed date of birth).
+            # Only our own fixed codes and the exception type: an exception's text can quote a value
+            # from the message (a header, a malformed date of birth).
+            reason = str(exc.args[0]) if isinstance(exc, Unprocessable) and exc.args else "processing_error"
+            # format_tb: file, line and source of each frame, never the exception's text.
             trace = "".join(traceback.format_tb(exc.__traceback__, limit=-8)) + type(exc).__name__
             self.store.quarantine(inbound_id, f"{reason}\n\n{trace}")
-            log.warning("inbound.quarantined", inbound_id=inbound_id, reason=str(reason)[:200],
+            log.warning("inbound.quarantined", inbound_id=inbound_id, reason=reason,
                         error_type=type(exc).__name__)
-            return Outcome(inbound_id, "unknown", "quarantined", detail=str(reason))
-        log.info("inbound.processed", inbound_id=inbound_id, kind=outcome.kind, case=outcome.case_reference)
+            return Outcome(inbound_id, "unknown", "quarantined", detail=reason)
+        log.info("inbound.processed", inbound_id=inbound_id, kind=outcome.kind, case=outcome.case_reference,
+                 result=outcome.detail)
         if outcome.case_reference:
             self.on_queued()
         return outcome
@@ -136,64 +164,57 @@ class Processor:
     # ---- one message -------------------------------------------------------------------
 
     def _process(self, inbound_id: int) -> Outcome:
-        now = self.clock.now()
         # Parse before the write transaction: on SQLite that lock is the whole database's.
         with self.store.reading() as r:
-            raw = r.exec(select(InboundMessage.raw).where(InboundMessage.id == inbound_id)).first()
-        if raw is None:
-            raise Unprocessable("inbound message vanished")
+            found = r.exec(select(InboundMessage.raw, InboundMessage.received_at)
+                           .where(InboundMessage.id == inbound_id)).first()
+        if found is None:
+            raise Unprocessable("inbound_vanished")
+        raw, received_at = found
+        # Every event happens at its own time: the message's when the partnership received it (never
+        # later than now: a server clock ahead of ours must not put mail and deadlines in the future).
+        now = min(received_at, self.clock.now()) if received_at else self.clock.now()
         try:
             msg = parse_message(raw)
         except MessageParseError as exc:
-            raise Unprocessable(f"not an email message: {exc}") from exc
+            raise Unprocessable("not_email") from exc
+        sender = strict_sender(raw_header_values(raw, "from"), raw_header_values(raw, "sender"))
         with self.store.session() as s:
             # the raw bytes were read above; don't load them (possibly megabytes) a second time
             row = s.get(InboundMessage, inbound_id, options=[defer(InboundMessage.raw)])  # type: ignore[arg-type]  # sqlmodel types columns as values
             if row is None:
-                raise Unprocessable("inbound message vanished")
+                raise Unprocessable("inbound_vanished")
             if row.status != "pending":
                 return Outcome(inbound_id, row.kind or "unknown", row.status)
 
             partnership = partnership_for(msg, row.envelope_recipients, self.config)
             if partnership is None:
-                raise Unprocessable("not addressed to any configured partnership mailbox")
+                raise Unprocessable("no_partnership_mailbox")
             row.partnership = partnership.id
 
             if msg.from_address and msg.from_address in self.config.all_mailboxes():
-                return self._finish(s, row, "own_mail", None, now, "our own mail came back; ignored")
+                return self._finish(s, row, "own_mail", None, now, "own_mail_ignored")
 
             automated = detect_automated(msg, row.envelope_sender)
             if automated.kind in ("auto_reply", "bounce"):
-                case = self._case_for_automated(s, msg, automated.original_message_id, partnership)
-                if case is None:
-                    raise Unprocessable(f"{automated.kind} that matches no case ({automated.reason})")
-                addresses = list(automated.failed_recipients) if automated.kind == "bounce" else \
-                    [msg.from_address] if msg.from_address else []
-                if not addresses:
-                    self._add_events(s, case, row, [EventRecord(automated.kind, {"reason": automated.reason})], now)
-                for address in addresses:
-                    self.workflow.handle(s, case, Automated(automated.kind, address.lower(), automated.permanent),
-                                         now, row)
-                return self._finish(s, row, automated.kind, case, now, automated.reason)
+                return self._automated(s, row, msg, automated, partnership, now)
             if automated.kind == "list":
-                raise Unprocessable(f"mailing-list message ({automated.reason})")
+                raise Unprocessable("mailing_list")
 
-            reply = self._reply(s, row, msg, partnership, now)
+            reply = self._reply(s, row, raw, msg, sender, partnership, now)
             if reply is not None:
                 return reply
 
             parse = extract_referral(msg, partnership.all_required_fields())
             if parse.labelled_count < MIN_LABELLED_FIELDS:
-                raise Unprocessable(
-                    f"not recognised as a referral or as a reply to a case "
-                    f"({parse.labelled_count} referral fields found)"
-                )
-            case = self._open_case(s, row, msg, parse, partnership, now)
-            return self._finish(s, row, "referral", case, now, "case opened")
+                raise Unprocessable("not_a_referral")
+            case = self._open_case(s, row, msg, sender, parse, partnership, now)
+            return self._finish(s, row, "referral", case, now, "case_opened")
 
     def _finish(self, s: Session, row: InboundMessage, kind: str, case: Case | None, now: datetime,
                 detail: str) -> Outcome:
-        row.kind, row.status, row.processed_at, row.claimed_at = kind, "done", now, None
+        # processed_at is when we did it (the event itself happened at the received time).
+        row.kind, row.status, row.processed_at, row.claimed_at = kind, "done", self.clock.now(), None
         row.error = None
         if case is not None:
             row.case_id = case.id
@@ -201,13 +222,21 @@ class Processor:
         s.commit()
         return Outcome(row.id or 0, kind, "done", case.reference if case else None, detail)
 
-    def _add_events(self, s: Session, case: Case, row: InboundMessage | None, events: Sequence[EventRecord],
-                    now: datetime) -> None:
-        for e in events:
-            s.add(CaseEvent(case_id=case.id or 0, at=now, kind=e.kind, actor=e.actor,
-                            inbound_id=row.id if row else None, clause=e.clause, detail=dict(e.detail)))
-        case.updated_at = now
-        s.add(case)
+    def _automated(self, s: Session, row: InboundMessage, msg: ParsedMessage, automated: AutomatedInfo,
+                   partnership: Partnership, now: datetime) -> Outcome:
+        kind = automated.kind
+        case = self._case_for_automated(s, msg, automated.original_message_id, partnership)
+        if case is None:
+            # The detector's reason can quote a header (Auto-Submitted: ...): the code only.
+            raise Unprocessable(f"automated_no_case:{kind}")
+        addresses = list(automated.failed_recipients) if kind == "bounce" else \
+            [msg.from_address] if msg.from_address else []
+        if not addresses:
+            self.workflow.apply(s, case, Step(events=(EventRecord(kind, {"reason": automated.reason}),)),
+                                policy_of(case, self.config), now, row)
+        for address in addresses:
+            self.workflow.handle(s, case, Automated(kind, address.lower(), automated.permanent), now, row)
+        return self._finish(s, row, kind, case, now, kind)
 
     def _case_for_automated(self, s: Session, msg: ParsedMessage, original: str | None,
                             partnership: Partnership) -> Case | None:
@@ -218,101 +247,71 @@ class Processor:
         return (Store.case_for_message_ids(s, [*msg.in_reply_to, *msg.references])
                 or self._case_by_subject(s, msg, partnership))
 
-    # ---- replies (issue 5) ---------------------------------------------------------------------
+    # ---- replies ---------------------------------------------------------------------------
 
-    def _reply(self, s: Session, row: InboundMessage, msg: ParsedMessage, partnership: Partnership,
-               now: datetime) -> Outcome | None:
-        """Match a reply to its case (token, then headers, then subject), check who sent it, apply it."""
-        sender = (msg.from_address or "").lower()
+    def _trust_for(self, row: InboundMessage) -> str:
+        if row.source == "imap":
+            return self.auth_results.get(row.account or "", "first")
+        if row.source == "smtp":
+            return self.smtp_authserv_id or "none"
+        return self.ingest_auth_results
+
+    def _reply(self, s: Session, row: InboundMessage, raw: bytes, msg: ParsedMessage, sender: StrictSender,
+               partnership: Partnership, now: datetime) -> Outcome | None:
+        """Find the case a reply is about, gather the facts, and let the workflow decide who may act."""
         token = (next((t for a in [*row.envelope_recipients, *msg.delivered_to, *msg.to, *msg.cc]
                        if (t := token_from_address(a))), None)
                  or token_from_message_ids([*msg.in_reply_to, *msg.references])
                  or token_from_text(msg.text))
-        not_applied: str | None = None
-        case: Case | None = None
-        token_stage: int | None = None
+        verdict, token_case, token_stage = TokenVerdict.NONE, None, None
         if token:
             try:
-                verified = verify_token(self.workflow.secret, token, recipient=sender, now=now)
-                case = s.get(Case, verified.case_id)
-                token_stage = verified.stage - 1
+                verified = verify_token(self.workflow.secret, token, recipient=sender.address or "", now=now)
+                verdict, token_case, token_stage = TokenVerdict.VALID, verified.case_id, verified.stage - 1
             except TokenExpired:
-                not_applied = "the reply code in this message has expired"
-            except TokenError:
-                not_applied = "the reply code in this message was issued to a different address"
+                verdict = TokenVerdict.EXPIRED
+            except TokenMalformed:
+                verdict = TokenVerdict.NONE
+            except (TokenError, ValueError):
+                verdict = TokenVerdict.INVALID
+        subject_case = self._case_by_subject(s, msg, partnership)
+        case = s.get(Case, token_case) if token_case is not None else None
         if case is None:
             case = self._case_for_reply(s, msg, partnership)
         if case is None:
             return None
         if case.partnership != partnership.id:
-            raise Unprocessable("reply matched a case of another partnership")
-        policy = policy_of(case, self.config)
-        verdict = dmarc_verdict(msg.headers, trusted_authserv_ids=self.trusted_authserv_ids)
-        if not_applied is None and sender_fails_dmarc(verdict):
-            not_applied = f"the sender's domain failed DMARC ({verdict.header_from_domain or 'unknown domain'})"
-        authority, side = self._authority(case, policy, sender)
-        if not_applied is None and token_stage is not None and token_stage != case.stage_index \
-                and case.status not in ("awaiting_information",):
-            not_applied = "this message answers an earlier stage of the case; please reply to the latest message"
-        if not_applied is None and authority is None:
-            not_applied = "you are not one of the people the policy asks to act on this case at its current stage"
-        if not_applied is not None:
-            self._not_applied(s, case, row, policy, sender, not_applied, now)
-            return self._finish(s, row, "reply", case, now, f"not applied: {not_applied}")
+            raise Unprocessable("case_of_other_partnership")
+        if verdict is TokenVerdict.VALID and subject_case is not None and subject_case.id != token_case:
+            token_case = -1  # a token for one case in a mail about another acts on nothing
+        dmarc = trusted_verdict(msg.headers, self._trust_for(row))
         parsed = parse_reply(msg)
         info = extract_fields_from_text(parsed.new_text if parsed.command is None else parsed.argument)
         has_info = any(not info.is_empty(name) for name in info.to_json())
-        event = Replied(sender=sender, command=parsed.command, argument=parsed.argument,
-                        message_id=msg.message_id, authority=authority or "party", side=side,
-                        info=info if has_info else None)
-        self.workflow.handle(s, case, event, now, row)
-        return self._finish(s, row, "reply", case, now, f"applied: {parsed.command or 'note'}")
+        facts = ReplyFacts(
+            sender=sender.address, claimed_sender=(msg.from_address or "").lower() or None,
+            sender_problem=sender.problem.value if sender.problem else None, token=verdict,
+            token_case_id=case.id if token_case == case.id else token_case, token_stage_index=token_stage,
+            dmarc_failed=sender_fails_dmarc(dmarc),
+            notes_today=self._notes_today(s, case, sender.address, partnership, now) if sender.address else 0,
+            note_limit=self.note_limit)
+        event = Replied(sender=sender.address or facts.claimed_sender or "", command=parsed.command,
+                        argument=parsed.argument, message_id=msg.message_id, authority="party", side=None,
+                        info=info if has_info else None, facts=facts)
+        step = self.workflow.handle(s, case, event, now, row)
+        return self._finish(s, row, "reply", case, now, step_result(step, parsed.command))
 
     @staticmethod
-    def _authority(case: Case, policy: Partnership, sender: str) -> tuple[str | None, str | None]:
-        if case.raised_by_email and sender == case.raised_by_email.lower():
-            return "raiser", "raising"
-        notified = False
-        for party in case.parties:
-            # Once a deputy has taken over, both act for the role: the contact may be back.
-            addresses = {str(party["email"]).lower()}
-            if party.get("using_deputy") and party.get("deputy_email"):
-                addresses.add(str(party["deputy_email"]).lower())
-            if sender not in addresses:
-                continue
-            if not party.get("asked", True):
-                notified = True  # told for information (CP Chair/IRO...): may add a NOTE only
-                continue
-            if str(party.get("party", "")).startswith("partnership."):
-                return "decision_maker", "partnership"
-            return "party", str(party.get("side") or "")
-        if sender in staff_addresses(policy):
-            return "staff", "partnership"
-        if notified:
-            return "notified", "notified"
-        return None, None
-
-    def _not_applied(self, s: Session, case: Case, row: InboundMessage, policy: Partnership, sender: str,
-                     reason: str, now: datetime) -> None:
-        day = policy.calendar.local(now).date().isoformat()
-        mails: list[OutgoingMail] = []
-        ctx = {"reference": case.reference, "partnership_name": policy.name, "mailbox": policy.primary_mailbox,
-               "reason": reason, "sender": sender, "recipient_name": "", "recipient_role": ""}
-        # Explain once a day, and only to an address that came from config or the case.
-        if sender and sender in known_addresses(case, policy):
-            mails.append(OutgoingMail(template="reply_not_applied.txt.j2", to=(sender,),
-                                      subject=case_subject(case.reference, "Your reply was not applied"),
-                                      context=ctx, dedupe_key=f"{case.reference}:notapplied:{sender}:{day}",
-                                      reason="unauthorised reply", auto_submitted="auto-replied"))
-        for c in policy.coordinator():
-            mails.append(OutgoingMail(template="reply_not_applied_coordinator.txt.j2", to=(c.email,),
-                                      subject=case_subject(case.reference, "A reply was not applied"),
-                                      context=ctx, dedupe_key=f"{case.reference}:notapplied:{sender}:{day}:{c.email}",
-                                      reason="unauthorised reply"))
-        step = Step(events=(EventRecord("reply_not_applied", {"from": sender, "reason": reason,
-                                                              "message_id": row.message_id}, actor=sender),),
-                    mails=tuple(mails))
-        self.workflow.apply(s, case, step, policy, now, row)
+    def _notes_today(s: Session, case: Case, sender: str, p: Partnership, now: datetime) -> int:
+        day = p.calendar.local(now).date()
+        start = p.calendar.local(now).replace(hour=0, minute=0, second=0, microsecond=0)
+        if start.date() != day:  # pragma: no cover - defensive
+            return 0
+        count = s.exec(select(func.count()).select_from(CaseEvent).where(
+            CaseEvent.case_id == case.id, CaseEvent.actor == sender,
+            col(CaseEvent.kind).in_(["reply_note", "reply_none"]),
+            col(CaseEvent.at) >= start, col(CaseEvent.at) < start + timedelta(days=1))).one()
+        return int(count)
 
     @staticmethod
     def _case_by_subject(s: Session, msg: ParsedMessage, partnership: Partnership) -> Case | None:
@@ -321,25 +320,30 @@ class Processor:
             return None
         return s.exec(select(Case).where(Case.reference == ref.upper(), Case.partnership == partnership.id)).first()
 
-    def _open_case(self, s: Session, row: InboundMessage, msg: ParsedMessage, parse: ReferralParse,
-                   partnership: Partnership, now: datetime) -> Case:
-        local_year = now.year
+    # ---- referrals -------------------------------------------------------------------------
+
+    def _open_case(self, s: Session, row: InboundMessage, msg: ParsedMessage, sender: StrictSender,
+                   parse: ReferralParse, partnership: Partnership, now: datetime) -> Case:
+        local_year = partnership.calendar.local(now).year
         reference = Store.allocate_reference(s, partnership.reference_prefix, local_year)
         refusal = must_not_answer(msg, row.envelope_sender)
-        decision: Decision = decide_new_referral(
-            parse, partnership, reference=reference, sender=msg.from_address,
-            origin_message_id=msg.message_id, may_answer=refusal is None,
-        )
         f = parse.fields
+        # The practitioner's own address from the text is used only where the service may write to it
+        # (an agency's domain); the From address is the one that reached us.
+        practitioner = mailable(f.raised_by_email, partnership)
+        step = decide_new_referral(
+            parse, partnership, reference=reference, sender=sender.address,
+            origin_message_id=msg.message_id, may_answer=refusal is None, practitioner=practitioner,
+            sender_problem=sender.problem.value if sender.problem else None,
+        )
         case = Case(
             reference=reference,
             partnership=partnership.id,
-            status=decision.status or "open",
-            stage=decision.stage if decision.stage is not None else f.stage,
+            status=step.change.status or "open",
+            stage=f.stage,
             opened_at=now,
             updated_at=now,
-            due_at=decision.due_at,
-            raised_by_email=f.raised_by_email or msg.from_address,
+            raised_by_email=practitioner or sender.address,
             immediate_risk=bool(f.immediate_risk),
             fields=f.to_json(),
             missing=list(parse.missing),
@@ -350,11 +354,7 @@ class Processor:
         )
         s.add(case)
         s.flush()
-        self._add_events(s, case, row, decision.events, now)
-        for mail in decision.mails:
-            enqueue(s, mail, renderer=self.renderer, from_address=partnership.primary_mailbox,
-                    from_name=partnership.name, case_id=case.id, now=now,
-                    message_id_domain=self.message_id_domain)
+        self.workflow.apply(s, case, step, partnership, now, row)
         # A complete referral goes to the stage's parties now; an urgent one even when incomplete
         # (the missing fields are asked for in parallel).
         if not parse.missing or f.immediate_risk:

@@ -47,6 +47,9 @@ class MailboxSettings(BaseModel):
     reconnect_max_seconds: float = 300.0
     fetch_batch: int = 100
     verify_tls: bool = True
+    #: Which Authentication-Results header to believe: ``first`` (Microsoft 365, Google: the topmost
+    #: header is the provider's own), ``none``, or the authserv-id of an MTA you run.
+    auth_results: str = "first"
 
 
 class RelaySettings(BaseModel):
@@ -86,9 +89,13 @@ class Settings(BaseSettings):
     #: ``<data-dir>/secret.key`` (mode 0600) and reused, so tokens survive restarts.
     secret_key: SecretStr | None = None
 
-    #: Authentication-Results headers to trust (RFC 8601 authserv-id of our receiving server); empty:
-    #: trust only the topmost header.
-    trusted_authserv_ids: list[str] = Field(default_factory=list)
+    #: Direct SMTP intake: the authserv-id of the MTA in front of the listener whose
+    #: Authentication-Results header to believe; unset, none is believed (a sender can write any).
+    smtp_intake_authserv_id: str | None = None
+    #: ``escalations ingest`` of saved mail: ``none``, ``first`` or an authserv-id (as for a mailbox).
+    ingest_auth_results: str = "none"
+    #: Per party and case, NOTEs beyond this many a day are kept as unverified correspondence.
+    max_notes_per_party_per_day: int = 20
     #: Put reply tokens in Reply-To as mailbox+TOKEN@domain (the mailbox must accept sub-addresses).
     reply_subaddressing: bool = True
     #: At most this many messages to one address per hour (loop protection); the rest wait.

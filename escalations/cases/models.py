@@ -128,6 +128,8 @@ class Case(SQLModel, table=True):
     policy_version: str | None = Field(default=None, sa_column=Column(String(128)))
     #: The partnership policy as it was when the case opened (a later YAML edit does not move deadlines).
     policy_snapshot: dict[str, Any] = json_column(dict)
+    #: Addresses from the referral's text that partnership staff confirmed may be mailed.
+    confirmed_addresses: list[str] = json_column(list)
     origin_inbound_id: int | None = None  # no FK: inbound_message already references case
     origin_message_id: str | None = Field(default=None, sa_column=Column(String(998)))
 
@@ -174,6 +176,8 @@ class OutboxMessage(SQLModel, table=True):
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     #: pending | sending | sent | failed
     status: str = Field(default="pending", sa_column=Column(String(16), nullable=False, index=True))
+    #: Lower goes first: case mail (0) before notices (1).
+    priority: int = 0
     attempts: int = 0
     next_attempt_at: datetime = utc_column(index=True)
     created_at: datetime = utc_column()
@@ -202,3 +206,19 @@ class Timer(SQLModel, table=True):
     created_at: datetime = utc_column()
     fired_at: datetime | None = nullable_utc()
     claimed_at: datetime | None = nullable_utc()
+
+
+class CoordinatorNotice(SQLModel, table=True):
+    """Something the coordinator should hear about without a mail each time (a reply that was not
+    applied, an address to confirm): gathered into one digest an hour per partnership."""
+
+    __tablename__ = "coordinator_notice"
+
+    id: int | None = Field(default=None, primary_key=True)
+    partnership: str = Field(sa_column=Column(String(64), nullable=False, index=True))
+    case_id: int | None = Field(default=None, foreign_key="case.id", index=True)
+    kind: str = Field(sa_column=Column(String(64), nullable=False))
+    #: Codes and addresses only: never text from a message.
+    detail: dict[str, Any] = json_column(dict)
+    created_at: datetime = utc_column()
+    digested_at: datetime | None = nullable_utc(index=True)

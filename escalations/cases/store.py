@@ -388,7 +388,7 @@ class Store:
                         (col(OutboxMessage.status) == "sending") & (col(OutboxMessage.next_attempt_at) < lease_now - stale_after),
                     )
                 )
-                .order_by(col(OutboxMessage.id))
+                .order_by(col(OutboxMessage.priority), col(OutboxMessage.id))
                 .limit(limit)
             ).all()
             for oid in ids:

@@ -12,12 +12,14 @@ from typing import Any
 import structlog
 from sqlmodel import Session
 
-from escalations.cases.models import Case, CaseEvent, InboundMessage, Timer
+from escalations.cases.models import Case, CaseEvent, CoordinatorNotice, InboundMessage, Timer
 from escalations.cases.store import Store
 from escalations.mailer.outbox import Renderer, enqueue
 from escalations.parsers.referral import ReferralFields
+from escalations.parsers.sender import valid_address
 from escalations.routing.decide import (
     CaseState,
+    EventRecord,
     Party,
     Step,
     WorkflowEvent,
@@ -49,6 +51,7 @@ def case_state(case: Case) -> CaseState:
         raiser=case.raised_by_email,
         parties=tuple(Party.from_json(p) for p in case.parties),
         resolution=dict(case.resolution),
+        confirmed_addresses=tuple(case.confirmed_addresses or ()),
     )
 
 
@@ -96,18 +99,33 @@ class Workflow:
             case.fields = c.fields.to_json()
         if c.missing is not None:
             case.missing = list(c.missing)
+        if c.confirmed_addresses is not None:
+            case.confirmed_addresses = list(c.confirmed_addresses)
         case.updated_at = now
         s.add(case)
-        for e in step.events:
+        events = list(step.events)
+        mails = []
+        for mail in step.mails:
+            # The last line of defence for outgoing headers: an address that is not a valid mailbox is
+            # a case event, never a header we write (nor an exception that quarantines the message).
+            if all(valid_address(a) for a in (*mail.to, *mail.cc)):
+                mails.append(mail)
+            else:
+                events.append(EventRecord("recipient_invalid", {"template": mail.template,
+                                                                "reason": "invalid_address"}))
+        for e in events:
             s.add(CaseEvent(case_id=case.id or 0, at=now, kind=e.kind, actor=e.actor,
                             inbound_id=inbound.id if inbound else None, clause=e.clause, detail=dict(e.detail)))
+        for n in step.notices:
+            s.add(CoordinatorNotice(partnership=case.partnership, case_id=case.id, kind=n.kind,
+                                    detail=dict(n.detail), created_at=now))
         if step.cancel_timers:
             Store.cancel_timers(s, case.id or 0)
             s.flush()
         for t in step.timers:
             Store.schedule_timer(s, case_id=case.id or 0, stage=t.stage_index, kind=t.kind, due_at=t.due_at,
                                  now=now, key=f"{case.id}:{t.stage_index}:{t.kind}:{t.due_at.isoformat()}")
-        for mail in step.mails:
+        for mail in mails:
             reply_to = None
             footer = ""
             message_id = None
@@ -132,6 +150,53 @@ class Workflow:
         step = transition(case_state(case), event, partnership, now)
         self.apply(s, case, step, partnership, now, inbound)
         return step
+
+    # ---- the coordinator's digest -----------------------------------------------------------------
+
+    def send_digests(self, now: datetime) -> int:
+        """Queue each partnership's digest of pending notices, at most one an hour; returns how many."""
+        from sqlalchemy import func, update
+        from sqlmodel import col, select
+
+        from escalations.routing.workflow.digest import DIGEST_EVERY, DigestItem, compose_digest
+
+        queued = 0
+        for pid, partnership in self.config.partnerships.items():
+            with self.store.session() as s:
+                pending = list(s.exec(select(CoordinatorNotice).where(
+                    CoordinatorNotice.partnership == pid, col(CoordinatorNotice.digested_at).is_(None))
+                    .order_by(col(CoordinatorNotice.id))).all())
+                if not pending:
+                    continue
+                last = s.exec(select(func.max(CoordinatorNotice.digested_at))
+                              .where(CoordinatorNotice.partnership == pid)).one()
+                if last is not None and now - last < DIGEST_EVERY:
+                    continue
+                ids = [n.id for n in pending]
+                taken = s.exec(update(CoordinatorNotice).where(col(CoordinatorNotice.id).in_(ids),
+                                                               col(CoordinatorNotice.digested_at).is_(None))
+                               .values(digested_at=now))
+                if taken.rowcount != len(ids):  # another process is sending this digest
+                    s.rollback()
+                    continue
+                refs = dict(s.exec(select(Case.id, Case.reference).where(
+                    col(Case.id).in_({n.case_id for n in pending if n.case_id}))).all())
+                items = [DigestItem(n.kind, refs.get(n.case_id) if n.case_id else None, n.created_at, n.detail)
+                         for n in pending]
+                for mail in compose_digest(partnership, items, now):
+                    enqueue(s, mail, renderer=self.renderer, from_address=partnership.primary_mailbox,
+                            from_name=partnership.name, case_id=None, now=now,
+                            message_id_domain=self.message_id_domain)
+                    queued += 1
+                s.commit()
+                log.info("digest.queued", partnership=pid, notices=len(pending))
+        return queued
+
+    def add_notice(self, s: Session, partnership: str, kind: str, detail: dict[str, Any], now: datetime,
+                   case_id: int | None = None) -> None:
+        """A notice for the digest that belongs to no case step (e.g. mail that matched no case)."""
+        s.add(CoordinatorNotice(partnership=partnership, case_id=case_id, kind=kind, detail=detail,
+                                created_at=now))
 
     # ---- timers -----------------------------------------------------------------------------------
 
@@ -178,39 +243,5 @@ class Workflow:
         return fired
 
 
-def staff_addresses(p: Partnership) -> set[str]:
-    """The partnership's staff (its coordinator role, e.g. the business unit, and their deputies): they
-    may change any case of theirs. Other partnership roles (CP Chair, IRO, the Independent Chair) act
-    on a case only where the policy makes them a party of its current stage."""
-    out: set[str] = set()
-    role = p.roles.get(p.coordinator_role)
-    for c in role.contacts if role else ():
-        out.add(c.email.lower())
-        if c.deputy:
-            out.add(c.deputy.email.lower())
-    return out
-
-
-def config_addresses(p: Partnership) -> set[str]:
-    """Everyone the partnership's configuration names in a role."""
-    out: set[str] = set()
-    for role in p.roles.values():
-        for c in role.contacts:
-            out.add(c.email.lower())
-            if c.deputy:
-                out.add(c.deputy.email.lower())
-    return out
-
-
-def known_addresses(case: Case, p: Partnership) -> set[str]:
-    """Addresses that came from config or the case: the only ones we ever write to."""
-    out = config_addresses(p)
-    for party in case.parties:
-        out.add(str(party["email"]).lower())
-        if party.get("deputy_email"):
-            out.add(str(party["deputy_email"]).lower())
-    if case.raised_by_email:
-        out.add(case.raised_by_email.lower())
-    return out
 
 

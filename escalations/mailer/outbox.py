@@ -121,6 +121,7 @@ def enqueue(
         recipients=[*mail.to, *mail.cc],
         subject=mail.subject,
         raw=raw,
+        priority=mail.priority,
         next_attempt_at=now,
         created_at=now,
     )

@@ -24,7 +24,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["AuthVerdict", "DmarcResult", "dmarc_verdict", "sender_fails_dmarc"]
+__all__ = ["AuthVerdict", "DmarcResult", "dmarc_verdict", "sender_fails_dmarc", "trusted_verdict"]
 
 DmarcResult = Literal["pass", "fail", "none", "temperror", "permerror", "bestguesspass", "unknown"]
 
@@ -323,3 +323,30 @@ def dmarc_verdict(
         spf=spf,
         dkim=dkim,
     )
+
+
+def trusted_verdict(headers: Sequence[tuple[str, str]], trust: str) -> AuthVerdict:
+    """The verdict under a mailbox's configured trust: ``"first"`` (the topmost header is the
+    receiving provider's own, as at Microsoft 365 and Google, whose headers may carry no authserv-id),
+    ``"none"`` (nothing is trusted), or an authserv-id (only headers with that id, from an MTA you
+    run; if any of them says ``fail`` the verdict is ``fail``, so a forged ``pass`` placed above the
+    MTA's own header cannot win).
+    """
+    mode = trust.strip().lower()
+    if mode == "none" or not mode:
+        return _UNKNOWN
+    if mode == "first":
+        return dmarc_verdict(headers)
+    verdict = dmarc_verdict(headers, trusted_authserv_ids=[mode])
+    if verdict.dmarc == "fail":
+        return verdict
+    for name, value in headers:
+        if str(name).strip().lower() != "authentication-results":
+            continue
+        parsed = _parse_header(str(value))
+        if parsed is None or parsed.authserv_id is None or _normalise_id(parsed.authserv_id) != _normalise_id(mode):
+            continue
+        if any(info.method == "dmarc" and info.result == "fail" for info in parsed.results):
+            return AuthVerdict(dmarc="fail", header_from_domain=verdict.header_from_domain,
+                               authserv_id=parsed.authserv_id, spf=verdict.spf, dkim=verdict.dkim)
+    return verdict

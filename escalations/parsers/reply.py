@@ -14,12 +14,12 @@ from escalations.parsers.message import ParsedMessage
 
 __all__ = ["REFERENCE_RE", "Command", "ReplyCommand", "find_reference", "parse_reply", "strip_quoted"]
 
-Command = Literal["RESOLVED", "ESCALATE", "ACCEPT", "NOTE", "URGENT", "WITHDRAW", "INFO"]
+Command = Literal["RESOLVED", "ESCALATE", "ACCEPT", "NOTE", "URGENT", "WITHDRAW", "INFO", "CONFIRM"]
 _COMMANDS: tuple[str, ...] = get_args(Command)
 _SYNONYMS: dict[str, str] = {
     "RESOLVED": "RESOLVED", "RESOLVE": "RESOLVED", "AGREE": "ACCEPT", "AGREED": "ACCEPT", "ACCEPT": "ACCEPT",
     "ACCEPTED": "ACCEPT", "ESCALATE": "ESCALATE", "NOTE": "NOTE", "URGENT": "URGENT", "WITHDRAW": "WITHDRAW",
-    "WITHDRAWN": "WITHDRAW", "INFO": "INFO",
+    "WITHDRAWN": "WITHDRAW", "INFO": "INFO", "CONFIRM": "CONFIRM",
 }
 
 REFERENCE_RE: re.Pattern[str] = re.compile(r"(?<![A-Za-z0-9])([A-Z]{2,5}-\d{4}-\d{4,})(?![0-9])")

@@ -12,9 +12,26 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from escalations.routing.workflow.authority import (
+    REFUSAL_TEXT,
+    VERIFIED_REFUSALS,
+    Authority,
+    Refusal,
+    ReplyFacts,
+    Verdict,
+    acts_as,
+    authority,
+    role_of,
+)
+from escalations.routing.workflow.recipients import mailable
+
 if TYPE_CHECKING:
     from escalations.parsers.referral import ReferralFields, ReferralParse
     from escalations.routing.policy import Partnership, StagePlan
+
+#: Outbox priorities: case mail always goes before notices about mail that was not applied.
+CASE_MAIL = 0
+NOTICE_MAIL = 1
 
 #: How required fields are named to a practitioner (and in the acknowledgement).
 FIELD_LABELS: Mapping[str, str] = {
@@ -55,6 +72,8 @@ class OutgoingMail:
     auto_submitted: str = "auto-generated"
     #: Sign a reply token for the recipient at this stage index (Reply-To, Message-ID, footer).
     token_stage: int | None = None
+    #: Lower is sent first (CASE_MAIL, NOTICE_MAIL).
+    priority: int = CASE_MAIL
 
 
 @dataclass(frozen=True)
@@ -66,12 +85,12 @@ class EventRecord:
 
 
 @dataclass(frozen=True)
-class Decision:
-    status: str | None = None
-    stage: int | None = None
-    due_at: datetime | None = None
-    events: tuple[EventRecord, ...] = ()
-    mails: tuple[OutgoingMail, ...] = ()
+class Notice:
+    """Something the coordinator should know but need not act on at once (mail that was not
+    applied, an address to confirm later): gathered into one digest an hour, never a mail each."""
+
+    kind: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
 
 
 def initials(names: Sequence[str]) -> str:
@@ -104,8 +123,15 @@ def decide_new_referral(
     sender: str | None,
     origin_message_id: str | None,
     may_answer: bool,
-) -> Decision:
-    """A referral opened a case: acknowledge it and ask for what is missing (issue 3)."""
+    practitioner: str | None = None,
+    sender_problem: str | None = None,
+) -> Step:
+    """A referral opened a case: acknowledge it and ask for what is missing.
+
+    ``sender`` is the strictly parsed From address (None when From was ambiguous), ``practitioner``
+    the referral's own ``Email:`` when the service may write to it (see ``recipients.mailable``). A
+    forwarded referral is acknowledged to the forwarder and to the practitioner.
+    """
     f = parse.fields
     missing = list(parse.missing)
     status = "awaiting_information" if missing else "open"
@@ -117,9 +143,17 @@ def decide_new_referral(
             actor=sender,
         )
     ]
+    notices: list[Notice] = []
+    if sender_problem:
+        events.append(EventRecord("sender_not_verified", {"reason": sender_problem}))
+        notices.append(Notice("sender_not_verified", {"reason": sender_problem}))
+    if f.raised_by_email and practitioner is None and (sender or "").lower() != f.raised_by_email.lower():
+        # An address in the text whose domain is no agency's: not mailed until the coordinator confirms.
+        events.append(EventRecord("address_unconfirmed", {"field": "raised_by_email"}))
+        notices.append(Notice("address_unconfirmed", {"field": "raised_by_email"}))
     mails: list[OutgoingMail] = []
-    raiser = f.raised_by_email or sender
-    if raiser and may_answer:
+    recipients = list(dict.fromkeys(a for a in (sender, practitioner) if a))
+    for n, raiser in enumerate(recipients if may_answer else []):
         template = "referral_incomplete.txt.j2" if missing else "referral_acknowledged.txt.j2"
         context: dict[str, Any] = {
             "reference": reference,
@@ -143,17 +177,24 @@ def decide_new_referral(
                 to=(raiser,),
                 subject=subject,
                 context=context,
-                dedupe_key=f"ack:{reference}",
+                dedupe_key=f"ack:{reference}" if n == 0 else f"ack:{reference}:{raiser}",
                 reason="acknowledge referral; ask for missing required fields" if missing
                 else "acknowledge referral",
                 in_reply_to=origin_message_id,
                 auto_submitted="auto-replied",
+                # The raiser may answer with INFO before any stage opens.
+                token_stage=ACK_TOKEN_STAGE,
             )
         )
         events.append(EventRecord("acknowledgement_queued", {"template": template, "to": [raiser]}))
-    elif not may_answer:
+    if not may_answer:
         events.append(EventRecord("acknowledgement_suppressed", {"reason": "automated sender"}))
-    return Decision(status=status, events=tuple(events), mails=tuple(mails))
+    return Step(change=CaseChange(status=status), events=tuple(events), mails=tuple(mails),
+                notices=tuple(notices))
+
+
+#: The stage index the acknowledgement's reply token is issued for (before any stage opens).
+ACK_TOKEN_STAGE = -1
 
 
 # =====================================================================================================
@@ -169,6 +210,7 @@ COMMANDS_HELP: tuple[tuple[str, str], ...] = (
     ("URGENT <reason>", "the child is at immediate risk: follow the immediate-risk route now"),
     ("WITHDRAW <reason>", "withdraw the escalation (the practitioner who raised it only)"),
     ("INFO", "answer a request for missing information: one 'Label: value' per line"),
+    ("CONFIRM <address>", "partnership staff: confirm an address written in the referral may be mailed"),
 )
 
 #: How long the other side has to confirm a RESOLVED before the case closes on the first side's word
@@ -238,6 +280,8 @@ class CaseState:
     raiser: str | None
     parties: tuple[Party, ...] = ()
     resolution: Mapping[str, Any] = field(default_factory=dict)
+    #: Addresses from the referral's text that the coordinator confirmed may be mailed.
+    confirmed_addresses: tuple[str, ...] = ()
 
     def party_for(self, address: str) -> Party | None:
         a = address.lower()
@@ -270,6 +314,7 @@ class CaseChange:
     raising_agency: str | None = None
     other_agency: str | None = None
     closed_at: datetime | None = None
+    confirmed_addresses: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -281,6 +326,7 @@ class Step:
     mails: tuple[OutgoingMail, ...] = ()
     timers: tuple[TimerSpec, ...] = ()
     cancel_timers: bool = False
+    notices: tuple[Notice, ...] = ()
 
 
 # ---- events the workflow reacts to -----------------------------------------------------------------
@@ -301,6 +347,8 @@ class Replied:
     authority: str
     side: str | None
     info: ReferralFields | None = None
+    #: What the processor found out about the reply; with it, transition decides who may act.
+    facts: ReplyFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -447,6 +495,30 @@ def _referral_practitioner(text: str | None) -> tuple[str, str] | None:
     return name, m.group(0)
 
 
+def _other_practitioner(state: CaseState, p: Partnership, plan: StagePlan) -> tuple[str, str] | None:
+    """(name, address) of the other worker, asked where the stage asks practitioners and the referral
+    gives an address the service may write to (an agency's domain, or confirmed by the coordinator)."""
+    if "receiving.practitioner" not in plan.from_referral:
+        return None
+    other = _referral_practitioner(state.fields.other_practitioner)
+    if other is None:
+        return None
+    address = mailable(other[1], p, state.confirmed_addresses)
+    if address is None or address == (state.raiser or "").lower():
+        return None
+    return other[0], address
+
+
+def _unconfirmed_practitioner(state: CaseState, p: Partnership, plan: StagePlan) -> str | None:
+    """The other worker's address as written, when the stage would ask them but it may not be mailed yet."""
+    if "receiving.practitioner" not in plan.from_referral:
+        return None
+    other = _referral_practitioner(state.fields.other_practitioner)
+    if other is None or _other_practitioner(state, p, plan) is not None:
+        return None
+    return other[1] if mailable(other[1], p, state.confirmed_addresses) is None else None
+
+
 def _stage_parties(state: CaseState, p: Partnership, plan: StagePlan) -> list[Party]:
     """Who is involved at ``plan``'s stage: the directory's contacts, the practitioners named in the
     referral, those the policy says to notify, and the raiser (copied on every step)."""
@@ -457,12 +529,10 @@ def _stage_parties(state: CaseState, p: Partnership, plan: StagePlan) -> list[Pa
                                  side=_side(r.party), deputy_email=r.deputy_email, deputy_name=r.deputy_name))
     # The practitioners come from the referral, not the directory: the raiser is always known; the
     # other worker only when the referral gives their address (else only the raiser is asked).
-    if "receiving.practitioner" in plan.from_referral:
-        other = _referral_practitioner(state.fields.other_practitioner)
-        if other is not None and other[1].lower() != (state.raiser or "").lower() \
-                and not any(x.email.lower() == other[1].lower() for x in parties):
-            parties.append(Party(email=other[1], name=other[0], role_name="Practitioner (other agency)",
-                                 party="receiving.practitioner", side="receiving"))
+    other = _other_practitioner(state, p, plan)
+    if other is not None and not any(x.email.lower() == other[1] for x in parties):
+        parties.append(Party(email=other[1], name=other[0], role_name="Practitioner (other agency)",
+                             party="receiving.practitioner", side="receiving"))
     for r in plan.notified:
         if not any(x.email.lower() == r.email.lower() for x in parties):
             parties.append(Party(email=r.email, name=r.name, role_name=r.role_name, party=r.party,
@@ -524,6 +594,21 @@ def open_stage(state: CaseState, p: Partnership, plan: StagePlan, now: datetime,
                                rctx, f"{state.reference}:s{idx}:routing:{c.email}",
                                "the directory cannot name every party", token_stage=idx, recipient_name=c.name,
                                role=c.role_name))
+    unconfirmed = _unconfirmed_practitioner(state, p, plan)
+    extra: list[EventRecord] = []
+    if unconfirmed is not None:
+        from escalations.parsers.sender import valid_address
+
+        shown = valid_address(unconfirmed) or "(not a valid address)"
+        extra.append(EventRecord("address_unconfirmed", {"field": "other_practitioner", "address": shown}))
+        for c in plan.coordinator:
+            cctx = dict(ctx)
+            cctx["address"] = shown
+            mails.append(_mail("address_confirm_request.txt.j2", c.email,
+                               case_subject(state.reference, "Address to confirm"), cctx,
+                               f"{state.reference}:s{idx}:confirm-address:{shown}:{c.email}",
+                               "recipients come from the directory", token_stage=idx, recipient_name=c.name,
+                               role=c.role_name))
     timers: list[TimerSpec] = []
     if status == "needs_routing":
         timers.append(TimerSpec("routing_reminder", _next_day_end(p, now), idx))
@@ -554,6 +639,7 @@ def open_stage(state: CaseState, p: Partnership, plan: StagePlan, now: datetime,
                                   clause="; ".join(plan.notification_clauses)))
     if status == "needs_routing":
         events.append(EventRecord("needs_routing", {"unresolved": [u.reason for u in plan.unresolved]}))
+    events.extend(extra)
     change = CaseChange(status=status, route=plan.route_id, stage_index=idx, stage_number=plan.number,
                         stage_opened_at=now, due_at=plan.due, clear_due=plan.due is None, parties=tuple(parties),
                         resolution={}, raising_agency=raising.id if raising else None,
@@ -806,18 +892,10 @@ def _on_timer(state: CaseState, t: TimerFired, p: Partnership, now: datetime) ->
     return Step(events=(EventRecord("timer_ignored", {"kind": t.kind, "status": state.status}),))
 
 
-def _acts_as(x: Party) -> set[str]:
-    """The addresses a party acts from: the contact, and their deputy once the deputy has taken over."""
-    out = {x.email.lower()}
-    if x.using_deputy and x.deputy_email:
-        out.add(x.deputy_email.lower())
-    return out
-
-
 def _confirming(state: CaseState) -> list[Party]:
     """The parties asked to confirm the pending resolution (whoever acts for them now)."""
     wanted = {str(a).lower() for a in state.resolution.get("confirm_by", [])}
-    return [x for x in state.parties if _acts_as(x) & wanted]
+    return [x for x in state.parties if acts_as(x) & wanted]
 
 
 def _decision_maker_parties(state: CaseState, plan: StagePlan | None) -> list[Party]:
@@ -923,6 +1001,102 @@ def _help(state: CaseState, p: Partnership, to: str, now: datetime, note: str) -
 
 
 def _on_reply(state: CaseState, r: Replied, p: Partnership, now: datetime) -> Step:
+    if r.facts is not None:
+        verdict = authority(state, r.facts, p, r.command)
+        if not verdict.allowed:
+            return _refused(state, r, r.facts, verdict, p, now)
+        assert verdict.authority is not None
+        r = replace(r, authority=verdict.authority.value, side=verdict.side)
+    return _on_verified_reply(state, r, p, now)
+
+
+def _refused(state: CaseState, r: Replied, facts: ReplyFacts, verdict: Verdict, p: Partnership,
+             now: datetime) -> Step:
+    """A reply that may not act: kept on the case as unverified correspondence, never applied.
+
+    Whom we tell: a sender whose token verified (wrong case, old stage, too many notes) is told
+    directly; otherwise only the genuine party the From line names (an address the case or the
+    configuration holds), with a fresh copy of their request, so a forger learns and gets nothing.
+    Each at most once a day. The coordinator hears of it in the hourly digest.
+    """
+    assert verdict.refusal is not None
+    code = verdict.refusal
+    claimed = (facts.sender or facts.claimed_sender or "").lower()
+    record = EventRecord("reply_not_applied", {
+        "reason": code.value, "from": claimed, "command": r.command, "text": r.argument,
+        "message_id": r.message_id, "unverified": code not in VERIFIED_REFUSALS,
+        "sender_problem": facts.sender_problem}, actor=claimed or None)
+    day = p.calendar.local(now).date().isoformat()
+    mails: list[OutgoingMail] = []
+    words = REFUSAL_TEXT[code]
+    base = {"reason": words, "sender": claimed, "recipient_name": "", "recipient_role": ""}
+    if code in VERIFIED_REFUSALS and facts.sender:
+        mails.append(replace(_answer(state, p, facts.sender, "reply_not_applied.txt.j2",
+                                     f"{state.reference}:notapplied:{facts.sender}:{code.value}:{day}", base,
+                                     "Your reply was not applied"), priority=NOTICE_MAIL))
+    elif claimed and role_of(state, p, claimed)[0] is not None and state.status not in TERMINAL:
+        genuine = _genuine_address(state, claimed)
+        ctx = _base_context(state, p)
+        ctx.update(base)
+        ctx.update({"status": state.status, "due_local": _local(state.due_at, p),
+                    "stage_number": state.stage_index + 1 if state.stage_index is not None
+                    and state.stage_index >= 0 else 0})
+        mails.append(OutgoingMail(
+            template="reply_not_verified.txt.j2", to=(genuine,),
+            subject=case_subject(state.reference, "We could not verify a message from you"), context=ctx,
+            dedupe_key=f"{state.reference}:unverified:{genuine}:{day}", reason="unverified reply",
+            auto_submitted="auto-generated",
+            token_stage=state.stage_index if state.stage_index is not None else ACK_TOKEN_STAGE,
+            priority=NOTICE_MAIL))
+    notices: tuple[Notice, ...] = (Notice("reply_not_applied", {"reason": code.value, "from": claimed}),)
+    if code is Refusal.NOTE_LIMIT and facts.notes_today > facts.note_limit:
+        notices = ()  # the coordinator was told when the limit was first reached
+    return Step(events=(record,), mails=tuple(mails), notices=notices)
+
+
+def _genuine_address(state: CaseState, claimed: str) -> str:
+    """The address as the case or configuration spells it (never the spelling a forger chose)."""
+    if state.raiser and state.raiser.lower() == claimed:
+        return state.raiser
+    for x in state.parties:
+        for a in (x.email, x.deputy_email):
+            if a and a.lower() == claimed:
+                return a
+    return claimed
+
+
+def _on_confirm(state: CaseState, r: Replied, p: Partnership, now: datetime, record: EventRecord) -> Step:
+    """Staff confirm that an address written in the referral may be mailed; the other worker is then
+    asked at the current stage (its deadline unchanged)."""
+    from escalations.parsers.sender import valid_address
+
+    words = r.argument.split()
+    address = valid_address(words[0].strip("<>,;")) if words else None
+    if address is None:
+        return Step(events=(record,), mails=(_help(state, p, r.sender, now,
+                                                    "CONFIRM needs the address to confirm after it"),))
+    confirmed = tuple(dict.fromkeys((*state.confirmed_addresses, address)))
+    updated = replace(state, confirmed_addresses=confirmed)
+    change = CaseChange(confirmed_addresses=confirmed)
+    events = [record, EventRecord("address_confirmed", {"address": address}, actor=r.sender)]
+    if state.stage_index is None or state.status in TERMINAL:
+        return Step(change=change, events=tuple(events))
+    plan = plan_for(updated, p, state.stage_index, state.stage_opened_at or now)
+    other = _other_practitioner(updated, p, plan)
+    if other is None or other[1] != address or any(address in acts_as(x) for x in state.parties):
+        return Step(change=change, events=tuple(events))
+    party = Party(email=address, name=other[0], role_name="Practitioner (other agency)",
+                  party="receiving.practitioner", side="receiving")
+    ctx = _stage_context(updated, p, plan)
+    ctx["because"] = "the partnership confirmed your address for this case"
+    ctx["due_local"] = _local(state.due_at, p)
+    mail = _mail("stage_request.txt.j2", address, _stage_subject(state, plan), ctx,
+                 f"{state.reference}:s{state.stage_index}:request:{address}", plan.clause,
+                 token_stage=state.stage_index, recipient_name=party.name, role=party.role_name)
+    return Step(change=replace(change, parties=(*state.parties, party)), events=tuple(events), mails=(mail,))
+
+
+def _on_verified_reply(state: CaseState, r: Replied, p: Partnership, now: datetime) -> Step:
     cmd = r.command
     record = EventRecord(f"reply_{(cmd or 'none').lower()}", {"text": r.argument, "message_id": r.message_id,
                                                               "authority": r.authority}, actor=r.sender)
@@ -937,6 +1111,10 @@ def _on_reply(state: CaseState, r: Replied, p: Partnership, now: datetime) -> St
         return illegal(f"case {state.reference} is already {state.status}; nothing was changed")
     if cmd == "NOTE":
         return Step(events=(record,))
+    if cmd == "CONFIRM":
+        if r.authority != Authority.STAFF:
+            return illegal("only partnership staff can confirm an address")
+        return _on_confirm(state, r, p, now, record)
     if r.authority == "notified":
         # Told for information (CP Chair/IRO, partnership members): their comments are kept, nothing more.
         return illegal("you were told about this case for information: your message was kept as a note, "
@@ -966,10 +1144,10 @@ def _on_reply(state: CaseState, r: Replied, p: Partnership, now: datetime) -> St
         return illegal("the case is waiting for the partnership to route it to the other agency")
     plan = plan_for(state, p, state.stage_index, state.stage_opened_at or now) \
         if state.stage_index is not None else None
-    is_dm = any(sender in _acts_as(x) for x in _decision_maker_parties(state, plan))
+    is_dm = any(sender in acts_as(x) for x in _decision_maker_parties(state, plan))
     awaiting = state.status == "awaiting_confirmation"
     res = state.resolution
-    confirmer = awaiting and any(sender in _acts_as(x) for x in _confirming(state))
+    confirmer = awaiting and any(sender in acts_as(x) for x in _confirming(state))
     if cmd == "ESCALATE":
         if awaiting and not confirmer and r.side == res.get("side"):
             return illegal("a resolution was recorded on your side; the other side has been asked to confirm it")

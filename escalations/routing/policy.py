@@ -317,6 +317,9 @@ class Agency(_Model):
     name: str
     aliases: list[str] = Field(default_factory=list)
     sector: Sector
+    #: Mail domains of the agency's staff: an address written in a referral is mailed only when its
+    #: domain is one of the partnership's agencies' (or the coordinator confirmed it).
+    domains: list[str] = Field(default_factory=list)
     borough: str | None = None
     #: A member of the partnership: eligible (and, in a dispute, required) on a Resolution Panel.
     member: bool = True

@@ -189,7 +189,7 @@ class Harness:
             self.clock.set(at_time)
         before = self._inbound_count()
         if via == "imap" and self.dovecot is not None and self._thread is not None:
-            self.dovecot.append(raw)
+            self.dovecot.append(raw, msg_time=self.clock.now())  # INTERNALDATE: the received time
         else:
             self.app.ingest(raw)
             self.app.process_pending()

@@ -24,6 +24,8 @@ from escalations.routing.decide import (
     transition,
 )
 from escalations.routing.policy import Partnership, PolicyConfig, load_config
+from escalations.routing.workflow.authority import ReplyFacts, TokenVerdict
+from escalations.routing.workflow.digest import DigestItem, compose_digest
 from tests.conftest import CONFIG_DIR
 from tests.workflow.profiles import CH, HAVERING, OPENED, WILTSHIRE, Profile, at
 
@@ -117,13 +119,23 @@ def test_every_workflow_template_renders(config: PolicyConfig) -> None:
                                                               "Westminster Children's Services",
                                                               raised_by_agency="CLCH", borough="Westminster"))
     urgent(Opened(), OPENED)
-    rendered = {**run.rendered, **manual.rendered, **routing.rendered, **urgent.rendered}
-    # The processor's own answers to unauthorised replies, with the context it gives them.
-    ctx = {"reference": "CH-2026-0001", "partnership_name": ch.name, "mailbox": ch.primary_mailbox,
-           "reason": "the reply code in this message was issued to a different address",
-           "sender": "x@example.net", "recipient_name": "", "recipient_role": ""}
-    for name in ("reply_not_applied.txt.j2", "reply_not_applied_coordinator.txt.j2"):
-        rendered[name] = Renderer().render(name, ctx)
+    # A forged reply (no reply code) from the raiser's address: the genuine raiser gets a fresh copy;
+    # an old-stage code from a verified sender: they are told directly.
+    forged = Run(ch, run.state)
+    forged.state = replace(run.state, status="open")
+    forged(Replied(sender=CH.raiser, command="WITHDRAW", argument="", message_id=None, authority="party",
+                   side=None, facts=ReplyFacts(sender=CH.raiser, claimed_sender=CH.raiser)), at(13, 11))
+    forged(Replied(sender=CH.raiser, command="NOTE", argument="", message_id=None, authority="party",
+                   side=None, facts=ReplyFacts(sender=CH.raiser, claimed_sender=CH.raiser,
+                                               token=TokenVerdict.VALID, token_case_id=run.state.id,
+                                               token_stage_index=-1)), at(13, 12))
+    unknown = Run(ch, new_case(CH, other_practitioner="Sam Smith <sam@unknown-domain.example.com>"))
+    unknown(Opened(), OPENED)                                        # address_confirm_request
+    rendered = {**run.rendered, **manual.rendered, **routing.rendered, **urgent.rendered, **forged.rendered,
+                **unknown.rendered}
+    digest = compose_digest(ch, [DigestItem("reply_not_applied", "CH-2026-0001", at(13, 11),
+                                            {"reason": "no_token", "from": CH.raiser})], at(13, 12))
+    rendered["coordinator_digest.txt.j2"] = Renderer().render(digest[0].template, digest[0].context)
     workflow_templates = {t.name for t in TEMPLATES.glob("*.txt.j2") if not t.name.startswith("_")
                           and not t.name.startswith("referral_")}
     assert workflow_templates <= set(rendered), workflow_templates - set(rendered)
