@@ -306,6 +306,16 @@ def _party_json(p: dict[str, Any]) -> dict[str, Any]:
 def case_json(application: Any, case: Any) -> dict[str, Any]:
     events = application.store.case_events(case.id)
     outbox = [o for o in application.store.list_outbox() if o.case_id == case.id]
+    # When the partnership received each message (the event's time) and when we processed it.
+    inbound = {i: application.store.get_inbound(i) for i in {e.inbound_id for e in events} | {case.origin_inbound_id}
+               if i is not None}
+    origin = inbound.get(case.origin_inbound_id)
+
+    def times(inbound_id: int | None) -> dict[str, str | None]:
+        row = inbound.get(inbound_id) if inbound_id is not None else None
+        return {"received_at": _iso(row.received_at) if row else None,
+                "processed_at": _iso(row.processed_at) if row else None}
+
     return {
         "reference": case.reference,
         "partnership": case.partnership,
@@ -313,6 +323,8 @@ def case_json(application: Any, case: Any) -> dict[str, Any]:
         "stage": case.stage,
         "route": case.route,
         "opened_at": _iso(case.opened_at),
+        "received_at": _iso(origin.received_at) if origin else None,
+        "processed_at": _iso(origin.processed_at) if origin else None,
         "updated_at": _iso(case.updated_at),
         "due_at": _iso(case.due_at),
         "immediate_risk": case.immediate_risk,
@@ -324,7 +336,13 @@ def case_json(application: Any, case: Any) -> dict[str, Any]:
         "mailed": sorted({r for o in outbox for r in o.recipients}),
         "fields": case.fields,
         "events": [{"at": _iso(e.at), "kind": e.kind, "actor": e.actor, "clause": e.clause, "detail": e.detail,
-                    "inbound_id": e.inbound_id} for e in events],
+                    "inbound_id": e.inbound_id, **times(e.inbound_id)} for e in events],
+        # Mail kept on the case but never applied (no valid reply code, ambiguous sender, DMARC fail...).
+        "unverified_correspondence": [
+            {"at": _iso(e.at), "from": e.detail.get("from"), "reason": e.detail.get("reason"),
+             "command": e.detail.get("command"), "text": e.detail.get("text"), "inbound_id": e.inbound_id,
+             **times(e.inbound_id)}
+            for e in events if e.kind == "reply_not_applied"],
         "mail": [{"message_id": o.message_id, "template": o.template, "to": o.recipients, "status": o.status,
                   "subject": o.subject, "created_at": _iso(o.created_at), "sent_at": _iso(o.sent_at)} for o in outbox],
     }
@@ -362,7 +380,16 @@ def cases_show(ctx: typer.Context, reference: Annotated[str, typer.Argument(help
         return
     console.print(f"[bold]{data['reference']}[/bold]  {data['partnership']}  status={data['status']}  "
                   f"stage={data['stage'] or '-'}  due={_local(case.due_at)}")
-    console.print(f"opened {_local(case.opened_at)}; missing: {', '.join(data['missing']) or 'nothing'}")
+    processed = f" (received {_local(origin_row.received_at)}, processed {_local(origin_row.processed_at)})" \
+        if case.origin_inbound_id is not None \
+        and (origin_row := application.store.get_inbound(case.origin_inbound_id)) is not None else ""
+    console.print(f"opened {_local(case.opened_at)}{processed}; missing: {', '.join(data['missing']) or 'nothing'}")
+    if data["unverified_correspondence"]:
+        unverified = Table("received (London)", "from", "reason", "command", title="Unverified correspondence "
+                           "(kept, never applied)")
+        for u in data["unverified_correspondence"]:
+            unverified.add_row(u["received_at"] or u["at"], u["from"] or "-", u["reason"] or "-", u["command"] or "-")
+        console.print(unverified)
     events = Table("when (London)", "event", "actor", "clause", "detail", title="History")
     for e in application.store.case_events(case.id):
         events.add_row(_local(e.at), e.kind, e.actor or "-", e.clause or "-", json.dumps(e.detail, default=str)[:120])

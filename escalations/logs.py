@@ -1,11 +1,12 @@
 """Structured logging (structlog over the standard library, so pytest's caplog sees every line).
 
-Log events carry case references, message ids and counts — never a child's name, date of birth,
-ID or concern text, and never a subject or body (ARCHITECTURE: Style/Logs).
+Log events carry case references, message-id hashes, codes and counts — never a child's name, date of
+birth, ID or concern text, never a subject, body or other header value (ARCHITECTURE: Style/Logs).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import traceback
@@ -29,6 +30,20 @@ def frames_only_exc_info(_logger: Any, _name: str, event: MutableMapping[str, An
     if isinstance(exc_info, tuple) and exc_info[0] is not None:
         event["error_type"] = exc_info[0].__name__
         event["traceback"] = "".join(traceback.format_tb(exc_info[2], limit=-10))
+    return event
+
+
+#: Event keys whose values are header values: logged as a short hash (enough to correlate lines and
+#: find the message in the database), never as themselves.
+HASHED_KEYS = ("message_id", "in_reply_to", "subject", "from", "sender", "to")
+
+
+def hash_header_values(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Replace header values (a Message-ID can be anything a sender chose) by ``sha256:<12 hex>``."""
+    for key in HASHED_KEYS:
+        value = event.get(key)
+        if isinstance(value, str) and value:
+            event[key] = "sha256:" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:12]
     return event
 
 
@@ -66,6 +81,7 @@ def configure_logging(fmt: Literal["json", "console"] = "console", level: int = 
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             frames_only_exc_info,
+            hash_header_values,
             renderer,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -6,7 +6,6 @@ puts it back. Nothing here sends mail: decisions become outbox rows in the same 
 
 from __future__ import annotations
 
-import hashlib
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -68,11 +67,6 @@ class Outcome:
     #: A fixed code (never text from the message): case_opened, applied:RESOLVED, refused:ACCEPT,
     #: not_applied:no_token, or the quarantine reason.
     detail: str = ""
-
-
-def message_id_hash(message_id: str | None) -> str | None:
-    """What logs carry instead of a Message-ID (a header value)."""
-    return hashlib.sha256(message_id.encode("utf-8", "replace")).hexdigest()[:12] if message_id else None
 
 
 def partnership_for(msg: ParsedMessage, envelope: Sequence[str], config: PolicyConfig) -> Partnership | None:
@@ -293,8 +287,8 @@ class Processor:
             sender_problem=sender.problem.value if sender.problem else None, token=verdict,
             token_case_id=case.id if token_case == case.id else token_case, token_stage_index=token_stage,
             dmarc_failed=sender_fails_dmarc(dmarc),
-            notes_today=self._notes_today(s, case, sender.address, partnership, now) if sender.address else 0,
-            note_limit=self.note_limit)
+            note_limit=self.note_limit,
+            **(self._notes_today(s, case, sender.address, partnership, now) if sender.address else {}))
         event = Replied(sender=sender.address or facts.claimed_sender or "", command=parsed.command,
                         argument=parsed.argument, message_id=msg.message_id, authority="party", side=None,
                         info=info if has_info else None, facts=facts)
@@ -302,16 +296,16 @@ class Processor:
         return self._finish(s, row, "reply", case, now, step_result(step, parsed.command))
 
     @staticmethod
-    def _notes_today(s: Session, case: Case, sender: str, p: Partnership, now: datetime) -> int:
-        day = p.calendar.local(now).date()
+    def _notes_today(s: Session, case: Case, sender: str, p: Partnership, now: datetime) -> dict[str, int]:
+        """Notes applied today from this sender on this case, and notes refused today for the limit."""
         start = p.calendar.local(now).replace(hour=0, minute=0, second=0, microsecond=0)
-        if start.date() != day:  # pragma: no cover - defensive
-            return 0
-        count = s.exec(select(func.count()).select_from(CaseEvent).where(
-            CaseEvent.case_id == case.id, CaseEvent.actor == sender,
-            col(CaseEvent.kind).in_(["reply_note", "reply_none"]),
-            col(CaseEvent.at) >= start, col(CaseEvent.at) < start + timedelta(days=1))).one()
-        return int(count)
+        today = (CaseEvent.case_id == case.id, CaseEvent.actor == sender, col(CaseEvent.at) >= start,
+                 col(CaseEvent.at) < start + timedelta(days=1))
+        applied = s.exec(select(func.count()).select_from(CaseEvent).where(
+            *today, col(CaseEvent.kind).in_(["reply_note", "reply_none"]))).one()
+        refused = s.exec(select(CaseEvent.detail).where(*today, CaseEvent.kind == "reply_not_applied")).all()
+        over = sum(1 for d in refused if isinstance(d, dict) and d.get("reason") == "note_limit")
+        return {"notes_today": int(applied), "notes_refused_today": over}
 
     @staticmethod
     def _case_by_subject(s: Session, msg: ParsedMessage, partnership: Partnership) -> Case | None:

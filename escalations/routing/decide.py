@@ -1049,7 +1049,7 @@ def _refused(state: CaseState, r: Replied, facts: ReplyFacts, verdict: Verdict, 
             token_stage=state.stage_index if state.stage_index is not None else ACK_TOKEN_STAGE,
             priority=NOTICE_MAIL))
     notices: tuple[Notice, ...] = (Notice("reply_not_applied", {"reason": code.value, "from": claimed}),)
-    if code is Refusal.NOTE_LIMIT and facts.notes_today > facts.note_limit:
+    if code is Refusal.NOTE_LIMIT and facts.notes_refused_today > 0:
         notices = ()  # the coordinator was told when the limit was first reached
     return Step(events=(record,), mails=tuple(mails), notices=notices)
 

@@ -96,6 +96,8 @@ class ReplyFacts:
     #: Notes already applied today from this sender on this case, and the limit.
     notes_today: int = 0
     note_limit: int = 20
+    #: Notes already refused today for the limit (the coordinator is told at the first).
+    notes_refused_today: int = 0
 
 
 @dataclass(frozen=True)
