@@ -37,6 +37,7 @@ from escalations.routing.decide import (
     decide_new_referral,
 )
 from escalations.routing.policy import Partnership, PolicyConfig
+from escalations.routing.redact import redactor_for
 from escalations.routing.tokens import (
     TokenError,
     TokenExpired,
@@ -352,7 +353,8 @@ class Processor:
         s.flush()
         self._add_events(s, case, row, decision.events, now)
         for mail in decision.mails:
-            enqueue(s, mail, renderer=self.renderer, from_address=partnership.primary_mailbox,
+            enqueue(s, mail, renderer=self.renderer, redactor=redactor_for(f, partnership),
+                    secure_route=partnership.secure_route, from_address=partnership.primary_mailbox,
                     from_name=partnership.name, case_id=case.id, now=now,
                     message_id_domain=self.message_id_domain)
         # A complete referral goes to the stage's parties now; an urgent one even when incomplete

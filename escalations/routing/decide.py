@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from escalations.routing.redact import initials
+
 if TYPE_CHECKING:
     from escalations.parsers.referral import ReferralFields, ReferralParse
     from escalations.routing.policy import Partnership, StagePlan
@@ -72,16 +74,6 @@ class Decision:
     due_at: datetime | None = None
     events: tuple[EventRecord, ...] = ()
     mails: tuple[OutgoingMail, ...] = ()
-
-
-def initials(names: Sequence[str]) -> str:
-    """'Ava Testchild', 'Ben Testchild' -> 'A.T., B.T.' (the only form of a name that leaves the database)."""
-    out = []
-    for name in names:
-        letters = [part[0].upper() for part in name.replace("-", " ").split() if part[:1].isalpha()]
-        if letters:
-            out.append(".".join(letters) + ".")
-    return ", ".join(out) if out else "(not given)"
 
 
 def summarise(text: str | None, limit: int = 240) -> str:
