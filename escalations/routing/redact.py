@@ -17,7 +17,7 @@ What :meth:`Redactor.for_case` removes from a text, case-insensitively, as whole
 * each date of birth in any common form (2015-02-01, 01/02/2015, 1/2/15, 02/01/2015 read US-style,
   1 Feb 2015, 1st of February 2015, February 1, 2015, 20150201) becomes :data:`DOB_REMOVED`;
 * the child's ID (verbatim, any case, spaces or hyphens between its characters allowed, and its
-  run of digits alone) and anything shaped like an NHS number (10 digits, or 3-3-4 with spaces or
+  run of five or more digits alone; an ID of under :data:`MIN_ID_CHARS` characters is ignored) and anything shaped like an NHS number (10 digits, or 3-3-4 with spaces or
   hyphens) become :data:`ID_REMOVED`.
 
 ``keep`` strings (the partnership's own name and mailbox) are left as they are, so a child who
@@ -46,6 +46,8 @@ DOB_REMOVED = "[date of birth removed]"
 ID_REMOVED = "[ID removed]"
 #: For a name with no letters to make initials from.
 NAME_REMOVED = "[name removed]"
+#: A child ID shorter than this (letters and digits) is not looked for.
+MIN_ID_CHARS = 4
 
 _MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september",
            "october", "november", "december")
@@ -125,7 +127,9 @@ def _dob_pattern(d: date) -> str:
 
 def _id_patterns(child_id: str) -> list[str]:
     chars = [c for c in child_id if c.isalnum()]
-    if not chars:
+    # An "ID" of a character or three ("1", "10") is a slip, and would blank every such number in the
+    # mail, deadlines included.
+    if len(chars) < MIN_ID_CHARS:
         return []
     out = [r"(?<![^\W_])" + r"[\s\-/.]?".join(re.escape(c) for c in chars) + r"(?![^\W_])"]
     # The ID's number alone ("Mosaic 123456" for "M123456"), when long enough to mean something.
@@ -146,9 +150,10 @@ def _dob(value: date | str) -> date | None:
 class Redactor:
     """Rewrites a text so no child's name, date of birth or ID is left; see the module docstring."""
 
-    _pattern: re.Pattern[str] | None = None
+    # Not in repr: the pattern spells out the names and dates it looks for.
+    _pattern: re.Pattern[str] | None = field(default=None, repr=False)
     #: _key(name as matched) -> the child's initials.
-    _names: dict[str, str] = field(default_factory=dict)
+    _names: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def identity(cls) -> Redactor:

@@ -105,6 +105,12 @@ def test_unparseable_dob_and_blank_id_are_ignored() -> None:
     assert r.redact("Ava 01/02/2015 x") == f"A. {DOB_REMOVED} x"
 
 
+def test_short_ids_are_not_looked_for_and_nothing_shows_in_repr() -> None:
+    r = Redactor.for_case(["Ava Testchild"], ["2015-02-01"], "10")
+    assert r.redact("due Tuesday 10 November 2026") == "due Tuesday 10 November 2026"
+    assert "Ava" not in repr(AVA) and "Testchild" not in repr(AVA) and "2015" not in repr(AVA)
+
+
 def test_initials() -> None:
     assert initials(["Ava Testchild", "Mary-Jane Smith"]) == "A.T., M.J.S."
     assert initials([]) == "(not given)"
@@ -185,3 +191,16 @@ def test_no_name_dob_or_id_survives(case: tuple[list[str], date, str, str, list[
     for secret in secrets:
         assert secret.lower() not in out.lower(), (secret, out)
     assert re.sub(r"\D", "", child_id) not in re.sub(r"\D", "", out.replace(ID_REMOVED, " "))
+
+
+def test_secure_route_domains_are_checked_and_normalised() -> None:
+    from pydantic import ValidationError
+
+    from escalations.routing.policy import SecureRoute
+
+    route = SecureRoute.model_validate({"domains": ["@CJSM.net.", "gcsx.gov.uk"], "clause": "X 1"})
+    assert route.domains == ["cjsm.net", "gcsx.gov.uk"]
+    assert route.covers(["a@x.CJSM.net", "b@gcsx.gov.uk"]) and not route.covers(["a@x.cjsm.net", "c@example.org"])
+    for bad in ([], ["not a domain"], ["localhost"]):
+        with pytest.raises(ValidationError):
+            SecureRoute.model_validate({"domains": bad, "clause": "X 1"})
