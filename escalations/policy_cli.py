@@ -148,6 +148,7 @@ def policy_show(
             "partnership": p.id, "name": p.name, "policy_version": p.policy_version,
             "policy": p.policy.model_dump(mode="json"), "mailboxes": p.mailboxes,
             "secure_mail": p.secure_mail.model_dump(mode="json") if p.secure_mail else None,
+            "secure_route": p.secure_route.model_dump(mode="json") if p.secure_route else None,
             "immediate_risk": ir.model_dump(mode="json", exclude_none=True) if ir else None,
             "routes": [{"id": r.id, "name": r.name, "default": r is p.default_route, "clause": r.clause,
                         "keywords": r.keywords,
@@ -161,6 +162,9 @@ def policy_show(
               f"working day ends {p.working_day_end:%H:%M} ({p.bank_holidays} bank holidays)")
     if p.secure_mail:
         out.print(f"Secure mail: {p.secure_mail.means} [{p.secure_mail.clause}]")
+    if p.secure_route:
+        out.print(f"Secure route (full details only to): {', '.join(p.secure_route.domains)} "
+                  f"[{p.secure_route.clause}]")
     for r in p.routes:
         table = Table(title=f"{r.name} ({r.id}{', default' if r is p.default_route else ''}) — {r.clause}",
                       show_lines=True)

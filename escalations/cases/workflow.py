@@ -26,6 +26,7 @@ from escalations.routing.decide import (
     transition,
 )
 from escalations.routing.policy import Partnership, PolicyConfig
+from escalations.routing.redact import Redactor, redactor_for
 from escalations.routing.tokens import footer_line, issue_token, plus_address, token_message_id
 
 log = structlog.get_logger("escalations.workflow")
@@ -125,6 +126,7 @@ class Workflow:
         for t in step.timers:
             Store.schedule_timer(s, case_id=case.id or 0, stage=t.stage_index, kind=t.kind, due_at=t.due_at,
                                  now=now, key=f"{case.id}:{t.stage_index}:{t.kind}:{t.due_at.isoformat()}")
+        redactor = redactor_for(ReferralFields.from_json(case.fields), partnership)
         for mail in mails:
             reply_to = None
             footer = ""
@@ -139,7 +141,8 @@ class Workflow:
                         reply_to = plus_address(partnership.primary_mailbox, token)
                     except ValueError:
                         reply_to = None
-            enqueue(s, mail, renderer=self.renderer, from_address=partnership.primary_mailbox,
+            enqueue(s, mail, renderer=self.renderer, redactor=redactor, secure_route=partnership.secure_route,
+                    from_address=partnership.primary_mailbox,
                     from_name=partnership.name, case_id=case.id, now=now,
                     message_id_domain=self.message_id_domain, reply_to=reply_to, footer=footer,
                     message_id=message_id)
@@ -184,8 +187,9 @@ class Workflow:
                 items = [DigestItem(n.kind, refs.get(n.case_id) if n.case_id else None, n.created_at, n.detail)
                          for n in pending]
                 for mail in compose_digest(partnership, items, now):
-                    enqueue(s, mail, renderer=self.renderer, from_address=partnership.primary_mailbox,
-                            from_name=partnership.name, case_id=None, now=now,
+                    # A digest spans cases and holds references, codes and addresses, no case's fields.
+                    enqueue(s, mail, renderer=self.renderer, redactor=Redactor.identity(),
+                            from_address=partnership.primary_mailbox, from_name=partnership.name, case_id=None, now=now,
                             message_id_domain=self.message_id_domain)
                     queued += 1
                 s.commit()

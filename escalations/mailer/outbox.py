@@ -25,6 +25,8 @@ from escalations.cases.models import OutboxMessage
 from escalations.cases.store import Store
 from escalations.mailer.smtp_sender import DeliveryError, MailSender
 from escalations.routing.decide import OutgoingMail
+from escalations.routing.policy import SecureRoute
+from escalations.routing.redact import Redactor
 
 log = structlog.get_logger("escalations.outbox")
 
@@ -93,6 +95,8 @@ def enqueue(
     mail: OutgoingMail,
     *,
     renderer: Renderer,
+    redactor: Redactor,
+    secure_route: SecureRoute | None = None,
     from_address: str,
     from_name: str,
     case_id: int | None,
@@ -102,12 +106,21 @@ def enqueue(
     footer: str = "",
     message_id: str | None = None,
 ) -> OutboxMessage | None:
-    """Add the row to the caller's transaction. Returns None if this dedupe key was queued before."""
+    """Add the row to the caller's transaction. Returns None if this dedupe key was queued before.
+
+    The rendered body is redacted with ``redactor`` (the case's children as initials, no date of
+    birth or ID), whatever the template's context quoted, unless every recipient is on the
+    partnership's ``secure_route``. The footer's reply-code line is added after redaction.
+    """
     existing = session.exec(select(OutboxMessage).where(OutboxMessage.dedupe_key == mail.dedupe_key)).first()
     if existing is not None:
         return None
     message_id = message_id or new_message_id(message_id_domain)
-    body = renderer.render(mail.template, mail.context)
+    full_details = secure_route is not None and secure_route.covers([*mail.to, *mail.cc])
+    # The footer (in every template) says which of the two the body is.
+    body = renderer.render(mail.template, {**mail.context, "full_details": full_details})
+    if not full_details:
+        body = redactor.redact(body)
     if footer:
         body = body.rstrip("\n") + "\n" + footer + "\n"
     raw = build_message(mail=mail, body=body, from_address=from_address, from_name=from_name,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from escalations.routing.redact import initials
 from escalations.routing.workflow.authority import (
     REFUSAL_TEXT,
     VERIFIED_REFUSALS,
@@ -91,16 +92,6 @@ class Notice:
 
     kind: str
     detail: Mapping[str, Any] = field(default_factory=dict)
-
-
-def initials(names: Sequence[str]) -> str:
-    """'Ava Testchild', 'Ben Testchild' -> 'A.T., B.T.' (the only form of a name that leaves the database)."""
-    out = []
-    for name in names:
-        letters = [part[0].upper() for part in name.replace("-", " ").split() if part[:1].isalpha()]
-        if letters:
-            out.append(".".join(letters) + ".")
-    return ", ".join(out) if out else "(not given)"
 
 
 def summarise(text: str | None, limit: int = 240) -> str:

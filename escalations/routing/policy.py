@@ -41,6 +41,7 @@ from pydantic import (
 from pydantic import model_validator as _model_validator
 
 from escalations.routing.calendar import Division, Unit, WorkingCalendar
+from escalations.routing.redact import on_domains
 
 #: Required of every referral whatever the partnership (ARCHITECTURE.md, issue 3).
 BASE_REQUIRED_FIELDS: tuple[str, ...] = ("child_names", "other_agency", "concern", "outcome_sought")
@@ -281,6 +282,25 @@ class SecureMail(_Model):
     clause: Clause
 
 
+def _check_domain(value: str) -> str:
+    d = value.strip().lower().removeprefix("@").strip(".")
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+", d):
+        raise ValueError(f"not a mail domain: {value!r}")
+    return d
+
+
+class SecureRoute(_Model):
+    """A relay that enforces TLS to these domains (e.g. CJSM): mail whose every recipient is on one
+    of them, or below one, carries the full details; all other mail is redacted."""
+
+    domains: list[Annotated[str, AfterValidator(_check_domain)]] = Field(min_length=1)
+    clause: Clause
+    note: str = ""
+
+    def covers(self, recipients: Iterable[str]) -> bool:
+        return on_domains(recipients, self.domains)
+
+
 _Date = date  # the field below is named 'date'
 
 
@@ -346,6 +366,8 @@ class Partnership(_Model):
     auto_escalate: bool = True
     policy: PolicyDocument
     secure_mail: SecureMail | None = None
+    #: Where full details may go; everything else is sent with the child as initials.
+    secure_route: SecureRoute | None = None
     #: The partnership role that routes what the service cannot (unknown agency, missing contact).
     coordinator_role: str
     child_safety: ChildSafety | None = None

@@ -12,6 +12,7 @@ from escalations.clock import FakeClock
 from escalations.mailer.outbox import OutboxDispatcher, Renderer, enqueue
 from escalations.mailer.smtp_sender import FileSender, SmtpRelaySender
 from escalations.routing.decide import OutgoingMail
+from escalations.routing.redact import Redactor
 from escalations.settings import RelaySettings
 from tests.servers.smtp import SmtpCapture
 
@@ -37,7 +38,7 @@ def store(tmp_path: Path, clock: FakeClock) -> Store:
 
 def _queue(store: Store, clock: FakeClock, key: str = "ack:1") -> int | None:
     with store.session() as s:
-        row = enqueue(s, _mail(key), renderer=Renderer(), from_address="chscp@hackney.gov.uk",
+        row = enqueue(s, _mail(key), renderer=Renderer(), redactor=Redactor.identity(), from_address="chscp@hackney.gov.uk",
                       from_name="City & Hackney", case_id=None, now=clock.now(), message_id_domain="test.invalid")
         s.commit()
         return row.id if row else None

@@ -9,6 +9,7 @@ import pytest
 from escalations.clock import FakeClock
 from escalations.mailer.outbox import enqueue
 from escalations.routing.decide import OutgoingMail
+from escalations.routing.redact import Redactor
 from tests.conftest import AppFactory
 from tests.servers.smtp import SmtpCapture
 
@@ -25,7 +26,7 @@ def _queue(app: object, to: str, n: int, tag: str) -> None:
                                     context={"reference": "CH-2026-0001", "partnership_name": "P", "mailbox": "m@x",
                                              "note": "n", "commands": (), "recipient_name": ""},
                                     dedupe_key=f"{tag}:{to}:{i}", reason="test"),
-                    renderer=app.renderer, from_address="chscp@hackney.gov.uk", from_name="CHSCP", case_id=None,
+                    renderer=app.renderer, redactor=Redactor.identity(), from_address="chscp@hackney.gov.uk", from_name="CHSCP", case_id=None,
                     now=app.clock.now(), message_id_domain="escalations.invalid")
         s.commit()
 
