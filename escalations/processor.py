@@ -228,9 +228,22 @@ class Processor:
         if not addresses:
             self.workflow.apply(s, case, Step(events=(EventRecord(kind, {"reason": automated.reason}),)),
                                 policy_of(case, self.config), now, row)
+        token = token_from_message_ids([i for i in (automated.original_message_id, *msg.in_reply_to,
+                                                    *msg.references) if i])
         for address in addresses:
-            self.workflow.handle(s, case, Automated(kind, address.lower(), automated.permanent), now, row)
+            self.workflow.handle(s, case, Automated(kind, address.lower(), automated.permanent,
+                                                    verified=self._token_verifies(token, address, case, now)),
+                                 now, row)
         return self._finish(s, row, kind, case, now, kind)
+
+    def _token_verifies(self, token: str | None, address: str, case: Case, now: datetime) -> bool:
+        if not token:
+            return False
+        try:
+            verified = verify_token(self.workflow.secret, token, recipient=address.lower(), now=now)
+        except (TokenError, ValueError):
+            return False
+        return verified.case_id == case.id
 
     def _case_for_automated(self, s: Session, msg: ParsedMessage, original: str | None,
                             partnership: Partnership) -> Case | None:

@@ -356,6 +356,9 @@ class Automated:
     kind: str  # auto_reply | bounce
     address: str
     permanent: bool = False
+    #: It answers one of our mails to ``address`` (the reply token in the Message-ID it refers to
+    #: verified for that address). Only then may it hand the address's part to a deputy.
+    verified: bool = True
 
 
 WorkflowEvent = Opened | Replied | TimerFired | Automated
@@ -778,8 +781,10 @@ def _answer(state: CaseState, p: Partnership, to: str, template: str, key: str, 
             subject: str) -> OutgoingMail:
     ctx = _base_context(state, p)
     ctx.update(extra)
+    # With a reply code for the current stage: an answer tells people how to reply, so they can.
     return OutgoingMail(template=template, to=(to,), subject=case_subject(state.reference, subject), context=ctx,
-                        dedupe_key=key, reason="answer to a reply", auto_submitted="auto-replied")
+                        dedupe_key=key, reason="answer to a reply", auto_submitted="auto-replied",
+                        token_stage=state.stage_index if state.stage_index is not None else ACK_TOKEN_STAGE)
 
 
 def _close(state: CaseState, p: Partnership, now: datetime, *, outcome: str, how: str, by: str,
@@ -941,6 +946,10 @@ def _on_automated(state: CaseState, a: Automated, p: Partnership, now: datetime)
     if a.kind == "bounce" and a.permanent:
         events.append(EventRecord("contact_flagged", {"address": a.address, "why": "hard bounce"}))
     if party is None or state.status in TERMINAL or (a.kind == "bounce" and not a.permanent):
+        return Step(events=tuple(events))
+    if not a.verified:
+        # Anyone can write "Auto-Submitted: auto-replied": without our token it moves nobody.
+        events.append(EventRecord("automated_unverified", {"address": a.address, "reason": "no_token"}))
         return Step(events=tuple(events))
     address = a.address.lower()
     takes_over = bool(party.deputy_email and not party.using_deputy and party.email.lower() == address
