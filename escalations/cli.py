@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from escalations.logs import configure_logging
+from escalations.private import FILE_MODE, private_umask
 from escalations.routing.policy import ConfigError
 from escalations.settings import Settings
 
@@ -60,6 +61,7 @@ def main_callback(
     database_url: Annotated[str | None, typer.Option("--database-url", envvar="ESCALATIONS_DATABASE_URL",
                             help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db [default: SQLite]")] = None,
 ) -> None:
+    private_umask()  # raw mail and children's details: nothing any command writes is for other users
     overrides: dict[str, Any] = {}
     if data_dir is not None:
         overrides["data_dir"] = data_dir
@@ -155,6 +157,7 @@ def _log_to_file(path: Path) -> None:
         if getattr(h, "_escalations", False):
             root.removeHandler(h)
     handler = logging.FileHandler(path, encoding="utf-8")
+    path.chmod(FILE_MODE)  # it may be older than our umask
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler._escalations = True  # type: ignore[attr-defined]
     root.addHandler(handler)
@@ -485,7 +488,7 @@ def quarantine_replay(ctx: typer.Context,
     application = _build(ctx)
     results = []
     for inbound_id in ids:
-        if not application.store.release_for_replay(inbound_id):
+        if not application.store.release_for_replay(inbound_id, claim=True):
             results.append({"id": inbound_id, "status": "not-quarantined"})
             continue
         outcome = application.processor.process_one(inbound_id)
@@ -502,4 +505,5 @@ def quarantine_replay(ctx: typer.Context,
 
 
 def main() -> None:
+    private_umask()
     app()
