@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,6 +140,19 @@ class App:
             for t in threads:
                 t.join(timeout=10)
             log.info("service.stopped")
+
+    @contextmanager
+    def keep_alive(self) -> Iterator[None]:
+        """Beat while a one-off command works, so a running service never takes its claims for a dead
+        process's, however long one message or one send takes."""
+        stop = threading.Event()
+        self.store.heartbeat()
+        beating = threading.Thread(target=self._heartbeat, args=(stop,), name="heartbeat", daemon=True)
+        beating.start()
+        try:
+            yield
+        finally:
+            stop.set()
 
     def _heartbeat(self, stop: threading.Event) -> None:
         while not stop.wait(HEARTBEAT_INTERVAL_SECONDS):

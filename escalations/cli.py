@@ -270,11 +270,12 @@ def ingest(
     application = _build(ctx)
     when = parse_when(received) if received else None
     results = []
-    for path in files:
-        stored = application.ingest(path.read_bytes(), received_at=when)
-        results.append({"file": str(path), "inbound_id": stored.id, "new": stored.created})
-    outcomes = {o.inbound_id: o for o in application.process_pending()}
-    sent = application.send_outbox()
+    with application.keep_alive():
+        for path in files:
+            stored = application.ingest(path.read_bytes(), received_at=when)
+            results.append({"file": str(path), "inbound_id": stored.id, "new": stored.created})
+        outcomes = {o.inbound_id: o for o in application.process_pending()}
+        sent = application.send_outbox()
     for r in results:
         o = outcomes.get(r["inbound_id"])
         row = application.store.get_inbound(r["inbound_id"])
@@ -396,7 +397,8 @@ def tick(ctx: typer.Context,
     except ConfigError as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(2) from exc
-    result = application.tick(clock.now())
+    with application.keep_alive():
+        result = application.tick(clock.now())
     if as_json:
         _print_json(result)
     else:
@@ -487,14 +489,16 @@ def quarantine_replay(ctx: typer.Context,
     """Process quarantined messages again (after fixing configuration or code)."""
     application = _build(ctx)
     results = []
-    for inbound_id in ids:
-        if not application.store.release_for_replay(inbound_id, claim=True):
-            results.append({"id": inbound_id, "status": "not-quarantined"})
-            continue
-        outcome = application.processor.process_one(inbound_id)
-        results.append({"id": inbound_id, "status": outcome.status, "kind": outcome.kind,
-                        "case": outcome.case_reference, "detail": outcome.detail})
-    sent = application.send_outbox()
+    with application.keep_alive():
+        for inbound_id in ids:
+            # handed back claimed by this command (its attempt counted): a running service leaves it alone
+            if not application.store.release_for_replay(inbound_id, claim=True):
+                results.append({"id": inbound_id, "status": "not-quarantined"})
+                continue
+            outcome = application.processor.process_one(inbound_id)
+            results.append({"id": inbound_id, "status": outcome.status, "kind": outcome.kind,
+                            "case": outcome.case_reference, "detail": outcome.detail})
+        sent = application.send_outbox()
     if as_json:
         _print_json({"replayed": results, "sent": sent})
     else:

@@ -634,7 +634,9 @@ class Store:
         due_now = now if now is not None else self.clock.now()
         self._beat(s, lease_now)
         abandoned: ColumnElement[bool] = what.held_since < lease_now - stale_after
-        dead = self._dead_owners(s, lease_now)
+        holders = s.exec(select(what.claimed_by).where(what.held(due_now), what.claimed_by.is_not(None))
+                         .distinct()).all()
+        dead = self._dead_owners(s, lease_now, [h for h in holders if h and h != self.owner])
         if dead:
             abandoned = or_(abandoned, what.claimed_by.in_(dead))
         takeable = or_(what.ready(due_now), and_(what.held(due_now), abandoned))
@@ -649,12 +651,15 @@ class Store:
                 claimed.append(int(rid))
         return claimed
 
-    def _dead_owners(self, s: Session, lease_now: datetime) -> list[str]:
-        """Workers whose claims are free now: their heartbeat is older than heartbeat_stale_after, or
-        they ran on this host and their process is gone."""
+    def _dead_owners(self, s: Session, lease_now: datetime, owners: Sequence[str]) -> list[str]:
+        """Those of ``owners`` whose claims are free now: their heartbeat is older than
+        heartbeat_stale_after, or they ran on this host and their process is gone. (An owner with no
+        worker row is left to the lease.)"""
+        if not owners:
+            return []
         me = self.worker
         dead: list[str] = []
-        for w in s.exec(select(Worker).where(Worker.owner != me.owner)).all():
+        for w in s.exec(select(Worker).where(col(Worker.owner).in_(list(owners)))).all():
             if w.heartbeat_at < lease_now - self.heartbeat_stale_after or (
                     w.host == me.host and not process_alive(w.pid, w.start_ticks)):
                 dead.append(w.owner)
