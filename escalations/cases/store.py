@@ -640,9 +640,12 @@ class Store:
         if dead:
             abandoned = or_(abandoned, what.claimed_by.in_(dead))
         takeable = or_(what.ready(due_now), and_(what.held(due_now), abandoned))
-        ids = s.exec(select(what.id).where(takeable).order_by(*what.order_by).limit(limit)).all()
+        # a few more candidates than wanted: one another claimer takes meanwhile is skipped, not the end
+        ids = s.exec(select(what.id).where(takeable).order_by(*what.order_by).limit(limit + 4)).all()
         claimed: list[int] = []
         for rid in ids:
+            if len(claimed) == limit:
+                break
             # The same condition again: under READ COMMITTED (PostgreSQL) a second claimer that waited
             # on this row re-checks it after the first commits, and must not take it too.
             res = s.exec(update(what.table).where(what.id == rid, takeable)

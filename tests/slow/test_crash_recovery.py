@@ -150,9 +150,11 @@ def referrals(count: int, rng: random.Random) -> list[Referral]:
     return out
 
 
-def submit(r: Referral, dovecot: DovecotServer, smtp_port: int, stop: threading.Event) -> None:
+def submit(r: Referral, dovecot: DovecotServer, smtp_port: int, stop: threading.Event,
+           submitted: dict[str, float]) -> None:
     """Deliver one referral; over SMTP, retry as a sending MTA would until the (restarting) service
-    answers 250."""
+    answers 250. ``submitted`` gets when it was first offered."""
+    submitted[r.message_id] = time.time()
     if r.via == "imap":
         dovecot.append(r.raw)
         return
@@ -271,13 +273,15 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(
     burst = max(5, REFERRALS // 5)
     batches = [todo[:-burst][i::KILLS - 1] for i in range(KILLS - 1)] + [todo[-burst:]]
     stop_feeding = threading.Event()
+    submitted: dict[str, float] = {}
     feeders: list[threading.Thread] = []
     started = time.monotonic()
     try:
         for kill in range(KILLS):
             service.start()
             for r in batches[kill]:
-                t = threading.Thread(target=submit, args=(r, dovecot, smtp_port, stop_feeding), daemon=True)
+                t = threading.Thread(target=submit, args=(r, dovecot, smtp_port, stop_feeding, submitted),
+                                     daemon=True)
                 t.start()
                 feeders.append(t)
             if kill < KILLS - 1:
@@ -290,6 +294,7 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(
         # the state the last kill left, then the last restart
         stranded_out = {r[0] for r in db.rows("SELECT message_id FROM outbox WHERE status IN ('pending','sending')")}
         stranded_in = db.scalar("SELECT count(*) FROM inbound_message WHERE status = 'pending'") or 0
+        stranded_timers = db.scalar("SELECT count(*) FROM timer WHERE status = 'firing'") or 0
         restarted = time.time()
         service.start()
         for t in feeders:
@@ -300,6 +305,7 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(
             return (db.scalar("SELECT count(*) FROM inbound_message") == REFERRALS
                     and db.scalar("SELECT count(*) FROM inbound_message WHERE status = 'pending'") == 0
                     and db.scalar("SELECT count(*) FROM outbox WHERE status <> 'sent'") == 0
+                    and db.scalar("SELECT count(*) FROM timer WHERE status IN ('firing', 'failed')") == 0
                     and all("\\Seen" in f for f in dovecot.flags().values()))
 
         wait_until(settled, timeout=120, what="every referral processed, every mail sent, every message \\Seen",
@@ -356,6 +362,11 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(
     duplicates = {m: n for m, n in received_ids.items() if n > 1}
     dup_templates = Counter(next(x.template for x in got if x.message_id == m) for m in duplicates)
     attempts = Counter(r[4] for r in inbound)
+    first_ack: dict[str, float] = {}
+    for m in got:
+        if m.template.startswith("referral_") and m.in_reply_to not in first_ack:
+            first_ack[m.in_reply_to] = m.at
+    ack_delay = sorted(first_ack[r.message_id] - submitted[r.message_id] for r in todo if r.message_id in first_ack)
     print(f"\ncrash harness (seed {SEED}, {'PostgreSQL' if 'postgresql' in crash_database_url else 'SQLite'}): "
           f"{REFERRALS} referrals ({sum(r.via == 'imap' for r in todo)} by IMAP, "
           f"{sum(r.via == 'smtp' for r in todo)} by SMTP), {KILLS} SIGKILLs, {elapsed:.0f} s")
@@ -364,8 +375,12 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(
     print(f"  duplicates by Message-ID: {len(duplicates)} message(s) received twice or more "
           f"({sum(duplicates.values()) - len(duplicates)} extra copies; templates {dict(dup_templates)})")
     print(f"  stranded by the last kill: {len(stranded_out)} outbox row(s), {stranded_in} inbound message(s); "
-          f"stranded mail out {delays[-1]:.1f} s after the last restart (first {delays[0]:.1f} s)"
+          f"all of that mail out {delays[-1]:.1f} s after the last restart (the first {delays[0]:.1f} s)"
           if delays else f"  stranded by the last kill: none in the outbox, {stranded_in} inbound message(s)")
+    print(f"  timers firing at the last kill: {stranded_timers}")
+    if ack_delay:
+        print(f"  acknowledgement after its referral was offered: median {ack_delay[len(ack_delay) // 2]:.1f} s, "
+              f"worst {ack_delay[-1]:.1f} s, {sum(d > 60 for d in ack_delay)} of {len(ack_delay)} later than 60 s")
     print(f"  everything settled {settled_after:.1f} s after the last restart; processing attempts per "
           f"message {dict(sorted(attempts.items()))}; quarantined by too_many_attempts and replayed: "
           f"{len(quarantined)}")
