@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from escalations.cases.store import Store, StoredInbound, content_key, make_engine
+from escalations.cases.store import HEARTBEAT_INTERVAL_SECONDS, Store, StoredInbound, content_key, make_engine
 from escalations.cases.workflow import Workflow
 from escalations.clock import Clock, SystemClock
 from escalations.mailer.outbox import OutboxDispatcher, Renderer
 from escalations.mailer.smtp_sender import FileSender, MailSender, SmtpRelaySender
+from escalations.private import make_private, private_umask
 from escalations.processor import Outcome, Processor
 from escalations.routing.policy import PolicyConfig, load_config
 from escalations.settings import Settings
@@ -80,13 +83,25 @@ class App:
     # ---- the service ---------------------------------------------------------------------
 
     def run(self, stop: threading.Event, *, on_started: Callable[[App], None] | None = None) -> None:
-        """Run every component until ``stop`` is set. Each loop survives its own errors."""
+        """Run every component until ``stop`` is set, with umask 077. Each loop survives its own errors."""
+        previous_umask = private_umask()
+        try:
+            self._run(stop, on_started)
+        finally:
+            os.umask(previous_umask)
+
+    def _run(self, stop: threading.Event, on_started: Callable[[App], None] | None) -> None:
         from escalations.mailer.imap_watcher import ImapWatcher
         from escalations.mailer.smtp_intake import start_smtp_intake
 
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        threads: list[threading.Thread] = []
+        make_private(s.data_dir, s.effective_database_url)
+        # Registered before any loop claims: from now on this process's claims carry a live owner,
+        # and a dead predecessor's claims are free to the first claim below.
+        self.store.heartbeat()
+        threads: list[threading.Thread] = [
+            threading.Thread(target=self._heartbeat, args=(stop,), name="heartbeat", daemon=True)]
         controller = None
         if s.smtp_intake_enabled:
             controller = start_smtp_intake(self.store, self.accepts, host=s.smtp_listen_host,
@@ -102,8 +117,9 @@ class App:
         threads.append(threading.Thread(target=self._loop, args=(stop, self.wake_outbox, 2.0, self.send_outbox,
                                         "outbox"), name="outbox", daemon=True))
         scheduler = BackgroundScheduler(timezone="UTC")
+        # The first tick at once: timers a dead predecessor was firing go now, not a tick interval later.
         scheduler.add_job(lambda: self._safely("tick", self.tick), "interval", seconds=s.tick_interval_seconds,
-                          id="tick", max_instances=1, coalesce=True)
+                          id="tick", max_instances=1, coalesce=True, next_run_time=datetime.now(UTC))
         for t in threads:
             t.start()
         scheduler.start()
@@ -125,6 +141,23 @@ class App:
             for t in threads:
                 t.join(timeout=10)
             log.info("service.stopped")
+
+    @contextmanager
+    def keep_alive(self) -> Iterator[None]:
+        """Beat while a one-off command works, so a running service never takes its claims for a dead
+        process's, however long one message or one send takes."""
+        stop = threading.Event()
+        self.store.heartbeat()
+        beating = threading.Thread(target=self._heartbeat, args=(stop,), name="heartbeat", daemon=True)
+        beating.start()
+        try:
+            yield
+        finally:
+            stop.set()
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_INTERVAL_SECONDS):
+            self._safely("heartbeat", self.store.heartbeat)
 
     @staticmethod
     def _safely(name: str, fn: Callable[[], object]) -> None:
@@ -156,6 +189,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSen
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(make_engine(settings.effective_database_url), clock, lease_clock=lease_clock)
     store.create_schema()
+    make_private(settings.data_dir, settings.effective_database_url)
     renderer = Renderer()
     app_ref: list[App] = []
     workflow = Workflow(store, config, renderer, settings.token_secret(),

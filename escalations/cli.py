@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from escalations.logs import configure_logging
+from escalations.private import FILE_MODE, private_umask
 from escalations.routing.policy import ConfigError
 from escalations.settings import Settings
 
@@ -60,6 +61,7 @@ def main_callback(
     database_url: Annotated[str | None, typer.Option("--database-url", envvar="ESCALATIONS_DATABASE_URL",
                             help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db [default: SQLite]")] = None,
 ) -> None:
+    private_umask()  # raw mail and children's details: nothing any command writes is for other users
     overrides: dict[str, Any] = {}
     if data_dir is not None:
         overrides["data_dir"] = data_dir
@@ -155,6 +157,7 @@ def _log_to_file(path: Path) -> None:
         if getattr(h, "_escalations", False):
             root.removeHandler(h)
     handler = logging.FileHandler(path, encoding="utf-8")
+    path.chmod(FILE_MODE)  # it may be older than our umask
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler._escalations = True  # type: ignore[attr-defined]
     root.addHandler(handler)
@@ -267,11 +270,12 @@ def ingest(
     application = _build(ctx)
     when = parse_when(received) if received else None
     results = []
-    for path in files:
-        stored = application.ingest(path.read_bytes(), received_at=when)
-        results.append({"file": str(path), "inbound_id": stored.id, "new": stored.created})
-    outcomes = {o.inbound_id: o for o in application.process_pending()}
-    sent = application.send_outbox()
+    with application.keep_alive():
+        for path in files:
+            stored = application.ingest(path.read_bytes(), received_at=when)
+            results.append({"file": str(path), "inbound_id": stored.id, "new": stored.created})
+        outcomes = {o.inbound_id: o for o in application.process_pending()}
+        sent = application.send_outbox()
     for r in results:
         o = outcomes.get(r["inbound_id"])
         row = application.store.get_inbound(r["inbound_id"])
@@ -420,7 +424,8 @@ def tick(ctx: typer.Context,
     except ConfigError as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(2) from exc
-    result = application.tick(clock.now())
+    with application.keep_alive():
+        result = application.tick(clock.now())
     if as_json:
         _print_json(result)
     else:
@@ -511,14 +516,16 @@ def quarantine_replay(ctx: typer.Context,
     """Process quarantined messages again (after fixing configuration or code)."""
     application = _build(ctx)
     results = []
-    for inbound_id in ids:
-        if not application.store.release_for_replay(inbound_id):
-            results.append({"id": inbound_id, "status": "not-quarantined"})
-            continue
-        outcome = application.processor.process_one(inbound_id)
-        results.append({"id": inbound_id, "status": outcome.status, "kind": outcome.kind,
-                        "case": outcome.case_reference, "detail": outcome.detail})
-    sent = application.send_outbox()
+    with application.keep_alive():
+        for inbound_id in ids:
+            # handed back claimed by this command (its attempt counted): a running service leaves it alone
+            if not application.store.release_for_replay(inbound_id, claim=True):
+                results.append({"id": inbound_id, "status": "not-quarantined"})
+                continue
+            outcome = application.processor.process_one(inbound_id)
+            results.append({"id": inbound_id, "status": outcome.status, "kind": outcome.kind,
+                            "case": outcome.case_reference, "detail": outcome.detail})
+        sent = application.send_outbox()
     if as_json:
         _print_json({"replayed": results, "sent": sent})
     else:
@@ -529,4 +536,5 @@ def quarantine_replay(ctx: typer.Context,
 
 
 def main() -> None:
+    private_umask()
     app()

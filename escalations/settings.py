@@ -7,6 +7,7 @@ Environment variables are prefixed ``ESCALATIONS_``; nested values use ``__``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -133,15 +134,20 @@ class Settings(BaseSettings):
         path = self.data_dir / "secret.key"
         if not path.exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
+            # Written in full under a private name, then linked into place (which fails if the name
+            # exists): a process killed half-way leaves no empty key behind, which would stop every
+            # later start; two processes starting at once both end up with the first one's key.
+            tmp = self.data_dir / f".secret.key.{os.getpid()}.{secrets.token_hex(4)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:  # another process created it first: use theirs
-                pass
-            else:
                 with os.fdopen(fd, "w") as f:
                     f.write(secrets.token_urlsafe(48))
                     f.flush()
                     os.fsync(f.fileno())
+                with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
+                    os.link(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
         key = path.read_text(encoding="ascii").strip()
         if not key:
             raise ValueError(f"{path} is empty: delete it or set ESCALATIONS_SECRET_KEY")

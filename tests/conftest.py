@@ -33,6 +33,17 @@ def _logging() -> None:
     configure_logging("json")
 
 
+@pytest.fixture(autouse=True)
+def _restore_umask() -> Iterator[None]:
+    # The CLI sets umask 077 for the whole process (CliRunner runs it in ours): files the next
+    # test's servers write (a Dovecot config read by another user when running as root) must not
+    # inherit it.
+    previous = os.umask(0o022)
+    os.umask(previous)
+    yield
+    os.umask(previous)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":

@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, LargeBinary, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
@@ -66,8 +77,11 @@ class InboundMessage(SQLModel, table=True):
     kind: str | None = Field(default=None, sa_column=Column(String(32)))
     partnership: str | None = Field(default=None, sa_column=Column(String(64)))
     case_id: int | None = Field(default=None, foreign_key="case.id", index=True)
+    #: Processing attempts begun (counted at claim); reset by `quarantine replay`.
     attempts: int = 0
     claimed_at: datetime | None = nullable_utc()
+    #: The worker (Worker.owner) whose claim claimed_at is.
+    claimed_by: str | None = Field(default=None, sa_column=Column(String(255)))
     processed_at: datetime | None = nullable_utc()
     error: str | None = Field(default=None, sa_column=Column(Text))
 
@@ -176,10 +190,12 @@ class OutboxMessage(SQLModel, table=True):
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     #: pending | sending | sent | failed
     status: str = Field(default="pending", sa_column=Column(String(16), nullable=False, index=True))
-    #: Lower goes first: case mail (0) before notices (1).
-    priority: int = 0
+    #: Lower goes first: case mail before notices (ARCHITECTURE: outbox).
+    priority: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     attempts: int = 0
+    #: When due; while 'sending', when the claim was taken.
     next_attempt_at: datetime = utc_column(index=True)
+    claimed_by: str | None = Field(default=None, sa_column=Column(String(255)))
     created_at: datetime = utc_column()
     sent_at: datetime | None = nullable_utc()
     last_error: str | None = Field(default=None, sa_column=Column(Text))
@@ -206,6 +222,23 @@ class Timer(SQLModel, table=True):
     created_at: datetime = utc_column()
     fired_at: datetime | None = nullable_utc()
     claimed_at: datetime | None = nullable_utc()
+    claimed_by: str | None = Field(default=None, sa_column=Column(String(255)))
+
+
+class Worker(SQLModel, table=True):
+    """A process that claims work, and its heartbeat: a claim whose owner is dead (its PID gone on
+    this host, or its heartbeat old) is taken back at once instead of after the claim's lease."""
+
+    __tablename__ = "worker"
+
+    #: host:pid:random, as written in the claimed_by columns.
+    owner: str = Field(sa_column=Column(String(255), primary_key=True))
+    host: str = Field(sa_column=Column(String(255), nullable=False))
+    pid: int
+    #: When the process started, in clock ticks since boot (/proc/PID/stat): a PID reused later is not it.
+    start_ticks: int | None = Field(default=None, sa_column=Column(BigInteger))
+    started_at: datetime = utc_column()
+    heartbeat_at: datetime = utc_column(index=True)
 
 
 class CoordinatorNotice(SQLModel, table=True):

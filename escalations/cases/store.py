@@ -6,16 +6,23 @@ Every public method commits before it returns; nothing here decides what a messa
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-from collections.abc import Iterator, Sequence
+import secrets
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, func, or_, update
+import structlog
+from sqlalchemy import ColumnElement, and_, delete, event, func, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import defer
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
@@ -28,8 +35,11 @@ from escalations.cases.models import (
     OutboxMessage,
     ReferenceCounter,
     Timer,
+    Worker,
 )
 from escalations.clock import Clock
+
+log = structlog.get_logger("escalations.store")
 
 _HEADER_SPLIT = re.compile(rb"\r?\n\r?\n")
 _FINGERPRINT_HEADERS = (b"message-id", b"from", b"date", b"subject")
@@ -130,15 +140,139 @@ class StoredInbound:
     created: bool
 
 
+#: The fallback lease: a claim this old is free whoever holds it (an owner on another host that
+#: still beats but has lost its work, or an owner with no worker row).
+LEASE = timedelta(minutes=10)
+#: A claim is free once its owner has not beaten for this long (dead, or frozen beyond use).
+HEARTBEAT_STALE = timedelta(seconds=30)
+#: How often a running service refreshes its heartbeat (well inside HEARTBEAT_STALE).
+HEARTBEAT_INTERVAL_SECONDS = 5.0
+#: Worker rows are forgotten this long after their last beat: any claim of theirs is past LEASE.
+WORKER_RETENTION = timedelta(days=1)
+#: Processing attempts of one inbound message that may go unfinished (crash, kill, timeout)
+#: before it is quarantined instead of tried again (ARCHITECTURE: poison mail).
+MAX_UNFINISHED_ATTEMPTS = 3
+TOO_MANY_ATTEMPTS = "too_many_attempts"
+
+
+@dataclass(frozen=True)
+class WorkerId:
+    """Who holds a claim: ``host:pid:random``. ``start_ticks`` (when the process started, from
+    /proc) tells a live owner from a later process that was given its PID: PIDs are reused, and a
+    container's service is PID 1 after every restart."""
+
+    host: str
+    pid: int
+    token: str
+    start_ticks: int | None = None
+
+    @property
+    def owner(self) -> str:
+        return f"{self.host}:{self.pid}:{self.token}"
+
+    @classmethod
+    def this_process(cls) -> WorkerId:
+        pid = os.getpid()
+        return cls(socket.gethostname(), pid, secrets.token_hex(6), process_start_ticks(pid))
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux /proc); None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        return int(stat.rsplit(b")", 1)[1].split()[19])  # field 22, counting from the state (field 3)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_alive(pid: int, start_ticks: int | None = None) -> bool:
+    """Is that process still running on this host (``kill(pid, 0)``: no signal is sent)? With
+    ``start_ticks``, a process now holding the same PID but started at another time is not it."""
+    if pid <= 0:
+        return True  # not a real PID: no evidence it is dead
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user
+        pass
+    if start_ticks is None:
+        return True
+    now_ticks = process_start_ticks(pid)
+    return now_ticks is None or now_ticks == start_ticks
+
+
+@dataclass(frozen=True)
+class _Claimable:
+    """One kind of claimable row, described for :meth:`Store._claim`."""
+
+    table: Any
+    id: Any
+    claimed_by: Any
+    #: Free rows that are due, given the deadline clock's "now".
+    ready: Callable[[datetime], ColumnElement[bool]]
+    #: Rows someone holds, given the deadline clock's "now".
+    held: Callable[[datetime], ColumnElement[bool]]
+    #: When the holder took it.
+    held_since: Any
+    order_by: tuple[Any, ...]
+    #: Columns the claim sets, given the lease clock's "now" (claimed_by is set by _claim).
+    values: Callable[[datetime], dict[str, Any]]
+
+
+_INBOUND = _Claimable(
+    table=InboundMessage,
+    id=col(InboundMessage.id),
+    claimed_by=col(InboundMessage.claimed_by),
+    ready=lambda _now: (col(InboundMessage.status) == "pending") & col(InboundMessage.claimed_at).is_(None),
+    held=lambda _now: (col(InboundMessage.status) == "pending") & col(InboundMessage.claimed_at).is_not(None),
+    held_since=col(InboundMessage.claimed_at),
+    order_by=(col(InboundMessage.id),),
+    values=lambda lease_now: {"claimed_at": lease_now, "attempts": InboundMessage.attempts + 1},
+)
+
+_OUTBOX = _Claimable(
+    table=OutboxMessage,
+    id=col(OutboxMessage.id),
+    claimed_by=col(OutboxMessage.claimed_by),
+    ready=lambda now: (col(OutboxMessage.status) == "pending") & (col(OutboxMessage.next_attempt_at) <= now),
+    held=lambda _now: col(OutboxMessage.status) == "sending",
+    # while sending, next_attempt_at is when the claim was taken
+    held_since=col(OutboxMessage.next_attempt_at),
+    order_by=(col(OutboxMessage.priority), col(OutboxMessage.id)),
+    values=lambda lease_now: {"status": "sending", "next_attempt_at": lease_now},
+)
+
+_TIMER = _Claimable(
+    table=Timer,
+    id=col(Timer.id),
+    claimed_by=col(Timer.claimed_by),
+    ready=lambda now: (col(Timer.due_at) <= now) & (col(Timer.status) == "pending"),
+    held=lambda now: (col(Timer.due_at) <= now) & (col(Timer.status) == "firing"),
+    held_since=col(Timer.claimed_at),
+    order_by=(col(Timer.due_at), col(Timer.id)),
+    values=lambda lease_now: {"status": "firing", "claimed_at": lease_now},
+)
+
+
 class Store:
-    def __init__(self, engine: Engine, clock: Clock, *, lease_clock: Clock | None = None) -> None:
-        #: Claims ("this process is working on it"; stale after 10 minutes) are about processes, not
+    def __init__(self, engine: Engine, clock: Clock, *, lease_clock: Clock | None = None,
+                 worker: WorkerId | None = None, heartbeat_stale_after: timedelta = HEARTBEAT_STALE) -> None:
+        #: Claims ("this process is working on it") and heartbeats are about processes, not
         #: deadlines: `tick --now` runs with a pretend clock for deadlines but real time for leases, so a
         #: running service never takes its claims for stale ones. Tests pass one fake clock for both.
         self.lease_clock = lease_clock or clock
         self._reader = engine.execution_options(**{READ_ONLY: True})
         self.engine = engine
         self.clock = clock
+        self.worker = worker or WorkerId.this_process()
+        self.heartbeat_stale_after = heartbeat_stale_after
+        self._registered = False
+        self._register_lock = threading.Lock()
+
+    @property
+    def owner(self) -> str:
+        return self.worker.owner
 
     def create_schema(self) -> None:
         SQLModel.metadata.create_all(self.engine)
@@ -225,6 +359,20 @@ class Store:
                 return True
             return s.get(InboundAlias, key) is not None
 
+    def stored_imap_uids(self, account: str, folder: str, uidvalidity: int, uids: Sequence[int]) -> set[int]:
+        """Which of these UIDs of a folder are stored (under their own key or as an alias)."""
+        found: set[int] = set()
+        uid_list = list(uids)
+        with self.reading() as s:
+            for start in range(0, len(uid_list), 500):
+                keys = {imap_key(account, folder, uidvalidity, u): u for u in uid_list[start:start + 500]}
+                hits = [*s.exec(select(InboundMessage.idempotency_key)
+                                .where(col(InboundMessage.idempotency_key).in_(list(keys)))).all(),
+                        *s.exec(select(InboundAlias.idempotency_key)
+                                .where(col(InboundAlias.idempotency_key).in_(list(keys)))).all()]
+                found.update(keys[k] for k in hits)
+        return found
+
     def _advance_cursor(self, s: Session, account: str, folder: str, uidvalidity: int, uid: int) -> None:
         cur = s.exec(select(ImapCursor).where(ImapCursor.account == account, ImapCursor.folder == folder)).first()
         now = self.clock.now()
@@ -255,36 +403,30 @@ class Store:
                 cur.uidvalidity, cur.last_uid, cur.updated_at = uidvalidity, 0, self.clock.now()
             s.commit()
 
-    def claim_next_inbound(self, stale_after: timedelta = timedelta(minutes=10)) -> int | None:
-        """Atomically mark the oldest pending message as being processed; returns its id."""
+    def claim_next_inbound(self, stale_after: timedelta = LEASE) -> int | None:
+        """Mark the oldest pending message as being processed by this worker; returns its id.
+
+        The attempt is counted here, before it starts. A message whose previous
+        MAX_UNFINISHED_ATTEMPTS attempts never finished (each one killed the process, or hung) is
+        quarantined instead, and the next one is looked at.
+        """
+        self._ensure_registered()
         with self.session() as s:
-            s.connection()  # the write lock before the clock (see claim_due_outbox)
-            now = self.lease_clock.now()
-            candidates = s.exec(
-                select(InboundMessage.id)
-                .where(
-                    col(InboundMessage.status) == "pending",
-                    or_(col(InboundMessage.claimed_at).is_(None), col(InboundMessage.claimed_at) < now - stale_after),
-                )
-                .order_by(col(InboundMessage.id))
-                .limit(5)
-            ).all()
-            for cid in candidates:
-                result = s.exec(
-                    update(InboundMessage)
-                    .where(
-                        col(InboundMessage.id) == cid,
-                        col(InboundMessage.status) == "pending",
-                        or_(col(InboundMessage.claimed_at).is_(None),
-                            col(InboundMessage.claimed_at) < now - stale_after),
-                    )
-                    .values(claimed_at=now, attempts=InboundMessage.attempts + 1)
-                )
-                if result.rowcount == 1:
+            while True:
+                ids = self._claim(s, _INBOUND, limit=1, stale_after=stale_after)
+                if not ids:
                     s.commit()
-                    return cid
-            s.commit()
-        return None
+                    return None
+                attempts = s.exec(select(InboundMessage.attempts).where(InboundMessage.id == ids[0])).one()
+                if attempts <= MAX_UNFINISHED_ATTEMPTS:
+                    s.commit()
+                    return ids[0]
+                # this claim is not an attempt: it never starts
+                s.exec(update(InboundMessage).where(col(InboundMessage.id) == ids[0])
+                       .values(status="quarantined", error=TOO_MANY_ATTEMPTS, claimed_at=None, claimed_by=None,
+                               attempts=attempts - 1, processed_at=self.clock.now()))
+                log.warning("inbound.quarantined", inbound_id=ids[0], reason=TOO_MANY_ATTEMPTS,
+                            attempts=attempts - 1)
 
     def pending_inbound_count(self) -> int:
         with self.reading() as s:
@@ -297,16 +439,27 @@ class Store:
             row = s.get(InboundMessage, inbound_id)
             if row is None:
                 return
-            row.status, row.error, row.claimed_at = "quarantined", error, None
+            row.status, row.error, row.claimed_at, row.claimed_by = "quarantined", error, None, None
             row.processed_at = self.clock.now()
             s.commit()
 
-    def release_for_replay(self, inbound_id: int) -> bool:
+    def release_for_replay(self, inbound_id: int, *, claim: bool = False) -> bool:
+        """Put a quarantined message back, its attempts count reset (the cause has been fixed).
+
+        ``claim``: hand it back already claimed by this worker, its one attempt counted, for a caller
+        that processes it at once (a running service must not take it meanwhile).
+        """
+        if claim:
+            self._ensure_registered()
         with self.session() as s:
-            row = s.get(InboundMessage, inbound_id)
+            s.connection()
+            row = s.get(InboundMessage, inbound_id, options=[defer(InboundMessage.raw)])  # type: ignore[arg-type]
             if row is None or row.status != "quarantined":
                 return False
-            row.status, row.claimed_at = "pending", None
+            row.status, row.attempts, row.error = "pending", 0, None
+            row.claimed_at, row.claimed_by = None, None
+            if claim:
+                row.claimed_at, row.claimed_by, row.attempts = self.lease_clock.now(), self.owner, 1
             s.commit()
             return True
 
@@ -370,44 +523,11 @@ class Store:
 
     # ---- outbox ----------------------------------------------------------------------------
 
-    def claim_due_outbox(self, limit: int = 20, stale_after: timedelta = timedelta(minutes=10)) -> list[int]:
-        """Rows due to be sent, marked 'sending' so a second sender leaves them alone."""
-        claimed: list[int] = []
+    def claim_due_outbox(self, limit: int = 20, stale_after: timedelta = LEASE) -> list[int]:
+        """Rows due to be sent, by (priority, id), marked 'sending' so a second sender leaves them alone."""
+        self._ensure_registered()
         with self.session() as s:
-            # Take the write lock first (BEGIN IMMEDIATE on SQLite), then read the clock: a "now" read
-            # before waiting behind another sender could be older than that sender's claim, and make
-            # its fresh claim look stale (a second send of the same row).
-            s.connection()
-            now = self.clock.now()
-            lease_now = self.lease_clock.now()
-            ids = s.exec(
-                select(OutboxMessage.id)
-                .where(
-                    or_(
-                        (col(OutboxMessage.status) == "pending") & (col(OutboxMessage.next_attempt_at) <= now),
-                        (col(OutboxMessage.status) == "sending") & (col(OutboxMessage.next_attempt_at) < lease_now - stale_after),
-                    )
-                )
-                .order_by(col(OutboxMessage.priority), col(OutboxMessage.id))
-                .limit(limit)
-            ).all()
-            for oid in ids:
-                # The same condition again: under READ COMMITTED (PostgreSQL) a second sender that
-                # waited on this row re-checks it after the first commits, and must not take it too.
-                res = s.exec(
-                    update(OutboxMessage)
-                    .where(
-                        col(OutboxMessage.id) == oid,
-                        or_(
-                            (col(OutboxMessage.status) == "pending") & (col(OutboxMessage.next_attempt_at) <= now),
-                            (col(OutboxMessage.status) == "sending")
-                            & (col(OutboxMessage.next_attempt_at) < lease_now - stale_after),
-                        ),
-                    )
-                    .values(status="sending", next_attempt_at=lease_now)
-                )
-                if res.rowcount == 1:
-                    claimed.append(oid or 0)
+            claimed = self._claim(s, _OUTBOX, limit=limit, stale_after=stale_after)
             s.commit()
         return claimed
 
@@ -469,33 +589,13 @@ class Store:
         result = s.exec(q.values(status="cancelled"))
         return int(result.rowcount or 0)
 
-    def claim_due_timer(self, now: datetime, stale_after: timedelta = timedelta(minutes=10)) -> int | None:
-        """Take the oldest due timer; a conditional UPDATE makes it exclusive across processes."""
+    def claim_due_timer(self, now: datetime, stale_after: timedelta = LEASE) -> int | None:
+        """Take the oldest timer due at ``now``; a conditional UPDATE makes it exclusive across processes."""
+        self._ensure_registered()
         with self.session() as s:
-            ids = s.exec(
-                select(Timer.id)
-                .where(
-                    col(Timer.due_at) <= now,
-                    or_(col(Timer.status) == "pending",
-                        (col(Timer.status) == "firing") & (col(Timer.claimed_at) < self.lease_clock.now() - stale_after)),
-                )
-                .order_by(col(Timer.due_at), col(Timer.id))
-                .limit(5)
-            ).all()
-            for tid in ids:
-                res = s.exec(
-                    update(Timer)
-                    .where(col(Timer.id) == tid,
-                           or_(col(Timer.status) == "pending",
-                               (col(Timer.status) == "firing")
-                               & (col(Timer.claimed_at) < self.lease_clock.now() - stale_after)))
-                    .values(status="firing", claimed_at=self.lease_clock.now())
-                )
-                if res.rowcount == 1:
-                    s.commit()
-                    return tid
+            ids = self._claim(s, _TIMER, limit=1, stale_after=stale_after, now=now)
             s.commit()
-        return None
+        return ids[0] if ids else None
 
     def list_timers(self, case_id: int | None = None, status: str | None = None) -> list[Timer]:
         with self.reading() as s:
@@ -512,7 +612,86 @@ class Store:
             res = s.exec(
                 update(Timer)
                 .where(col(Timer.id) == timer_id, col(Timer.status) == "failed")
-                .values(status="pending", claimed_at=None, fired_at=None)
+                .values(status="pending", claimed_at=None, claimed_by=None, fired_at=None)
             )
             s.commit()
             return bool(res.rowcount == 1)
+
+    # ---- claims and workers ----------------------------------------------------------------
+
+    def _claim(self, s: Session, what: _Claimable, *, limit: int, stale_after: timedelta,
+               now: datetime | None = None) -> list[int]:
+        """The one claim rule, for inbound messages, outbox rows and timers, in the caller's transaction.
+
+        Take the write lock first (BEGIN IMMEDIATE on SQLite), then read the clock: a "now" read before
+        waiting behind another claimer could be older than that claimer's claim, and make its fresh claim
+        look stale. A row is free when it is ready, or when its holder is gone: a dead worker (see
+        :meth:`_dead_owners`) or a claim older than ``stale_after`` (the lease, whoever holds it).
+        ``now`` is the deadline clock's time (a timer's tick); by default the store's clock after the lock.
+        """
+        s.connection()
+        lease_now = self.lease_clock.now()
+        due_now = now if now is not None else self.clock.now()
+        self._beat(s, lease_now)
+        abandoned: ColumnElement[bool] = what.held_since < lease_now - stale_after
+        holders = s.exec(select(what.claimed_by).where(what.held(due_now), what.claimed_by.is_not(None))
+                         .distinct()).all()
+        dead = self._dead_owners(s, lease_now, [h for h in holders if h and h != self.owner])
+        if dead:
+            abandoned = or_(abandoned, what.claimed_by.in_(dead))
+        takeable = or_(what.ready(due_now), and_(what.held(due_now), abandoned))
+        # a few more candidates than wanted: one another claimer takes meanwhile is skipped, not the end
+        ids = s.exec(select(what.id).where(takeable).order_by(*what.order_by).limit(limit + 4)).all()
+        claimed: list[int] = []
+        for rid in ids:
+            if len(claimed) == limit:
+                break
+            # The same condition again: under READ COMMITTED (PostgreSQL) a second claimer that waited
+            # on this row re-checks it after the first commits, and must not take it too.
+            res = s.exec(update(what.table).where(what.id == rid, takeable)
+                         .values(claimed_by=self.owner, **what.values(lease_now)))
+            if res.rowcount == 1:
+                claimed.append(int(rid))
+        return claimed
+
+    def _dead_owners(self, s: Session, lease_now: datetime, owners: Sequence[str]) -> list[str]:
+        """Those of ``owners`` whose claims are free now: their heartbeat is older than
+        heartbeat_stale_after, or they ran on this host and their process is gone. (An owner with no
+        worker row is left to the lease.)"""
+        if not owners:
+            return []
+        me = self.worker
+        dead: list[str] = []
+        for w in s.exec(select(Worker).where(col(Worker.owner).in_(list(owners)))).all():
+            if w.heartbeat_at < lease_now - self.heartbeat_stale_after or (
+                    w.host == me.host and not process_alive(w.pid, w.start_ticks)):
+                dead.append(w.owner)
+        return dead
+
+    def _beat(self, s: Session, lease_now: datetime) -> None:
+        s.exec(update(Worker).where(col(Worker.owner) == self.owner).values(heartbeat_at=lease_now))
+
+    def _ensure_registered(self) -> None:
+        if not self._registered:
+            with self._register_lock:
+                if not self._registered:
+                    self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """Say this worker is alive (the service calls it every HEARTBEAT_INTERVAL_SECONDS; every claim
+        beats too). The first call registers it and forgets long-dead workers."""
+        with self.session() as s:
+            s.connection()
+            now = self.lease_clock.now()
+            res = s.exec(update(Worker).where(col(Worker.owner) == self.owner).values(heartbeat_at=now))
+            if res.rowcount != 1:
+                s.exec(delete(Worker).where(col(Worker.heartbeat_at) < now - WORKER_RETENTION))
+                w = self.worker
+                s.add(Worker(owner=w.owner, host=w.host, pid=w.pid, start_ticks=w.start_ticks, started_at=now,
+                             heartbeat_at=now))
+            s.commit()
+        self._registered = True
+
+    def list_workers(self) -> list[Worker]:
+        with self.reading() as s:
+            return list(s.exec(select(Worker).order_by(col(Worker.started_at))).all())

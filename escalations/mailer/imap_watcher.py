@@ -5,6 +5,12 @@ key (account, folder, UIDVALIDITY, UID) and the folder's cursor in one transacti
 flagged \\Seen or moved. Which messages are new is decided by the store's cursor (last stored UID
 under the current UIDVALIDITY), never by \\Seen: IMAP is never the database.
 
+A crash (or a dropped connection) between the commit and the flag leaves a stored message below the
+cursor unflagged; so on every (re)connect, and after each catch-up that fetched mail, the messages
+below the cursor that are not yet flagged (or still in the folder, when moving) are looked up in the
+store by key, and those it has are flagged or moved. Only those: a message the store does not have
+is never marked.
+
 The loop: connect -> catch up -> IDLE (or poll when the server has no IDLE) -> catch up on any
 server news -> ... Any socket/IMAP error or silence longer than ``response_timeout_seconds`` drops
 the connection and reconnects with exponential backoff and jitter, catching up again.
@@ -172,7 +178,7 @@ class ImapWatcher:
                 self.store.reset_imap_cursor(m.name, m.folder, uidvalidity)
             else:
                 last_uid = cursor[1]
-        if first and m.after_store == "move" and last_uid:
+        if first and last_uid:
             self._finish_leftovers(client, uidvalidity, last_uid)
         _drain_news(client)  # SELECT's own EXISTS is not news
         created = fetched_total = 0
@@ -190,6 +196,8 @@ class ImapWatcher:
                 break
         if fetched_total:
             self.log.info("imap.caught_up", fetched=fetched_total, created=created, uidvalidity=uidvalidity)
+            if last_uid:
+                self._finish_leftovers(client, uidvalidity, last_uid)
         return created
 
     @staticmethod
@@ -311,14 +319,21 @@ class ImapWatcher:
         return server_name
 
     def _finish_leftovers(self, client: IMAPClient, uidvalidity: int, last_uid: int) -> None:
-        """Messages stored but not moved (crash between commit and MOVE) would sit in the folder
-        forever, below the cursor: move those the store has, and only those."""
+        """Messages stored but not flagged or moved (a crash or disconnect between commit and
+        flag) would stay so forever, below the cursor: flag or move those the store has, and only those."""
         m = self.mailbox
-        left = [int(u) for u in client.search(["UID", f"1:{last_uid}"]) if int(u) <= last_uid]
-        stored = [u for u in left if self.store.has_inbound_key(imap_key(m.name, m.folder, uidvalidity, u))]
+        if m.after_store == "none":
+            return
+        criteria: list[str] = ["UID", f"1:{last_uid}"]
+        if m.after_store == "seen":
+            criteria.append("UNSEEN")
+        left = [int(u) for u in client.search(criteria) if int(u) <= last_uid]
+        if not left:
+            return
+        stored = sorted(self.store.stored_imap_uids(m.name, m.folder, uidvalidity, left))
         if stored:
-            self.log.info("imap.leftovers", count=len(stored))
-            self._move(client, stored)
+            self.log.info("imap.leftovers", count=len(stored), after_store=m.after_store)
+            self._after_store(client, stored)
 
     # ---- waiting --------------------------------------------------------------------------
 

@@ -31,12 +31,14 @@ class FileSender:
         self.directory = directory
 
     def send(self, sender: str, recipients: list[str], raw: bytes, *, name_hint: str) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name_hint)[:120]
         final = self.directory / f"{safe}.eml"
         tmp = self.directory / f".{safe}.tmp"
         envelope = f"X-Envelope-From: <{sender}>\r\nX-Envelope-To: {', '.join(recipients)}\r\n".encode()
-        with open(tmp, "wb") as fh:
+        # 0600 whatever the umask: a sent mail names the child (initials) and the case
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
             fh.write(envelope + raw)
             fh.flush()
             os.fsync(fh.fileno())

@@ -150,3 +150,166 @@ def test_claims_use_the_lease_clock_not_the_pretend_time(tmp_path: object, clock
     assert service.claim_due_outbox() == []  # a fresh claim, in real time
     clock.advance(timedelta(minutes=11))
     assert service.claim_due_outbox() == [1]  # abandoned for 10 minutes: taken over
+
+
+# ---- owners, heartbeats and fast reclaim -------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    """The PID of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _outbox_row(store: Store, key: str, *, priority: int = 0) -> int:
+    from escalations.cases.models import OutboxMessage
+
+    with store.session() as s:
+        row = OutboxMessage(dedupe_key=key, message_id=f"{key}@example.org", template="t", sender="a@example.org",
+                            recipients=["b@example.org"], subject="[CH-2026-0001]", raw=b"x", priority=priority,
+                            next_attempt_at=store.clock.now(), created_at=store.clock.now())
+        s.add(row)
+        s.commit()
+        return row.id or 0
+
+
+def _timer_row(store: Store) -> int:
+    from escalations.cases.models import Case, Timer
+
+    now = store.clock.now()
+    with store.session() as s:
+        case = Case(reference="CH-2026-0001", partnership="city-and-hackney", status="open", opened_at=now,
+                    updated_at=now)
+        s.add(case)
+        s.flush()
+        timer = Timer(key="t1", case_id=case.id or 0, kind="escalate", due_at=now, created_at=now)
+        s.add(timer)
+        s.commit()
+        return timer.id or 0
+
+
+def _other(store: Store, *, host: str | None = None, pid: int | None = None, start_ticks: int | None = None) -> Store:
+    """A second worker on the same database: another process (by default: this host, a dead PID)."""
+    from escalations.cases.store import WorkerId
+
+    worker = WorkerId(host or store.worker.host, _dead_pid() if pid is None else pid, "other", start_ticks)
+    return Store(store.engine, store.clock, worker=worker)
+
+
+def test_claims_of_a_dead_process_on_this_host_are_taken_back_at_once(store: Store) -> None:
+    """kill -9, restart: the new process takes the inbound message, the outbox row and the timer its
+    predecessor held, without waiting for the 10-minute lease."""
+    store.store_inbound(RAW, source="smtp")
+    oid = _outbox_row(store, "ack")
+    tid = _timer_row(store)
+    dead = _other(store)
+    inbound = dead.claim_next_inbound()
+    assert inbound is not None
+    assert dead.claim_due_outbox() == [oid]
+    assert dead.claim_due_timer(store.clock.now()) == tid
+    # the same instant: no lease has run out, and the dead worker's heartbeat is fresh
+    assert store.claim_next_inbound() == inbound
+    assert store.claim_due_outbox() == [oid]
+    assert store.claim_due_timer(store.clock.now()) == tid
+    row = store.get_inbound(inbound)
+    assert row is not None and row.claimed_by == store.owner and row.attempts == 2
+    assert {w.owner for w in store.list_workers()} == {store.owner, dead.owner}
+
+
+def test_a_restarted_process_with_its_predecessors_pid_takes_its_claims(store: Store) -> None:
+    """In a container the service is PID 1 after every restart: same host, same PID, another owner."""
+    import os
+
+    from escalations.cases.store import process_start_ticks
+
+    store.store_inbound(RAW, source="smtp")
+    mine = process_start_ticks(os.getpid())
+    assert mine is not None
+    predecessor = _other(store, pid=os.getpid(), start_ticks=mine - 100)
+    assert predecessor.claim_next_inbound() is not None
+    assert store.claim_next_inbound() is not None
+
+
+def test_a_live_owner_keeps_its_claims_until_its_heartbeat_is_stale(store: Store, clock: FakeClock) -> None:
+    import os
+
+    store.store_inbound(RAW, source="smtp")
+    oid = _outbox_row(store, "ack")
+    from escalations.cases.store import process_start_ticks
+
+    alive_here = _other(store, pid=os.getppid(), start_ticks=process_start_ticks(os.getppid()))  # alive, here
+    inbound = alive_here.claim_next_inbound()
+    assert alive_here.claim_due_outbox() == [oid]
+    clock.advance(timedelta(seconds=20))
+    alive_here.heartbeat()
+    clock.advance(timedelta(seconds=20))
+    assert store.claim_next_inbound() is None and store.claim_due_outbox() == []  # beat 20 s ago
+    clock.advance(timedelta(seconds=11))  # no beat for 31 s: hung or gone
+    assert store.claim_next_inbound() == inbound
+    assert store.claim_due_outbox() == [oid]
+
+
+def test_an_owner_on_another_host_is_judged_by_its_heartbeat_and_the_lease(store: Store,
+                                                                          clock: FakeClock) -> None:
+    store.store_inbound(RAW, source="smtp")
+    elsewhere = _other(store, host="other-host.example.org", pid=_dead_pid())  # its PID means nothing here
+    inbound = elsewhere.claim_next_inbound()
+    assert store.claim_next_inbound() is None
+    for _ in range(12):  # it keeps beating, but holds the claim for longer than the lease
+        clock.advance(timedelta(minutes=1))
+        elsewhere.heartbeat()
+    assert store.claim_next_inbound() == inbound
+
+
+def test_own_claims_are_not_retaken_before_the_lease(store: Store, clock: FakeClock) -> None:
+    store.store_inbound(RAW, source="smtp")
+    assert store.claim_next_inbound() is not None
+    clock.advance(timedelta(minutes=5))  # our own heartbeat says nothing about our own threads
+    assert store.claim_next_inbound() is None
+
+
+def test_outbox_claims_go_by_priority_then_id(store: Store) -> None:
+    notice = _outbox_row(store, "notice", priority=1)
+    case_mail = _outbox_row(store, "case-mail")
+    later_case_mail = _outbox_row(store, "case-mail-2")
+    assert store.claim_due_outbox(limit=2) == [case_mail, later_case_mail]
+    assert store.claim_due_outbox() == [notice]
+    row = store.get_outbox(notice)
+    assert row is not None and row.claimed_by == store.owner
+
+
+# ---- bounded retries --------------------------------------------------------------------------------
+
+
+def test_a_message_whose_three_attempts_never_finished_is_quarantined(store: Store) -> None:
+    """Each attempt killed the process: the fourth claim quarantines it instead of trying again."""
+    from escalations.cases.store import TOO_MANY_ATTEMPTS
+
+    poison = store.store_inbound(RAW, source="smtp").id
+    for _ in range(3):
+        assert _other(store).claim_next_inbound() == poison  # ... and dies
+    fine = store.store_inbound(RAW.replace(b"m1@", b"m2@").replace(b"body line", b"other"), source="smtp").id
+    assert store.claim_next_inbound() == fine  # the poison is skipped, the next message goes on
+    row = store.get_inbound(poison)
+    assert row is not None
+    assert (row.status, row.error, row.attempts, row.claimed_by) == ("quarantined", TOO_MANY_ATTEMPTS, 3, None)
+    # an administrator fixed the cause: replay resets the count
+    assert store.release_for_replay(poison)
+    row = store.get_inbound(poison)
+    assert row is not None and (row.status, row.attempts, row.error) == ("pending", 0, None)
+    assert store.claim_next_inbound() == poison
+    assert store.release_for_replay(poison) is False  # not quarantined
+
+
+def test_replay_for_immediate_processing_hands_the_message_over_claimed(store: Store) -> None:
+    poison = store.store_inbound(RAW, source="smtp").id
+    store.quarantine(poison, "ValueError")
+    replayer = Store(store.engine, store.clock)
+    assert replayer.release_for_replay(poison, claim=True)
+    row = store.get_inbound(poison)
+    assert row is not None and (row.status, row.attempts, row.claimed_by) == ("pending", 1, replayer.owner)
+    assert store.claim_next_inbound() is None  # the replaying command is processing it

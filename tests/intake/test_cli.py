@@ -139,3 +139,31 @@ def test_timers_list_and_retry(env: dict[str, str], tmp_path: Path) -> None:
     assert code == 1
     code, out = cli(env, "timers", "list", "--case", "CH-1999-0001")
     assert code == 1
+
+
+def test_a_message_that_killed_three_attempts_is_quarantined_and_replay_resets_its_count(
+        env: dict[str, str], tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from escalations.cases.store import Store, make_engine
+    from escalations.clock import SystemClock
+
+    code, out = cli(env, "outbox", "list")  # creates the database
+    assert code == 0, out
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'var' / 'escalations.sqlite3'}"), SystemClock())
+    inbound = store.store_inbound(referral(), source="cli").id
+    with store.engine.begin() as conn:  # three processes took it and died with it, the last long ago
+        conn.execute(text("UPDATE inbound_message SET attempts = 3, claimed_at = '2026-01-01 00:00:00', "
+                          "claimed_by = 'elsewhere:1:dead' WHERE id = :id"), {"id": inbound})
+    store.engine.dispose()
+    code, out = cli(env, "tick", "--json")
+    assert code == 0, out
+    assert json.loads(out)["processed"] == 0
+    code, out = cli(env, "quarantine", "list", "--json")
+    (q,) = json.loads(out)
+    assert (q["id"], q["reason"], q["attempts"]) == (inbound, "too_many_attempts", 3)
+    code, out = cli(env, "quarantine", "replay", str(inbound), "--json")
+    assert code == 0, out
+    assert json.loads(out)["replayed"][0]["status"] == "done"
+    row = Store(make_engine(f"sqlite:///{tmp_path / 'var' / 'escalations.sqlite3'}"), SystemClock()).get_inbound(inbound)
+    assert row is not None and (row.status, row.attempts) == ("done", 1)

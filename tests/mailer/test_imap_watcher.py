@@ -164,6 +164,63 @@ def test_after_store_seen_flags_only_stored_messages(dovecot: DovecotServer, sto
     assert row_count(store) == 3
 
 
+class Crash(BaseException):
+    """The process dies (no handler of ours catches it)."""
+
+
+def test_mail_stored_just_before_a_crash_is_flagged_after_the_restart(
+        dovecot: DovecotServer, store: Store, run_watcher: Callable[..., Running],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows are committed and the cursor has passed them, then the process dies before STORE
+    +FLAGS: the restarted watcher finds them below the cursor and flags them; only those it stored."""
+    uids = dovecot.append_many([referral(i) for i in range(4)])
+    settings = dovecot.mailbox_settings(after_store="seen")
+    dying = ImapWatcher(settings, store)
+
+    def crash(*_args: object) -> None:
+        raise Crash
+
+    monkeypatch.setattr(dying, "_after_store", crash)
+    with pytest.raises(Crash):
+        dying.catch_up()
+    assert row_count(store) == 4
+    # a message the store does not have, below the cursor (stored under a later UID's key)
+    (unknown,) = dovecot.append_many([referral(10)])
+    (later,) = dovecot.append_many([referral(11)])
+    validity = dovecot.uidvalidity()
+    store.store_inbound(referral(11), source="imap", idempotency_key=imap_key(settings.name, "INBOX", validity, later),
+                        account=settings.name, folder="INBOX", imap_cursor=(validity, later))
+    assert not any("\\Seen" in f for f in dovecot.flags().values())
+
+    running = run_watcher(settings, store)
+    wait_until(lambda: all("\\Seen" in dovecot.flags()[u] for u in [*uids, later]), timeout=20,
+               what="stored messages flagged after the restart")
+    assert "\\Seen" not in dovecot.flags()[unknown]
+    (arriving,) = dovecot.append_many([referral(12)])
+    wait_until(lambda: "\\Seen" in dovecot.flags().get(arriving, set()), timeout=20, what="new mail flagged")
+    running.close()
+    assert row_count(store) == 6
+    assert "\\Seen" not in dovecot.flags()[unknown]
+
+
+def test_mail_stored_just_before_a_crash_is_moved_after_the_restart(
+        dovecot: DovecotServer, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    dovecot.append_many([referral(i) for i in range(3)])
+    settings = dovecot.mailbox_settings(after_store="move")
+    dying = ImapWatcher(settings, store)
+
+    def crash(*_args: object) -> None:
+        raise Crash
+
+    monkeypatch.setattr(dying, "_after_store", crash)
+    with pytest.raises(Crash):
+        dying.catch_up()
+    assert len(dovecot.uids("INBOX")) == 3
+    assert ImapWatcher(settings, store).catch_up() == 0
+    assert dovecot.uids("INBOX") == []
+    assert len(dovecot.uids("Escalations.Stored")) == 3
+
+
 @pytest.mark.parametrize("drop", [set(), {"MOVE"}], ids=["MOVE", "COPY+UID-EXPUNGE"])
 def test_after_store_move(dovecot_factory: Callable[..., DovecotServer], store: Store, drop: set[str]) -> None:
     server = dovecot_factory(drop_capabilities=drop)
