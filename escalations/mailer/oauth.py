@@ -164,8 +164,8 @@ class _Session(requests.Session):
     Proxy variables are still honoured (a council's egress proxy)."""
 
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any,
-                                   cert: Any) -> dict[str, Any]:
-        merged: dict[str, Any] = super().merge_environment_settings(url, proxies, stream, verify, cert)
+                                   cert: Any) -> Any:
+        merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
         if isinstance(self.verify, str) and (verify is None or verify is True):
             merged["verify"] = self.verify
         return merged
