@@ -368,3 +368,58 @@ def oauth_server(oauth_certificate: tuple[Path, Path]) -> Iterator[OAuthServer]:
         yield server
     finally:
         server.stop()
+
+
+# ---- an SMTP relay that takes XOAUTH2 (aiosmtpd) ------------------------------------------------
+
+
+@dataclass
+class XOAuth2Relay:
+    """aiosmtpd standing in for smtp.office365.com: AUTH XOAUTH2 only, each token introspected over
+    HTTP at the token server, as Exchange checks them with Entra."""
+
+    oauth: OAuthServer
+    host: str = "127.0.0.1"
+    port: int = field(default_factory=free_port)
+    messages: list[tuple[str, bytes]] = field(default_factory=list)
+    auth_attempts: list[bool] = field(default_factory=list)
+
+    async def auth_XOAUTH2(self, server: Any, args: list[str]) -> Any:
+        import asyncio
+
+        import requests
+        from aiosmtpd.smtp import MISSING, AuthResult
+
+        blob: Any = base64.b64decode(args[1]) if len(args) > 1 else await server.challenge_auth("")
+        if blob is MISSING:
+            return AuthResult(success=False, handled=True)
+        fields = dict(p.split("=", 1) for p in blob.decode(errors="replace").split("\x01") if "=" in p)
+        user, token = fields.get("user", ""), fields.get("auth", "").removeprefix("Bearer ")
+        answer = await asyncio.get_running_loop().run_in_executor(None, lambda: requests.post(
+            self.oauth.introspection_url, data={"token": token}, timeout=5).json())
+        ok = bool(answer.get("active")) and answer.get("username") == user
+        self.auth_attempts.append(ok)
+        if not ok:
+            # XOAUTH2: an error challenge first, the client answers with an empty line, then 535
+            await server.challenge_auth(json.dumps({"status": "401", "schemes": "bearer"}))
+            return AuthResult(success=False, handled=False)
+        return AuthResult(success=True, auth_data=user)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append((str(session.auth_data), envelope.original_content or b""))
+        return "250 OK"
+
+
+@pytest.fixture
+def xoauth2_relay(oauth_server: OAuthServer) -> Iterator[XOAuth2Relay]:
+    from aiosmtpd.controller import Controller
+
+    relay = XOAuth2Relay(oauth_server)
+    # loopback without TLS: the tests are about the tokens (the TLS paths are in test_relay_tls.py)
+    controller = Controller(relay, hostname=relay.host, port=relay.port, auth_require_tls=False,
+                            auth_exclude_mechanism=["LOGIN", "PLAIN"])
+    controller.start()
+    try:
+        yield relay
+    finally:
+        controller.stop()
