@@ -19,9 +19,10 @@ It speaks, over https (msal refuses anything else; the certificate is self-signe
 - ``POST /token``: the refresh-token grant (each use rotates the refresh token; a spent one is
   ``invalid_grant``) and the JWT-bearer grant of a Google service account (signature checked
   with its public key; domain-wide delegation as a registered set of scopes).
-- ``POST /introspect`` (RFC 7662, form ``token=``), also on plain http at ``http_url`` for Dovecot:
-  ``{"active": true, "username": <mailbox>}``; for an app-only token the mailbox is the first
-  one the app has FullAccess on, and only if it has the IMAP.AccessAsApp role.
+- ``POST /introspect[/imap|/smtp]`` (RFC 7662, form ``token=``), also on plain http at ``http_url``
+  for Dovecot: ``{"active": true, "username": <mailbox>}``; for an app-only token the mailbox is
+  the first one the app has FullAccess on, and under /imap or /smtp only if the token has the
+  IMAP.AccessAsApp or SMTP.SendAsApp role.
 
 Access tokens look like JWTs (claims readable, signature meaningless) so that the client side can
 explain a refusal from the token's ``roles``, as it can with Entra's tokens.
@@ -117,7 +118,13 @@ class OAuthServer:
 
     @property
     def introspection_url(self) -> str:
-        return f"{self.http_url}/introspect"
+        """For Dovecot: app-only tokens must carry IMAP.AccessAsApp."""
+        return f"{self.http_url}/introspect/imap"
+
+    @property
+    def smtp_introspection_url(self) -> str:
+        """For the XOAUTH2 relay: app-only tokens must carry SMTP.SendAsApp."""
+        return f"{self.http_url}/introspect/smtp"
 
     # ---- what the tests set up ----------------------------------------------------------------
 
@@ -175,10 +182,15 @@ class OAuthServer:
 
     # ---- checks (what Dovecot and the SMTP fixture ask) -----------------------------------------
 
-    def introspect(self, token: str) -> dict[str, Any]:
+    def introspect(self, token: str, protocol: str | None = None) -> dict[str, Any]:
+        """RFC 7662's answer; with ``protocol`` (imap, smtp) an app-only token also needs that role,
+        as Exchange requires IMAP.AccessAsApp / SMTP.SendAsApp."""
         with self.lock:
             issued = self.tokens.get(token)
         if issued is None or issued.expires_at <= time.time():
+            return {"active": False}
+        role = {"imap": "IMAP.AccessAsApp", "smtp": "SMTP.SendAsApp"}.get(protocol or "")
+        if issued.grant == "client_credentials" and role and role not in issued.roles:
             return {"active": False}
         return {"active": True, "username": issued.username, "client_id": issued.client_id,
                 "roles": list(issued.roles), "exp": int(issued.expires_at)}
@@ -332,8 +344,8 @@ def _handler(server: OAuthServer) -> type[BaseHTTPRequestHandler]:
             path = self.path.split("?", 1)[0].strip("/")
             parts = path.split("/")
             form = self._form()
-            if path == "introspect":
-                self._reply(200, server.introspect(form.get("token", "")))
+            if parts[0] == "introspect" and len(parts) <= 2:
+                self._reply(200, server.introspect(form.get("token", ""), parts[1] if len(parts) == 2 else None))
             elif path == "token":
                 self._reply(*server.token_grant(form))
             elif len(parts) == 4 and parts[1:] == ["oauth2", "v2.0", "token"]:
@@ -396,7 +408,7 @@ class XOAuth2Relay:
         fields = dict(p.split("=", 1) for p in blob.decode(errors="replace").split("\x01") if "=" in p)
         user, token = fields.get("user", ""), fields.get("auth", "").removeprefix("Bearer ")
         answer = await asyncio.get_running_loop().run_in_executor(None, lambda: requests.post(
-            self.oauth.introspection_url, data={"token": token}, timeout=5).json())
+            self.oauth.smtp_introspection_url, data={"token": token}, timeout=5).json())
         ok = bool(answer.get("active")) and answer.get("username") == user
         self.auth_attempts.append(ok)
         if not ok:
