@@ -99,7 +99,12 @@ class SmtpRelaySender:
             _auth_xoauth2(client, user, self.tokens.token().value)
         except smtplib.SMTPAuthenticationError:
             # The relay refused a token we still thought valid: one fresh one, same session.
-            _auth_xoauth2(client, user, self.tokens.token(force_refresh=True).value)
+            try:
+                _auth_xoauth2(client, user, self.tokens.token(force_refresh=True).value)
+            except smtplib.SMTPAuthenticationError as exc:
+                # A fresh token refused is the app's permissions, not this message: keep it queued
+                # while the administrator fixes them (Exchange applies changes within an hour).
+                raise DeliveryError(f"relay refused the OAuth2 token: SMTP {exc.smtp_code}") from exc
 
 
 def _auth_xoauth2(client: smtplib.SMTP, user: str, token: str) -> None:

@@ -163,14 +163,14 @@ def test_relay_refusing_a_token_once_gets_a_refreshed_one(xoauth2_relay: XOAuth2
     assert oauth_server.grants() == ["client_credentials", "client_credentials"]
 
 
-def test_relay_that_refuses_every_token_is_a_permanent_failure(
+def test_relay_that_refuses_every_token_keeps_the_mail_queued(
         xoauth2_relay: XOAuth2Relay, oauth_server: OAuthServer, tmp_path: Path) -> None:
     settings = relay_settings(xoauth2_relay, oauth_server, tmp_path)
     # the app may not send as this mailbox: every token it gets is for another one
     settings = settings.model_copy(update={"username": "someone-else@hackney.gov.uk"})
     with pytest.raises(DeliveryError) as info:
         SmtpRelaySender(settings).send("chscp@hackney.gov.uk", ["jo.bloggs@school.example.org"], RAW, name_hint="t1")
-    assert info.value.permanent and "535" in str(info.value)
+    assert not info.value.permanent and "535" in str(info.value)
     assert xoauth2_relay.auth_attempts == [False, False] and xoauth2_relay.messages == []
 
 
