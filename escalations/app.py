@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,8 @@ class App:
         scheduler = BackgroundScheduler(timezone="UTC")
         scheduler.add_job(lambda: self._safely("tick", self.tick), "interval", seconds=s.tick_interval_seconds,
                           id="tick", max_instances=1, coalesce=True)
+        scheduler.add_job(lambda: self._safely("secret_expiry", self.warn_expiring_secrets), "interval", days=1,
+                          id="secret_expiry", next_run_time=datetime.now(UTC), coalesce=True)
         for t in threads:
             t.start()
         scheduler.start()
@@ -124,6 +126,16 @@ class App:
             for t in threads:
                 t.join(timeout=10)
             log.info("service.stopped")
+
+    def warn_expiring_secrets(self) -> int:
+        """Warn about client secrets and certificates that expire within 30 days (daily while running)."""
+        from escalations.mailer.oauth import warn_if_secret_expiring
+
+        today = self.clock.now().date()
+        accounts = [(m.auth, m.name) for m in self.settings.mailboxes]
+        if self.settings.relay is not None:
+            accounts.append((self.settings.relay.auth, "relay"))
+        return sum(warn_if_secret_expiring(auth, name, today) for auth, name in accounts)
 
     @staticmethod
     def _safely(name: str, fn: Callable[[], object]) -> None:

@@ -96,21 +96,17 @@ class CachedTokenProvider:
     """Caches what ``fetch(force_refresh)`` returns; thread-safe (the watcher and a CLI check may share one)."""
 
     def __init__(self, fetch: Callable[[bool], AccessToken], *, account: str,
-                 secret_expires_on: date | None = None,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._fetch = fetch
         self.account = account
-        self.secret_expires_on = secret_expires_on
         self._now = now
         self._lock = threading.Lock()
         self._cached: AccessToken | None = None
         self._refresh_at: datetime | None = None
-        self._warned_on: date | None = None
 
     def token(self, force_refresh: bool = False) -> AccessToken:
         with self._lock:
             now = self._now()
-            self._warn_if_secret_expiring(now.date())
             if (not force_refresh and self._cached is not None and self._refresh_at is not None
                     and now < self._refresh_at):
                 return self._cached
@@ -122,15 +118,19 @@ class CachedTokenProvider:
                      expires_in=int(lifetime.total_seconds()))
             return fresh
 
-    def _warn_if_secret_expiring(self, today: date) -> None:
-        expires = self.secret_expires_on
-        if expires is None or self._warned_on == today:
-            return
-        days = (expires - today).days
-        if days <= SECRET_WARNING_DAYS:
-            self._warned_on = today  # once a day is enough to be seen, not so often it is ignored
-            event = "oauth.secret_expired" if days < 0 else "oauth.secret_expiring"
-            log.warning(event, account=self.account, days_left=days)
+
+def warn_if_secret_expiring(auth: AuthSettings, account: str, today: date) -> bool:
+    """Log a warning (the account name and days left only) from SECRET_WARNING_DAYS before
+    ``secret_expires_on``: an expired secret otherwise shows only as mail that stopped. The service
+    calls this daily for every mailbox and the relay."""
+    expires = auth.secret_expires_on
+    if expires is None:
+        return False
+    days = (expires - today).days
+    if days > SECRET_WARNING_DAYS:
+        return False
+    log.warning("oauth.secret_expired" if days < 0 else "oauth.secret_expiring", account=account, days_left=days)
+    return True
 
 
 def secret_expiry_note(auth: AuthSettings, today: date) -> str | None:
@@ -420,4 +420,4 @@ def provider_for(auth: AuthSettings, username: str, *, account: str) -> TokenPro
     make = fetchers.get(auth.method)
     if make is None:
         return None
-    return CachedTokenProvider(make(), account=account, secret_expires_on=auth.secret_expires_on)
+    return CachedTokenProvider(make(), account=account)

@@ -8,6 +8,7 @@ import stat
 import subprocess
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -20,6 +21,7 @@ from escalations.mailer.oauth import (
     provider_for,
     secret_expiry_note,
     token_claims,
+    warn_if_secret_expiring,
 )
 from escalations.settings import AuthSettings, MailboxSettings
 from tests.servers.oauth import OAuthServer
@@ -209,19 +211,30 @@ def test_cache_refreshes_before_expiry() -> None:
 
 
 def test_secret_expiry_is_warned_with_the_mailbox_name_only() -> None:
-    now = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
-    provider = CachedTokenProvider(lambda _f: AccessToken("t", now + timedelta(hours=1)), account="hackney",
-                                   secret_expires_on=date(2026, 12, 20), now=lambda: now)
-    with structlog.testing.capture_logs() as logs:
-        provider.token()
-        provider.token(force_refresh=True)  # once a day, not on every token
-    warnings = [e for e in logs if e["log_level"] == "warning"]
-    assert warnings == [{"event": "oauth.secret_expiring", "account": "hackney", "days_left": 19,
-                         "log_level": "warning"}]
     auth = AuthSettings(secret_expires_on=date(2026, 12, 20))
-    assert "2026-12-20 (19 days)" in (secret_expiry_note(auth, now.date()) or "")
+    with structlog.testing.capture_logs() as logs:
+        assert not warn_if_secret_expiring(auth, "hackney", date(2026, 11, 19))  # 31 days ahead
+        assert warn_if_secret_expiring(auth, "hackney", date(2026, 11, 20))
+        assert warn_if_secret_expiring(auth, "hackney", date(2026, 12, 21))
+        assert not warn_if_secret_expiring(AuthSettings(), "havering", date(2026, 12, 21))
+    assert logs == [
+        {"event": "oauth.secret_expiring", "account": "hackney", "days_left": 30, "log_level": "warning"},
+        {"event": "oauth.secret_expired", "account": "hackney", "days_left": -1, "log_level": "warning"},
+    ]
+    assert "2026-12-20 (19 days)" in (secret_expiry_note(auth, date(2026, 12, 1)) or "")
     assert secret_expiry_note(auth, date(2026, 11, 1)) is None
     assert "expired" in (secret_expiry_note(auth, date(2027, 1, 1)) or "")
+
+
+def test_the_service_checks_every_mailbox_and_the_relay(make_app: Any, tmp_path: Path) -> None:
+    secret = {"method": "oauth2_m365", "tenant_id": "t", "client_id": "c", "client_secret_env": "X"}
+    mailboxes = [MailboxSettings.model_validate({"name": n, "host": "h", "username": "u",
+                                                 "auth": {**secret, "secret_expires_on": d}})
+                 for n, d in (("hackney", "2026-11-20"), ("sutton", "2027-06-01"))]
+    application = make_app(mailboxes=mailboxes)  # the clock says 3 November 2026
+    with structlog.testing.capture_logs() as logs:
+        assert application.warn_expiring_secrets() == 1
+    assert [(e["event"], e["account"], e["days_left"]) for e in logs] == [("oauth.secret_expiring", "hackney", 17)]
 
 
 def test_token_claims_of_non_jwt() -> None:
