@@ -17,7 +17,7 @@ from escalations.clock import SystemClock
 from escalations.mailer.imap_watcher import ImapWatcher
 from escalations.mailer.oauth import TokenError
 from escalations.mailer.smtp_sender import DeliveryError, SmtpRelaySender
-from escalations.settings import MailboxSettings, RelaySettings
+from escalations.settings import AuthSettings, MailboxSettings, RelaySettings
 from tests.mailer.test_imap_watcher import referral
 from tests.servers import wait_until
 from tests.servers.dovecot import DovecotServer
@@ -112,6 +112,27 @@ def test_revoked_token_is_replaced_after_an_authentication_failure(
         assert watcher.catch_up() == 1
     assert [e["event"] for e in logs if e["event"].startswith("imap.token")] == ["imap.token_refused_retrying"]
     assert oauth_server.grants() == ["client_credentials", "client_credentials"]
+
+
+def test_google_service_account_and_refresh_token_sign_in(oauth_dovecot: DovecotServer, oauth_server: OAuthServer,
+                                                          store: Store, tmp_path: Path) -> None:
+    oauth_dovecot.append(referral(1))
+    google = AuthSettings(method="oauth2_google_service_account",  # type: ignore[arg-type]
+                          service_account_file=oauth_server.add_service_account(tmp_path), ca_file=oauth_server.cert)
+    assert ImapWatcher(oauth_dovecot.mailbox_settings(name="google", password=None, auth=google), store).catch_up() == 1
+
+    rt_file = tmp_path / "refresh-token"
+    rt_file.write_text(oauth_server.issue_refresh_token("desktop-app", oauth_dovecot.user) + "\n")
+    refresh = AuthSettings(method="oauth2_refresh_token", client_id="desktop-app",  # type: ignore[arg-type]
+                           refresh_token_file=rt_file, token_endpoint=oauth_server.token_url, ca_file=oauth_server.cert)
+    watcher = ImapWatcher(oauth_dovecot.mailbox_settings(name="refresh", password=None, auth=refresh), store)
+    oauth_dovecot.append(referral(2))
+    assert watcher.catch_up() == 1  # referral 1 is recognised as already stored (same content)
+    first_rotation = rt_file.read_text()
+    oauth_server.revoke_all()
+    assert watcher.catch_up() == 0  # refused, refreshed with the rotated token, signed in
+    assert rt_file.read_text() != first_rotation
+    assert oauth_server.grants() == ["jwt_bearer", "refresh_token", "refresh_token"]
 
 
 def test_wrong_client_secret_stops_nothing_and_says_why(oauth_dovecot: DovecotServer, oauth_server: OAuthServer,
