@@ -120,6 +120,8 @@ class App:
         # The first tick at once: timers a dead predecessor was firing go now, not a tick interval later.
         scheduler.add_job(lambda: self._safely("tick", self.tick), "interval", seconds=s.tick_interval_seconds,
                           id="tick", max_instances=1, coalesce=True, next_run_time=datetime.now(UTC))
+        scheduler.add_job(lambda: self._safely("secret_expiry", self.warn_expiring_secrets), "interval", days=1,
+                          id="secret_expiry", next_run_time=datetime.now(UTC), coalesce=True)
         for t in threads:
             t.start()
         scheduler.start()
@@ -158,6 +160,16 @@ class App:
     def _heartbeat(self, stop: threading.Event) -> None:
         while not stop.wait(HEARTBEAT_INTERVAL_SECONDS):
             self._safely("heartbeat", self.store.heartbeat)
+
+    def warn_expiring_secrets(self) -> int:
+        """Warn about client secrets and certificates that expire within 30 days (daily while running)."""
+        from escalations.mailer.oauth import warn_if_secret_expiring
+
+        today = self.clock.now().date()
+        accounts = [(m.auth, m.name) for m in self.settings.mailboxes]
+        if self.settings.relay is not None:
+            accounts.append((self.settings.relay.auth, "relay"))
+        return sum(warn_if_secret_expiring(auth, name, today) for auth, name in accounts)
 
     @staticmethod
     def _safely(name: str, fn: Callable[[], object]) -> None:

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -31,10 +32,12 @@ outbox_app = typer.Typer(help="Outgoing mail waiting or sent.", no_args_is_help=
 timers_app = typer.Typer(help="Deadlines, reminders and escalations waiting to fire (and any that failed).",
                          no_args_is_help=True)
 quarantine_app = typer.Typer(help="Mail that could not be processed, and replaying it.", no_args_is_help=True)
+mailbox_app = typer.Typer(help="The IMAP mailboxes the service watches.", no_args_is_help=True)
 app.add_typer(cases_app, name="cases")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(timers_app, name="timers")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(mailbox_app, name="mailbox")
 
 try:  # the policy-engine commands (config check, policy show/timeline)
     from escalations.policy_cli import config_app, policy_app
@@ -69,7 +72,14 @@ def main_callback(
         overrides["config_dir"] = config
     if database_url is not None:
         overrides["database_url"] = database_url
-    ctx.obj = Settings(**overrides)
+    try:
+        ctx.obj = Settings(**overrides)
+    except ValidationError as exc:
+        # field and reason only: pydantic's own text repeats the input, which may be a secret
+        err.print("Settings are not valid:", markup=False)
+        for e in exc.errors():
+            err.print(f"  {'.'.join(str(x) for x in e['loc']) or '-'}: {e['msg']}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -533,6 +543,42 @@ def quarantine_replay(ctx: typer.Context,
             console.print(", ".join(f"{k}={v}" for k, v in r.items() if v is not None))
     if any(r["status"] != "done" for r in results):
         raise typer.Exit(1)
+
+
+# ---- mailbox -------------------------------------------------------------------------------------------
+
+
+@mailbox_app.command("test")
+def mailbox_test(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The mailbox's `name`")],
+                 as_json: JsonOpt = False) -> None:
+    """Sign in to one mailbox now: token, login, folder, IDLE, what would be fetched. Changes nothing."""
+    from escalations.mailer.mailbox_check import check_mailbox
+
+    application = _build(ctx)
+    settings = application.settings
+    mailbox = next((m for m in settings.mailboxes if m.name == name), None)
+    if mailbox is None:
+        known = ", ".join(m.name for m in settings.mailboxes) or "none configured"
+        err.print(f"No mailbox named {name!r} (mailboxes: {known}).", markup=False, highlight=False)
+        raise typer.Exit(2)
+    result = check_mailbox(mailbox, application.store.imap_cursor(mailbox.name, mailbox.folder),
+                           subaddressing=settings.reply_subaddressing)
+    if as_json:
+        _print_json(result.as_dict())
+    elif result.ok:
+        console.print(f"[green]OK[/green] {result.name}: signed in to {result.host}:{result.port} "
+                      f"({result.security}, {result.auth_method})", highlight=False)
+        if result.token_expires_at is not None:
+            console.print(f"  token valid until {_local(result.token_expires_at)} (London)", highlight=False)
+        console.print(f"  folder {result.folder}: {result.messages} message(s), {result.to_fetch} to fetch; "
+                      f"IDLE {'supported' if result.idle else 'not supported (polling)'}", highlight=False)
+    for note in result.notes:
+        if not as_json:
+            console.print(f"  note: {note}", markup=False, highlight=False, soft_wrap=True)
+    if not result.ok:
+        if not as_json:
+            err.print(f"{result.name}: {result.problem}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
 
 
 def main() -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from datetime import date
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Security = Literal["ssl", "starttls", "none"]
@@ -25,6 +27,94 @@ def default_config_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "config"
 
 
+class AuthMethod(StrEnum):
+    PASSWORD = "password"
+    #: Microsoft 365 app-only (client credentials, a client secret or a certificate), through msal.
+    OAUTH2_M365 = "oauth2_m365"
+    #: Google Workspace service account with domain-wide delegation (RFC 7523 JWT bearer grant).
+    OAUTH2_GOOGLE_SERVICE_ACCOUNT = "oauth2_google_service_account"
+    #: A refresh token from an installed-app consent (RFC 6749 section 6), rotated tokens kept.
+    OAUTH2_REFRESH_TOKEN = "oauth2_refresh_token"
+
+
+#: What each method needs, beside ``method`` itself.
+_REQUIRED: dict[AuthMethod, tuple[tuple[str, ...], ...]] = {
+    AuthMethod.PASSWORD: (),
+    AuthMethod.OAUTH2_M365: (("tenant_id",), ("client_id",),
+                             ("client_secret_env", "client_secret_file", "certificate_file")),
+    AuthMethod.OAUTH2_GOOGLE_SERVICE_ACCOUNT: (("service_account_file",),),
+    AuthMethod.OAUTH2_REFRESH_TOKEN: (("client_id",), ("refresh_token_file",)),
+}
+
+DEFAULT_SCOPES: dict[AuthMethod, str] = {
+    AuthMethod.OAUTH2_M365: "https://outlook.office365.com/.default",
+    AuthMethod.OAUTH2_GOOGLE_SERVICE_ACCOUNT: "https://mail.google.com/",
+    AuthMethod.OAUTH2_REFRESH_TOKEN: "https://mail.google.com/",
+}
+
+
+class AuthSettings(BaseModel):
+    """How a mailbox or the relay signs in. Secrets are named (an environment variable or a file),
+    never written here, so a mailboxes.yaml can be read, copied and shown without leaking one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: AuthMethod = AuthMethod.PASSWORD
+    #: method password: where the password is (else the mailbox's legacy ``password``).
+    password_env: str | None = None
+    password_file: Path | None = None
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret_env: str | None = None
+    client_secret_file: Path | None = None
+    #: PEM holding the private key and its certificate (the one uploaded to the app registration).
+    certificate_file: Path | None = None
+    #: SHA-1 thumbprint of that certificate; default: computed from the certificate in the file.
+    thumbprint: str | None = None
+    #: Microsoft identity platform host (sovereign clouds: https://login.microsoftonline.us).
+    authority: str = "https://login.microsoftonline.com"
+    #: Token endpoint for the Google and refresh-token methods (default: Google's, or the one in
+    #: the service account file).
+    token_endpoint: str | None = None
+    scope: str | None = None
+    service_account_file: Path | None = None
+    refresh_token_file: Path | None = None
+    #: PEM CA bundle to trust for the token endpoint (an inspecting proxy's CA); default: the system's.
+    ca_file: Path | None = None
+    #: When the client secret or certificate expires: warned about from 30 days ahead.
+    secret_expires_on: date | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> AuthSettings:
+        for alternatives in _REQUIRED[self.method]:
+            if not any(getattr(self, name) for name in alternatives):
+                raise ValueError(f"auth method {self.method.value} needs {' or '.join(alternatives)}")
+        return self
+
+    @property
+    def is_oauth2(self) -> bool:
+        return self.method is not AuthMethod.PASSWORD
+
+    @property
+    def effective_scope(self) -> str:
+        return self.scope or DEFAULT_SCOPES.get(self.method, "")
+
+
+def read_secret(env: str | None, file: Path | None, what: str) -> str:
+    """A secret from the environment variable or file named in the settings (read when needed)."""
+    if env:
+        value = os.environ.get(env)
+        if not value:
+            raise ValueError(f"{what}: environment variable {env} is not set")
+        return value
+    if file is not None:
+        try:
+            return file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"{what}: cannot read {file} ({type(exc).__name__})") from exc
+    raise ValueError(f"{what}: no environment variable or file given")
+
+
 class MailboxSettings(BaseModel):
     """One IMAP mailbox the service watches (a partnership's existing shared mailbox)."""
 
@@ -33,7 +123,9 @@ class MailboxSettings(BaseModel):
     port: int = 993
     security: Security = "ssl"
     username: str
-    password: SecretStr
+    #: Legacy inline password; prefer ``auth: {method: password, password_env: ...}``.
+    password: SecretStr | None = None
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     folder: str = "INBOX"
     #: After a message is durably stored: leave it, mark it \\Seen, or move it to a folder.
     after_store: Literal["none", "seen", "move"] = "seen"
@@ -52,6 +144,17 @@ class MailboxSettings(BaseModel):
     #: header is the provider's own), ``none``, or the authserv-id of an MTA you run.
     auth_results: str = "first"
 
+    @model_validator(mode="after")
+    def _has_credentials(self) -> MailboxSettings:
+        a = self.auth
+        if not a.is_oauth2 and self.password is None and not (a.password_env or a.password_file):
+            raise ValueError(f"mailbox {self.name}: no password (auth.password_env or auth.password_file) "
+                             "and no OAuth2 auth method")
+        return self
+
+    def login_password(self) -> str:
+        return _password(self.password, self.auth, f"mailbox {self.name}")
+
 
 class RelaySettings(BaseModel):
     """Outgoing SMTP relay. Without one, outgoing mail is written to ``<data-dir>/sent``."""
@@ -61,10 +164,26 @@ class RelaySettings(BaseModel):
     security: Security = "starttls"
     username: str | None = None
     password: SecretStr | None = None
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     timeout_seconds: float = 30.0
     verify_tls: bool = True
     #: PEM file of the CA(s) to trust for the relay's certificate (an in-house CA); default: the system's.
     ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _oauth_needs_user(self) -> RelaySettings:
+        if self.auth.is_oauth2 and not self.username:
+            raise ValueError("relay: OAuth2 needs the username (the sending mailbox) to sign in as")
+        return self
+
+    def login_password(self) -> str:
+        return _password(self.password, self.auth, "relay")
+
+
+def _password(inline: SecretStr | None, auth: AuthSettings, what: str) -> str:
+    if auth.password_env or auth.password_file:
+        return read_secret(auth.password_env, auth.password_file, f"{what} password")
+    return inline.get_secret_value() if inline is not None else ""
 
 
 class Settings(BaseSettings):

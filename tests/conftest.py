@@ -15,7 +15,7 @@ from escalations.clock import FakeClock
 from escalations.logs import configure_logging
 from escalations.settings import RelaySettings, Settings
 
-pytest_plugins = ["tests.servers.smtp", "tests.servers.postgres", "tests.servers.dovecot"]
+pytest_plugins = ["tests.servers.smtp", "tests.servers.postgres", "tests.servers.dovecot", "tests.servers.oauth"]
 
 # CI explores the same examples on every run (a red build must be reproducible and not depend on
 # luck); developers' runs keep exploring new ones, and hypothesis's database replays what failed.

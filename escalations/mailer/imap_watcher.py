@@ -34,6 +34,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
 from escalations.cases.store import Store, imap_key, message_id_of
+from escalations.mailer.oauth import TokenError, TokenProvider, provider_for
 from escalations.settings import MailboxSettings
 
 #: Errors that mean "this connection is unusable": drop it and reconnect.
@@ -63,8 +64,12 @@ class ImapWatcher:
         *,
         on_stored: Callable[[int], None] = lambda _id: None,
         logger: structlog.typing.FilteringBoundLogger | None = None,
+        tokens: TokenProvider | None = None,
     ) -> None:
         self.mailbox = mailbox
+        #: OAuth2 (XOAUTH2) sign-in; None: the mailbox's password.
+        self.tokens = tokens if tokens is not None else provider_for(mailbox.auth, mailbox.username,
+                                                                     account=mailbox.name)
         self.store = store
         self.on_stored = on_stored
         base = logger if logger is not None else structlog.get_logger("escalations.imap")
@@ -103,6 +108,8 @@ class ImapWatcher:
                                error_type=type(cause).__name__ if cause else None, exc_info=cause)
             except LoginError as exc:  # wrong password or locked account: keep retrying, slowly
                 self.log.error("imap.login_failed", username=m.username, error=str(exc)[:300])
+            except TokenError as exc:  # no token: the same backoff, and the code says why
+                self.log.error("imap.token_failed", code=exc.code)
             except CONNECTION_ERRORS as exc:
                 if not stop.is_set():
                     self.log.warning("imap.connection_lost", error_type=type(exc).__name__,
@@ -140,7 +147,7 @@ class ImapWatcher:
             client.normalise_times = False
             if m.security == "starttls":
                 client.starttls(ctx)
-            client.login(m.username, m.password.get_secret_value())
+            self._login(client)
             client.capabilities()  # cache the post-login list
             self._move_target = None
             self.log.info("imap.connected", host=m.host, port=m.port, security=m.security,
@@ -149,6 +156,19 @@ class ImapWatcher:
             self._close(client, in_idle=False)
             raise
         return client
+
+    def _login(self, client: IMAPClient) -> None:
+        m = self.mailbox
+        if self.tokens is None:
+            client.login(m.username, m.login_password())
+            return
+        try:
+            client.oauth2_login(m.username, self.tokens.token().value)
+        except LoginError:
+            # A cached token the server no longer takes (revoked, or our clock is behind): one
+            # fresh token, then give up until the next reconnect.
+            self.log.info("imap.token_refused_retrying")
+            client.oauth2_login(m.username, self.tokens.token(force_refresh=True).value)
 
     def _close(self, client: IMAPClient, *, in_idle: bool) -> None:
         """Say goodbye briefly (the server may be gone), then drop the socket."""

@@ -9,6 +9,7 @@ import ssl
 from pathlib import Path
 from typing import Protocol
 
+from escalations.mailer.oauth import TokenError, TokenProvider, provider_for, xoauth2_string
 from escalations.settings import RelaySettings
 
 
@@ -46,8 +47,11 @@ class FileSender:
 
 
 class SmtpRelaySender:
-    def __init__(self, relay: RelaySettings) -> None:
+    def __init__(self, relay: RelaySettings, *, tokens: TokenProvider | None = None) -> None:
         self.relay = relay
+        #: OAuth2 (AUTH XOAUTH2) sign-in; None: username and password.
+        self.tokens = tokens if tokens is not None else provider_for(relay.auth, relay.username or "",
+                                                                     account="relay")
 
     def _context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.relay.ca_file) if self.relay.ca_file else None)
@@ -69,8 +73,10 @@ class SmtpRelaySender:
                 if r.security == "starttls":
                     client.starttls(context=self._context())
                     client.ehlo()
-                if r.username:
-                    client.login(r.username, r.password.get_secret_value() if r.password else "")
+                if self.tokens is not None:
+                    self._xoauth2(client)
+                elif r.username:
+                    client.login(r.username, r.login_password())
                 refused = client.sendmail(sender, recipients, raw)
                 if refused:
                     # Partial refusal: the accepted ones have it; retrying would send twice to them.
@@ -83,3 +89,28 @@ class SmtpRelaySender:
             raise DeliveryError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", permanent=exc.smtp_code >= 500) from exc
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
+        except TokenError as exc:  # retried with backoff: the administrator may be fixing the app
+            raise DeliveryError(f"no OAuth2 token: {exc.code}") from exc
+        except ValueError as exc:  # a secret's variable or file is missing
+            raise DeliveryError(f"relay credentials: {exc}") from exc
+
+    def _xoauth2(self, client: smtplib.SMTP) -> None:
+        assert self.tokens is not None
+        user = self.relay.username or ""
+        try:
+            _auth_xoauth2(client, user, self.tokens.token().value)
+        except smtplib.SMTPAuthenticationError:
+            # The relay refused a token we still thought valid: one fresh one, same session.
+            try:
+                _auth_xoauth2(client, user, self.tokens.token(force_refresh=True).value)
+            except smtplib.SMTPAuthenticationError as exc:
+                # A fresh token refused is the app's permissions, not this message: keep it queued
+                # while the administrator fixes them (Exchange applies changes within an hour).
+                raise DeliveryError(f"relay refused the OAuth2 token: SMTP {exc.smtp_code}") from exc
+
+
+def _auth_xoauth2(client: smtplib.SMTP, user: str, token: str) -> None:
+    # On failure the server sends a 334 with a JSON error; the client answers with an empty line
+    # and the server then gives the 535 (the SASL XOAUTH2 exchange).
+    client.auth("XOAUTH2", lambda challenge=None: xoauth2_string(user, token) if challenge is None else "",
+                initial_response_ok=True)

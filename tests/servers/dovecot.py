@@ -69,8 +69,11 @@ class DovecotServer:
     """One Dovecot instance; `host`, `port`, `user`, `password`, `maildir` describe it."""
 
     def __init__(self, *, drop_capabilities: Collection[str] = (), tls: bool = False, user: str = "watcher",
-                 password: str = "s3cret-Passw0rd") -> None:
+                 password: str = "s3cret-Passw0rd", oauth2_introspection_url: str | None = None) -> None:
         self.host = "127.0.0.1"
+        #: With a URL: XOAUTH2/OAUTHBEARER sign-in, each token checked there (RFC 7662 introspection,
+        #: POST), beside the password (which the test helpers keep using).
+        self.oauth2_introspection_url = oauth2_introspection_url
         self.port = free_port()
         #: With tls=True: implicit TLS here, and STARTTLS on `port` (self-signed certificate).
         self.tls = tls
@@ -113,6 +116,18 @@ class DovecotServer:
                 check=True, capture_output=True, timeout=60,
             )
             ssl_settings = f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}\n"
+        mechanisms, oauth2_passdb = "plain login", ""
+        if self.oauth2_introspection_url:
+            oauth2_conf = root / "dovecot-oauth2.conf.ext"
+            # Dovecot 2.3 oauth2 passdb: no tokeninfo_url, so every token is introspected; the
+            # mailbox name in the answer must equal the login user.
+            oauth2_conf.write_text(
+                f"introspection_mode = post\nintrospection_url = {self.oauth2_introspection_url}\n"
+                "force_introspection = yes\nusername_attribute = username\n"
+                "active_attribute = active\nactive_value = true\ntimeout_msecs = 5000\n", encoding="utf-8")
+            mechanisms += " xoauth2 oauthbearer"
+            oauth2_passdb = (f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+                             f"  args = {oauth2_conf}\n}}\n")
         capability = ""
         if self.drop_capabilities:
             caps = [c for c in DEFAULT_CAPABILITIES if c.upper() not in self.drop_capabilities]
@@ -127,7 +142,7 @@ info_log_path = {self.log_path}
 protocols = imap
 listen = {self.host}
 {ssl_settings}disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 login_trusted_networks = 127.0.0.0/8
 auth_failure_delay = 0
 default_internal_user = {self.run_user}
@@ -140,8 +155,9 @@ mail_location = maildir:{root}/mail/%u/Maildir
 mail_fsync = never
 shutdown_clients = yes
 {capability}
-passdb {{
+{oauth2_passdb}passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN username_format=%u {root}/passwd
 }}
 userdb {{
