@@ -16,7 +16,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from escalations.app import App
@@ -391,3 +391,44 @@ def test_ingest_json_reports_refused_and_not_applied(app: App, tmp_path, capsys)
     assert outcomes[o1.id] == "refused:ACCEPT"
     assert outcomes[o2.id] == "not_applied:no_token"
     assert json.dumps(outcomes)  # codes only
+
+
+# ---- property: applied only for exactly one strict mailbox holding the token ------------------------
+
+_PIECES = [CH.raiser, CH.raiser.upper(), "eve@attacker.example.com", f"<{CH.raiser}>", "<eve@attacker.example.com>",
+           "Jo Bloggs", f'"{CH.raiser}"', "=?utf-8?q?Jo=3A_x?=", ",", ";", ":", "\u2028", "\x01", "(comment)", "<>",
+           "@", " "]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(_PIECES), min_size=1, max_size=5).map(" ".join))
+@example(CH.raiser)
+@example(f"Jo Bloggs <{CH.raiser}>")
+@example(f"{CH.raiser} <eve@attacker.example.com>")
+def test_a_reply_is_applied_only_for_one_strict_mailbox_holding_the_token(make_app: AppFactory,
+                                                                          from_value: str) -> None:
+    app = _property_app(make_app)
+    case = the_case(app)
+    token = reply_code(raiser_request(app))
+    before = len(events(app, "reply_note"))
+    n = len(app.store.list_inbound())
+    run(app, mail(CH.raiser, f"Re: [{case.reference}]", f"NOTE example {n}\n\nReply code: {token}\n",
+                  raw_from=from_value))
+    applied = len(events(app, "reply_note")) - before
+    strict = strict_sender([from_value])
+    assert applied == (1 if strict.address == CH.raiser else 0), (from_value, strict)
+    assert the_case(app).status == "open"
+
+
+_APPS: dict[int, App] = {}
+
+
+def _property_app(make_app: AppFactory) -> App:
+    """One app for all examples of the property (a case per example would make it slow)."""
+    key = id(make_app)
+    if key not in _APPS:
+        _APPS.clear()
+        a = make_app(max_notes_per_party_per_day=10_000)
+        run(a, referral(CH))
+        _APPS[key] = a
+    return _APPS[key]
