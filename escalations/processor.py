@@ -7,7 +7,8 @@ puts it back. Nothing here sends mail: decisions become outbox rows in the same 
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -81,6 +82,17 @@ def partnership_for(msg: ParsedMessage, envelope: Sequence[str], config: PolicyC
     return None
 
 
+@contextmanager
+def _limits_noted(codes: Sequence[str]) -> Iterator[None]:
+    """A message quarantined after part of it was skipped says which limits (fixed codes only)."""
+    try:
+        yield
+    except Unprocessable as exc:
+        if codes and exc.args:
+            exc.args = (f"{exc.args[0]} [limits: {', '.join(codes)}]", *exc.args[1:])
+        raise
+
+
 class Processor:
     def __init__(
         self,
@@ -93,6 +105,7 @@ class Processor:
         workflow: Workflow,
         trusted_authserv_ids: Sequence[str] = (),
         on_queued: Callable[[], None] = lambda: None,
+        parser: Callable[[bytes], ParsedMessage] | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -102,6 +115,8 @@ class Processor:
         self.workflow = workflow
         self.trusted_authserv_ids = tuple(trusted_authserv_ids)
         self.on_queued = on_queued
+        #: bytes -> ParsedMessage; the service's is a BoundedParser (worker process, limits)
+        self.parser = parser or parse_message
 
     # ---- loop --------------------------------------------------------------------------
 
@@ -143,10 +158,10 @@ class Processor:
         if raw is None:
             raise Unprocessable("inbound message vanished")
         try:
-            msg = parse_message(raw)
+            msg = self.parser(raw)
         except MessageParseError as exc:
             raise Unprocessable(f"not an email message: {exc}") from exc
-        with self.store.session() as s:
+        with self.store.session() as s, _limits_noted(msg.limits_hit):
             # the raw bytes were read above; don't load them (possibly megabytes) a second time
             row = s.get(InboundMessage, inbound_id, options=[defer(InboundMessage.raw)])  # type: ignore[arg-type]  # sqlmodel types columns as values
             if row is None:
