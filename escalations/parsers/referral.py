@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import codecs
 import io
-import itertools
 import re
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -802,7 +801,8 @@ def _extract(text: str) -> _Builder:
 def _looks_like_signature(lines: Sequence[str], j: int) -> bool:
     """A short trailing run of short lines after a blank line (name / role / phone) is a signature."""
     rest: list[str] = []
-    for ln in itertools.islice(lines, j, None):  # six non-blank lines settle it: stay linear
+    for k in range(j, len(lines)):  # six non-blank lines settle it: stay linear
+        ln = lines[k]
         if ln.strip():
             rest.append(ln.strip())
             if len(rest) > 5:
