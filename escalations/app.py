@@ -19,6 +19,7 @@ from escalations.mailer.outbox import OutboxDispatcher, Renderer
 from escalations.mailer.smtp_sender import FileSender, MailSender, SmtpRelaySender
 from escalations.parsers.limits import Limits
 from escalations.parsers.message import parse_message
+from escalations.parsers.referral import with_attachment_texts
 from escalations.processor import Outcome, Processor
 from escalations.routing.policy import PolicyConfig, load_config
 from escalations.sandbox import BoundedParser
@@ -175,7 +176,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSen
     processor = Processor(store, config, renderer, clock, message_id_domain=settings.message_id_domain,
                           workflow=workflow, trusted_authserv_ids=settings.trusted_authserv_ids,
                           on_queued=lambda: app_ref[0].wake_outbox.set() if app_ref else None,
-                          parser=parser or (lambda raw: parse_message(raw, limits)))
+                          parser=parser or (lambda raw: with_attachment_texts(parse_message(raw, limits), limits)))
     outbox = OutboxDispatcher(store, sender or mail_sender_for(settings), max_attempts=settings.outbox_max_attempts,
                               backoff_initial=settings.outbox_backoff_initial_seconds,
                               backoff_max=settings.outbox_backoff_max_seconds,
