@@ -56,6 +56,15 @@ class _AnswerUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+_CODES = frozenset(c.value for c in LimitHit)
+_NOT_MAIL = frozenset({"expected bytes", "empty input", "no RFC 5322 header block found"})
+
+
+def _known_codes(codes: tuple[str, ...]) -> tuple[str, ...]:
+    """Only our fixed codes travel on: a worker's answer is never trusted to be free of message text."""
+    return tuple(c if c in _CODES else LimitHit.EXTRACTION_FAILED.value for c in dict.fromkeys(codes))
+
+
 def _load_answer(data: bytes) -> tuple[str, Any]:
     answer = _AnswerUnpickler(io.BytesIO(data)).load()
     if not (isinstance(answer, tuple) and len(answer) == 2 and isinstance(answer[0], str)):
@@ -232,13 +241,14 @@ class BoundedParser:
             kind, value = self._ask(bytes(raw))
         if kind == "ok" and isinstance(value, ParsedMessage):
             if value.limits_hit:
+                value = replace(value, limits_hit=_known_codes(value.limits_hit))
                 log.warning("parse.limits_hit", codes=list(value.limits_hit))
             return value
         if kind == "not_mail":
-            raise MessageParseError(str(value))
+            raise MessageParseError(value if value in _NOT_MAIL else "not an email")
         if kind == "error":
-            log.warning("parse.worker_error", error_type=str(value))
-        code = str(value) if kind == "limit" else LimitHit.EXTRACTION_FAILED.value
+            log.warning("parse.worker_error", error_type=value if str(value).isidentifier() else "unknown")
+        code = value if kind == "limit" and value in _CODES else LimitHit.EXTRACTION_FAILED.value
         return self._fallback(raw, code)
 
     def close(self) -> None:
