@@ -19,9 +19,13 @@ from escalations.cases.workflow import Workflow
 from escalations.clock import Clock, SystemClock
 from escalations.mailer.outbox import OutboxDispatcher, Renderer
 from escalations.mailer.smtp_sender import FileSender, MailSender, SmtpRelaySender
+from escalations.parsers.limits import Limits
+from escalations.parsers.message import parse_message
+from escalations.parsers.referral import with_attachment_texts
 from escalations.private import make_private, private_umask
 from escalations.processor import Outcome, Processor
 from escalations.routing.policy import PolicyConfig, load_config
+from escalations.sandbox import BoundedParser
 from escalations.settings import Settings
 
 log = structlog.get_logger("escalations.app")
@@ -40,6 +44,12 @@ class App:
     wake_processor: threading.Event = field(default_factory=threading.Event)
     wake_outbox: threading.Event = field(default_factory=threading.Event)
     smtp_port: int | None = None
+    parser: BoundedParser | None = None
+
+    def close(self) -> None:
+        """Stop the parse worker (a later parse starts a new one)."""
+        if self.parser is not None:
+            self.parser.close()
 
     # ---- intake --------------------------------------------------------------------------
 
@@ -142,6 +152,7 @@ class App:
             self.wake_outbox.set()
             for t in threads:
                 t.join(timeout=10)
+            self.close()
             log.info("service.stopped")
 
     @contextmanager
@@ -206,20 +217,31 @@ def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSen
     app_ref: list[App] = []
     workflow = Workflow(store, config, renderer, settings.token_secret(),
                         settings.message_id_domain, subaddressing=settings.reply_subaddressing)
+    limits = parse_limits(settings)
+    parser = BoundedParser(limits, timeout_seconds=settings.parse_timeout_seconds,
+                           memory_bytes=settings.parse_memory_bytes) if settings.parse_in_worker else None
     processor = Processor(store, config, renderer, clock, message_id_domain=settings.message_id_domain,
                           workflow=workflow, auth_results={m.name: m.auth_results for m in settings.mailboxes},
                           smtp_authserv_id=settings.smtp_intake_authserv_id,
                           ingest_auth_results=settings.ingest_auth_results,
                           note_limit=settings.max_notes_per_party_per_day,
-                          on_queued=lambda: app_ref[0].wake_outbox.set() if app_ref else None)
+                          on_queued=lambda: app_ref[0].wake_outbox.set() if app_ref else None,
+                          parser=parser or (lambda raw: with_attachment_texts(parse_message(raw, limits), limits)))
     outbox = OutboxDispatcher(store, sender or mail_sender_for(settings), max_attempts=settings.outbox_max_attempts,
                               backoff_initial=settings.outbox_backoff_initial_seconds,
                               backoff_max=settings.outbox_backoff_max_seconds,
                               max_per_address_per_hour=settings.max_mails_per_address_per_hour)
     app = App(settings=settings, clock=clock, config=config, store=store, renderer=renderer,
-              processor=processor, outbox=outbox, workflow=workflow)
+              processor=processor, outbox=outbox, workflow=workflow, parser=parser)
     app_ref.append(app)
     return app
+
+
+def parse_limits(settings: Settings) -> Limits:
+    return Limits(max_mime_parts=settings.max_mime_parts, max_mime_depth=settings.max_mime_depth,
+                  attachment_max_decompressed_bytes=settings.attachment_max_decompressed_bytes,
+                  attachment_max_ratio=settings.attachment_max_ratio,
+                  docx_max_elements=settings.docx_max_elements, html_max_chars=settings.html_max_chars)
 
 
 def demo_messages() -> Iterable[tuple[str, Path]]:

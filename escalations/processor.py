@@ -7,7 +7,8 @@ puts it back. Nothing here sends mail: decisions become outbox rows in the same 
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -96,6 +97,17 @@ def step_result(step: Step, command: str | None) -> str:
     return f"applied:{command or 'note'}"
 
 
+@contextmanager
+def _limits_noted(codes: Sequence[str]) -> Iterator[None]:
+    """A message quarantined after part of it was skipped says which limits (fixed codes only)."""
+    try:
+        yield
+    except Unprocessable as exc:
+        if codes and exc.args:
+            exc.args = (f"{exc.args[0]} [limits: {', '.join(codes)}]", *exc.args[1:])
+        raise
+
+
 class Processor:
     def __init__(
         self,
@@ -111,6 +123,7 @@ class Processor:
         ingest_auth_results: str = "none",
         note_limit: int = 20,
         on_queued: Callable[[], None] = lambda: None,
+        parser: Callable[[bytes], ParsedMessage] | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -124,6 +137,8 @@ class Processor:
         self.ingest_auth_results = ingest_auth_results
         self.note_limit = note_limit
         self.on_queued = on_queued
+        #: bytes -> ParsedMessage; the service's is a BoundedParser (worker process, limits)
+        self.parser = parser or parse_message
 
     # ---- loop --------------------------------------------------------------------------
 
@@ -169,11 +184,11 @@ class Processor:
         # later than now: a server clock ahead of ours must not put mail and deadlines in the future).
         now = min(received_at, self.clock.now()) if received_at else self.clock.now()
         try:
-            msg = parse_message(raw)
+            msg = self.parser(raw)
         except MessageParseError as exc:
             raise Unprocessable("not_email") from exc
         sender = strict_sender(raw_header_values(raw, "from"), raw_header_values(raw, "sender"))
-        with self.store.session() as s:
+        with self.store.session() as s, _limits_noted(msg.limits_hit):
             # the raw bytes were read above; don't load them (possibly megabytes) a second time
             row = s.get(InboundMessage, inbound_id, options=[defer(InboundMessage.raw)])  # type: ignore[arg-type]  # sqlmodel types columns as values
             if row is None:

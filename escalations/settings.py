@@ -229,6 +229,20 @@ class Settings(BaseSettings):
     tick_interval_seconds: float = 60.0
     log_format: Literal["json", "console"] = "console"
 
+    # Parsing and attachment reading run in a worker process within these limits. Over one, that
+    # part is skipped, the rest of the mail is used, and a fixed code goes on the case or quarantine.
+    #: Off: parse in the service's own process (same part limits, no time or memory limit).
+    parse_in_worker: bool = True
+    parse_timeout_seconds: float = 10.0
+    #: The worker's address-space limit (RLIMIT_AS).
+    parse_memory_bytes: int = 512 * 1024 * 1024
+    attachment_max_decompressed_bytes: int = 20 * 1000 * 1000
+    attachment_max_ratio: int = 100
+    max_mime_parts: int = 500
+    max_mime_depth: int = 20
+    docx_max_elements: int = 50_000
+    html_max_chars: int = 2_000_000
+
     model_config["populate_by_name"] = True
 
     @model_validator(mode="after")

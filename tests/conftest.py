@@ -90,4 +90,5 @@ def make_app(tmp_path: Path, clock: FakeClock) -> Iterator[AppFactory]:
 
     yield factory
     for app in built:
+        app.close()
         app.store.engine.dispose()

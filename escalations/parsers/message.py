@@ -24,8 +24,11 @@ from typing import Any
 
 import html2text
 
+from escalations.parsers.limits import LimitHit, Limits
+
 __all__ = [
     "Attachment",
+    "Limits",
     "MessageParseError",
     "ParsedMessage",
     "decode_bytes",
@@ -90,6 +93,11 @@ class ParsedMessage:
     report_type: str | None
     defects: tuple[str, ...]
     content_type: str = "text/plain"
+    #: LimitHit codes of the parts and attachments skipped (this message and those embedded in it).
+    limits_hit: tuple[str, ...] = ()
+    #: (source, text) of the readable forms among the attachments, when extracted already (by the
+    #: parse worker); None: not extracted yet.
+    attachment_texts: tuple[tuple[str, str], ...] | None = None
 
     def header(self, name: str) -> str | None:
         key = name.lower()
@@ -126,9 +134,18 @@ def _codec(charset: str | None) -> str | None:
     if not name:
         return None
     try:
-        return codecs.lookup(name).name
-    except (LookupError, ValueError):  # ValueError: a NUL or other junk in the charset name
+        info = codecs.lookup(name)
+    except Exception:  # LookupError; ValueError: a NUL or other junk in the charset name
         return None
+    # rot13, base64, zlib... are not text encodings; punycode, idna and the escape codecs are not
+    # MIME charsets and raise on ordinary bytes.
+    if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_CHARSETS:
+        return None
+    return info.name
+
+
+_NOT_CHARSETS = frozenset({"punycode", "idna", "undefined", "unicode-escape", "raw-unicode-escape",
+                           "unicode_escape", "raw_unicode_escape"})
 
 
 def decode_bytes(data: bytes, charset: str | None, defects: list[str] | None = None) -> str:
@@ -138,7 +155,7 @@ def decode_bytes(data: bytes, charset: str | None, defects: list[str] | None = N
     if codec is not None:
         try:
             return data.decode(codec)
-        except (UnicodeDecodeError, LookupError):
+        except Exception:  # UnicodeError and whatever else a codec raises on hostile bytes
             pass
     for fallback in ("utf-8", "cp1252", "latin-1"):
         if fallback == codec:
@@ -191,12 +208,15 @@ def decode_header_value(raw: str, defects: list[str] | None = None) -> str:
     pending: list[tuple[str, bytes]] = []  # adjacent encoded words: join bytes of the same charset
 
     def flush() -> None:
-        while pending:
-            cs = pending[0][0]
-            chunk = b""
-            while pending and pending[0][0] == cs:
-                chunk += pending.pop(0)[1]
-            out.append(decode_bytes(chunk, cs, notes))
+        i = 0
+        while i < len(pending):
+            cs = pending[i][0]
+            j = i
+            while j < len(pending) and pending[j][0] == cs:
+                j += 1
+            out.append(decode_bytes(b"".join(b for _, b in pending[i:j]), cs, notes))
+            i = j
+        pending.clear()
 
     for m in _ENCODED_WORD_RE.finditer(value):
         between = value[pos:m.start()]
@@ -343,7 +363,28 @@ def _date(value: str | None, defects: list[str]) -> datetime | None:
 # ---- structure walk -------------------------------------------------------------------------------
 
 @dataclass
+class _Budget:
+    """What one raw message may still cost, shared by the messages embedded in it."""
+
+    limits: Limits
+    parts: int = 0
+    hits: list[str] = field(default_factory=list)
+
+    def hit(self, code: LimitHit) -> None:
+        if code.value not in self.hits:
+            self.hits.append(code.value)
+
+    def take_part(self) -> bool:
+        self.parts += 1
+        if self.parts > self.limits.max_mime_parts:
+            self.hit(LimitHit.TOO_MANY_PARTS)
+            return False
+        return True
+
+
+@dataclass
 class _Acc:
+    budget: _Budget
     plain: list[str] = field(default_factory=list)
     html: list[str] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
@@ -418,14 +459,22 @@ def _serialise(parts: Iterable[Message]) -> bytes:
     return b"".join(chunks)
 
 
-def _walk(part: Message, depth: int, acc: _Acc) -> None:
+def _walk(part: Message, depth: int, acc: _Acc, level: int = 0) -> None:
+    """Collect body text, attachments and embedded mail. ``depth`` counts embedded messages,
+    ``level`` multipart nesting; both, and the number of parts, are bounded by the budget."""
+    budget = acc.budget
+    if level > budget.limits.max_mime_depth:
+        budget.hit(LimitHit.TOO_DEEP)
+        return
+    if level and not budget.take_part():  # a message's own root is not one of its parts
+        return
     ctype = _safe_ctype(part)
     maintype = ctype.split("/", 1)[0]
     if ctype in ("message/rfc822", "message/global"):
         payload = part.get_payload()
         if isinstance(payload, list) and payload and isinstance(payload[0], Message):
             if depth < MAX_DEPTH:
-                acc.embedded.append(_from_message(payload[0], depth + 1))
+                acc.embedded.append(_from_message(payload[0], depth + 1, budget, level + 1))
             else:
                 acc.defects.append("message nesting too deep")
                 acc.attachments.append(Attachment(_filename(part), ctype,
@@ -434,7 +483,7 @@ def _walk(part: Message, depth: int, acc: _Acc) -> None:
         data = _payload_bytes(part, acc)  # e.g. base64-encoded message/rfc822 (not allowed, but seen)
         if depth < MAX_DEPTH and data.strip():
             try:
-                acc.embedded.append(_parse(data, depth + 1))
+                acc.embedded.append(_parse(data, depth + 1, budget, level + 1))
                 return
             except MessageParseError:
                 acc.defects.append("embedded message is not an email")
@@ -451,7 +500,7 @@ def _walk(part: Message, depth: int, acc: _Acc) -> None:
         if isinstance(payload, list):
             for sub in payload:
                 if isinstance(sub, Message):
-                    _walk(sub, depth, acc)
+                    _walk(sub, depth, acc, level + 1)
             return
         acc.defects.append("multipart without parts")
         text = payload if isinstance(payload, str) else ""
@@ -475,7 +524,15 @@ def _walk(part: Message, depth: int, acc: _Acc) -> None:
     acc.attachments.append(Attachment(filename, ctype, data))
 
 
-def _from_message(msg: Message, depth: int) -> ParsedMessage:
+def _strip_tags(html: str) -> str:
+    """Linear stand-in for html_to_text on HTML too long to convert properly."""
+    text = _STYLE_RE.sub("", html) if len(html) < 100_000 else html
+    text = re.sub(r"<(?:br|/p|/div|/tr|/t[dh]|/li)\b[^>]*>", "\n", text, flags=re.I)
+    text = re.sub(r"<[^>]*>", "", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n")
+
+
+def _from_message(msg: Message, depth: int, budget: _Budget, level: int = 0) -> ParsedMessage:
     defects: list[str] = []
     try:
         for d in msg.defects:
@@ -512,11 +569,17 @@ def _from_message(msg: Message, depth: int) -> ParsedMessage:
 
     mids = _msg_ids(first("message-id"))
     ctype = _safe_ctype(msg)
-    acc = _Acc(defects=defects)
-    _walk(msg, depth, acc)
+    acc = _Acc(budget, defects=defects)
+    _walk(msg, depth, acc, level)
     plain = "\n\n".join(t.strip("\r\n") for t in acc.plain if t.strip())
     html = "\n".join(acc.html) if acc.html else None
-    text = plain if plain.strip() else (html_to_text(html) if html else "")
+    text = plain
+    if not plain.strip() and html:
+        if len(html) > budget.limits.html_max_chars:
+            budget.hit(LimitHit.HTML_TOO_LARGE)
+            text = _strip_tags(html)
+        else:
+            text = html_to_text(html)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     report_type = _param(msg, "report-type") if ctype == "multipart/report" else None
     return ParsedMessage(
@@ -540,6 +603,8 @@ def _from_message(msg: Message, depth: int) -> ParsedMessage:
         report_type=report_type.lower() if report_type else None,
         defects=tuple(dict.fromkeys(acc.defects)),
         content_type=ctype,
+        limits_hit=tuple(budget.hits),
+        attachment_texts=None if budget.limits.extract_attachments else (),
     )
 
 
@@ -564,7 +629,77 @@ def _looks_like_email(raw: bytes) -> bool:
     return known > 0
 
 
-def _parse(raw: bytes, depth: int) -> ParsedMessage:
+_BOUNDARY_RE = re.compile(rb'boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.I)
+_DASH_LINE_RE = re.compile(rb"^--[^\r\n]*", re.M)
+
+
+def _bounded_source(data: bytes, budget: _Budget, level: int) -> bytes:
+    """The message with MIME structure beyond the limits cut out, before the email package sees it.
+
+    The email package builds every part (and recurses once per nesting level) before we could
+    count anything, so the delimiter lines of the declared boundaries are scanned here: parts past
+    the part budget are cut off, and structure nested deeper than the depth limit is cut out up to
+    the next delimiter of a shallower boundary. Linear in the size of the message.
+    """
+    declared = {m.group(1) or m.group(2) for m in _BOUNDARY_RE.finditer(data)}
+    if not declared:
+        return data
+    limits = budget.limits
+    stack: list[bytes] = []
+    index: dict[bytes, int] = {}
+    cuts: list[tuple[int, int]] = []
+    skip_from: int | None = None
+    skip_level = 0
+    parts = budget.parts
+    for m in _DASH_LINE_RE.finditer(data):
+        line = m.group(0)[2:].rstrip(b" \t\r")
+        closing = line.endswith(b"--") and line[:-2] in declared
+        name = line[:-2] if closing else line
+        if not closing and name not in declared:
+            continue
+        pos = index.get(name)
+        if pos is None:
+            if closing:
+                continue
+            pos = len(stack)
+            stack.append(name)
+            index[name] = pos
+        for gone in stack[pos + 1:]:
+            del index[gone]
+        del stack[pos + 1:]
+        if closing:
+            stack.pop()
+            del index[name]
+        if skip_from is not None:
+            if pos >= skip_level:
+                continue
+            cuts.append((skip_from, m.start()))
+            skip_from = None
+        if closing:
+            continue
+        if level + pos + 1 > limits.max_mime_depth:
+            budget.hit(LimitHit.TOO_DEEP)
+            skip_from, skip_level = m.start(), pos
+            continue
+        parts += 1
+        if parts > limits.max_mime_parts:
+            budget.hit(LimitHit.TOO_MANY_PARTS)
+            skip_from, skip_level = m.start(), -1  # nothing after this delimiter is read
+            break
+    if skip_from is not None:
+        cuts.append((skip_from, len(data)))
+    if not cuts:
+        return data
+    kept: list[bytes] = []
+    pos_ = 0
+    for a, b in cuts:
+        kept.append(data[pos_:a])
+        pos_ = b
+    kept.append(data[pos_:])
+    return b"".join(kept)
+
+
+def _parse(raw: bytes, depth: int, budget: _Budget, level: int = 0) -> ParsedMessage:
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise MessageParseError("expected bytes")
     data = bytes(raw)
@@ -576,14 +711,37 @@ def _parse(raw: bytes, depth: int) -> ParsedMessage:
     first_line = start.split(b"\n", 1)[0]
     if _MBOX_FROM_RE.match(first_line) and not first_line.startswith(b"From:"):
         start = start.split(b"\n", 1)[1] if b"\n" in start else b""
+    start = _bounded_source(start, budget, level)
     msg: Message
     try:
         msg = email.message_from_bytes(start, policy=email.policy.default)
+    except RecursionError:
+        msg = _headers_only(start, budget)
     except Exception:
-        msg = email.message_from_bytes(start)  # compat32
-    return _from_message(msg, depth)
+        try:
+            msg = email.message_from_bytes(start)  # compat32
+        except RecursionError:
+            msg = _headers_only(start, budget)
+    try:
+        return _from_message(msg, depth, budget, level)
+    except RecursionError:  # structure the scan above did not see (e.g. encoded boundary names)
+        return _from_message(_headers_only(start, budget), depth, budget, level)
 
 
-def parse_message(raw: bytes) -> ParsedMessage:
-    """Parse raw message bytes; raises MessageParseError only when the input is not an email."""
-    return _parse(raw, 0)
+def _headers_only(data: bytes, budget: _Budget) -> Message:
+    budget.hit(LimitHit.TOO_DEEP)
+    head, _, _body = data.replace(b"\r\n", b"\n").partition(b"\n\n")
+    msg = email.message_from_bytes(head + b"\n\n", policy=email.policy.compat32)
+    del msg["content-type"]
+    del msg["content-transfer-encoding"]
+    return msg
+
+
+def parse_message(raw: bytes, limits: Limits | None = None) -> ParsedMessage:
+    """Parse raw message bytes; raises MessageParseError only when the input is not an email.
+
+    Parts beyond ``limits`` (default: ``Limits()``) are skipped and their codes recorded in
+    ``limits_hit``. With ``limits.extract_attachments`` off, ``attachment_texts`` is set to ``()``
+    so that nothing reads the attachments later.
+    """
+    return _parse(raw, 0, _Budget(limits or Limits()))

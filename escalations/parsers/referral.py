@@ -12,10 +12,11 @@ import io
 import re
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Literal, cast, get_args
 
+from escalations.parsers.limits import LimitExceeded, LimitHit, Limits, check_zip, read_zip_member
 from escalations.parsers.message import Attachment, ParsedMessage, decode_bytes, html_to_text
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "parse_datetime",
     "split_forwarded",
     "tnef_to_parts",
+    "with_attachment_texts",
 ]
 
 ChildStatus = Literal["cp_plan", "looked_after", "child_in_need", "none"]
@@ -148,6 +150,8 @@ class ReferralParse:
     missing: tuple[str, ...]
     sources: tuple[str, ...]
     labelled_count: int
+    #: LimitHit codes of what was skipped in the message (fixed strings, safe for the case record).
+    limits_hit: tuple[str, ...] = ()
 
 
 # ---- normalisation ----------------------------------------------------------------------------------
@@ -625,6 +629,8 @@ def _clean_value(lines: Sequence[str]) -> str:
 class _Builder:
     values: dict[str, object]
     labelled: set[str]
+    #: list fields being accumulated (ordered, without repeats); ``values`` gets them on finish()
+    lists: dict[str, dict[object, None]] = field(default_factory=dict)
 
     def put(self, name: str, value: object) -> None:
         if name not in self.values or _is_blank(self.values[name]):
@@ -632,9 +638,13 @@ class _Builder:
 
     def add(self, name: str, items: tuple[object, ...]) -> None:
         """List fields accumulate within one form (names line with DOBs, then a DOB line)."""
-        old = self.values.get(name)
-        merged = tuple(old) if isinstance(old, tuple) else ()
-        self.values[name] = tuple(dict.fromkeys((*merged, *items)))
+        # in place: rebuilding the tuple on every line made a long form cost quadratic time
+        self.lists.setdefault(name, {}).update(dict.fromkeys(items))
+
+    def finish(self) -> _Builder:
+        for name, items in self.lists.items():
+            self.values[name] = tuple(items)
+        return self
 
 
 def _is_blank(value: object) -> bool:
@@ -785,12 +795,18 @@ def _extract(text: str) -> _Builder:
         else:
             _store(b, field, value)
         i = j if j > i + 1 else i + 1
-    return b
+    return b.finish()
 
 
 def _looks_like_signature(lines: Sequence[str], j: int) -> bool:
     """A short trailing run of short lines after a blank line (name / role / phone) is a signature."""
-    rest = [ln.strip() for ln in lines[j:] if ln.strip()]
+    rest: list[str] = []
+    for k in range(j, len(lines)):  # six non-blank lines settle it: stay linear
+        ln = lines[k]
+        if ln.strip():
+            rest.append(ln.strip())
+            if len(rest) > 5:
+                return False
     return 0 < len(rest) <= 5 and all(len(ln) <= 60 and not ln.endswith(".") for ln in rest) and \
         bool(re.search(r"(\+?\d[\d\s]{8,}|@|^tel|^mob|^phone)", "\n".join(rest), re.I | re.M))
 
@@ -895,22 +911,42 @@ def _is_bare_label(cell: str) -> bool:
     return label is not None and label.inline is None
 
 
-def docx_to_text(data: bytes) -> str:
+def _check_docx(zf: zipfile.ZipFile, limits: Limits) -> None:
+    """Sizes and ratios from the zip directory first, then the real sizes through a bounded reader
+    (python-docx reads the members again, but only after they have been found to be bounded)."""
+    check_zip(zf, limits)
+    left = limits.attachment_max_decompressed_bytes
+    for info in zf.infolist():
+        blob = read_zip_member(zf, info, left)
+        left -= len(blob)
+        if info.filename == "word/document.xml":
+            elements = sum(blob.count(tag) for tag in (b"<w:p>", b"<w:p ", b"<w:tc>", b"<w:tc "))
+            if elements > limits.docx_max_elements:
+                raise LimitExceeded(LimitHit.ATTACHMENT_TOO_COMPLEX)
+
+
+def docx_to_text(data: bytes, limits: Limits | None = None) -> str:
     """A Word form as labelled text: paragraphs, then table rows with one cell per line.
 
     A table whose first row is all labels (Sutton's "Name of child/children | Date of birth")
-    is read column by column; merged cells are read once."""
+    is read column by column; merged cells are read once. Raises LimitExceeded for a document
+    over ``limits`` (default ``Limits()``), MemoryError when out of memory; '' if unreadable."""
     try:
         import docx
         from docx.table import Table
         from docx.text.paragraph import Paragraph
     except ImportError:  # pragma: no cover - python-docx is a dependency
         return ""
+    if len(data) > (limits or Limits()).attachment_max_decompressed_bytes:
+        raise LimitExceeded(LimitHit.ATTACHMENT_TOO_LARGE)
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             if "word/document.xml" not in zf.namelist():
                 return ""
+            _check_docx(zf, limits or Limits())
         document = docx.Document(io.BytesIO(data))
+    except (LimitExceeded, MemoryError):
+        raise
     except Exception:
         return ""
     out: list[str] = []
@@ -980,6 +1016,8 @@ def rtf_to_plain(rtf: bytes) -> str:
         encoding = "cp1252"
     try:
         text: str = rtf_to_text(rtf.rstrip(b"\x00").decode("latin-1"), encoding=encoding, errors="replace")  # type: ignore[no-untyped-call]
+    except MemoryError:
+        raise
     except Exception:
         return ""
     return text.replace("\r\n", "\n").strip()
@@ -993,6 +1031,8 @@ def tnef_to_parts(data: bytes) -> tuple[str, list[Attachment]]:
         return "", []
     try:
         tnef = TNEF(data, do_checksum=False)
+    except MemoryError:
+        raise
     except Exception:
         return "", []
     text = ""
@@ -1028,24 +1068,60 @@ def tnef_to_parts(data: bytes) -> tuple[str, list[Attachment]]:
 
 # ---- the referral ------------------------------------------------------------------------------------
 
-def _attachment_texts(atts: Iterable[Attachment], depth: int = 0) -> list[tuple[str, str]]:
-    """(source, text) for each readable form among attachments."""
+def _attachment_texts(atts: Iterable[Attachment], depth: int = 0, limits: Limits | None = None,
+                      hits: list[str] | None = None) -> list[tuple[str, str]]:
+    """(source, text) for each readable form among attachments; codes of those over a limit go
+    to ``hits`` and the attachment is skipped."""
+    lim = limits or Limits()
+    notes = hits if hits is not None else []
     out: list[tuple[str, str]] = []
     for att in atts:
-        if _is_docx(att):
-            text = docx_to_text(att.payload)
-            if text.strip():
-                out.append(("docx", text))
-        elif _is_tnef(att) and depth < 2:
-            body, inner = tnef_to_parts(att.payload)
-            if body.strip():
-                out.append(("tnef", body))
-            out.extend(("tnef" if src == "docx" else src, t) for src, t in _attachment_texts(inner, depth + 1))
-        elif att.content_type == "text/plain" and att.filename and len(att.payload) < 200_000:
-            text = decode_bytes(att.payload, None)
-            if text.strip():
-                out.append(("attachment", text))
+        try:
+            out.extend(_one_attachment(att, depth, lim, notes))
+        except LimitExceeded as exc:
+            if exc.code.value not in notes:
+                notes.append(exc.code.value)
+        except MemoryError:  # under the parse worker's RLIMIT_AS: skip this one, read the rest
+            if LimitHit.EXTRACTION_MEMORY.value not in notes:
+                notes.append(LimitHit.EXTRACTION_MEMORY.value)
     return out
+
+
+def _one_attachment(att: Attachment, depth: int, limits: Limits, hits: list[str]) -> list[tuple[str, str]]:
+    readable = _is_docx(att) or (_is_tnef(att) and depth < 2) or (att.content_type == "text/plain" and att.filename)
+    if readable and att.size > limits.attachment_max_decompressed_bytes:
+        raise LimitExceeded(LimitHit.ATTACHMENT_TOO_LARGE)
+    if _is_docx(att):
+        text = docx_to_text(att.payload, limits)
+        return [("docx", text)] if text.strip() else []
+    if _is_tnef(att) and depth < 2:
+        out: list[tuple[str, str]] = []
+        body, inner = tnef_to_parts(att.payload)
+        if body.strip():
+            out.append(("tnef", body))
+        out.extend(("tnef" if src == "docx" else src, t)
+                   for src, t in _attachment_texts(inner, depth + 1, limits, hits))
+        return out
+    if att.content_type == "text/plain" and att.filename and len(att.payload) < 200_000:
+        text = decode_bytes(att.payload, None)
+        return [("attachment", text)] if text.strip() else []
+    return []
+
+
+def with_attachment_texts(msg: ParsedMessage, limits: Limits | None = None) -> ParsedMessage:
+    """``msg`` (and the messages embedded in it) with ``attachment_texts`` filled in and the codes
+    of the attachments skipped added to ``limits_hit``: the heavy part of reading a referral, done
+    once where it can be bounded (the parse worker)."""
+    hits: list[str] = list(msg.limits_hit)
+
+    def fill(m: ParsedMessage) -> ParsedMessage:
+        texts = m.attachment_texts
+        if texts is None:
+            texts = tuple(_attachment_texts(m.attachments, 0, limits, hits))
+        return replace(m, attachment_texts=texts, embedded=tuple(fill(e) for e in m.embedded))
+
+    filled = fill(msg)
+    return replace(filled, limits_hit=tuple(dict.fromkeys(hits)))
 
 
 def extract_referral(msg: ParsedMessage, required: Sequence[str]) -> ReferralParse:
@@ -1062,12 +1138,17 @@ def extract_referral(msg: ParsedMessage, required: Sequence[str]) -> ReferralPar
         if (part.labelled or builder.values != before) and source not in sources:
             sources.append(source)
 
+    hits: list[str] = list(msg.limits_hit)
+
     def absorb_message(m: ParsedMessage, own_source: str, depth: int) -> None:
         own, forwarded = split_forwarded(m.text)
         absorb(own_source, own)
         for block in forwarded:
             absorb("forwarded", block)
-        for src, text in _attachment_texts(m.attachments):
+        texts = m.attachment_texts
+        if texts is None:  # not read by the parse worker (a plain parse_message result)
+            texts = tuple(_attachment_texts(m.attachments, hits=hits))
+        for src, text in texts:
             absorb(src, text)
         if depth < 3:
             for inner in m.embedded:
@@ -1083,5 +1164,5 @@ def extract_referral(msg: ParsedMessage, required: Sequence[str]) -> ReferralPar
     result = _fields(builder)
     missing = tuple(name for name in required if name in FIELD_NAMES and result.is_empty(name))
     return ReferralParse(fields=result, missing=missing, sources=tuple(sources),
-                         labelled_count=len(builder.labelled))
+                         labelled_count=len(builder.labelled), limits_hit=tuple(dict.fromkeys(hits)))
 

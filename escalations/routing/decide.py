@@ -129,7 +129,9 @@ def decide_new_referral(
     events: list[EventRecord] = [
         EventRecord(
             "case_opened",
-            {"missing": missing, "sources": list(parse.sources), "partnership": partnership.id},
+            {"missing": missing, "sources": list(parse.sources), "partnership": partnership.id,
+             # fixed codes of what was skipped as over a limit (never a name from the message)
+             **({"limits_hit": list(parse.limits_hit)} if parse.limits_hit else {})},
             clause=None,
             actor=sender,
         )
