@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from escalations.logs import configure_logging
+from escalations.logs import FramesOnly, configure_logging
 from escalations.private import FILE_MODE, private_umask
 from escalations.routing.policy import ConfigError
 from escalations.settings import Settings
@@ -169,6 +169,8 @@ def _log_to_file(path: Path) -> None:
     handler = logging.FileHandler(path, encoding="utf-8")
     path.chmod(FILE_MODE)  # it may be older than our umask
     handler.setFormatter(logging.Formatter("%(message)s"))
+    # The same filter as stderr's: another library's exception keeps its type and frames, not its text.
+    handler.addFilter(FramesOnly())
     handler._escalations = True  # type: ignore[attr-defined]
     root.addHandler(handler)
 

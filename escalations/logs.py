@@ -56,7 +56,7 @@ class _BoundLogger(structlog.stdlib.BoundLogger):
         return self._proxy_to_logger("error", event, *args, **kw)
 
 
-class _FramesOnly(logging.Filter):
+class FramesOnly(logging.Filter):
     """For records from other libraries that carry an exception: keep its type and frames, drop its text."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -92,7 +92,7 @@ def configure_logging(fmt: Literal["json", "console"] = "console", level: int = 
     if not any(getattr(h, "_escalations", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler.addFilter(_FramesOnly())
+        handler.addFilter(FramesOnly())
         handler._escalations = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
