@@ -141,8 +141,12 @@ def main() -> int:
             if not stored.created:
                 outcomes["duplicate"] += 1
             for o in results:
-                code = o.detail.split("\n", 1)[0] if o.status == "quarantined" else o.kind
-                outcomes[f"{o.status}:{code.split(':', 1)[0] if o.status == 'quarantined' else code}"] += 1
+                # a quarantine reason: "code[:detail] [limits: ...]"; count by code, limits apart
+                code = o.detail.split("\n", 1)[0].split(" [", 1)[0].split(":", 1)[0] \
+                    if o.status == "quarantined" else o.kind
+                outcomes[f"{o.status}:{code}"] += 1
+                if "[limits:" in o.detail:
+                    outcomes["  (of which some parts skipped by a limit)"] += 1
                 if o.status == "quarantined" and code == "processing_error":
                     row = app.store.get_inbound(o.inbound_id)
                     failures[(row.error or "").rsplit("\n", 1)[-1] if row else "?"] += 1
