@@ -67,7 +67,7 @@ def close(state: CaseState, p: Partnership, now: datetime, *, outcome: str, how:
                            else "Escalation withdrawn")
     mails = [mail("case_closed.txt.j2", r, subject, ctx, f"{state.reference}:closed:{r}",
                   clause or RECORD_CLAUSES.get(p.id, "record")) for r in recipients]
-    events = (EventRecord(status, {"outcome": outcome, "how": how, "time_taken": ctx["time_taken"]},
+    events = (EventRecord(str(status), {"outcome": outcome, "how": how, "time_taken": ctx["time_taken"]},
                           clause=clause or RECORD_CLAUSES.get(p.id), actor=by),)
     return Step(change=CaseChange(status=status, closed_at=now, clear_due=True, clear_resolution=True),
                 events=events, mails=tuple(mails), cancel_timers=True)
