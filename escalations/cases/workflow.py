@@ -21,7 +21,14 @@ from escalations.routing.policy import Partnership, PolicyConfig
 from escalations.routing.redact import Redactor, redactor_for
 from escalations.routing.tokens import footer_line, issue_token, plus_address, token_message_id
 from escalations.routing.workflow.events import WorkflowEvent
-from escalations.routing.workflow.state import CaseState, EventRecord, Party, PendingResolution, Step
+from escalations.routing.workflow.state import (
+    CaseState,
+    CaseStatus,
+    EventRecord,
+    Party,
+    PendingResolution,
+    Step,
+)
 from escalations.routing.workflow.transition import transition
 
 log = structlog.get_logger("escalations.workflow")
@@ -35,7 +42,7 @@ def case_state(case: Case) -> CaseState:
         id=case.id or 0,
         reference=case.reference,
         partnership=case.partnership,
-        status=case.status,
+        status=CaseStatus(case.status),
         route=case.route,
         stage_index=case.stage_index,
         opened_at=case.opened_at,

@@ -47,7 +47,7 @@ CONFIRMATION_WORKING_DAYS = 2
 
 
 def close(state: CaseState, p: Partnership, now: datetime, *, outcome: str, how: str, by: str,
-          status: str = CaseStatus.CLOSED, clause: str | None = None) -> Step:
+          status: CaseStatus = CaseStatus.CLOSED, clause: str | None = None) -> Step:
     """Close (or withdraw) the case; everyone on it and the raiser get the record."""
     ctx = base_context(state, p)
     ctx.update({"outcome": outcome, "how": how, "stage_number": stage_number(state),

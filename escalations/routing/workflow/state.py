@@ -6,7 +6,7 @@ database and the templates see the same strings as before.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -183,7 +183,7 @@ class CaseState:
     id: int
     reference: str
     partnership: str
-    status: str  # a CaseStatus value
+    status: CaseStatus
     route: str | None
     stage_index: int | None
     opened_at: datetime
@@ -214,7 +214,7 @@ class TimerSpec:
 class CaseChange:
     """Column updates for the case row (None: unchanged)."""
 
-    status: str | None = None
+    status: CaseStatus | None = None
     route: str | None = None
     stage_index: int | None = None
     stage_number: int | None = None
@@ -248,6 +248,4 @@ class Step:
 
 def with_record(record: EventRecord, step: Step) -> Step:
     """``step``, with the reply's own record first in its history."""
-    from dataclasses import replace
-
     return replace(step, events=(record, *step.events))
