@@ -28,14 +28,6 @@ from escalations.parsers.message import MessageParseError, ParsedMessage, parse_
 from escalations.parsers.referral import ReferralParse, extract_fields_from_text, extract_referral
 from escalations.parsers.reply import find_reference, parse_reply
 from escalations.parsers.sender import StrictSender, raw_header_values, strict_sender
-from escalations.routing.decide import (
-    Automated,
-    EventRecord,
-    Opened,
-    Replied,
-    Step,
-    decide_new_referral,
-)
 from escalations.routing.policy import Partnership, PolicyConfig
 from escalations.routing.tokens import (
     TokenError,
@@ -47,7 +39,10 @@ from escalations.routing.tokens import (
     verify_token,
 )
 from escalations.routing.workflow.authority import ReplyFacts, TokenVerdict
+from escalations.routing.workflow.events import Automated, Opened, Replied
+from escalations.routing.workflow.opening import decide_new_referral
 from escalations.routing.workflow.recipients import mailable
+from escalations.routing.workflow.state import EventRecord, Step
 
 log = structlog.get_logger("escalations.processor")
 

@@ -17,17 +17,19 @@ from escalations.cases.store import Store
 from escalations.mailer.outbox import Renderer, enqueue
 from escalations.parsers.referral import ReferralFields
 from escalations.parsers.sender import valid_address
-from escalations.routing.decide import (
-    CaseState,
-    EventRecord,
-    Party,
-    Step,
-    WorkflowEvent,
-    transition,
-)
 from escalations.routing.policy import Partnership, PolicyConfig
 from escalations.routing.redact import Redactor, redactor_for
 from escalations.routing.tokens import footer_line, issue_token, plus_address, token_message_id
+from escalations.routing.workflow.events import WorkflowEvent
+from escalations.routing.workflow.state import (
+    CaseState,
+    CaseStatus,
+    EventRecord,
+    Party,
+    PendingResolution,
+    Step,
+)
+from escalations.routing.workflow.transition import transition
 
 log = structlog.get_logger("escalations.workflow")
 
@@ -40,7 +42,7 @@ def case_state(case: Case) -> CaseState:
         id=case.id or 0,
         reference=case.reference,
         partnership=case.partnership,
-        status=case.status,
+        status=CaseStatus(case.status),
         route=case.route,
         stage_index=case.stage_index,
         opened_at=case.opened_at,
@@ -51,7 +53,7 @@ def case_state(case: Case) -> CaseState:
         missing=tuple(case.missing),
         raiser=case.raised_by_email,
         parties=tuple(Party.from_json(p) for p in case.parties),
-        resolution=dict(case.resolution),
+        resolution=PendingResolution.from_json(case.resolution or {}),
         confirmed_addresses=tuple(case.confirmed_addresses or ()),
     )
 
@@ -95,7 +97,9 @@ class Workflow:
         if c.parties is not None:
             case.parties = [p.to_json() for p in c.parties]
         if c.resolution is not None:
-            case.resolution = dict(c.resolution)
+            case.resolution = c.resolution.to_json()
+        elif c.clear_resolution:
+            case.resolution = {}
         if c.fields is not None:
             case.fields = c.fields.to_json()
         if c.missing is not None:
@@ -206,7 +210,7 @@ class Workflow:
 
     def tick(self, now: datetime) -> list[dict[str, Any]]:
         """Fire every timer due at ``now``; each in its own transaction; safe to run concurrently."""
-        from escalations.routing.decide import TimerFired
+        from escalations.routing.workflow.events import TimerFired
 
         fired: list[dict[str, Any]] = []
         while True:

@@ -24,9 +24,9 @@ from sqlmodel import Session, col, select
 from escalations.cases.models import OutboxMessage
 from escalations.cases.store import Store
 from escalations.mailer.smtp_sender import DeliveryError, MailSender
-from escalations.routing.decide import OutgoingMail
 from escalations.routing.policy import SecureRoute
 from escalations.routing.redact import Redactor
+from escalations.routing.workflow.state import OutgoingMail
 
 log = structlog.get_logger("escalations.outbox")
 

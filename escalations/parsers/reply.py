@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal, cast, get_args
 
+from escalations.parsers.commands_vocabulary import VOCABULARY, synonyms
 from escalations.parsers.message import ParsedMessage
 
 __all__ = ["REFERENCE_RE", "Command", "ReplyCommand", "find_reference", "parse_reply", "strip_quoted"]
 
-Command = Literal["RESOLVED", "ESCALATE", "ACCEPT", "NOTE", "URGENT", "WITHDRAW", "INFO", "CONFIRM"]
-_COMMANDS: tuple[str, ...] = get_args(Command)
-_SYNONYMS: dict[str, str] = {
-    "RESOLVED": "RESOLVED", "RESOLVE": "RESOLVED", "AGREE": "ACCEPT", "AGREED": "ACCEPT", "ACCEPT": "ACCEPT",
-    "ACCEPTED": "ACCEPT", "ESCALATE": "ESCALATE", "NOTE": "NOTE", "URGENT": "URGENT", "WITHDRAW": "WITHDRAW",
-    "WITHDRAWN": "WITHDRAW", "INFO": "INFO", "CONFIRM": "CONFIRM",
-}
+#: A command's name (one of ``commands_vocabulary.VOCABULARY``).
+Command = str
+_COMMANDS: frozenset[str] = frozenset(w.name for w in VOCABULARY)
+_SYNONYMS: dict[str, str] = synonyms()
 
 REFERENCE_RE: re.Pattern[str] = re.compile(r"(?<![A-Za-z0-9])([A-Z]{2,5}-\d{4}-\d{4,})(?![0-9])")
 
@@ -117,7 +114,7 @@ def _command_of(line: str) -> tuple[Command | None, str]:
     command = _SYNONYMS.get(word)
     if command is None or command not in _COMMANDS:
         return None, ""
-    return cast(Command, command), m.group(2).strip().strip("*_").strip()
+    return command, m.group(2).strip().strip("*_").strip()
 
 
 def parse_reply(msg: ParsedMessage) -> ReplyCommand:

@@ -11,8 +11,8 @@ from escalations.cases.store import Store, make_engine
 from escalations.clock import FakeClock
 from escalations.mailer.outbox import OutboxDispatcher, Renderer, enqueue
 from escalations.mailer.smtp_sender import FileSender, SmtpRelaySender
-from escalations.routing.decide import OutgoingMail
 from escalations.routing.redact import Redactor
+from escalations.routing.workflow.state import OutgoingMail
 from escalations.settings import RelaySettings
 from tests.servers.smtp import SmtpCapture
 

@@ -24,8 +24,8 @@ from escalations.app import App, build_app
 from escalations.cases.models import OutboxMessage
 from escalations.clock import FakeClock
 from escalations.mailer.outbox import enqueue
-from escalations.routing.decide import OutgoingMail
 from escalations.routing.redact import Redactor
+from escalations.routing.workflow.state import OutgoingMail
 from escalations.settings import Settings
 from tests.conftest import CONFIG_DIR, AppFactory
 from tests.workflow.conftest import reply

@@ -8,8 +8,8 @@ import pytest
 
 from escalations.clock import FakeClock
 from escalations.mailer.outbox import enqueue
-from escalations.routing.decide import OutgoingMail
 from escalations.routing.redact import Redactor
+from escalations.routing.workflow.state import OutgoingMail
 from tests.conftest import AppFactory
 from tests.servers.smtp import SmtpCapture
 

@@ -1,4 +1,4 @@
-"""The pure state machine (``routing/decide.transition``): legal and illegal moves, and every workflow
+"""The pure state machine (``routing/workflow/transition.transition``): legal and illegal moves, and every workflow
 template rendered from the contexts real transitions produce."""
 
 from __future__ import annotations
@@ -12,20 +12,12 @@ import pytest
 
 from escalations.mailer.outbox import Renderer
 from escalations.parsers.referral import ReferralFields
-from escalations.routing.decide import (
-    Automated,
-    CaseState,
-    Opened,
-    OutgoingMail,
-    Replied,
-    Step,
-    TimerFired,
-    WorkflowEvent,
-    transition,
-)
 from escalations.routing.policy import Partnership, PolicyConfig, load_config
 from escalations.routing.workflow.authority import ReplyFacts, TokenVerdict
 from escalations.routing.workflow.digest import DigestItem, compose_digest
+from escalations.routing.workflow.events import Automated, Opened, Replied, TimerFired, WorkflowEvent
+from escalations.routing.workflow.state import CaseState, OutgoingMail, Step
+from escalations.routing.workflow.transition import transition
 from tests.conftest import CONFIG_DIR
 from tests.workflow.profiles import CH, HAVERING, OPENED, WILTSHIRE, Profile, at
 
@@ -62,6 +54,8 @@ def apply(state: CaseState, step: Step) -> CaseState:
             values[name] = v
     if c.clear_due:
         values["due_at"] = None
+    if c.clear_resolution and c.resolution is None:
+        values["resolution"] = None
     return replace(state, **values)
 
 
@@ -181,7 +175,7 @@ def test_illegal_moves_are_recorded_and_answered(config: PolicyConfig) -> None:
     assert "illegal_command" in kinds(step)
     # The other side may disagree: ESCALATE instead of confirming.
     step = run.reply(CH.other_practitioner_email, "ESCALATE", "not what we agreed", side="receiving")
-    assert run.state.stage_index == 1 and run.state.status == "open" and run.state.resolution == {}
+    assert run.state.stage_index == 1 and run.state.status == "open" and run.state.resolution is None
     # A closed case changes no more.
     run.reply(CH.raiser, "WITHDRAW", "sorted locally", authority="raiser", side="raising")
     assert run.state.status == "withdrawn"
@@ -284,7 +278,7 @@ def test_confirmation_window_is_two_working_days(config: PolicyConfig) -> None:
     # RESOLVED on a Friday afternoon: reminder on Monday, closes on Tuesday (working days only).
     step = run.reply(HAVERING.raiser, "RESOLVED", "agreed", authority="raiser", side="raising", now=at(6, 15))
     assert {t.kind: t.due_at for t in step.timers} == {"confirm_reminder": at(9), "confirm_close": at(10)}
-    assert run.state.resolution["confirm_by"] == [HAVERING.other_practitioner_email]
+    assert run.state.resolution is not None and run.state.resolution.confirm_by == (HAVERING.other_practitioner_email,)
     # The other side confirms with RESOLVED too.
     step = run.reply(HAVERING.other_practitioner_email, "RESOLVED", "yes", side="receiving", now=at(9, 9))
     assert run.state.status == "closed" and "confirmed in writing" in step.events[-1].detail["how"]
@@ -296,7 +290,7 @@ def test_a_deputy_who_takes_over_can_confirm(config: PolicyConfig) -> None:
     run = Run(ch, new_case(CH, stage=2))
     run(Opened(), OPENED)
     run.reply("ch.education.line-manager@example.org", "RESOLVED", "agreed", side="raising")
-    assert run.state.resolution["confirm_by"] == [CH.other_line_manager]
+    assert run.state.resolution is not None and run.state.resolution.confirm_by == (CH.other_line_manager,)
     step = run(Automated("auto_reply", CH.other_line_manager), at(4, 11))
     assert CH.other_line_manager_deputy in to(step, "resolution_confirm_request.txt.j2")
     step = run(TimerFired("confirm_reminder", 1), at(5))

@@ -26,8 +26,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from escalations.routing.decide import CaseState, Party
     from escalations.routing.policy import Partnership
+    from escalations.routing.workflow.state import CaseState, Party
 
 __all__ = ["Authority", "Refusal", "ReplyFacts", "TokenVerdict", "Verdict", "acts_as", "authority",
            "config_addresses", "role_of", "staff_addresses"]

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from escalations.routing.workflow.authority import REFUSAL_TEXT, Refusal
 
 if TYPE_CHECKING:
-    from escalations.routing.decide import OutgoingMail
     from escalations.routing.policy import Partnership
+    from escalations.routing.workflow.state import OutgoingMail
 
 __all__ = ["DIGEST_EVERY", "MAX_LINES", "DigestItem", "compose_digest"]
 
@@ -48,7 +48,7 @@ def _what(item: DigestItem) -> str:
 
 def compose_digest(p: Partnership, items: Sequence[DigestItem], now: datetime) -> list[OutgoingMail]:
     from escalations.routing.calendar import format_local
-    from escalations.routing.decide import NOTICE_MAIL, OutgoingMail
+    from escalations.routing.workflow.state import NOTICE_MAIL, OutgoingMail
 
     if not items:
         return []

@@ -1,0 +1,202 @@
+"""Resolution: a RESOLVED asks the other side to confirm in writing, ACCEPT confirms it, and the case
+closes (on confirmation, on the decision maker's word, or after the time allowed for confirming).
+
+The policies require written confirmation between the parties (C&H 3.1, Wiltshire "Documenting
+discussions", Tri-borough §4, Sutton 7.6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from escalations.routing.workflow.authority import Authority, acts_as
+from escalations.routing.workflow.mail import (
+    RECORD_CLAUSES,
+    base_context,
+    case_subject,
+    duration,
+    mail,
+    stage_number,
+)
+from escalations.routing.workflow.stages import asked_at_stage, current_plan
+from escalations.routing.workflow.state import (
+    CaseChange,
+    CaseState,
+    CaseStatus,
+    EventRecord,
+    Party,
+    PendingResolution,
+    Side,
+    Step,
+    TimerKind,
+    TimerSpec,
+)
+
+if TYPE_CHECKING:
+    from escalations.routing.policy import Partnership, StagePlan
+    from escalations.routing.workflow.reply import Reply
+
+__all__ = ["CONFIRMATION_WORKING_DAYS", "ask_confirmation", "close", "close_unconfirmed", "confirming",
+           "on_accept", "on_resolved"]
+
+#: How long the other side has to confirm a RESOLVED before the case closes on the first side's word
+#: (after a reminder). The policies require written confirmation but set no timescale for it.
+CONFIRMATION_WORKING_DAYS = 2
+
+
+def close(state: CaseState, p: Partnership, now: datetime, *, outcome: str, how: str, by: str,
+          status: CaseStatus = CaseStatus.CLOSED, clause: str | None = None) -> Step:
+    """Close (or withdraw) the case; everyone on it and the raiser get the record."""
+    ctx = base_context(state, p)
+    ctx.update({"outcome": outcome, "how": how, "stage_number": stage_number(state),
+                "time_taken": duration(state.opened_at, now), "closed_status": status, "forms": []})
+    try:
+        plan = current_plan(state, p, now)
+        if plan is not None:
+            ctx["stage_number"] = plan.number
+            ctx["stage_name"] = plan.name
+            ctx["forms"] = [f"{fm.name}: {fm.note or 'complete it now'} ({fm.clause})" for fm in plan.forms
+                            if fm.when == "on_resolution"]
+    except (KeyError, IndexError, ValueError):
+        pass
+    ctx.setdefault("stage_name", "")
+    recipients = sorted({x.active_email for x in state.parties} | ({state.raiser} if state.raiser else set()))
+    subject = case_subject(state.reference, "Escalation closed" if status == CaseStatus.CLOSED
+                           else "Escalation withdrawn")
+    mails = [mail("case_closed.txt.j2", r, subject, ctx, f"{state.reference}:closed:{r}",
+                  clause or RECORD_CLAUSES.get(p.id, "record")) for r in recipients]
+    events = (EventRecord(str(status), {"outcome": outcome, "how": how, "time_taken": ctx["time_taken"]},
+                          clause=clause or RECORD_CLAUSES.get(p.id), actor=by),)
+    return Step(change=CaseChange(status=status, closed_at=now, clear_due=True, clear_resolution=True),
+                events=events, mails=tuple(mails), cancel_timers=True)
+
+
+def confirming(state: CaseState) -> list[Party]:
+    """The parties asked to confirm the pending resolution (whoever acts for them now)."""
+    wanted = {a.lower() for a in state.resolution.confirm_by} if state.resolution else set()
+    return [x for x in state.parties if acts_as(x) & wanted]
+
+
+def decision_maker_parties(state: CaseState, plan: StagePlan | None) -> list[Party]:
+    if plan is None or plan.decision_maker is None:
+        return []
+    dm = plan.decision_maker.party
+    return [x for x in state.parties if x.asked and x.party == dm]
+
+
+def _confirmers(state: CaseState, p: Partnership, resolver: str, side: str | None) -> list[Party]:
+    """Who must confirm a RESOLVED: the stage's decision maker where the policy names one (C&H 2.12,
+    Havering 2.10, Wiltshire Stage Three, Tri-borough ¶6, Sutton 7.4), else everyone asked on the other
+    side (C&H 3.1, Wiltshire "Documenting discussions", Tri-borough §4, Sutton 7.6)."""
+    plan = current_plan(state, p, state.opened_at)
+    resolver = resolver.lower()
+    dms = [x for x in decision_maker_parties(state, plan) if x.active_email.lower() != resolver]
+    if dms:
+        return dms
+    return [x for x in asked_at_stage(state.parties) if x.side not in (side, Side.NOTIFIED)
+            and x.active_email.lower() != resolver]
+
+
+def ask_confirmation(state: CaseState, p: Partnership, now: datetime, *, reminder: bool = False) -> Step:
+    r = state.resolution
+    ctx = base_context(state, p)
+    ctx.update({"outcome": r.outcome if r else "", "resolved_by": r.by if r else "", "reminder": reminder,
+                "confirm_days": CONFIRMATION_WORKING_DAYS})
+    kind = "confirm_reminder" if reminder else "confirm_request"
+    mails = tuple(mail("resolution_confirm_request.txt.j2", x.active_email,
+                       case_subject(state.reference, "Please confirm the resolution"), ctx,
+                       f"{state.reference}:s{state.stage_index}:{kind}:{x.active_email}",
+                       RECORD_CLAUSES.get(p.id, "record"), token_stage=state.stage_index,
+                       recipient_name=x.active_name, role=x.role_name) for x in confirming(state))
+    timers: tuple[TimerSpec, ...] = ()
+    if not reminder:
+        timers = (TimerSpec(TimerKind.CONFIRM_REMINDER, p.calendar.add_working_days(now, 1), state.stage_index),
+                  TimerSpec(TimerKind.CONFIRM_CLOSE, p.calendar.add_working_days(now, CONFIRMATION_WORKING_DAYS),
+                            state.stage_index))
+    return Step(events=(EventRecord(kind, {"to": [m.to[0] for m in mails]},
+                                    clause=RECORD_CLAUSES.get(p.id)),), mails=mails, timers=timers)
+
+
+def close_unconfirmed(state: CaseState, p: Partnership, now: datetime) -> Step:
+    """Nobody confirmed or disputed in time: the resolution stands as recorded."""
+    r = state.resolution
+    by = r.by if r else ""
+    return close(state, p, now, outcome=r.outcome if r else "", by=by,
+                 how=f"resolved by {by or None}; not confirmed or disputed within "
+                     f"{CONFIRMATION_WORKING_DAYS} working days of the request and a reminder, so the "
+                     "resolution stands as recorded")
+
+
+# ---- the RESOLVED and ACCEPT commands -------------------------------------------------------------
+
+
+def _roles(reply: Reply) -> tuple[StagePlan | None, bool, bool]:
+    """The stage's plan; is the sender its decision maker; were they asked to confirm the pending resolution."""
+    state = reply.state
+    plan = current_plan(state, reply.p, reply.now)
+    sender = reply.sender.lower()
+    is_dm = any(sender in acts_as(x) for x in decision_maker_parties(state, plan))
+    confirmer = state.status == CaseStatus.AWAITING_CONFIRMATION and \
+        any(sender in acts_as(x) for x in confirming(state))
+    return plan, is_dm, confirmer
+
+
+def _dm_clause(plan: StagePlan | None, is_dm: bool) -> str | None:
+    return plan.decision_maker.clause if is_dm and plan and plan.decision_maker else None
+
+
+def _may_confirm(reply: Reply, is_dm: bool, confirmer: bool) -> bool:
+    return reply.state.status == CaseStatus.AWAITING_CONFIRMATION and \
+        (confirmer or is_dm or reply.event.authority == Authority.STAFF)
+
+
+def _confirm_and_close(reply: Reply, plan: StagePlan | None, is_dm: bool, confirmer: bool) -> Step:
+    """The pending resolution confirmed: the confirmer's words are added to the record."""
+    res = reply.state.resolution
+    outcome = res.outcome if res else ""
+    arg = reply.event.argument
+    label = "Confirmed with" if reply.event.command == "RESOLVED" else "Outstanding issues"
+    if arg:
+        outcome = f"{outcome}\n{label}: {arg}" if outcome else arg
+    how = ("decided by the decision maker" if is_dm and not confirmer else
+           f"resolved by {res.by if res else None} and confirmed in writing by {reply.sender}")
+    return reply.done(close(reply.state, reply.p, reply.now, outcome=outcome, by=reply.sender, how=how,
+                            clause=_dm_clause(plan, is_dm)))
+
+
+def on_accept(reply: Reply) -> Step:
+    plan, is_dm, confirmer = _roles(reply)
+    if _may_confirm(reply, is_dm, confirmer):
+        return _confirm_and_close(reply, plan, is_dm, confirmer)
+    if reply.state.status != CaseStatus.AWAITING_CONFIRMATION:
+        return reply.illegal("there is no resolution waiting for confirmation")
+    return reply.illegal("the resolution must be confirmed by the people asked to confirm it")
+
+
+def on_resolved(reply: Reply) -> Step:
+    state, r, p, now = reply.state, reply.event, reply.p, reply.now
+    plan, is_dm, confirmer = _roles(reply)
+    if _may_confirm(reply, is_dm, confirmer):
+        return _confirm_and_close(reply, plan, is_dm, confirmer)
+    if is_dm or r.authority == Authority.STAFF:
+        # The decision maker's written decision closes the case (Sutton 7.4: final; Wiltshire Stage
+        # Three: communicated to all parties); partnership staff may record it on their behalf.
+        return reply.done(close(state, p, now, outcome=r.argument, by=r.sender,
+                                how="decided by " + ("the decision maker" if is_dm else "partnership staff"),
+                                clause=_dm_clause(plan, is_dm)))
+    if state.status == CaseStatus.AWAITING_CONFIRMATION:
+        return reply.illegal("a resolution was already recorded; the other side has been asked to confirm it")
+    confirm = _confirmers(state, p, r.sender, r.side)
+    if not confirm:
+        # Nobody on the other side can be asked (e.g. stage 1 when the referral gives no address for
+        # the other worker): the record stands on the sender's word and everyone gets it.
+        return reply.done(close(state, p, now, outcome=r.argument, by=r.sender,
+                                how=f"resolved by {r.sender} (nobody on the other side has an "
+                                    "address on the case to confirm it)"))
+    pending = PendingResolution(by=r.sender, side=r.side, outcome=r.argument, at=now.isoformat(),
+                                stage_index=state.stage_index, confirm_by=tuple(x.active_email for x in confirm))
+    ask = ask_confirmation(replace(state, status=CaseStatus.AWAITING_CONFIRMATION, resolution=pending), p, now)
+    return Step(change=CaseChange(status=CaseStatus.AWAITING_CONFIRMATION, resolution=pending),
+                events=(reply.record, *ask.events), mails=ask.mails, timers=ask.timers)
