@@ -572,7 +572,7 @@ def mailbox_test(ctx: typer.Context, name: Annotated[str, typer.Argument(help="T
     """Sign in to one mailbox now: token, login, folder, IDLE, what would be fetched. Changes nothing."""
     from escalations.mailer.mailbox_check import check_mailbox
 
-    application = _build(ctx, read_only=True)
+    application = _build(ctx)
     settings = application.settings
     mailbox = next((m for m in settings.mailboxes if m.name == name), None)
     if mailbox is None:
@@ -619,9 +619,9 @@ def db_upgrade(ctx: typer.Context) -> None:
     finally:
         engine.dispose()
     make_private(settings.data_dir, settings.effective_database_url)
-    if result.stamped_first_release:
-        console.print(f"found an earlier release's schema with no recorded revision: recorded it as "
-                      f"{result.before}", highlight=False)
+    if result.stamped:
+        console.print(f"found tables made before migrations, with no recorded schema revision: they are "
+                      f"revision {result.stamped}, recorded", highlight=False)
     if result.before == result.after:
         console.print(f"already at {result.after} (head)", highlight=False)
     else:

@@ -15,16 +15,20 @@ from enum import StrEnum
 from pathlib import Path
 
 import sqlalchemy as sa
+import structlog
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlmodel import SQLModel
 
 from escalations.cases import models as _models  # noqa: F401  (the tables SQLModel.metadata holds)
 from escalations.private import sqlite_path
+
+log = structlog.get_logger("escalations.schema")
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 VERSION_TABLE = "alembic_version"
@@ -47,6 +51,9 @@ class SchemaState(StrEnum):
     BEHIND = "behind"  # an older revision: `escalations db upgrade`
     AHEAD = "ahead"  # a revision this release does not know: a newer release upgraded it
     FIRST_RELEASE = "first_release"  # 53cddc3's tables, no revision recorded: stamped 0001 on upgrade
+    #: Exactly the models' tables, no revision recorded (create_all by a build between 53cddc3 and
+    #: migrations): stamped head on upgrade.
+    UNVERSIONED_HEAD = "unversioned_head"
     UNRECOGNISED = "unrecognised"  # our tables, no revision, and not a release's schema
 
 
@@ -61,8 +68,8 @@ class SchemaStatus:
 class UpgradeResult:
     before: str | None
     after: str
-    #: The first release's schema was found with no revision and recorded as 0001 first.
-    stamped_first_release: bool = False
+    #: The revision recorded first for tables made before migrations (none recorded).
+    stamped: str | None = None
 
 
 class SchemaError(Exception):
@@ -109,7 +116,7 @@ def _config(connection: Connection | None) -> Config:
 def _known(revision: str) -> bool:
     try:
         return _scripts().get_revision(revision) is not None
-    except Exception:  # alembic raises its own errors for an id it has never seen
+    except CommandError:  # an id none of our revisions has
         return False
 
 
@@ -129,12 +136,13 @@ def status_of(connection: Connection) -> SchemaStatus:
         return SchemaStatus(state, revision, target)
     inspector = sa.inspect(connection)
     tables = set(inspector.get_table_names())
-    if VERSION_TABLE in tables:  # the table, but no row: treat as the tables say
-        tables.discard(VERSION_TABLE)
+    tables.discard(VERSION_TABLE)  # the table with no row in it: go by the other tables
     if not tables & set(SQLModel.metadata.tables):
         return SchemaStatus(SchemaState.EMPTY, None, target)
     if tables >= FIRST_RELEASE_TABLES and not _has_later_additions(inspector, tables):
         return SchemaStatus(SchemaState.FIRST_RELEASE, None, target)
+    if not differences(connection):
+        return SchemaStatus(SchemaState.UNVERSIONED_HEAD, None, target)
     return SchemaStatus(SchemaState.UNRECOGNISED, None, target)
 
 
@@ -148,7 +156,10 @@ def _has_later_additions(inspector: sa.Inspector, tables: set[str]) -> bool:
 
 
 def status(engine: Engine) -> SchemaStatus:
-    with engine.connect() as conn:
+    from escalations.cases.store import READ_ONLY  # store imports this module
+
+    # read-only: no write lock on SQLite, so a command looking never waits behind the service
+    with engine.execution_options(**{READ_ONLY: True}).connect() as conn:
         return status_of(conn)
 
 
@@ -163,9 +174,9 @@ def refusal(st: SchemaStatus, url: str | sa.URL) -> SchemaError | None:
         case SchemaState.BEHIND:
             return SchemaError(f"the database at {where} has schema revision {st.revision} and this release "
                                f"needs {st.head}: run escalations db upgrade")
-        case SchemaState.FIRST_RELEASE:
-            return SchemaError(f"the database at {where} has the schema of an earlier release with no recorded "
-                               f"revision: run escalations db upgrade")
+        case SchemaState.FIRST_RELEASE | SchemaState.UNVERSIONED_HEAD:
+            return SchemaError(f"the database at {where} has tables made before migrations, with no recorded "
+                               f"schema revision: run escalations db upgrade")
         case SchemaState.AHEAD:
             return SchemaError(f"the database at {where} has schema revision {st.revision}, newer than this "
                                f"release knows (up to {st.head}): run the release that upgraded it")
@@ -186,8 +197,7 @@ def require_current(engine: Engine) -> None:
 
 def prepare(engine: Engine) -> None:
     """Create an empty database at head; otherwise as :func:`require_current`."""
-    with engine.connect() as conn:
-        st = status_of(conn)
+    st = status(engine)
     if st.state is SchemaState.EMPTY:
         upgrade(engine, only_if_empty=True)
         return
@@ -212,18 +222,28 @@ def upgrade(engine: Engine, *, only_if_empty: bool = False) -> UpgradeResult:
             assert problem is not None
             raise problem
         cfg = _config(conn)
-        stamped = st.state is SchemaState.FIRST_RELEASE
-        if stamped:
-            command.stamp(cfg, FIRST_RELEASE_REVISION)
+        stamped = {SchemaState.FIRST_RELEASE: FIRST_RELEASE_REVISION,
+                   SchemaState.UNVERSIONED_HEAD: st.head}.get(st.state)
+        if stamped is not None:
+            command.stamp(cfg, stamped)
         command.upgrade(cfg, "head")
         after = MigrationContext.configure(conn).get_current_revision()
         assert after == st.head
-        return UpgradeResult(FIRST_RELEASE_REVISION if stamped else st.revision, after, stamped)
+        result = UpgradeResult(stamped or st.revision, after, stamped)
+    if result.before != result.after or stamped:
+        log.info("schema.upgraded", before=result.before, after=result.after, stamped=stamped)
+    return result
 
 
 def differences(connection: Connection) -> list[object]:
-    """What autogenerate would change to make the database match the models (empty: nothing)."""
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    """What autogenerate would change to make the database match the models (empty: nothing).
+    Only our tables: another application's in the same database are not ours to compare."""
+    ours = SQLModel.metadata.tables
+
+    def include_name(name: str | None, type_: str, _parent: object) -> bool:
+        return type_ != "table" or name in ours
+
+    context = MigrationContext.configure(connection, opts={"compare_type": True, "include_name": include_name})
     return list(compare_metadata(context, SQLModel.metadata))
 
 

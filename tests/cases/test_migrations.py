@@ -4,6 +4,7 @@ an empty database is created without `escalations db upgrade`."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Engine
+from sqlmodel import SQLModel
 from typer.testing import CliRunner
 
 from escalations.app import build_app
@@ -72,7 +74,7 @@ def settings_for(database_url: str, tmp_path: Path) -> Settings:
 
 def test_upgraded_schema_is_the_models_schema(engine: Engine) -> None:
     result = schema.upgrade(engine)
-    assert (result.before, result.after, result.stamped_first_release) == (None, schema.head(), False)
+    assert (result.before, result.after, result.stamped) == (None, schema.head(), None)
     assert diff_with_models(engine) == []
     assert schema.status(engine).state is schema.SchemaState.CURRENT
 
@@ -174,7 +176,7 @@ def test_release_53cddc3_upgrades_with_its_data(database_url: str, engine: Engin
 
     done = CliRunner().invoke(cli, ["db", "upgrade"], env=env)
     assert done.exit_code == 0, done.output
-    assert "recorded it as 0001" in done.output and f"0001 -> {schema.head()}" in done.output
+    assert "revision 0001, recorded" in done.output and f"0001 -> {schema.head()}" in done.output
     assert diff_with_models(engine) == []
 
     application = build_app(settings_for(database_url, tmp_path), clock=clock, read_only=True)
@@ -228,6 +230,8 @@ def test_read_only_commands_never_create_a_database(database_url: str, engine: E
         result = CliRunner().invoke(cli, args, env=env)
         assert result.exit_code == 2, (args, result.output)
         assert result.output.strip() == f"no database yet at {schema.shown_url(database_url)}: run escalations db upgrade"
+    for args in (["config", "check"], ["policy", "show", "city-and-hackney"]):  # never open it at all
+        assert CliRunner().invoke(cli, args, env=env).exit_code == 0, args
     assert not tables(engine)
     assert not (tmp_path / "var").exists()
 
@@ -235,6 +239,31 @@ def test_read_only_commands_never_create_a_database(database_url: str, engine: E
     assert created.exit_code == 0 and f"(empty) -> {schema.head()}" in created.output
     listed = CliRunner().invoke(cli, ["cases", "list", "--json"], env=env)
     assert listed.exit_code == 0 and listed.stdout.strip() == "[]"
+
+
+def test_processes_starting_together_on_an_empty_database_create_it_once(database_url: str,
+                                                                        engine: Engine) -> None:
+    engines = [make_engine(database_url) for _ in range(3)]
+    start = threading.Barrier(len(engines))
+    failures: list[BaseException] = []
+
+    def prepare(e: Engine) -> None:
+        start.wait()
+        try:
+            schema.prepare(e)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=prepare, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for e in engines:
+        e.dispose()
+    assert failures == []
+    assert schema.status(engine).state is schema.SchemaState.CURRENT
+    assert diff_with_models(engine) == []
 
 
 def test_a_newer_schema_is_refused_and_never_downgraded(database_url: str, engine: Engine, tmp_path: Path) -> None:
@@ -258,6 +287,23 @@ def test_tables_that_are_no_release_are_left_alone(engine: Engine, tmp_path: Pat
     result = CliRunner().invoke(cli, ["db", "upgrade"], env=cli_env(database_url, tmp_path))
     assert result.exit_code == 2 and "no recorded schema revision" in result.output
     assert schema.VERSION_TABLE not in tables(engine)
+
+
+def test_todays_tables_made_by_create_all_are_recorded_as_head(engine: Engine, tmp_path: Path,
+                                                             database_url: str) -> None:
+    """A build between 53cddc3 and migrations made today's tables with create_all; another
+    application's table beside them is left alone."""
+    SQLModel.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE someone_elses (x INTEGER)")
+    assert schema.status(engine).state is schema.SchemaState.UNVERSIONED_HEAD
+    env = cli_env(database_url, tmp_path)
+    assert CliRunner().invoke(cli, ["run"], env=env).exit_code == 2
+    done = CliRunner().invoke(cli, ["db", "upgrade"], env=env)
+    assert done.exit_code == 0, done.output
+    assert f"revision {schema.head()}, recorded" in done.output and f"already at {schema.head()}" in done.output
+    assert schema.status(engine).state is schema.SchemaState.CURRENT
+    assert "someone_elses" in tables(engine)
 
 
 def test_the_password_never_appears() -> None:
