@@ -309,3 +309,9 @@ def test_todays_tables_made_by_create_all_are_recorded_as_head(engine: Engine, t
 def test_the_password_never_appears() -> None:
     assert schema.shown_url("postgresql+psycopg://esc:s3cret@db.example.org/esc") == \
         "postgresql+psycopg://esc:***@db.example.org/esc"
+
+
+def test_db_commands_have_help() -> None:
+    for args in (["db", "--help"], ["db", "upgrade", "--help"], ["db", "current", "--help"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0 and "Usage" in result.stdout, args
