@@ -19,6 +19,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import OperationalError
 
 from escalations.logs import configure_logging
 from escalations.private import FILE_MODE, make_private, private_umask
@@ -602,6 +603,13 @@ def mailbox_test(ctx: typer.Context, name: Annotated[str, typer.Argument(help="T
 # ---- db -------------------------------------------------------------------------------------------------
 
 
+def _unreachable(url: str, exc: OperationalError) -> Exception:
+    from escalations.cases.schema import shown_url
+
+    # the driver's own text may quote the server's reply: the exception type is enough to act on
+    return Exception(f"cannot open the database at {shown_url(url)}: {type(exc.orig).__name__}")
+
+
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context) -> None:
     """Bring the database schema to this release (creating it in an empty database). Back up first."""
@@ -611,11 +619,14 @@ def db_upgrade(ctx: typer.Context) -> None:
     configure_logging("console", logging.WARNING)
     settings = _settings(ctx)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.effective_database_url)
+    url = settings.effective_database_url
+    engine = make_engine(url)
     try:
         result = schema.upgrade(engine)
     except schema.SchemaError as exc:
         _schema_refused(exc)
+    except OperationalError as exc:
+        _schema_refused(_unreachable(url, exc))
     finally:
         engine.dispose()
     make_private(settings.data_dir, settings.effective_database_url)
@@ -641,6 +652,8 @@ def db_current(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     engine = make_engine(url)
     try:
         st = schema.status(engine)
+    except OperationalError as exc:
+        _schema_refused(_unreachable(url, exc))
     finally:
         engine.dispose()
     if st.state is schema.SchemaState.EMPTY:
