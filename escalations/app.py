@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from escalations.cases import schema
 from escalations.cases.store import HEARTBEAT_INTERVAL_SECONDS, Store, StoredInbound, content_key, make_engine
 from escalations.cases.workflow import Workflow
 from escalations.clock import Clock, SystemClock
@@ -206,12 +207,24 @@ def mail_sender_for(settings: Settings) -> MailSender:
 
 
 def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSender | None = None,
-              config: PolicyConfig | None = None, lease_clock: Clock | None = None) -> App:
+              config: PolicyConfig | None = None, lease_clock: Clock | None = None,
+              read_only: bool = False) -> App:
+    """``read_only``: the command only reads, so the database must exist at this release's schema
+    already (nothing is created); otherwise an empty database is created at it. Either way a
+    database at another revision raises :class:`SchemaError` naming ``escalations db upgrade``."""
     clock = clock or SystemClock()
     config = config or load_config(settings.config_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not read_only:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(make_engine(settings.effective_database_url), clock, lease_clock=lease_clock)
-    store.create_schema()
+    try:
+        if read_only:
+            schema.require_current(store.engine)
+        else:
+            store.create_schema()
+    except Exception:
+        store.engine.dispose()
+        raise
     make_private(settings.data_dir, settings.effective_database_url)
     renderer = Renderer()
     app_ref: list[App] = []

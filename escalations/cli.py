@@ -12,16 +12,17 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 from zoneinfo import ZoneInfo
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import OperationalError
 
 from escalations.logs import FramesOnly, configure_logging
-from escalations.private import FILE_MODE, private_umask
+from escalations.private import FILE_MODE, make_private, private_umask
 from escalations.routing.policy import ConfigError
 from escalations.settings import Settings
 
@@ -33,11 +34,13 @@ timers_app = typer.Typer(help="Deadlines, reminders and escalations waiting to f
                          no_args_is_help=True)
 quarantine_app = typer.Typer(help="Mail that could not be processed, and replaying it.", no_args_is_help=True)
 mailbox_app = typer.Typer(help="The IMAP mailboxes the service watches.", no_args_is_help=True)
+db_app = typer.Typer(help="The database schema: upgrade it to this release, show its revision.", no_args_is_help=True)
 app.add_typer(cases_app, name="cases")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(timers_app, name="timers")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(mailbox_app, name="mailbox")
+app.add_typer(db_app, name="db")
 
 try:  # the policy-engine commands (config check, policy show/timeline)
     from escalations.policy_cli import config_app, policy_app
@@ -88,17 +91,27 @@ def _settings(ctx: typer.Context) -> Settings:
     return obj
 
 
-def _build(ctx: typer.Context, log_format: str = "console", level: int = logging.WARNING) -> Any:
+def _build(ctx: typer.Context, log_format: str = "console", level: int = logging.WARNING, *,
+           read_only: bool = False) -> Any:
+    """``read_only`` commands never create or alter a schema: they need one at this release's head."""
     from escalations.app import build_app
+    from escalations.cases.schema import SchemaError
 
     configure_logging("json" if log_format == "json" else "console", level)
     try:
-        return build_app(_settings(ctx))
+        return build_app(_settings(ctx), read_only=read_only)
     except ConfigError as exc:
         err.print("[red]Configuration is not valid:[/red]")
         for issue in exc.issues:
             err.print(f"  {issue}", markup=False, highlight=False)
         raise typer.Exit(2) from exc
+    except SchemaError as exc:
+        _schema_refused(exc)
+
+
+def _schema_refused(exc: Exception) -> NoReturn:
+    err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -142,6 +155,7 @@ def run(
     else:
         configure_logging(settings.log_format if settings.log_format != "console" else "json", logging.INFO)
     from escalations.app import build_app
+    from escalations.cases.schema import SchemaError
 
     try:
         application = build_app(settings)
@@ -150,6 +164,8 @@ def run(
         for issue in exc.issues:
             err.print(f"  {issue}", markup=False, highlight=False)
         raise typer.Exit(2) from exc
+    except SchemaError as exc:
+        _schema_refused(exc)
     stop = threading.Event()
 
     def _stop(_signum: int, _frame: Any) -> None:
@@ -372,7 +388,7 @@ def cases_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List cases with stage, status and due time."""
-    application = _build(ctx)
+    application = _build(ctx, read_only=True)
     rows = application.store.list_cases(partnership, status)
     if as_json:
         _print_json([{"reference": c.reference, "partnership": c.partnership, "status": c.status, "stage": c.stage,
@@ -385,7 +401,7 @@ def cases_list(
 def cases_show(ctx: typer.Context, reference: Annotated[str, typer.Argument(help="e.g. CH-2026-0001")],
                as_json: JsonOpt = False) -> None:
     """Show one case with its event history and mail."""
-    application = _build(ctx)
+    application = _build(ctx, read_only=True)
     case = application.store.case_by_reference(reference)
     if case is None:
         err.print(f"No case with reference {reference}")
@@ -425,6 +441,7 @@ def tick(ctx: typer.Context,
          as_json: JsonOpt = False) -> None:
     """Run due reminders and escalations once (and process/send anything waiting)."""
     from escalations.app import build_app
+    from escalations.cases.schema import SchemaError
     from escalations.clock import FakeClock, SystemClock
 
     configure_logging("console", logging.WARNING)
@@ -436,6 +453,8 @@ def tick(ctx: typer.Context,
     except ConfigError as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(2) from exc
+    except SchemaError as exc:
+        _schema_refused(exc)
     with application.keep_alive():
         result = application.tick(clock.now())
     if as_json:
@@ -449,7 +468,7 @@ def outbox_list(ctx: typer.Context,
                 status: Annotated[str | None, typer.Option(help="pending | sending | sent | failed")] = None,
                 as_json: JsonOpt = False) -> None:
     """What is waiting to go out, and what went."""
-    application = _build(ctx)
+    application = _build(ctx, read_only=True)
     rows = application.store.list_outbox(status)
     data = [{"id": o.id, "case_id": o.case_id, "template": o.template, "to": o.recipients, "subject": o.subject,
              "status": o.status, "attempts": o.attempts, "next_attempt_at": _iso(o.next_attempt_at),
@@ -470,7 +489,7 @@ def timers_list(ctx: typer.Context,
                 case: Annotated[str | None, typer.Option("--case", help="Only this case reference")] = None,
                 as_json: JsonOpt = False) -> None:
     """Timers by due time. A `failed` timer raised while firing: fix the cause, then `timers retry ID`."""
-    application = _build(ctx)
+    application = _build(ctx, read_only=True)
     case_id = None
     if case:
         found = application.store.case_by_reference(case)
@@ -507,7 +526,7 @@ def timers_retry(ctx: typer.Context, timer_ids: Annotated[list[int], typer.Argum
 @quarantine_app.command("list")
 def quarantine_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Messages that could not be processed, with the reason."""
-    application = _build(ctx)
+    application = _build(ctx, read_only=True)
     rows = application.store.list_inbound("quarantined")
     data = [{"id": r.id, "source": r.source, "received_at": _iso(r.received_at), "message_id": r.message_id,
              "partnership": r.partnership, "size": r.size, "attempts": r.attempts,
@@ -581,6 +600,76 @@ def mailbox_test(ctx: typer.Context, name: Annotated[str, typer.Argument(help="T
         if not as_json:
             err.print(f"{result.name}: {result.problem}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2)
+
+
+# ---- db -------------------------------------------------------------------------------------------------
+
+
+def _unreachable(url: str, exc: OperationalError) -> Exception:
+    from escalations.cases.schema import shown_url
+
+    # the driver's own text may quote the server's reply: the exception type is enough to act on
+    return Exception(f"cannot open the database at {shown_url(url)}: {type(exc.orig).__name__}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context) -> None:
+    """Bring the database schema to this release (creating it in an empty database). Back up first."""
+    from escalations.cases import schema
+    from escalations.cases.store import make_engine
+
+    configure_logging("console", logging.WARNING)
+    settings = _settings(ctx)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.effective_database_url
+    engine = make_engine(url)
+    try:
+        result = schema.upgrade(engine)
+    except schema.SchemaError as exc:
+        _schema_refused(exc)
+    except OperationalError as exc:
+        _schema_refused(_unreachable(url, exc))
+    finally:
+        engine.dispose()
+    make_private(settings.data_dir, settings.effective_database_url)
+    if result.stamped:
+        console.print(f"found tables made before migrations, with no recorded schema revision: they are "
+                      f"revision {result.stamped}, recorded", highlight=False)
+    if result.before == result.after:
+        console.print(f"already at {result.after} (head)", highlight=False)
+    else:
+        console.print(f"upgraded {result.before or '(empty)'} -> {result.after} (head)", highlight=False)
+
+
+@db_app.command("current")
+def db_current(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Show the database's schema revision and whether it is this release's (exit 1 if not). Changes nothing."""
+    from escalations.cases import schema
+    from escalations.cases.store import make_engine
+
+    url = _settings(ctx).effective_database_url
+    missing = schema.no_database(url)
+    if not schema.database_exists(url):
+        _schema_refused(missing)
+    engine = make_engine(url)
+    try:
+        st = schema.status(engine)
+    except OperationalError as exc:
+        _schema_refused(_unreachable(url, exc))
+    finally:
+        engine.dispose()
+    if st.state is schema.SchemaState.EMPTY:
+        _schema_refused(missing)
+    if as_json:
+        _print_json({"revision": st.revision, "head": st.head, "state": st.state.value,
+                     "is_head": st.state is schema.SchemaState.CURRENT})
+    else:
+        problem = schema.refusal(st, url)
+        console.print(f"revision {st.revision or '(none)'}"
+                      + (" (head)" if problem is None else f"; head is {st.head}: {problem}"),
+                      markup=False, highlight=False, soft_wrap=True)
+    if st.state is not schema.SchemaState.CURRENT:
+        raise typer.Exit(1)
 
 
 def main() -> None:

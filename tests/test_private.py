@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from escalations.cases import schema
+from escalations.cases.store import make_engine
 from escalations.cli import app
 from tests.conftest import CONFIG_DIR
 from tests.servers import free_port
@@ -43,13 +45,9 @@ def loose_data_dir(data: Path) -> None:
     (data / "sent").mkdir(parents=True)
     for name in ("secret.key", "escalations.log", "sent/000001-old@escalations.invalid.eml"):
         (data / name).write_text("x" * 64 if name == "secret.key" else "old\n")
-    import sqlite3
-
-    db = sqlite3.connect(data / "escalations.sqlite3")
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("CREATE TABLE t (x)")
-    db.commit()
-    db.close()
+    engine = make_engine(f"sqlite:///{data / 'escalations.sqlite3'}")  # WAL, as the service opens it
+    schema.upgrade(engine)
+    engine.dispose()
     assert mode(data) == 0o755 and mode(data / "escalations.sqlite3") == 0o644
 
 

@@ -49,8 +49,9 @@ def nullable_utc(*, index: bool = False) -> Any:
     return Field(default=None, sa_column=Column(UTCDateTime(), nullable=True, index=index))
 
 
-def json_column(default_factory: Any) -> Any:
-    return Field(default_factory=default_factory, sa_column=Column(JSON, nullable=False))
+def json_column(default_factory: Any, *, server_default: str | None = None) -> Any:
+    return Field(default_factory=default_factory,
+                 sa_column=Column(JSON, nullable=False, server_default=server_default))
 
 
 class InboundMessage(SQLModel, table=True):
@@ -143,7 +144,7 @@ class Case(SQLModel, table=True):
     #: The partnership policy as it was when the case opened (a later YAML edit does not move deadlines).
     policy_snapshot: dict[str, Any] = json_column(dict)
     #: Addresses from the referral's text that partnership staff confirmed may be mailed.
-    confirmed_addresses: list[str] = json_column(list)
+    confirmed_addresses: list[str] = json_column(list, server_default="[]")  # for rows older than it
     origin_inbound_id: int | None = None  # no FK: inbound_message already references case
     origin_message_id: str | None = Field(default=None, sa_column=Column(String(998)))
 

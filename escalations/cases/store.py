@@ -24,8 +24,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
 from sqlalchemy.pool import StaticPool
-from sqlmodel import Session, SQLModel, col, create_engine, select
+from sqlmodel import Session, col, create_engine, select
 
+from escalations.cases import schema
 from escalations.cases.models import (
     Case,
     CaseEvent,
@@ -275,7 +276,8 @@ class Store:
         return self.worker.owner
 
     def create_schema(self) -> None:
-        SQLModel.metadata.create_all(self.engine)
+        """Create an empty database at the schema's head; refuse one at another revision."""
+        schema.prepare(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -148,7 +148,7 @@ def test_a_message_that_killed_three_attempts_is_quarantined_and_replay_resets_i
     from escalations.cases.store import Store, make_engine
     from escalations.clock import SystemClock
 
-    code, out = cli(env, "outbox", "list")  # creates the database
+    code, out = cli(env, "db", "upgrade")  # creates the database
     assert code == 0, out
     store = Store(make_engine(f"sqlite:///{tmp_path / 'var' / 'escalations.sqlite3'}"), SystemClock())
     inbound = store.store_inbound(referral(), source="cli").id

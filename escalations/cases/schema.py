@@ -1,0 +1,255 @@
+"""The database schema's revision: what a database has, bringing it to this release (Alembic).
+
+A release installs over a live database: ``escalations db upgrade`` runs the migrations in
+escalations/migrations/versions/, and every other command checks the revision first. Only an
+empty database (none of our tables) is created without being asked, so the demo and the tests
+need no extra step; a read-only command never creates or alters anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import sqlalchemy as sa
+import structlog
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlmodel import SQLModel
+
+from escalations.cases import models as _models  # noqa: F401  (the tables SQLModel.metadata holds)
+from escalations.private import sqlite_path
+
+log = structlog.get_logger("escalations.schema")
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+VERSION_TABLE = "alembic_version"
+#: Release 53cddc3's schema, made by ``create_all`` with no version recorded.
+FIRST_RELEASE_REVISION = "0001"
+FIRST_RELEASE_TABLES = frozenset({"inbound_message", "inbound_alias", "imap_cursor", "case", "case_event",
+                                  "reference_counter", "outbox", "timer"})
+#: What revision 0002 adds: a database without a version that has none of it is the first release's.
+_ADDED_AFTER_FIRST_RELEASE = {"worker": None, "coordinator_notice": None, "outbox": "priority",
+                              "case": "confirmed_addresses", "timer": "claimed_by",
+                              "inbound_message": "claimed_by"}
+#: Held while migrating on PostgreSQL, so two processes starting on one empty database do not both
+#: create it (SQLite's BEGIN IMMEDIATE does the same there).
+_PG_LOCK_KEY = 0x6573_6361_6C61  # "escala"
+
+
+class SchemaState(StrEnum):
+    EMPTY = "empty"  # none of our tables: created at head without asking
+    CURRENT = "current"
+    BEHIND = "behind"  # an older revision: `escalations db upgrade`
+    AHEAD = "ahead"  # a revision this release does not know: a newer release upgraded it
+    FIRST_RELEASE = "first_release"  # 53cddc3's tables, no revision recorded: stamped 0001 on upgrade
+    #: Exactly the models' tables, no revision recorded (create_all by a build between 53cddc3 and
+    #: migrations): stamped head on upgrade.
+    UNVERSIONED_HEAD = "unversioned_head"
+    UNRECOGNISED = "unrecognised"  # our tables, no revision, and not a release's schema
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    state: SchemaState
+    revision: str | None
+    head: str
+
+
+@dataclass(frozen=True)
+class UpgradeResult:
+    before: str | None
+    after: str
+    #: The revision recorded first for tables made before migrations (none recorded).
+    stamped: str | None = None
+
+
+class SchemaError(Exception):
+    """The database cannot be used as it is; the message is one sentence naming what to do."""
+
+
+class NoDatabase(SchemaError):
+    pass
+
+
+def shown_url(url: str | sa.URL) -> str:
+    """The URL for messages: never a password."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def no_database(url: str | sa.URL) -> NoDatabase:
+    return NoDatabase(f"no database yet at {shown_url(url)}: run escalations db upgrade")
+
+
+def database_exists(url: str) -> bool:
+    """False for an SQLite file that is not there (connecting would create it)."""
+    path = sqlite_path(url)
+    return path is None or path.exists()
+
+
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_config(None))
+
+
+def head() -> str:
+    rev = _scripts().get_current_head()
+    assert rev is not None
+    return rev
+
+
+def _config(connection: Connection | None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _known(revision: str) -> bool:
+    try:
+        return _scripts().get_revision(revision) is not None
+    except CommandError:  # an id none of our revisions has
+        return False
+
+
+def _quiet_alembic() -> None:
+    # Alembic logs its plugins and dialect at INFO: noise in a service's log and in a refusal.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def status_of(connection: Connection) -> SchemaStatus:
+    _quiet_alembic()
+    target = head()
+    revision = MigrationContext.configure(connection).get_current_revision()
+    if revision is not None:
+        if revision == target:
+            return SchemaStatus(SchemaState.CURRENT, revision, target)
+        state = SchemaState.BEHIND if _known(revision) else SchemaState.AHEAD
+        return SchemaStatus(state, revision, target)
+    inspector = sa.inspect(connection)
+    tables = set(inspector.get_table_names())
+    tables.discard(VERSION_TABLE)  # the table with no row in it: go by the other tables
+    if not tables & set(SQLModel.metadata.tables):
+        return SchemaStatus(SchemaState.EMPTY, None, target)
+    if tables >= FIRST_RELEASE_TABLES and not _has_later_additions(inspector, tables):
+        return SchemaStatus(SchemaState.FIRST_RELEASE, None, target)
+    if not differences(connection):
+        return SchemaStatus(SchemaState.UNVERSIONED_HEAD, None, target)
+    return SchemaStatus(SchemaState.UNRECOGNISED, None, target)
+
+
+def _has_later_additions(inspector: sa.Inspector, tables: set[str]) -> bool:
+    for table, column in _ADDED_AFTER_FIRST_RELEASE.items():
+        if column is None and table in tables:
+            return True
+        if column is not None and column in {c["name"] for c in inspector.get_columns(table)}:
+            return True
+    return False
+
+
+def status(engine: Engine) -> SchemaStatus:
+    from escalations.cases.store import READ_ONLY  # store imports this module
+
+    # read-only: no write lock on SQLite, so a command looking never waits behind the service
+    with engine.execution_options(**{READ_ONLY: True}).connect() as conn:
+        return status_of(conn)
+
+
+def refusal(st: SchemaStatus, url: str | sa.URL) -> SchemaError | None:
+    """Why this release cannot use a database in this state (None: it can)."""
+    where = shown_url(url)
+    match st.state:
+        case SchemaState.CURRENT:
+            return None
+        case SchemaState.EMPTY:
+            return no_database(url)
+        case SchemaState.BEHIND:
+            return SchemaError(f"the database at {where} has schema revision {st.revision} and this release "
+                               f"needs {st.head}: run escalations db upgrade")
+        case SchemaState.FIRST_RELEASE | SchemaState.UNVERSIONED_HEAD:
+            return SchemaError(f"the database at {where} has tables made before migrations, with no recorded "
+                               f"schema revision: run escalations db upgrade")
+        case SchemaState.AHEAD:
+            return SchemaError(f"the database at {where} has schema revision {st.revision}, newer than this "
+                               f"release knows (up to {st.head}): run the release that upgraded it")
+        case SchemaState.UNRECOGNISED:
+            return SchemaError(f"the database at {where} has tables but no recorded schema revision and is not "
+                               f"an earlier release's schema: escalations db upgrade cannot tell what it is")
+    raise AssertionError(st.state)
+
+
+def require_current(engine: Engine) -> None:
+    """Raise unless the database is at this release's head (read-only: changes nothing)."""
+    if not database_exists(engine.url.render_as_string(hide_password=False)):
+        raise no_database(engine.url)
+    problem = refusal(status(engine), engine.url)
+    if problem is not None:
+        raise problem
+
+
+def prepare(engine: Engine) -> None:
+    """Create an empty database at head; otherwise as :func:`require_current`."""
+    st = status(engine)
+    if st.state is SchemaState.EMPTY:
+        upgrade(engine, only_if_empty=True)
+        return
+    problem = refusal(st, engine.url)
+    if problem is not None:
+        raise problem
+
+
+def upgrade(engine: Engine, *, only_if_empty: bool = False) -> UpgradeResult:
+    """Bring the database to head in one transaction (all of it, or none of it on a crash)."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+        st = status_of(conn)  # again, under the lock: another process may have been first
+        if only_if_empty and st.state is not SchemaState.EMPTY:
+            problem = refusal(st, engine.url)
+            if problem is not None:
+                raise problem
+            return UpgradeResult(st.revision, st.head)
+        if st.state in (SchemaState.AHEAD, SchemaState.UNRECOGNISED):
+            problem = refusal(st, engine.url)
+            assert problem is not None
+            raise problem
+        cfg = _config(conn)
+        stamped = {SchemaState.FIRST_RELEASE: FIRST_RELEASE_REVISION,
+                   SchemaState.UNVERSIONED_HEAD: st.head}.get(st.state)
+        if stamped is not None:
+            command.stamp(cfg, stamped)
+        command.upgrade(cfg, "head")
+        after = MigrationContext.configure(conn).get_current_revision()
+        assert after == st.head
+        result = UpgradeResult(stamped or st.revision, after, stamped)
+    if result.before != result.after or stamped:
+        log.info("schema.upgraded", before=result.before, after=result.after, stamped=stamped)
+    return result
+
+
+def differences(connection: Connection) -> list[object]:
+    """What autogenerate would change to make the database match the models (empty: nothing).
+    Only our tables: another application's in the same database are not ours to compare."""
+    ours = SQLModel.metadata.tables
+
+    def include_name(name: str | None, type_: str, _parent: object) -> bool:
+        return type_ != "table" or name in ours
+
+    context = MigrationContext.configure(connection, opts={"compare_type": True, "include_name": include_name})
+    return list(compare_metadata(context, SQLModel.metadata))
+
+
+def write_revision(engine: Engine, message: str) -> None:
+    """Developers: write versions/NNNN_*.py from the difference between a database at head and the
+    models. Review it before committing."""
+    number = f"{len(list(_scripts().walk_revisions())) + 1:04d}"
+    with engine.begin() as conn:
+        command.revision(_config(conn), message, autogenerate=True, rev_id=number)

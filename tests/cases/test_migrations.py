@@ -1,0 +1,321 @@
+"""Schema migrations: the revisions make exactly the models' schema, a database of the previous
+release (53cddc3, made by create_all, no revision recorded) upgrades with its data intact, and only
+an empty database is created without `escalations db upgrade`."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.engine import Engine
+from sqlmodel import SQLModel
+from typer.testing import CliRunner
+
+from escalations.app import build_app
+from escalations.cases import schema
+from escalations.cases.store import make_engine
+from escalations.cli import app as cli
+from escalations.clock import FakeClock
+from escalations.settings import Settings
+from tests.conftest import CONFIG_DIR
+from tests.servers.postgres import PG_BASE
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "schema"
+T0 = datetime(2026, 11, 3, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    e = make_engine(database_url)
+    yield e
+    e.dispose()
+
+
+def load_release_53cddc3(engine: Engine) -> None:
+    """The tables create_all made at release 53cddc3, from the committed DDL of that release."""
+    ddl = (FIXTURES / f"release-53cddc3.{engine.dialect.name}.sql").read_text()
+    body = "\n".join(line for line in ddl.splitlines() if not line.startswith("--"))
+    with engine.begin() as conn:
+        for statement in body.split(";"):
+            if statement.strip():
+                conn.exec_driver_sql(statement)
+
+
+def tables(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(sa.inspect(conn).get_table_names())
+
+
+def diff_with_models(engine: Engine) -> list[object]:
+    with engine.connect() as conn:
+        return schema.differences(conn)
+
+
+def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    return {"ESCALATIONS_DATA_DIR": str(tmp_path / "var"), "ESCALATIONS_CONFIG": str(CONFIG_DIR),
+            "ESCALATIONS_DATABASE_URL": database_url}
+
+
+def settings_for(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "var", config_dir=CONFIG_DIR, database_url=database_url, smtp_listen_port=0)
+
+
+# ---- the revisions ----------------------------------------------------------------------------
+
+
+def test_upgraded_schema_is_the_models_schema(engine: Engine) -> None:
+    result = schema.upgrade(engine)
+    assert (result.before, result.after, result.stamped) == (None, schema.head(), None)
+    assert diff_with_models(engine) == []
+    assert schema.status(engine).state is schema.SchemaState.CURRENT
+    with engine.connect() as conn:  # and the server defaults that rows older than a column rely on
+        inspector = sa.inspect(conn)
+        defaults = {(t, c["name"]): c["default"] for t in ("outbox", "case") for c in inspector.get_columns(t)}
+    assert "0" in str(defaults["outbox", "priority"]) and "[]" in str(defaults["case", "confirmed_addresses"])
+
+
+def test_revision_1_is_release_53cddc3(engine: Engine, database_url: str, tmp_path: Path) -> None:
+    """Revision 0001 makes what create_all made at 53cddc3: compared table by table, column by
+    column, index by index, with the release's tables reflected from its DDL."""
+    with engine.begin() as conn:
+        command.upgrade(schema._config(conn), schema.FIRST_RELEASE_REVISION)
+    with second_database(engine, tmp_path) as release:
+        load_release_53cddc3(release)
+        reflected = sa.MetaData()
+        reflected.reflect(release)
+    assert set(reflected.tables) == schema.FIRST_RELEASE_TABLES
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+        assert compare_metadata(context, reflected) == []
+
+
+@contextmanager
+def second_database(engine: Engine, tmp_path: Path) -> Iterator[Engine]:
+    """Another empty database of the same kind (on PostgreSQL, a schema of its own)."""
+    if engine.dialect.name == "sqlite":
+        other = make_engine(f"sqlite:///{tmp_path / 'second.sqlite3'}")
+        yield other
+        other.dispose()
+        return
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{name}"')
+    other = make_engine(f"{PG_BASE}?options=-csearch_path%3D{name}")
+    try:
+        yield other
+    finally:
+        other.dispose()
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{name}" CASCADE')
+
+
+def test_downgrade_to_revision_1_and_back(engine: Engine) -> None:
+    schema.upgrade(engine)
+    with engine.begin() as conn:
+        command.downgrade(schema._config(conn), schema.FIRST_RELEASE_REVISION)
+    assert tables(engine) == schema.FIRST_RELEASE_TABLES | {schema.VERSION_TABLE}
+    assert schema.status(engine).state is schema.SchemaState.BEHIND
+    assert schema.upgrade(engine).before == schema.FIRST_RELEASE_REVISION
+    assert diff_with_models(engine) == []
+
+
+# ---- the previous release's database ------------------------------------------------------------------
+
+
+def fill_release_53cddc3(engine: Engine) -> None:
+    """A case with events, an inbound message, an outbox row and a timer, as 53cddc3 wrote them."""
+    when = T0 if engine.dialect.name == "postgresql" else T0.replace(tzinfo=None)
+    meta = sa.MetaData()
+    meta.reflect(engine)
+    t = meta.tables
+    with engine.begin() as conn:
+        conn.execute(t["case"].insert(), {
+            "id": 1, "reference": "CH-2026-0001", "partnership": "city-and-hackney", "status": "open", "stage": 1,
+            "stage_index": 0, "route": "standard", "stage_opened_at": when, "parties": [{"email": "a@example.org"}],
+            "resolution": {}, "opened_at": when, "updated_at": when, "due_at": when, "immediate_risk": False,
+            "fields": {"child_names": ["A B"]}, "missing": [], "policy_snapshot": {"id": "city-and-hackney"},
+            "origin_inbound_id": 1})
+        conn.execute(t["inbound_message"].insert(), {
+            "id": 1, "source": "smtp", "idempotency_key": "sha256:x|mid:m1", "fingerprint": "f" * 64,
+            "message_id": "m1@example.org", "envelope_recipients": ["chscp@hackney.gov.uk"], "raw": b"raw bytes",
+            "size": 9, "received_at": when, "status": "done", "kind": "referral", "partnership": "city-and-hackney",
+            "case_id": 1, "attempts": 1, "processed_at": when})
+        conn.execute(t["case_event"].insert(), [
+            {"case_id": 1, "at": when, "kind": "case_opened", "inbound_id": 1, "clause": "1.1", "detail": {"n": 1}},
+            {"case_id": 1, "at": when, "kind": "stage_started", "inbound_id": None, "clause": None,
+             "detail": {"stage": 1}}])
+        conn.execute(t["outbox"].insert(), {
+            "dedupe_key": "ack:1", "message_id": "ack1@escalations.invalid", "case_id": 1,
+            "template": "referral_acknowledged", "sender": "chscp@hackney.gov.uk", "recipients": ["a@example.org"],
+            "subject": "CH-2026-0001", "raw": b"mail", "status": "pending", "attempts": 0, "next_attempt_at": when,
+            "created_at": when})
+        conn.execute(t["timer"].insert(), {
+            "key": "1:1:escalate", "case_id": 1, "stage": 1, "kind": "escalate", "due_at": when, "status": "pending",
+            "created_at": when})
+
+
+def test_release_53cddc3_upgrades_with_its_data(database_url: str, engine: Engine, tmp_path: Path,
+                                                clock: FakeClock) -> None:
+    load_release_53cddc3(engine)
+    fill_release_53cddc3(engine)
+    assert schema.status(engine).state is schema.SchemaState.FIRST_RELEASE
+    env = cli_env(database_url, tmp_path)
+
+    # nothing but `db upgrade` touches it: the service and the read-only commands refuse, and say what to run
+    for args in (["run"], ["cases", "list"], ["outbox", "list"], ["tick"]):
+        refused = CliRunner().invoke(cli, args, env=env)
+        assert refused.exit_code == 2, (args, refused.output)
+        assert "escalations db upgrade" in refused.output and "Traceback" not in refused.output
+        assert len(refused.output.strip().splitlines()) == 1, refused.output
+    assert schema.status(engine).state is schema.SchemaState.FIRST_RELEASE
+
+    done = CliRunner().invoke(cli, ["db", "upgrade"], env=env)
+    assert done.exit_code == 0, done.output
+    assert "revision 0001, recorded" in done.output and f"0001 -> {schema.head()}" in done.output
+    assert diff_with_models(engine) == []
+
+    application = build_app(settings_for(database_url, tmp_path), clock=clock, read_only=True)
+    try:
+        store = application.store
+        case = store.case_by_reference("CH-2026-0001")
+        assert case is not None and case.id is not None
+        assert (case.status, case.stage, case.opened_at, case.fields) == ("open", 1, T0, {"child_names": ["A B"]})
+        assert case.parties == [{"email": "a@example.org"}] and case.confirmed_addresses == []
+        assert [(e.kind, e.clause, e.detail) for e in store.case_events(case.id)] == [
+            ("case_opened", "1.1", {"n": 1}), ("stage_started", None, {"stage": 1})]
+        inbound = store.get_inbound(1)
+        assert inbound is not None and inbound.raw == b"raw bytes" and inbound.received_at == T0
+        assert inbound.claimed_by is None
+        (outbox,) = store.list_outbox()
+        assert (outbox.priority, outbox.claimed_by, outbox.status, outbox.next_attempt_at) == (0, None, "pending", T0)
+        (timer,) = store.list_timers(case.id, None)
+        assert (timer.claimed_by, timer.due_at, timer.kind) == (None, T0, "escalate")
+    finally:
+        application.store.engine.dispose()
+
+    again = CliRunner().invoke(cli, ["db", "current"], env=env)
+    assert again.exit_code == 0 and f"revision {schema.head()} (head)" in again.output
+
+
+# ---- what each kind of command does with each kind of database ------------------------------------------
+
+
+def test_build_app_creates_an_empty_database_and_refuses_an_old_one(
+        database_url: str, engine: Engine, tmp_path: Path, clock: FakeClock) -> None:
+    settings = settings_for(database_url, tmp_path)
+    with pytest.raises(schema.NoDatabase):
+        build_app(settings, clock=clock, read_only=True)
+    assert not tables(engine)
+    build_app(settings, clock=clock).store.engine.dispose()
+    assert schema.status(engine).state is schema.SchemaState.CURRENT
+    build_app(settings, clock=clock, read_only=True).store.engine.dispose()
+
+    with engine.begin() as conn:
+        command.downgrade(schema._config(conn), schema.FIRST_RELEASE_REVISION)
+    for read_only in (False, True):
+        with pytest.raises(schema.SchemaError, match=r"revision 0001 .* run escalations db upgrade"):
+            build_app(settings, clock=clock, read_only=read_only)
+    assert schema.status(engine).revision == schema.FIRST_RELEASE_REVISION
+
+
+def test_read_only_commands_never_create_a_database(database_url: str, engine: Engine, tmp_path: Path) -> None:
+    env = cli_env(database_url, tmp_path)
+    for args in (["cases", "list"], ["cases", "show", "CH-2026-0001"], ["outbox", "list", "--json"],
+                 ["timers", "list"], ["quarantine", "list"], ["db", "current"]):
+        result = CliRunner().invoke(cli, args, env=env)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.output.strip() == f"no database yet at {schema.shown_url(database_url)}: run escalations db upgrade"
+    for args in (["config", "check"], ["policy", "show", "city-and-hackney"]):  # never open it at all
+        assert CliRunner().invoke(cli, args, env=env).exit_code == 0, args
+    assert not tables(engine)
+    assert not (tmp_path / "var").exists()
+
+    created = CliRunner().invoke(cli, ["db", "upgrade"], env=env)
+    assert created.exit_code == 0 and f"(empty) -> {schema.head()}" in created.output
+    listed = CliRunner().invoke(cli, ["cases", "list", "--json"], env=env)
+    assert listed.exit_code == 0 and listed.stdout.strip() == "[]"
+
+
+def test_processes_starting_together_on_an_empty_database_create_it_once(database_url: str,
+                                                                        engine: Engine) -> None:
+    engines = [make_engine(database_url) for _ in range(3)]
+    start = threading.Barrier(len(engines))
+    failures: list[BaseException] = []
+
+    def prepare(e: Engine) -> None:
+        start.wait()
+        try:
+            schema.prepare(e)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=prepare, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for e in engines:
+        e.dispose()
+    assert failures == []
+    assert schema.status(engine).state is schema.SchemaState.CURRENT
+    assert diff_with_models(engine) == []
+
+
+def test_a_newer_schema_is_refused_and_never_downgraded(database_url: str, engine: Engine, tmp_path: Path) -> None:
+    schema.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    env = cli_env(database_url, tmp_path)
+    for args in (["run"], ["db", "upgrade"], ["cases", "list"]):
+        result = CliRunner().invoke(cli, args, env=env)
+        assert result.exit_code == 2, (args, result.output)
+        assert "revision 9999, newer than this release" in result.output and "Traceback" not in result.output
+    current = CliRunner().invoke(cli, ["db", "current", "--json"], env=env)
+    assert current.exit_code == 1 and '"state": "ahead"' in current.stdout
+
+
+def test_tables_that_are_no_release_are_left_alone(engine: Engine, tmp_path: Path, database_url: str) -> None:
+    """Our tables, no revision, and not the previous release's: nothing guesses what they are."""
+    load_release_53cddc3(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE outbox ADD COLUMN priority INTEGER DEFAULT 0 NOT NULL")
+    result = CliRunner().invoke(cli, ["db", "upgrade"], env=cli_env(database_url, tmp_path))
+    assert result.exit_code == 2 and "no recorded schema revision" in result.output
+    assert schema.VERSION_TABLE not in tables(engine)
+
+
+def test_todays_tables_made_by_create_all_are_recorded_as_head(engine: Engine, tmp_path: Path,
+                                                             database_url: str) -> None:
+    """A build between 53cddc3 and migrations made today's tables with create_all; another
+    application's table beside them is left alone."""
+    SQLModel.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE someone_elses (x INTEGER)")
+    assert schema.status(engine).state is schema.SchemaState.UNVERSIONED_HEAD
+    env = cli_env(database_url, tmp_path)
+    assert CliRunner().invoke(cli, ["run"], env=env).exit_code == 2
+    done = CliRunner().invoke(cli, ["db", "upgrade"], env=env)
+    assert done.exit_code == 0, done.output
+    assert f"revision {schema.head()}, recorded" in done.output and f"already at {schema.head()}" in done.output
+    assert schema.status(engine).state is schema.SchemaState.CURRENT
+    assert "someone_elses" in tables(engine)
+
+
+def test_the_password_never_appears() -> None:
+    assert schema.shown_url("postgresql+psycopg://esc:s3cret@db.example.org/esc") == \
+        "postgresql+psycopg://esc:***@db.example.org/esc"
+
+
+def test_db_commands_have_help() -> None:
+    for args in (["db", "--help"], ["db", "upgrade", "--help"], ["db", "current", "--help"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0 and "Usage" in result.stdout, args
