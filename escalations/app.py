@@ -7,13 +7,14 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from escalations.cases.operations import Operations
 from escalations.cases.store import HEARTBEAT_INTERVAL_SECONDS, Store, StoredInbound, content_key, make_engine
 from escalations.cases.workflow import Workflow
 from escalations.clock import Clock, SystemClock
@@ -40,6 +41,7 @@ class App:
     wake_processor: threading.Event = field(default_factory=threading.Event)
     wake_outbox: threading.Event = field(default_factory=threading.Event)
     smtp_port: int | None = None
+    operations: Operations | None = None
 
     # ---- intake --------------------------------------------------------------------------
 
@@ -76,9 +78,13 @@ class App:
         processed = self.process_pending()
         fired = self.workflow.tick(now)
         digests = self.workflow.send_digests(now)
+        alerts = daily = 0
+        if self.operations is not None:
+            alerts = self.operations.check_mailboxes(now)
+            daily = self.operations.send_daily_digests(now)
         sent = self.send_outbox()
         return {"now": now.isoformat(), "processed": len(processed), "timers_fired": len(fired),
-                "fired": fired, "digests": digests, "sent": sent}
+                "fired": fired, "digests": digests, "mailbox_alerts": alerts, "daily_digests": daily, "sent": sent}
 
     # ---- the service ---------------------------------------------------------------------
 
@@ -216,8 +222,13 @@ def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSen
                               backoff_initial=settings.outbox_backoff_initial_seconds,
                               backoff_max=settings.outbox_backoff_max_seconds,
                               max_per_address_per_hour=settings.max_mails_per_address_per_hour)
+    operations = Operations(store, config, renderer, settings.message_id_domain,
+                            mailboxes=tuple(m.name for m in settings.mailboxes),
+                            admin_emails=tuple(settings.admin_emails), admin_from=settings.admin_from,
+                            alert_after=timedelta(minutes=settings.mailbox_alert_after_minutes),
+                            digest_at=settings.daily_digest_at)
     app = App(settings=settings, clock=clock, config=config, store=store, renderer=renderer,
-              processor=processor, outbox=outbox, workflow=workflow)
+              processor=processor, outbox=outbox, workflow=workflow, operations=operations)
     app_ref.append(app)
     return app
 

@@ -32,6 +32,7 @@ from escalations.cases.models import (
     ImapCursor,
     InboundAlias,
     InboundMessage,
+    MailboxHealth,
     OutboxMessage,
     ReferenceCounter,
     Timer,
@@ -402,6 +403,25 @@ class Store:
             else:
                 cur.uidvalidity, cur.last_uid, cur.updated_at = uidvalidity, 0, self.clock.now()
             s.commit()
+
+    def record_mailbox_contact(self, name: str, *, idle: bool | None = None, error_code: str | None = None) -> None:
+        """A watcher's successful contact (``error_code`` None) or failure, for status and alerts."""
+        now = self.clock.now()
+        for _ in range(2):  # a concurrent first insert: update the row it made
+            with self.session() as s:
+                row = s.get(MailboxHealth, name)
+                if row is None:
+                    row = MailboxHealth(name=name, since_at=now)
+                if error_code is None:
+                    row.last_ok_at, row.idle = now, idle
+                else:
+                    row.last_error_at, row.last_error_code = now, error_code[:64]
+                s.add(row)
+                try:
+                    s.commit()
+                    return
+                except IntegrityError:
+                    s.rollback()
 
     def claim_next_inbound(self, stale_after: timedelta = LEASE) -> int | None:
         """Mark the oldest pending message as being processed by this worker; returns its id.
