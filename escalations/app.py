@@ -42,6 +42,7 @@ class App:
     wake_outbox: threading.Event = field(default_factory=threading.Event)
     smtp_port: int | None = None
     operations: Operations | None = None
+    _stopping: threading.Event | None = None
 
     # ---- intake --------------------------------------------------------------------------
 
@@ -64,7 +65,13 @@ class App:
         return stored
 
     def process_pending(self) -> list[Outcome]:
-        outcomes = self.processor.process_pending()
+        stopping = self._stopping
+        if stopping is None:
+            outcomes = self.processor.process_pending()
+        else:  # one at a time, so a stop waits for one message, not the whole backlog
+            outcomes = []
+            while not stopping.is_set() and (one := self.processor.process_pending(limit=1)):
+                outcomes.extend(one)
         if any(o.status == "done" for o in outcomes):
             self.wake_outbox.set()
         return outcomes
@@ -117,6 +124,8 @@ class App:
         for mb in s.mailboxes:
             watcher = ImapWatcher(mb, self.store, on_stored=self.on_stored)
             threads.append(threading.Thread(target=watcher.run, args=(stop,), name=f"imap-{mb.name}", daemon=True))
+        self.outbox.stopping = stop
+        self._stopping = stop
         threads.append(threading.Thread(target=self._loop, args=(stop, self.wake_processor,
                                         s.process_interval_seconds, self.process_pending, "processor"),
                                         name="processor", daemon=True))
@@ -141,14 +150,18 @@ class App:
             stop.wait()
         finally:
             log.info("service.stopping")
-            scheduler.shutdown(wait=False)
             if controller is not None:
                 controller.stop()
             self.wake_processor.set()
             self.wake_outbox.set()
             for t in threads:
                 t.join(timeout=10)
-            log.info("service.stopped")
+            scheduler.shutdown(wait=True)  # a tick under way finishes its timer (each stops early)
+            busy = [t.name for t in threads if t.is_alive()]
+            released = None
+            if not busy:  # a thread still working keeps its claim: the next start takes it back
+                released = self._safely_value(self.store.release_claims)
+            log.info("service.stopped", released=released, still_busy=busy)
 
     @contextmanager
     def keep_alive(self) -> Iterator[None]:
@@ -176,6 +189,14 @@ class App:
         if self.settings.relay is not None:
             accounts.append((self.settings.relay.auth, "relay"))
         return sum(warn_if_secret_expiring(auth, name, today) for auth, name in accounts)
+
+    @staticmethod
+    def _safely_value(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception:
+            log.exception("service.release_failed")
+            return None
 
     @staticmethod
     def _safely(name: str, fn: Callable[[], object]) -> None:
@@ -224,6 +245,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSen
                               max_per_address_per_hour=settings.max_mails_per_address_per_hour)
     operations = Operations(store, config, renderer, settings.message_id_domain,
                             mailboxes=tuple(m.name for m in settings.mailboxes),
+                            mailbox_addresses={m.name: m.username for m in settings.mailboxes},
                             admin_emails=tuple(settings.admin_emails), admin_from=settings.admin_from,
                             alert_after=timedelta(minutes=settings.mailbox_alert_after_minutes),
                             digest_at=settings.daily_digest_at)

@@ -5,8 +5,11 @@ coordinator's daily digest. Called from ``App.tick``; the composers are pure
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
+from email.utils import getaddresses
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -42,6 +45,8 @@ class Operations:
     renderer: Renderer
     message_id_domain: str
     mailboxes: tuple[str, ...] = ()
+    #: Mailbox name -> its address, to tell whose a quarantined message from that mailbox is.
+    mailbox_addresses: dict[str, str] = field(default_factory=dict)
     admin_emails: tuple[str, ...] = ()
     admin_from: str | None = None
     alert_after: timedelta = timedelta(minutes=15)
@@ -116,10 +121,32 @@ class Operations:
             log.info("daily_digest.queued", mails=queued)
         return queued
 
+    def partnership_of(self, row: InboundMessage) -> str | None:
+        """Whose a quarantined message is: processing stopped before it said, mostly. The mailbox it
+        came through, the SMTP envelope, else the partnership addresses in its To, Cc or Delivered-To."""
+        if row.partnership:
+            return row.partnership
+        candidates = [*row.envelope_recipients]
+        if row.account in self.mailbox_addresses:
+            candidates.insert(0, self.mailbox_addresses[row.account])
+        if not candidates:
+            try:
+                headers = BytesHeaderParser(policy=default_policy).parsebytes(row.raw, headersonly=True)
+                fields = [str(v) for name in ("Delivered-To", "To", "Cc") for v in headers.get_all(name) or []]
+                candidates = [a for _, a in getaddresses(fields)]
+            except Exception:  # a header too broken to read: nobody's
+                candidates = []
+        for address in candidates:
+            local, _, domain = address.partition("@")
+            p = self.config.partnership_for_address(f"{local.split('+', 1)[0]}@{domain}")  # reply tokens ride on +
+            if p is not None:
+                return p.id
+        return None
+
     def digest_for(self, s: Session, pid: str, now: datetime) -> DailyDigest:
         quarantined = [(r.received_at, quarantine_code(r.error)) for r in s.exec(
-            select(InboundMessage).where(InboundMessage.status == "quarantined", InboundMessage.partnership == pid)
-            .order_by(col(InboundMessage.received_at))).all()]
+            select(InboundMessage).where(InboundMessage.status == "quarantined")
+            .order_by(col(InboundMessage.received_at))).all() if self.partnership_of(r) == pid]
         cases = s.exec(select(Case).where(Case.partnership == pid, col(Case.status).in_(
             ["awaiting_information", "needs_routing"])).order_by(col(Case.opened_at))).all()
         refs = {c.id: c.reference for c in s.exec(select(Case).where(Case.partnership == pid)).all()}
