@@ -87,7 +87,8 @@ class App:
         digests = self.workflow.send_digests(now)
         alerts = daily = 0
         if self.operations is not None:
-            alerts = self.operations.check_mailboxes(now)
+            # real time, as the watchers record it: `tick --now` pretends for deadlines only
+            alerts = self.operations.check_mailboxes(self.store.lease_clock.now())
             daily = self.operations.send_daily_digests(now)
         sent = self.send_outbox()
         return {"now": now.isoformat(), "processed": len(processed), "timers_fired": len(fired),

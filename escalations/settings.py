@@ -280,7 +280,10 @@ class Settings(BaseSettings):
                 tmp.unlink(missing_ok=True)
         key = path.read_text(encoding="ascii").strip()
         if not key:
-            raise ValueError(f"{path} is empty: delete it or set ESCALATIONS_SECRET_KEY")
+            from escalations.errors import SetupError
+
+            raise SetupError("ESCALATIONS_SECRET_KEY", f"{path} is empty: restore it from a backup (replies to "
+                                                       "mail already sent need it), else delete it or set the key")
         return key.encode()
 
     @property

@@ -406,7 +406,7 @@ class Store:
 
     def record_mailbox_contact(self, name: str, *, idle: bool | None = None, error_code: str | None = None) -> None:
         """A watcher's successful contact (``error_code`` None) or failure, for status and alerts."""
-        now = self.clock.now()
+        now = self.lease_clock.now()  # about the process and the server, not a case's deadlines
         for _ in range(2):  # a concurrent first insert: update the row it made
             with self.session() as s:
                 row = s.get(MailboxHealth, name)

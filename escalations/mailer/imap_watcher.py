@@ -96,8 +96,8 @@ class ImapWatcher:
             in_idle = [False]
             try:
                 client = self._connect()
+                self._contact(idle=client.has_capability("IDLE"))  # signed in: before a long first catch-up
                 self._catch_up_on(client, first=True, stop=stop)
-                self._contact(idle=client.has_capability("IDLE"))
                 delay = m.reconnect_initial_seconds  # a good session resets the backoff
                 if client.has_capability("IDLE"):
                     self._idle_loop(client, stop, in_idle)

@@ -114,3 +114,35 @@ def test_config_check_warns_about_placeholders_and_strict_fails(env: dict[str, s
     assert "outgoing mail: no relay" in out
     code, out = cli(env, "config", "check", "--strict")
     assert code == 1
+
+
+def test_config_folder_without_partnerships(env: dict[str, str], tmp_path: Path) -> None:
+    code, out = cli(env, "--config", str(tmp_path / "nothing"), "cases", "list")
+    assert_sentence(code, out, "nothing/partnerships", "no partnership YAML files found")
+
+
+def test_empty_secret_key_file(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "secret.key").write_text("")
+    code, out = cli(env, "cases", "list")
+    assert_sentence(code, out, "ESCALATIONS_SECRET_KEY", "secret.key is empty")
+
+
+def test_config_check_names_a_secret_that_is_not_there(env: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "mailboxes.yaml"
+    path.write_text(MAILBOX.replace("    securty: ssl\n", ""))
+    env["ESCALATIONS_MAILBOXES_FILE"] = str(path)
+    env["HACKNEY_IMAP_PASSWORD"] = ""
+    code, out = cli(env, "config", "check")
+    assert_sentence(code, out, "mailbox hackney: auth.password_env", "HACKNEY_IMAP_PASSWORD")
+    env["HACKNEY_IMAP_PASSWORD"] = "set"
+    code, out = cli(env, "config", "check")
+    assert code == 0, out
+    assert "mailboxes: hackney (chscp@hackney.gov.uk on imap.example.org:993)" in out
+
+
+def test_policy_show_with_broken_config_is_a_sentence(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "cfg" / "partnerships").mkdir(parents=True)
+    (tmp_path / "cfg" / "partnerships" / "x.yaml").write_text("id: x\nname: [\n")
+    code, out = cli(env, "--config", str(tmp_path / "cfg"), "policy", "show", "x")
+    assert_sentence(code, out, "x.yaml:", "not valid YAML")
