@@ -159,10 +159,9 @@ class App:
                 t.join(timeout=10)
             scheduler.shutdown(wait=True)  # a tick under way finishes its timer (each stops early)
             busy = [t.name for t in threads if t.is_alive()]
-            released = None
-            if not busy:  # a thread still working keeps its claim: the next start takes it back
-                released = self._safely_value(self.store.release_claims)
-            log.info("service.stopped", released=released, still_busy=busy)
+            if not busy:  # a thread still working keeps its claims and worker row: the next start takes them back
+                self._safely("retire", self.store.retire)
+            log.info("service.stopped", still_busy=busy)
 
     @contextmanager
     def keep_alive(self) -> Iterator[None]:
@@ -190,14 +189,6 @@ class App:
         if self.settings.relay is not None:
             accounts.append((self.settings.relay.auth, "relay"))
         return sum(warn_if_secret_expiring(auth, name, today) for auth, name in accounts)
-
-    @staticmethod
-    def _safely_value(fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except Exception:
-            log.exception("service.release_failed")
-            return None
 
     @staticmethod
     def _safely(name: str, fn: Callable[[], object]) -> None:

@@ -712,25 +712,24 @@ class Store:
             s.commit()
         self._registered = True
 
-    def release_claims(self) -> dict[str, int]:
-        """At a clean stop: hand back whatever this process still holds but is not working on (a send
-        it claimed but did not start, a message it did not begin), so nothing waits for a lease."""
-        me = self.owner
+    def release_outbox(self, outbox_ids: Sequence[int]) -> int:
+        """Hand back sends this process claimed but did not begin (it is stopping): due again at once."""
+        if not outbox_ids:
+            return 0
         with self.session() as s:
-            s.connection()
-            inbound = s.exec(update(InboundMessage).where(col(InboundMessage.claimed_by) == me,
-                                                          col(InboundMessage.status) == "pending")
-                             .values(claimed_at=None, claimed_by=None,
-                                     attempts=InboundMessage.attempts - 1)).rowcount  # never begun
-            outbox = s.exec(update(OutboxMessage).where(col(OutboxMessage.claimed_by) == me,
-                                                        col(OutboxMessage.status) == "sending")
-                            .values(status="pending", claimed_by=None, next_attempt_at=self.clock.now())).rowcount
-            timers = s.exec(update(Timer).where(col(Timer.claimed_by) == me, col(Timer.status) == "firing")
-                            .values(status="pending", claimed_at=None, claimed_by=None)).rowcount
-            s.exec(delete(Worker).where(col(Worker.owner) == me))
+            n = s.exec(update(OutboxMessage).where(col(OutboxMessage.id).in_(list(outbox_ids)),
+                                                   col(OutboxMessage.claimed_by) == self.owner,
+                                                   col(OutboxMessage.status) == "sending")
+                       .values(status="pending", claimed_by=None, next_attempt_at=self.clock.now())).rowcount
+            s.commit()
+        return int(n)
+
+    def retire(self) -> None:
+        """A clean exit: this worker holds nothing any more, so its row goes."""
+        with self.session() as s:
+            s.exec(delete(Worker).where(col(Worker.owner) == self.owner))
             s.commit()
         self._registered = False
-        return {"inbound": inbound, "outbox": outbox, "timers": timers}
 
     def list_workers(self) -> list[Worker]:
         with self.reading() as s:

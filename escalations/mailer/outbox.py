@@ -247,8 +247,10 @@ class OutboxDispatcher:
 
     def _send_batch(self, batch: list[int]) -> int:
         sent = 0
-        for oid in batch:
+        for i, oid in enumerate(batch):
             if self.stopping.is_set():
+                released = self.store.release_outbox(batch[i:])
+                log.info("outbox.released_at_stop", count=released)
                 break
             row = self.store.get_outbox(oid)
             if row is None:
