@@ -76,7 +76,7 @@ def test_daily_digest_renders_and_lists_quarantine_by_code() -> None:
     assert [m.to for m in mails] == [(c.email,) for c in p.coordinator()]
     body = Renderer().render(mails[0].template, {**mails[0].context, "full_details": False})
     assert "not_a_referral: 2" in body and "automated_no_case:bounce: 1" in body
-    assert "CH-2026-0007" in body and "child_dobs, consent" in body
+    assert "CH-2026-0007" in body and "missing: Date of birth, consent" in body
     assert "CH-2026-0008" in body and "someone@agency.example.org" in body
     assert mails[0].subject == "Escalations: 6 items need a person (2026-11-04)"
     assert compose_daily_digest(p, DailyDigest([], [], [], []), now) == []

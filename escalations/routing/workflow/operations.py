@@ -62,7 +62,7 @@ class DailyDigest:
 def compose_daily_digest(p: Partnership, digest: DailyDigest, now: datetime) -> list[OutgoingMail]:
     """The coordinator's morning list; nothing when nothing needs a person."""
     from escalations.routing.calendar import format_local
-    from escalations.routing.decide import OutgoingMail
+    from escalations.routing.decide import FIELD_LABELS, OutgoingMail
 
     if not digest:
         return []
@@ -71,7 +71,7 @@ def compose_daily_digest(p: Partnership, digest: DailyDigest, now: datetime) -> 
         "partnership_name": p.name, "mailbox": p.primary_mailbox,
         "quarantine_codes": sorted(codes.items()),
         "quarantined": [{"when": format_local(t, p.tz), "code": c} for t, c in digest.quarantined],
-        "incomplete": [{"reference": r, "opened": format_local(t, p.tz), "missing": ", ".join(m) or "-"}
+        "incomplete": [{"reference": r, "opened": format_local(t, p.tz), "missing": ", ".join(FIELD_LABELS.get(f, f) for f in m) or "-"}
                        for r, t, m in digest.incomplete],
         "needs_routing": [{"reference": r, "opened": format_local(t, p.tz)} for r, t in digest.needs_routing],
         "bounces": [{"reference": r, "address": a, "when": format_local(t, p.tz)} for r, a, t in digest.bounces],
