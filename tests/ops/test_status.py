@@ -7,6 +7,7 @@ import json
 from datetime import date, timedelta
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from escalations.cli import app
@@ -59,3 +60,23 @@ def test_status_without_a_database_is_a_sentence(tmp_path: Path) -> None:
     result = runner.invoke(app, ["status", "--json"], env=env)
     assert result.exit_code == 2 and "ESCALATIONS_DATA_DIR" in result.output
     assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.servers
+def test_status_on_postgresql_in_a_read_only_session(make_app: AppFactory, postgres_url: str,
+                                                     tmp_path: Path) -> None:
+    application = make_app(postgres_url)
+    application.ingest(referral())
+    application.process_pending()
+    application.store.record_mailbox_contact("hackney", idle=False)
+    application.store.engine.dispose()
+    # every transaction of this session refuses writes: status would fail if it tried one
+    read_only = postgres_url + "%20-cdefault_transaction_read_only%3Don"
+    env = {"ESCALATIONS_DATA_DIR": str(tmp_path / "var"), "ESCALATIONS_CONFIG": str(CONFIG_DIR),
+           "ESCALATIONS_DATABASE_URL": read_only,
+           "ESCALATIONS_MAILBOXES": '[{"name": "hackney", "host": "imap.example.org", '
+                                    '"username": "chscp@hackney.gov.uk", "password": "x"}]'}
+    result = runner.invoke(app, ["status", "--json"], env=env)
+    data = json.loads(result.stdout)
+    assert data["mailboxes"][0]["mode"] == "polling"
+    assert data["timers"]["next"][0]["case"] == "CH-2026-0001"
