@@ -18,11 +18,12 @@ from zoneinfo import ZoneInfo
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from escalations.errors import EXIT_SETUP, SetupError, as_setup_errors, report, settings_errors
+from escalations.errors import EXIT_SETUP, SetupError, as_setup_errors, report
 from escalations.logs import configure_logging
 from escalations.private import FILE_MODE, private_umask
 from escalations.settings import Settings
@@ -96,9 +97,9 @@ def main_callback(
         overrides["database_url"] = database_url
     try:
         ctx.obj = Settings(**overrides)
-    except (ValidationError, SetupError) as exc:
+    except (ValidationError, SetupError, SettingsError) as exc:
         # field and reason only: pydantic's own text repeats the input, which may be a secret
-        errors = settings_errors(exc) if isinstance(exc, ValidationError) else exc.all
+        errors = as_setup_errors(exc) or [SetupError("ESCALATIONS_*", "not valid")]
         if ctx.invoked_subcommand == "config":  # config check reports them with everything else
             ctx.obj = SettingsNotValid(overrides.get("config_dir"), errors)
             return

@@ -9,6 +9,7 @@ Messages carry setting names, files, hosts and ports: never a secret, a header o
 from __future__ import annotations
 
 import errno
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,6 +60,18 @@ def settings_errors(exc: ValidationError) -> list[SetupError]:
     return [SetupError(env_name(e["loc"]), pydantic_reason(e)) for e in exc.errors()]
 
 
+def source_error(exc: BaseException) -> SetupError | None:
+    """pydantic-settings' "error parsing value for field ..." (a list or mapping that is not JSON)."""
+    from pydantic_settings import SettingsError
+
+    if not isinstance(exc, SettingsError):
+        return None
+    match = re.search(r'field "([^"]+)"', str(exc))
+    setting = env_name([match.group(1)]) if match else "ESCALATIONS_*"
+    return SetupError(setting, 'is not valid JSON: lists and mappings are written in JSON, '
+                               'e.g. ["it@council.example", "lead@council.example"]')
+
+
 def _database_error(exc: BaseException) -> SetupError | None:
     try:
         from sqlalchemy import exc as sa
@@ -88,6 +101,8 @@ def as_setup_errors(exc: BaseException) -> list[SetupError] | None:
     if isinstance(exc, ConfigError):
         return [SetupError(f"{i.file}:{i.line}" if i.line else i.file, f"{i.field}: {i.message}")
                 for i in exc.issues]
+    if (source := source_error(exc)) is not None:
+        return [source]
     if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
         return [SetupError("ESCALATIONS_SMTP_LISTEN_PORT (--smtp-port)",
                            "that port is already in use: stop the other process or choose another port")]

@@ -146,3 +146,9 @@ def test_policy_show_with_broken_config_is_a_sentence(env: dict[str, str], tmp_p
     (tmp_path / "cfg" / "partnerships" / "x.yaml").write_text("id: x\nname: [\n")
     code, out = cli(env, "--config", str(tmp_path / "cfg"), "policy", "show", "x")
     assert_sentence(code, out, "x.yaml:", "not valid YAML")
+
+
+def test_list_setting_that_is_not_json(env: dict[str, str]) -> None:
+    env["ESCALATIONS_ADMIN_EMAILS"] = "it@council.example.org"
+    code, out = cli(env, "cases", "list")
+    assert_sentence(code, out, "ESCALATIONS_ADMIN_EMAILS", "not valid JSON")
