@@ -57,7 +57,7 @@ class AuthSettings(BaseModel):
     """How a mailbox or the relay signs in. Secrets are named (an environment variable or a file),
     never written here, so a mailboxes.yaml can be read, copied and shown without leaking one."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     method: AuthMethod = AuthMethod.PASSWORD
     #: method password: where the password is (else the mailbox's legacy ``password``).
@@ -118,8 +118,8 @@ def read_secret(env: str | None, file: Path | None, what: str) -> str:
 class MailboxSettings(BaseModel):
     """One IMAP mailbox the service watches (a partnership's existing shared mailbox)."""
 
-    # A misspelt key (``securty:``) would otherwise silently mean the default.
-    model_config = ConfigDict(extra="forbid")
+    # A misspelt key (``securty:``) would otherwise silently mean the default; an input may be a password.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     name: str = Field(description="Short account name, part of the idempotency key")
     host: str
@@ -162,7 +162,7 @@ class MailboxSettings(BaseModel):
 class RelaySettings(BaseModel):
     """Outgoing SMTP relay. Without one, outgoing mail is written to ``<data-dir>/sent``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     host: str
     port: int = 587
@@ -192,7 +192,8 @@ def _password(inline: SecretStr | None, auth: AuthSettings, what: str) -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ESCALATIONS_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="ESCALATIONS_", env_nested_delimiter="__", extra="ignore",
+                                      hide_input_in_errors=True)
 
     data_dir: Path = Path("var")
     config_dir: Path = Field(default_factory=default_config_dir, alias="ESCALATIONS_CONFIG")
