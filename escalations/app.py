@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from escalations.cases import schema
+from escalations.cases.operations import Operations
 from escalations.cases.store import HEARTBEAT_INTERVAL_SECONDS, Store, StoredInbound, content_key, make_engine
 from escalations.cases.workflow import Workflow
 from escalations.clock import Clock, SystemClock
@@ -45,6 +46,8 @@ class App:
     wake_processor: threading.Event = field(default_factory=threading.Event)
     wake_outbox: threading.Event = field(default_factory=threading.Event)
     smtp_port: int | None = None
+    operations: Operations | None = None
+    _stopping: threading.Event | None = None
     parser: BoundedParser | None = None
 
     def close(self) -> None:
@@ -73,7 +76,13 @@ class App:
         return stored
 
     def process_pending(self) -> list[Outcome]:
-        outcomes = self.processor.process_pending()
+        stopping = self._stopping
+        if stopping is None:
+            outcomes = self.processor.process_pending()
+        else:  # one at a time, so a stop waits for one message, not the whole backlog
+            outcomes = []
+            while not stopping.is_set() and (one := self.processor.process_pending(limit=1)):
+                outcomes.extend(one)
         if any(o.status == "done" for o in outcomes):
             self.wake_outbox.set()
         return outcomes
@@ -87,9 +96,14 @@ class App:
         processed = self.process_pending()
         fired = self.workflow.tick(now)
         digests = self.workflow.send_digests(now)
+        alerts = daily = 0
+        if self.operations is not None:
+            # real time, as the watchers record it: `tick --now` pretends for deadlines only
+            alerts = self.operations.check_mailboxes(self.store.lease_clock.now())
+            daily = self.operations.send_daily_digests(now)
         sent = self.send_outbox()
         return {"now": now.isoformat(), "processed": len(processed), "timers_fired": len(fired),
-                "fired": fired, "digests": digests, "sent": sent}
+                "fired": fired, "digests": digests, "mailbox_alerts": alerts, "daily_digests": daily, "sent": sent}
 
     # ---- the service ---------------------------------------------------------------------
 
@@ -122,6 +136,8 @@ class App:
         for mb in s.mailboxes:
             watcher = ImapWatcher(mb, self.store, on_stored=self.on_stored)
             threads.append(threading.Thread(target=watcher.run, args=(stop,), name=f"imap-{mb.name}", daemon=True))
+        self.outbox.stopping = stop
+        self._stopping = stop
         threads.append(threading.Thread(target=self._loop, args=(stop, self.wake_processor,
                                         s.process_interval_seconds, self.process_pending, "processor"),
                                         name="processor", daemon=True))
@@ -146,15 +162,18 @@ class App:
             stop.wait()
         finally:
             log.info("service.stopping")
-            scheduler.shutdown(wait=False)
             if controller is not None:
                 controller.stop()
             self.wake_processor.set()
             self.wake_outbox.set()
             for t in threads:
                 t.join(timeout=10)
+            scheduler.shutdown(wait=True)  # a tick under way finishes its timer (each stops early)
+            busy = [t.name for t in threads if t.is_alive()]
+            if not busy:  # a thread still working keeps its claims and worker row: the next start takes them back
+                self._safely("retire", self.store.retire)
             self.close()
-            log.info("service.stopped")
+            log.info("service.stopped", still_busy=busy)
 
     @contextmanager
     def keep_alive(self) -> Iterator[None]:
@@ -244,8 +263,14 @@ def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSen
                               backoff_initial=settings.outbox_backoff_initial_seconds,
                               backoff_max=settings.outbox_backoff_max_seconds,
                               max_per_address_per_hour=settings.max_mails_per_address_per_hour)
+    operations = Operations(store, config, renderer, settings.message_id_domain,
+                            mailboxes=tuple(m.name for m in settings.mailboxes),
+                            mailbox_addresses={m.name: m.username for m in settings.mailboxes},
+                            admin_emails=tuple(settings.admin_emails), admin_from=settings.admin_from,
+                            alert_after=timedelta(minutes=settings.mailbox_alert_after_minutes),
+                            digest_at=settings.daily_digest_at)
     app = App(settings=settings, clock=clock, config=config, store=store, renderer=renderer,
-              processor=processor, outbox=outbox, workflow=workflow, parser=parser)
+              processor=processor, outbox=outbox, workflow=workflow, parser=parser, operations=operations)
     app_ref.append(app)
     return app
 

@@ -10,6 +10,7 @@ import smtplib
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -17,17 +18,36 @@ from zoneinfo import ZoneInfo
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import OperationalError
+from typer.core import TyperGroup
 
+from escalations.errors import EXIT_SETUP, SetupError, as_setup_errors, report
 from escalations.logs import FramesOnly, configure_logging
 from escalations.private import FILE_MODE, make_private, private_umask
-from escalations.routing.policy import ConfigError
 from escalations.settings import Settings
 
+
+class _SetupErrorsAsSentences(TyperGroup):
+    """The one error printer: every command's set-up mistakes become a sentence and exit 2."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except Exception as exc:
+            errors = as_setup_errors(exc)
+            if errors is None or ctx.meta.get("escalations.debug"):
+                raise
+            report(errors, lambda line: err.print(line, markup=False, highlight=False, soft_wrap=True))
+            ctx.exit(EXIT_SETUP)
+
+
 app = typer.Typer(help="Resolving professional differences: the partnership escalation service.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, cls=_SetupErrorsAsSentences)
 cases_app = typer.Typer(help="Cases: list and show.", no_args_is_help=True)
 outbox_app = typer.Typer(help="Outgoing mail waiting or sent.", no_args_is_help=True)
 timers_app = typer.Typer(help="Deadlines, reminders and escalations waiting to fire (and any that failed).",
@@ -66,8 +86,11 @@ def main_callback(
                       help="Configuration folder [default: the repository's config/]")] = None,
     database_url: Annotated[str | None, typer.Option("--database-url", envvar="ESCALATIONS_DATABASE_URL",
                             help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db [default: SQLite]")] = None,
+    debug: Annotated[bool, typer.Option("--debug", envvar="ESCALATIONS_DEBUG",
+                     help="Show the full traceback of set-up errors.")] = False,
 ) -> None:
     private_umask()  # raw mail and children's details: nothing any command writes is for other users
+    ctx.meta["escalations.debug"] = debug
     overrides: dict[str, Any] = {}
     if data_dir is not None:
         overrides["data_dir"] = data_dir
@@ -77,16 +100,29 @@ def main_callback(
         overrides["database_url"] = database_url
     try:
         ctx.obj = Settings(**overrides)
-    except ValidationError as exc:
+    except (ValidationError, SetupError, SettingsError) as exc:
         # field and reason only: pydantic's own text repeats the input, which may be a secret
-        err.print("Settings are not valid:", markup=False)
-        for e in exc.errors():
-            err.print(f"  {'.'.join(str(x) for x in e['loc']) or '-'}: {e['msg']}", markup=False, highlight=False)
-        raise typer.Exit(2) from None
+        errors = as_setup_errors(exc) or [SetupError("ESCALATIONS_*", "not valid")]
+        if ctx.invoked_subcommand == "config":  # config check reports them with everything else
+            ctx.obj = SettingsNotValid(overrides.get("config_dir"), errors)
+            return
+        if debug:
+            raise
+        raise SetupError.of(errors) from None
+
+
+@dataclass
+class SettingsNotValid:
+    """What `config check` gets when the settings themselves are wrong."""
+
+    config_dir: Path | None
+    errors: list[SetupError]
 
 
 def _settings(ctx: typer.Context) -> Settings:
     obj = ctx.find_root().obj
+    if isinstance(obj, SettingsNotValid):
+        raise SetupError.of(obj.errors)
     assert isinstance(obj, Settings)
     return obj
 
@@ -95,18 +131,10 @@ def _build(ctx: typer.Context, log_format: str = "console", level: int = logging
            read_only: bool = False) -> Any:
     """``read_only`` commands never create or alter a schema: they need one at this release's head."""
     from escalations.app import build_app
-    from escalations.cases.schema import SchemaError
 
     configure_logging("json" if log_format == "json" else "console", level)
-    try:
-        return build_app(_settings(ctx), read_only=read_only)
-    except ConfigError as exc:
-        err.print("[red]Configuration is not valid:[/red]")
-        for issue in exc.issues:
-            err.print(f"  {issue}", markup=False, highlight=False)
-        raise typer.Exit(2) from exc
-    except SchemaError as exc:
-        _schema_refused(exc)
+    # ConfigError, SchemaError and the like: printed as sentences by _SetupErrorsAsSentences
+    return build_app(_settings(ctx), read_only=read_only)
 
 
 def _schema_refused(exc: Exception) -> NoReturn:
@@ -155,17 +183,8 @@ def run(
     else:
         configure_logging(settings.log_format if settings.log_format != "console" else "json", logging.INFO)
     from escalations.app import build_app
-    from escalations.cases.schema import SchemaError
 
-    try:
-        application = build_app(settings)
-    except ConfigError as exc:
-        err.print("[red]Configuration is not valid:[/red]")
-        for issue in exc.issues:
-            err.print(f"  {issue}", markup=False, highlight=False)
-        raise typer.Exit(2) from exc
-    except SchemaError as exc:
-        _schema_refused(exc)
+    application = build_app(settings)
     stop = threading.Event()
 
     def _stop(_signum: int, _frame: Any) -> None:
@@ -173,8 +192,50 @@ def run(
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    on_started = _demo_driver(stop) if demo else None
+    drive = _demo_driver(stop) if demo else None
+
+    def on_started(started: Any) -> None:
+        for line in startup_lines(started):
+            err.print(line, markup=False, highlight=False, soft_wrap=True)
+        if drive is not None:
+            drive(started)
+
     application.run(stop, on_started=on_started)
+
+
+def startup_lines(application: Any) -> list[str]:
+    """Where mail goes, what is watched, where mail comes in: the first thing an operator needs."""
+    s = application.settings
+    lines = []
+    if s.relay is not None:
+        r = s.relay
+        lines.append(f"outgoing mail: relay {r.host}:{r.port} ({r.security}, {r.auth.method.value})")
+        problem = _relay_unreachable(r.host, r.port, min(r.timeout_seconds, 5.0))
+        if problem:
+            lines.append(f"warning: relay {r.host}:{r.port} is not reachable now ({problem}); mail waits in the "
+                         "outbox and is retried. Check ESCALATIONS_RELAY__HOST and ESCALATIONS_RELAY__PORT")
+    else:
+        lines.append(f"outgoing mail: no relay: mail is written to {s.sent_dir} (set ESCALATIONS_RELAY__HOST)")
+    if s.mailboxes:
+        lines.append("watching: " + ", ".join(f"{m.name} ({m.username} on {m.host}:{m.port}, {m.folder})"
+                                              for m in s.mailboxes))
+    else:
+        lines.append("watching: no IMAP mailboxes (set ESCALATIONS_MAILBOXES_FILE)")
+    if s.smtp_intake_enabled:
+        lines.append(f"SMTP intake: {s.smtp_listen_host}:{application.smtp_port or s.smtp_listen_port}")
+    else:
+        lines.append("SMTP intake: off")
+    return lines
+
+
+def _relay_unreachable(host: str, port: int, timeout: float) -> str | None:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
 
 
 def _log_to_file(path: Path) -> None:
@@ -267,11 +328,7 @@ def parse(
     from escalations.inspect import inspect_message
     from escalations.routing.policy import load_config
 
-    try:
-        config = load_config(_settings(ctx).config_dir)
-    except ConfigError as exc:
-        err.print(str(exc), markup=False)
-        raise typer.Exit(2) from exc
+    config = load_config(_settings(ctx).config_dir)
     result = inspect_message(file.read_bytes(), config)
     if as_json:
         _print_json(result)
@@ -441,20 +498,13 @@ def tick(ctx: typer.Context,
          as_json: JsonOpt = False) -> None:
     """Run due reminders and escalations once (and process/send anything waiting)."""
     from escalations.app import build_app
-    from escalations.cases.schema import SchemaError
     from escalations.clock import FakeClock, SystemClock
 
     configure_logging("console", logging.WARNING)
     clock = FakeClock(parse_when(now)) if now else SystemClock()
-    try:
-        # the pretend time is for deadlines only: claims use real time, so a service running on
-        # the same database never mistakes this process's work in progress for abandoned work
-        application = build_app(_settings(ctx), clock=clock, lease_clock=SystemClock())
-    except ConfigError as exc:
-        err.print(str(exc), markup=False)
-        raise typer.Exit(2) from exc
-    except SchemaError as exc:
-        _schema_refused(exc)
+    # the pretend time is for deadlines only: claims use real time, so a service running on
+    # the same database never mistakes this process's work in progress for abandoned work
+    application = build_app(_settings(ctx), clock=clock, lease_clock=SystemClock())
     with application.keep_alive():
         result = application.tick(clock.now())
     if as_json:
@@ -563,6 +613,125 @@ def quarantine_replay(ctx: typer.Context,
         for r in results:
             console.print(", ".join(f"{k}={v}" for k, v in r.items() if v is not None))
     if any(r["status"] != "done" for r in results):
+        raise typer.Exit(1)
+
+
+# ---- status ---------------------------------------------------------------------------------------------
+
+
+def status_data(settings: Settings, now: datetime) -> dict[str, Any]:
+    """Health for people and monitoring, read without writing anything (no schema, no claims)."""
+    from sqlalchemy import func, inspect
+    from sqlmodel import col, select
+
+    from escalations.cases.models import Case, InboundMessage, MailboxHealth, OutboxMessage, Timer
+    from escalations.cases.operations import quarantine_code
+    from escalations.cases.store import Store, make_engine
+    from escalations.clock import SystemClock
+    from escalations.mailer.oauth import secret_expiry_note
+
+    url = settings.effective_database_url
+    if url.startswith("sqlite:///") and not settings.database_url and \
+            not (settings.data_dir / "escalations.sqlite3").exists():
+        raise SetupError("ESCALATIONS_DATA_DIR (--data-dir)", f"no database in {settings.data_dir}: start the "
+                                                              "service (escalations run) or point to its data folder")
+    engine = make_engine(url)
+    try:
+        tables = set(inspect(engine).get_table_names())
+        store = Store(engine, SystemClock())
+        alert_after = settings.mailbox_alert_after_minutes * 60
+        with store.reading() as s:
+            health = {h.name: h for h in s.exec(select(MailboxHealth)).all()} if "mailbox_health" in tables else {}
+            waiting = dict(s.exec(select(InboundMessage.account, func.count()).where(
+                InboundMessage.status == "pending").group_by(InboundMessage.account)).all())
+            quarantined = s.exec(select(InboundMessage.error).where(InboundMessage.status == "quarantined")).all()
+            outbox = dict(s.exec(select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status)).all())
+            timer_counts = dict(s.exec(select(Timer.status, func.count()).group_by(Timer.status)).all())
+            next_timers = s.exec(select(Timer.due_at, Timer.kind, Case.reference).join(Case, col(Case.id) == col(Timer.case_id))
+                                 .where(Timer.status == "pending").order_by(col(Timer.due_at)).limit(5)).all()
+    finally:
+        engine.dispose()
+    mailboxes = []
+    problems = []
+    for m in settings.mailboxes:
+        h = health.get(m.name)
+        last_ok = h.last_ok_at if h else None
+        silent = (now - (last_ok or h.since_at)).total_seconds() if h else None
+        alerting = bool(h and h.down_alerted_at) or (silent is not None and silent >= alert_after)
+        mailboxes.append({"name": m.name, "host": m.host, "folder": m.folder, "last_ok_at": _iso(last_ok),
+                          "seconds_since_ok": round(silent) if silent is not None and last_ok else None,
+                          "mode": None if not h or h.idle is None else ("idle" if h.idle else "polling"),
+                          "last_error_code": h.last_error_code if h else None,
+                          "last_error_at": _iso(h.last_error_at) if h else None,
+                          "waiting": int(waiting.get(m.name, 0)), "no_contact_alert": alerting})
+        if alerting:
+            problems.append(f"mailbox {m.name}: no successful contact for over "
+                            f"{settings.mailbox_alert_after_minutes:g} minutes")
+    by_code: dict[str, int] = {}
+    for error in quarantined:
+        code = quarantine_code(error)
+        by_code[code] = by_code.get(code, 0) + 1
+    accounts = [(m.name, m.auth) for m in settings.mailboxes] + ([("relay", settings.relay.auth)]
+                                                                  if settings.relay else [])
+    secrets = []
+    for name, auth in accounts:
+        if auth.secret_expires_on is not None:
+            note = secret_expiry_note(auth, now.date())
+            secrets.append({"account": name, "expires_on": auth.secret_expires_on.isoformat(),
+                            "days_left": (auth.secret_expires_on - now.date()).days, "warning": note})
+            if note:
+                problems.append(f"{name}: {note}")
+    if outbox.get("failed"):
+        problems.append(f"outbox: {outbox['failed']} message(s) failed for good (escalations outbox list --status failed)")
+    if timer_counts.get("failed"):
+        problems.append(f"timers: {timer_counts['failed']} failed (escalations timers list --status failed)")
+    r = settings.relay
+    return {
+        "now": now.isoformat(),
+        "ok": not problems,
+        "problems": problems,
+        "relay": {"host": r.host, "port": r.port, "security": r.security} if r else None,
+        "sent_dir": None if r else str(settings.sent_dir),
+        "mailboxes": mailboxes,
+        "inbound_waiting": int(sum(waiting.values())),
+        "quarantine": {"count": len(quarantined), "by_reason": dict(sorted(by_code.items()))},
+        "outbox": {k: int(outbox.get(k, 0)) for k in ("pending", "sending", "sent", "failed")},
+        "timers": {"pending": int(timer_counts.get("pending", 0)), "failed": int(timer_counts.get("failed", 0)),
+                   "next": [{"case": ref, "kind": kind, "due_at": _iso(due)} for due, kind, ref in next_timers]},
+        "secrets": secrets,
+    }
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Mailboxes' last contact, backlogs, the next timers and secret expiry. Read-only. Exit 1 if
+    something needs a person (the `problems` list), for health checks."""
+    data = status_data(_settings(ctx), datetime.now(UTC))
+    if as_json:
+        _print_json(data)
+    else:
+        relay = data["relay"]
+        console.print("outgoing mail: " + (f"relay {relay['host']}:{relay['port']} ({relay['security']})" if relay
+                                           else f"no relay: written to {data['sent_dir']}"), highlight=False)
+        table = Table("mailbox", "last contact (London)", "mode", "last error", "waiting", title="Mailboxes")
+        for m in data["mailboxes"]:
+            last = _local(datetime.fromisoformat(m["last_ok_at"])) if m["last_ok_at"] else "never"
+            table.add_row(m["name"], last + (" [red]ALERT[/red]" if m["no_contact_alert"] else ""), m["mode"] or "-",
+                          m["last_error_code"] or "-", str(m["waiting"]))
+        console.print(table)
+        q = data["quarantine"]
+        console.print(f"quarantine: {q['count']}" + (" (" + ", ".join(f"{k}: {v}" for k, v in q["by_reason"].items())
+                                                     + ")" if q["by_reason"] else ""), highlight=False)
+        console.print("outbox: " + ", ".join(f"{k} {v}" for k, v in data["outbox"].items()), highlight=False)
+        console.print(f"inbound waiting to be processed: {data['inbound_waiting']}", highlight=False)
+        console.print("next timers: " + ("; ".join(f"{t['case']} {t['kind']} {_local(datetime.fromisoformat(t['due_at']))}"
+                                                  for t in data["timers"]["next"]) or "none"), highlight=False)
+        for sec in data["secrets"]:
+            console.print(f"secret of {sec['account']}: expires {sec['expires_on']} ({sec['days_left']} days)",
+                          highlight=False)
+        for p in data["problems"]:
+            err.print(f"problem: {p}", markup=False, highlight=False, soft_wrap=True)
+    if data["problems"]:
         raise typer.Exit(1)
 
 

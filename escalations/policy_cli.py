@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -64,13 +65,8 @@ def _issue_json(i: ConfigIssue) -> dict[str, Any]:
 
 
 def _load(ctx: typer.Context, err: Console) -> PolicyConfig:
-    try:
-        return load_config(_config_dir(ctx))
-    except ConfigError as exc:
-        for i in exc.issues:
-            err.print(_issue_text(i), markup=False, highlight=False, soft_wrap=True)
-        err.print(f"{len(exc.issues)} configuration error(s); run 'escalations config check'.")
-        raise typer.Exit(1) from None
+    # A ConfigError goes to the CLI's one set-up error printer (file:line, exit 2).
+    return load_config(_config_dir(ctx))
 
 
 def _partnership(cfg: PolicyConfig, pid: str, err: Console) -> Partnership:
@@ -81,38 +77,149 @@ def _partnership(cfg: PolicyConfig, pid: str, err: Console) -> Partnership:
     return p
 
 
+_PLACEHOLDER_DOMAINS = ("example.org", "example.net")
+_ADDRESS = re.compile(r"[\w.+-]+@(?:[\w-]+\.)*(example\.(?:org|net))\b", re.IGNORECASE)
+
+
+def placeholder_warnings(config_dir: Path) -> list[ConfigIssue]:
+    """Contacts still on the shipped example domains: a live service would mail nobody real."""
+    out = []
+    for path in sorted([*config_dir.glob("agencies/*.yaml"), *config_dir.glob("partnerships/*.yaml")]):
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue  # load_config reports it
+        domains = [n for n, line in enumerate(lines, 1)
+                   if line.lstrip().startswith(("domains:", "- example.")) and
+                   any(d in line.split("#", 1)[0] for d in _PLACEHOLDER_DOMAINS)]
+        addresses = [n for n, line in enumerate(lines, 1) if _ADDRESS.search(line.split("#", 1)[0])]
+        if domains:
+            out.append(ConfigIssue(str(path), domains[0], "domains", f"{len(domains)} agency domain list(s) are "
+                                   "still the placeholder example.org/example.net: write the agencies' real domains"))
+        if addresses:
+            out.append(ConfigIssue(str(path), addresses[0], "contacts", f"{len(addresses)} address(es) are still "
+                                   "placeholders on example.org/example.net: replace them with the real people"))
+    return out
+
+
+def _settings_of(ctx: typer.Context) -> tuple[Any, list[Any]]:
+    """The Settings object (None when they are not valid) and the set-up errors found building it."""
+    obj = ctx.find_root().obj
+    errors = list(getattr(obj, "errors", None) or [])
+    return (None if errors or not hasattr(obj, "mailboxes") else obj), errors
+
+
+_SECRET_FILES = ("password_file", "client_secret_file", "certificate_file", "service_account_file",
+                 "refresh_token_file", "ca_file")
+
+
+def _secret_errors(settings: Any) -> list[Any]:
+    """Secrets the settings name but this machine does not have: sign-in would fail at run time."""
+    from escalations.errors import SetupError
+
+    accounts = [(f"mailbox {m.name}: auth.", m.auth) for m in settings.mailboxes]
+    if settings.relay is not None:
+        accounts.append(("ESCALATIONS_RELAY__AUTH__", settings.relay.auth))
+    out = []
+    for prefix, auth in accounts:
+        def name(field: str, prefix: str = prefix) -> str:
+            return prefix + (field.upper() if prefix.endswith("__") else field)
+
+        for field in ("password_env", "client_secret_env"):
+            env = getattr(auth, field)
+            if env and not os.environ.get(env):
+                out.append(SetupError(name(field), f"names the environment variable {env}, which is not set "
+                                                   "(put it in the service's environment file)"))
+        for field in _SECRET_FILES:
+            path = getattr(auth, field)
+            if path is not None and not os.access(path, os.R_OK):
+                out.append(SetupError(name(field), f"{path} does not exist or is not readable by this user"))
+    relay_ca = settings.relay.ca_file if settings.relay is not None else None
+    if relay_ca is not None and not os.access(relay_ca, os.R_OK):
+        out.append(SetupError("ESCALATIONS_RELAY__CA_FILE", f"{relay_ca} does not exist or is not readable"))
+    return out
+
+
+def _mail_warnings(settings: Any, cfg: PolicyConfig) -> list[str]:
+    out = []
+    for m in settings.mailboxes:
+        if cfg.partnership_for_address(m.username) is None:
+            out.append(f"mailbox {m.name}: username {m.username} is no partnership's mailbox in the configuration; "
+                       "mail found there is quarantined (no_partnership_mailbox)")
+    return out
+
+
 @config_app.command("check")
-def config_check(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Validate every partnership and agencies file; errors name file, line and field. Exit 1 on error."""
+def config_check(ctx: typer.Context, as_json: JsonOpt = False,
+                 strict: Annotated[bool, typer.Option("--strict", help="Warnings fail the check too.")] = False
+                 ) -> None:
+    """Validate partnerships, agencies, mailboxes and the relay together; errors name file, line and
+    field. Exit 2 when the settings are wrong, 1 when the configuration is (or, with --strict, has warnings)."""
     out, err = Console(), Console(stderr=True)
+    settings, setup_errors = _settings_of(ctx)
+    if settings is not None:
+        setup_errors = _secret_errors(settings)
+    config_dir = _config_dir(ctx)
+    issues: list[ConfigIssue] = []
+    cfg: PolicyConfig | None = None
     try:
-        cfg = load_config(_config_dir(ctx))
+        cfg = load_config(config_dir)
     except ConfigError as exc:
-        if as_json:
-            out.print_json(json.dumps({"ok": False, "errors": [_issue_json(i) for i in exc.issues]}))
-        else:
-            for i in exc.issues:
-                err.print(_issue_text(i), markup=False, highlight=False, soft_wrap=True)
-            err.print(f"{len(exc.issues)} configuration error(s).")
-        raise typer.Exit(1) from None
+        issues = exc.issues
+    warnings = [*(cfg.warnings if cfg else []), *placeholder_warnings(config_dir)]
+    mail_notes = _mail_warnings(settings, cfg) if settings is not None and cfg is not None else []
+    mail: dict[str, Any] | None = None
+    if settings is not None:
+        r = settings.relay
+        mail = {"relay": {"host": r.host, "port": r.port, "security": r.security, "auth": r.auth.method.value}
+                if r else None, "sent_dir": None if r else str(settings.sent_dir),
+                "mailboxes": [{"name": m.name, "host": m.host, "port": m.port, "username": m.username,
+                               "folder": m.folder, "auth": m.auth.method.value} for m in settings.mailboxes],
+                "mailboxes_file": str(settings.mailboxes_file) if settings.mailboxes_file else None}
+    failed = bool(setup_errors or issues or (strict and (warnings or mail_notes)))
     if as_json:
         out.print_json(json.dumps({
-            "ok": True,
+            "ok": not failed,
+            "settings_errors": [{"setting": e.setting, "message": e.message} for e in setup_errors],
+            "errors": [_issue_json(i) for i in issues],
             "partnerships": {pid: {"policy_version": p.policy_version, "mailboxes": p.mailboxes,
                                    "routes": [r.id for r in p.routes], "agencies": len(p.agencies)}
-                             for pid, p in cfg.partnerships.items()},
-            "warnings": [_issue_json(w) for w in cfg.warnings],
+                             for pid, p in (cfg.partnerships.items() if cfg else [])},
+            "mail": mail,
+            "warnings": [_issue_json(w) for w in warnings] + [{"message": n} for n in mail_notes],
         }))
-        return
-    table = Table(title=f"Configuration OK: {_config_dir(ctx)}")
-    for col in ("Partnership", "Mailbox", "Policy version", "Routes", "Stages", "Agencies"):
-        table.add_column(col)
-    for p in cfg.partnerships.values():
-        table.add_row(p.id, ", ".join(p.mailboxes), p.policy_version, ", ".join(r.id for r in p.routes),
-                      str(sum(len(r.stages) for r in p.routes)), str(len(p.agencies)))
-    out.print(table)
-    for w in cfg.warnings:
-        out.print(f"warning: {_issue_text(w)}", markup=False, highlight=False, soft_wrap=True)
+    else:
+        for e in setup_errors:
+            err.print(f"error: {e.setting}: {e.message}", markup=False, highlight=False, soft_wrap=True)
+        for i in issues:
+            err.print(_issue_text(i), markup=False, highlight=False, soft_wrap=True)
+        if cfg is not None:
+            table = Table(title=f"Configuration OK: {config_dir}")
+            for col in ("Partnership", "Mailbox", "Policy version", "Routes", "Stages", "Agencies"):
+                table.add_column(col)
+            for p in cfg.partnerships.values():
+                table.add_row(p.id, ", ".join(p.mailboxes), p.policy_version, ", ".join(r.id for r in p.routes),
+                              str(sum(len(r.stages) for r in p.routes)), str(len(p.agencies)))
+            out.print(table)
+        if mail is not None:
+            relay = mail["relay"]
+            out.print(f"outgoing mail: relay {relay['host']}:{relay['port']} ({relay['security']})" if relay
+                      else f"outgoing mail: no relay: written to {mail['sent_dir']}", markup=False, highlight=False)
+            out.print("mailboxes: " + (", ".join(f"{m['name']} ({m['username']} on {m['host']}:{m['port']})"
+                                                 for m in mail["mailboxes"]) or "none"),
+                      markup=False, highlight=False, soft_wrap=True)
+        for w in warnings:
+            out.print(f"warning: {_issue_text(w)}", markup=False, highlight=False, soft_wrap=True)
+        for n in mail_notes:
+            out.print(f"warning: {n}", markup=False, highlight=False, soft_wrap=True)
+        if setup_errors:
+            err.print(f"{len(setup_errors)} settings error(s).")
+        if issues:
+            err.print(f"{len(issues)} configuration error(s).")
+    if setup_errors:
+        raise typer.Exit(2)
+    if failed:
+        raise typer.Exit(1)
 
 
 def _who(parties: list[str]) -> str:

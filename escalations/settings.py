@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from datetime import date
+from datetime import date, time
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
@@ -57,7 +57,7 @@ class AuthSettings(BaseModel):
     """How a mailbox or the relay signs in. Secrets are named (an environment variable or a file),
     never written here, so a mailboxes.yaml can be read, copied and shown without leaking one."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     method: AuthMethod = AuthMethod.PASSWORD
     #: method password: where the password is (else the mailbox's legacy ``password``).
@@ -118,6 +118,9 @@ def read_secret(env: str | None, file: Path | None, what: str) -> str:
 class MailboxSettings(BaseModel):
     """One IMAP mailbox the service watches (a partnership's existing shared mailbox)."""
 
+    # A misspelt key (``securty:``) would otherwise silently mean the default; an input may be a password.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
     name: str = Field(description="Short account name, part of the idempotency key")
     host: str
     port: int = 993
@@ -159,6 +162,8 @@ class MailboxSettings(BaseModel):
 class RelaySettings(BaseModel):
     """Outgoing SMTP relay. Without one, outgoing mail is written to ``<data-dir>/sent``."""
 
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
     host: str
     port: int = 587
     security: Security = "starttls"
@@ -187,7 +192,8 @@ def _password(inline: SecretStr | None, auth: AuthSettings, what: str) -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ESCALATIONS_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="ESCALATIONS_", env_nested_delimiter="__", extra="ignore",
+                                      hide_input_in_errors=True)
 
     data_dir: Path = Path("var")
     config_dir: Path = Field(default_factory=default_config_dir, alias="ESCALATIONS_CONFIG")
@@ -242,16 +248,21 @@ class Settings(BaseSettings):
     max_mime_depth: int = 20
     docx_max_elements: int = 50_000
     html_max_chars: int = 2_000_000
+    #: Who hears that a mailbox stopped answering (and that it recovered): the service's administrators.
+    admin_emails: list[str] = Field(default_factory=list)
+    #: The From of administrators' mail; default: the first partnership's mailbox.
+    admin_from: str | None = None
+    #: A mailbox with no successful contact for this long is an incident (one alert, one recovery mail).
+    mailbox_alert_after_minutes: float = 15.0
+    #: Local time (each partnership's time zone) of the coordinator's daily digest of what needs a person.
+    daily_digest_at: time = time(8, 0)
 
     model_config["populate_by_name"] = True
 
     @model_validator(mode="after")
     def _load_mailboxes_file(self) -> Settings:
         if self.mailboxes_file is not None:
-            data = yaml.safe_load(self.mailboxes_file.read_text(encoding="utf-8")) or []
-            if isinstance(data, dict):
-                data = data.get("mailboxes", [])
-            self.mailboxes = [*self.mailboxes, *(MailboxSettings.model_validate(m) for m in data)]
+            self.mailboxes = [*self.mailboxes, *load_mailboxes_file(self.mailboxes_file)]
         return self
 
     @property
@@ -283,9 +294,56 @@ class Settings(BaseSettings):
                 tmp.unlink(missing_ok=True)
         key = path.read_text(encoding="ascii").strip()
         if not key:
-            raise ValueError(f"{path} is empty: delete it or set ESCALATIONS_SECRET_KEY")
+            from escalations.errors import SetupError
+
+            raise SetupError("ESCALATIONS_SECRET_KEY", f"{path} is empty: restore it from a backup (replies to "
+                                                       "mail already sent need it), else delete it or set the key")
         return key.encode()
 
     @property
     def sent_dir(self) -> Path:
         return self.data_dir / "sent"
+
+
+def load_mailboxes_file(path: Path) -> list[MailboxSettings]:
+    """The mailboxes of a YAML file (a list, or a mapping with ``mailboxes:``). Mistakes are
+    :class:`~escalations.errors.SetupError` naming the file and line."""
+    from pydantic import ValidationError
+
+    from escalations.errors import SetupError, pydantic_reason
+    from escalations.routing.policy import format_loc, line_for
+
+    setting = "ESCALATIONS_MAILBOXES_FILE"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SetupError(setting, f"{path} does not exist: create it (docs/operations.md) or unset "
+                                  f"{setting}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SetupError(setting, f"cannot read {path} ({type(exc).__name__}): check its owner and "
+                                  "permissions") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text) if root is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise SetupError(where, f"not valid YAML: {getattr(exc, 'problem', None) or 'syntax error'}") from None
+    prefix: tuple[str | int, ...] = ()
+    if isinstance(data, dict):
+        data, prefix = data.get("mailboxes", []), ("mailboxes",)
+    if not isinstance(data, list):
+        raise SetupError(f"{path}:1", "expected a list of mailboxes (or mailboxes: followed by one)")
+    mailboxes, errors = [], []
+    for i, item in enumerate(data or []):
+        try:
+            mailboxes.append(MailboxSettings.model_validate(item))
+        except ValidationError as exc:
+            for e in exc.errors():
+                loc = (*prefix, i, *(p for p in e["loc"] if isinstance(p, (str, int))))
+                # a validator's own loc parts are not keys in the file
+                loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+                errors.append(SetupError(f"{path}:{line_for(root, loc)}", f"{format_loc(loc)}: {pydantic_reason(e)}"))
+    if errors:
+        raise SetupError.of(errors)
+    return mailboxes

@@ -256,3 +256,24 @@ class CoordinatorNotice(SQLModel, table=True):
     detail: dict[str, Any] = json_column(dict)
     created_at: datetime = utc_column()
     digested_at: datetime | None = nullable_utc(index=True)
+
+
+class MailboxHealth(SQLModel, table=True):
+    """The last successful contact with each watched mailbox, and its open incident if any: what
+    `escalations status` shows and what the administrators' alerts are decided from."""
+
+    __tablename__ = "mailbox_health"
+
+    #: The mailbox's configured ``name``.
+    name: str = Field(sa_column=Column(String(255), primary_key=True))
+    #: When watching began (an incident is counted from here if there has never been a contact).
+    since_at: datetime = utc_column()
+    last_ok_at: datetime | None = nullable_utc()
+    #: IDLE (true) or polling (false) at the last contact.
+    idle: bool | None = None
+    last_error_at: datetime | None = nullable_utc()
+    #: A fixed code (the exception's type, login_failed, token:<code>), never a server's text.
+    last_error_code: str | None = Field(default=None, sa_column=Column(String(64)))
+    #: Set when the "no contact" alert was queued, cleared when the recovery mail is: one of each per
+    #: incident, also across restarts.
+    down_alerted_at: datetime | None = nullable_utc()

@@ -33,6 +33,7 @@ from escalations.cases.models import (
     ImapCursor,
     InboundAlias,
     InboundMessage,
+    MailboxHealth,
     OutboxMessage,
     ReferenceCounter,
     Timer,
@@ -405,6 +406,25 @@ class Store:
                 cur.uidvalidity, cur.last_uid, cur.updated_at = uidvalidity, 0, self.clock.now()
             s.commit()
 
+    def record_mailbox_contact(self, name: str, *, idle: bool | None = None, error_code: str | None = None) -> None:
+        """A watcher's successful contact (``error_code`` None) or failure, for status and alerts."""
+        now = self.lease_clock.now()  # about the process and the server, not a case's deadlines
+        for _ in range(2):  # a concurrent first insert: update the row it made
+            with self.session() as s:
+                row = s.get(MailboxHealth, name)
+                if row is None:
+                    row = MailboxHealth(name=name, since_at=now)
+                if error_code is None:
+                    row.last_ok_at, row.idle = now, idle
+                else:
+                    row.last_error_at, row.last_error_code = now, error_code[:64]
+                s.add(row)
+                try:
+                    s.commit()
+                    return
+                except IntegrityError:
+                    s.rollback()
+
     def claim_next_inbound(self, stale_after: timedelta = LEASE) -> int | None:
         """Mark the oldest pending message as being processed by this worker; returns its id.
 
@@ -693,6 +713,25 @@ class Store:
                              heartbeat_at=now))
             s.commit()
         self._registered = True
+
+    def release_outbox(self, outbox_ids: Sequence[int]) -> int:
+        """Hand back sends this process claimed but did not begin (it is stopping): due again at once."""
+        if not outbox_ids:
+            return 0
+        with self.session() as s:
+            n = s.exec(update(OutboxMessage).where(col(OutboxMessage.id).in_(list(outbox_ids)),
+                                                   col(OutboxMessage.claimed_by) == self.owner,
+                                                   col(OutboxMessage.status) == "sending")
+                       .values(status="pending", claimed_by=None, next_attempt_at=self.clock.now())).rowcount
+            s.commit()
+        return int(n)
+
+    def retire(self) -> None:
+        """A clean exit: this worker holds nothing any more, so its row goes."""
+        with self.session() as s:
+            s.exec(delete(Worker).where(col(Worker.owner) == self.owner))
+            s.commit()
+        self._registered = False
 
     def list_workers(self) -> list[Worker]:
         with self.reading() as s:

@@ -96,6 +96,7 @@ class ImapWatcher:
             in_idle = [False]
             try:
                 client = self._connect()
+                self._contact(idle=client.has_capability("IDLE"))  # signed in: before a long first catch-up
                 self._catch_up_on(client, first=True, stop=stop)
                 delay = m.reconnect_initial_seconds  # a good session resets the backoff
                 if client.has_capability("IDLE"):
@@ -106,16 +107,21 @@ class ImapWatcher:
                 cause = exc.__cause__
                 self.log.error("imap.store_failed", uid=exc.args[0] if exc.args else None,
                                error_type=type(cause).__name__ if cause else None, exc_info=cause)
+                self._contact(error="store_failed")
             except LoginError as exc:  # wrong password or locked account: keep retrying, slowly
                 self.log.error("imap.login_failed", username=m.username, error=str(exc)[:300])
+                self._contact(error="login_failed")
             except TokenError as exc:  # no token: the same backoff, and the code says why
                 self.log.error("imap.token_failed", code=exc.code)
+                self._contact(error=f"token:{exc.code}")
             except CONNECTION_ERRORS as exc:
                 if not stop.is_set():
                     self.log.warning("imap.connection_lost", error_type=type(exc).__name__,
                                      error=str(exc)[:300])
+                    self._contact(error=type(exc).__name__)
             except Exception:  # never let one surprise end the watcher thread
                 self.log.exception("imap.unexpected_error")
+                self._contact(error="unexpected_error")
             finally:
                 if client is not None:
                     self._close(client, in_idle=in_idle[0])
@@ -381,11 +387,20 @@ class ImapWatcher:
             else:
                 client.noop()
             self._catch_up_on(client, stop=stop)
+            self._contact(idle=True)
 
     def _poll_loop(self, client: IMAPClient, stop: threading.Event) -> None:
         while not stop.wait(self.mailbox.poll_seconds):
             client.noop()  # liveness: a dead connection fails here within response_timeout
             self._catch_up_on(client, stop=stop)
+            self._contact(idle=False)
+
+    def _contact(self, *, idle: bool | None = None, error: str | None = None) -> None:
+        """Record the contact (or its failure) for status and alerts; never stops the watcher."""
+        try:
+            self.store.record_mailbox_contact(self.mailbox.name, idle=idle, error_code=error)
+        except Exception:
+            self.log.warning("imap.health_not_recorded")
 
 
 def _as_utc(value: object) -> datetime | None:

@@ -179,6 +179,8 @@ class OutboxDispatcher:
         # (querying every recent row before each send made a burst quadratic).
         self._window: dict[str, deque[datetime]] | None = None
         self._window_lock = threading.Lock()
+        #: Set at shutdown: the send under way finishes, the rest of the batch stays for the next start.
+        self.stopping = threading.Event()
 
     def _recent(self, now: datetime) -> dict[str, deque[datetime]]:
         if self._window is None:
@@ -240,12 +242,16 @@ class OutboxDispatcher:
         while True:
             batch = self.store.claim_due_outbox(limit=BATCH)
             sent += self._send_batch(batch)
-            if len(batch) < BATCH:
+            if len(batch) < BATCH or self.stopping.is_set():
                 return sent
 
     def _send_batch(self, batch: list[int]) -> int:
         sent = 0
-        for oid in batch:
+        for i, oid in enumerate(batch):
+            if self.stopping.is_set():
+                released = self.store.release_outbox(batch[i:])
+                log.info("outbox.released_at_stop", count=released)
+                break
             row = self.store.get_outbox(oid)
             if row is None:
                 continue

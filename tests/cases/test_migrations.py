@@ -175,7 +175,8 @@ def test_release_53cddc3_upgrades_with_its_data(database_url: str, engine: Engin
         refused = CliRunner().invoke(cli, args, env=env)
         assert refused.exit_code == 2, (args, refused.output)
         assert "escalations db upgrade" in refused.output and "Traceback" not in refused.output
-        assert len(refused.output.strip().splitlines()) == 1, refused.output
+        # one sentence, and the hint that --debug shows the details
+        assert len(refused.output.strip().splitlines()) <= 2, refused.output
     assert schema.status(engine).state is schema.SchemaState.FIRST_RELEASE
 
     done = CliRunner().invoke(cli, ["db", "upgrade"], env=env)
@@ -233,7 +234,9 @@ def test_read_only_commands_never_create_a_database(database_url: str, engine: E
                  ["timers", "list"], ["quarantine", "list"], ["db", "current"]):
         result = CliRunner().invoke(cli, args, env=env)
         assert result.exit_code == 2, (args, result.output)
-        assert result.output.strip() == f"no database yet at {schema.shown_url(database_url)}: run escalations db upgrade"
+        # one sentence (the printer's "error: database:" before it), then the --debug hint
+        assert f"no database yet at {schema.shown_url(database_url)}: run escalations db upgrade" in \
+            result.output.strip().splitlines()[0]
     for args in (["config", "check"], ["policy", "show", "city-and-hackney"]):  # never open it at all
         assert CliRunner().invoke(cli, args, env=env).exit_code == 0, args
     assert not tables(engine)

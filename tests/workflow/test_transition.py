@@ -130,6 +130,19 @@ def test_every_workflow_template_renders(config: PolicyConfig) -> None:
     digest = compose_digest(ch, [DigestItem("reply_not_applied", "CH-2026-0001", at(13, 11),
                                             {"reason": "no_token", "from": CH.raiser})], at(13, 12))
     rendered["coordinator_digest.txt.j2"] = Renderer().render(digest[0].template, digest[0].context)
+    # the service's own mail (tests/ops has their content)
+    from escalations.routing.workflow.operations import (
+        DailyDigest,
+        compose_daily_digest,
+        compose_mailbox_alert,
+    )
+
+    alert = compose_mailbox_alert(mailbox="hackney", admins=("it@council.example.org",), down=True,
+                                  last_ok_at=at(13, 10), since=at(13, 9), error_code="login_failed",
+                                  now=at(13, 11), tz=ch.tz, incident="x")
+    rendered[alert.template] = Renderer().render(alert.template, alert.context)
+    daily = compose_daily_digest(ch, DailyDigest([(at(13, 9), "not_a_referral")], [], [], []), at(13, 12))
+    rendered[daily[0].template] = Renderer().render(daily[0].template, daily[0].context)
     workflow_templates = {t.name for t in TEMPLATES.glob("*.txt.j2") if not t.name.startswith("_")
                           and not t.name.startswith("referral_")}
     assert workflow_templates <= set(rendered), workflow_templates - set(rendered)
