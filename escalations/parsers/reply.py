@@ -1,4 +1,5 @@
-"""Replies to case mail: the new text (quotes and signatures cut) and the command on its first line.
+"""Replies to case mail: the new text (quotes and signatures cut by ``quoting.strip_quoted``) and
+the command on its first line.
 
 Pure: no I/O. A command is only ever read from the sender's new text, so an "ESCALATE" in the
 quoted original lower down can never be picked up.
