@@ -5,8 +5,8 @@ the following lines (which is also how table rows come out: label cell, then val
 wordings are labels is ``labels``; reading a value is ``values``; where the sender's own text
 ends is ``quoting``; attached forms become text in ``attachments``.
 
-The field model and the attachment readers used to live here; their names are still importable
-from this module.
+The field model's and attachment readers' names are re-exported here for callers that import
+them from this module.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ __all__ = [
     "with_attachment_texts",
 ]
 
-# Older names, still imported by tests of the label matcher and the signature check.
+# The label matcher and signature check under the names their tests import from here.
 _match_label = match_label
 _looks_like_signature = looks_like_signature
 
