@@ -125,6 +125,12 @@ def default_labels() -> LabelTable:
     return LabelTable.build(_packaged())
 
 
+# Read at import, as the vocabulary table always was: the parse worker imports this after capping
+# its memory, so a worker too small to hold the vocabulary fails at start (and the service keeps
+# its own parse) rather than part-way through reading a message's attachments.
+default_labels()
+
+
 def label_table(extra: str | None = None, source: str = "labels.yaml") -> LabelTable:
     """The packaged vocabulary extended by ``extra``, the text of an administrator's labels file
     (``source`` names it in errors). Raises LabelFileError."""
