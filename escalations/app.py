@@ -21,9 +21,9 @@ from escalations.cases.workflow import Workflow
 from escalations.clock import Clock, SystemClock
 from escalations.mailer.outbox import OutboxDispatcher, Renderer
 from escalations.mailer.smtp_sender import FileSender, MailSender, SmtpRelaySender
+from escalations.parsers.attachments import with_attachment_texts
 from escalations.parsers.limits import Limits
 from escalations.parsers.message import parse_message
-from escalations.parsers.referral import with_attachment_texts
 from escalations.private import make_private, private_umask
 from escalations.processor import Outcome, Processor
 from escalations.routing.policy import PolicyConfig, load_config

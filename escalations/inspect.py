@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from escalations.parsers.auto_reply import detect_automated
+from escalations.parsers.fields import FIELD_NAMES, ReferralFields
 from escalations.parsers.message import MessageParseError, parse_message
-from escalations.parsers.referral import FIELD_NAMES, ReferralFields, extract_referral
+from escalations.parsers.referral import extract_referral
 from escalations.parsers.reply import find_reference
 from escalations.processor import MIN_LABELLED_FIELDS, partnership_for
 from escalations.routing.policy import BASE_REQUIRED_FIELDS, PolicyConfig

@@ -24,8 +24,9 @@ from escalations.clock import Clock
 from escalations.mailer.outbox import Renderer
 from escalations.parsers.authresults import sender_fails_dmarc, trusted_verdict
 from escalations.parsers.auto_reply import AutomatedInfo, detect_automated, must_not_answer
+from escalations.parsers.fields import ReferralParse
 from escalations.parsers.message import MessageParseError, ParsedMessage, parse_message
-from escalations.parsers.referral import ReferralParse, extract_fields_from_text, extract_referral
+from escalations.parsers.referral import extract_fields_from_text, extract_referral
 from escalations.parsers.reply import find_reference, parse_reply
 from escalations.parsers.sender import StrictSender, raw_header_values, strict_sender
 from escalations.routing.policy import Partnership, PolicyConfig

@@ -115,7 +115,7 @@ def _limit_self(memory_bytes: int) -> None:
 
 
 def _answer(raw: bytes, limits: Limits) -> tuple[str, Any]:
-    from escalations.parsers.referral import with_attachment_texts
+    from escalations.parsers.referral import with_attachment_texts  # the whole parser, under the cap
 
     try:
         return "ok", with_attachment_texts(parse_message(raw, limits), limits)

@@ -15,7 +15,7 @@ from sqlmodel import Session
 from escalations.cases.models import Case, CaseEvent, CoordinatorNotice, InboundMessage, Timer
 from escalations.cases.store import Store
 from escalations.mailer.outbox import Renderer, enqueue
-from escalations.parsers.referral import ReferralFields
+from escalations.parsers.fields import ReferralFields
 from escalations.parsers.sender import valid_address
 from escalations.routing.policy import Partnership, PolicyConfig
 from escalations.routing.redact import Redactor, redactor_for

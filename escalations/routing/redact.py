@@ -37,7 +37,7 @@ from email.utils import parseaddr
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from escalations.parsers.referral import ReferralFields
+    from escalations.parsers.fields import ReferralFields
     from escalations.routing.policy import Partnership
 
 __all__ = ["DOB_REMOVED", "ID_REMOVED", "NAME_REMOVED", "Redactor", "initials", "on_domains", "redactor_for"]

@@ -61,7 +61,9 @@ def test_a_worker_that_cannot_even_start_leaves_the_fallback_parse() -> None:
         msg = starved.parse(with_attachment(form_docx(), body="Name of child(ren): Poppy Testchild\n"))
     finally:
         starved.close()
-    assert msg.limits_hit == ("extraction_failed",)
+    # Whether it dies while starting or while reading the form depends on how much of the parser fits:
+    # either way it is a fixed code, and the rest of the mail was read in the service.
+    assert msg.limits_hit in (("extraction_failed",), ("extraction_memory",))
     assert msg.attachment_texts == ()  # nothing read in the service's own process
     assert "Poppy Testchild" in msg.text
 

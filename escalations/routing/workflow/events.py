@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from escalations.parsers.referral import ReferralFields
+    from escalations.parsers.fields import ReferralFields
     from escalations.routing.workflow.authority import ReplyFacts
 
 __all__ = ["Automated", "Opened", "Replied", "TimerFired", "WorkflowEvent"]

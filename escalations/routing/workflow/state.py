@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from escalations.parsers.referral import ReferralFields
+    from escalations.parsers.fields import ReferralFields
 
 __all__ = ["ACK_TOKEN_STAGE", "CASE_MAIL", "FIELD_LABELS", "NOTICE_MAIL", "TERMINAL", "CaseChange", "CaseState",
            "CaseStatus", "EventRecord", "Notice", "OutgoingMail", "Party", "PendingResolution", "Side", "Step",
