@@ -6,7 +6,7 @@ return UTC-aware datetimes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -18,9 +18,11 @@ from escalations.routing.policy.model import (
     FormRequirement,
     Interpretation,
     Partnership,
+    Route,
     SecureMail,
     Stage,
     SuggestedAction,
+    Timescale,
 )
 
 #: The index :func:`stage_plan` and :func:`next_step` use for the immediate-risk step.
@@ -113,101 +115,133 @@ def stage_plan(
     ``borough``/``scope`` pick per-area partnership contacts (Tri-borough boroughs, Sutton subgroups).
     """
     p = partnership
-    route = p.route(route_id)
-    cal = p.calendar
     b = p.find_borough(borough)
     area = scope or (b.id if b else None)
     raising = _resolve_agency(p, raising_agency, b.id if b else borough)
     other = _resolve_agency(p, other_agency, b.id if b else borough)
     opens = _as_utc(opened_at, p.tz) if opened_at is not None else None
+    at = _locate(p, p.route(route_id), stage_index)
+    stage = at.stage
+    parties = _parties(p, stage, child_status, immediate_risk, raising, other, area)
+    due = _deadline(p, stage, opens, needed_by)
+    escalate_by = None
+    if stage.reach_within and opens is not None:
+        base = _as_utc(previous_due, p.tz) if previous_due is not None else opens
+        escalate_by = p.calendar.deadline(base, stage.reach_within.amount, stage.reach_within.unit)
+    panel: list[Recipient] = []
+    shortfall = None
+    if stage.decision_maker and stage.decision_maker.panel:
+        panel, shortfall = panel_members(p, stage.decision_maker.panel, raising, other)
+    ts = _timescale(stage)
+    interps = [i for i in (stage.interpretation, ts.interpretation if ts else None,
+                           stage.reach_within.interpretation if stage.reach_within else None) if i]
+    coordinator = [recipient(p, f"partnership.{p.coordinator_role}", c, None) for c in p.coordinator()]
+    return StagePlan(
+        partnership_id=p.id, policy_version=p.policy_version, route_id=at.route.id, stage_index=stage_index,
+        number=at.number, stage_id=stage.id, name=stage.name, label=stage.label, action=stage.action,
+        clause=stage.clause, asked_parties=tuple(stage.asked), asked=tuple(parties.asked),
+        from_referral=tuple(dict.fromkeys(parties.referral)), notified_parties=tuple(parties.notified_parties),
+        notified=tuple(parties.notified), notification_clauses=tuple(parties.note_clauses),
+        unresolved=tuple(parties.unresolved), coordinator=tuple(coordinator), opens=opens, due=due.due,
+        policy_due=due.policy_due, due_rule=due.rule, due_clause=due.clause,
+        shortened_by_needed_by=due.shortened, needed_by_passed=due.passed,
+        escalate_by=escalate_by, suggested_actions=tuple(stage.suggested_actions), forms=tuple(stage.forms),
+        decision_maker=stage.decision_maker, panel=tuple(panel), panel_shortfall=shortfall,
+        next_stage_index=at.next_index, interpretations=tuple(interps), secure_mail=p.secure_mail,
+    )
 
-    ir = p.immediate_risk
-    if stage_index == IMMEDIATE:
-        if ir is None:
-            raise ValueError(f"{p.id} encodes no immediate-risk step")
-        stage = Stage(id="immediate-risk", name="Immediate risk", asked=ir.asked, action=ir.action,
-                      clause=ir.clause, timescale=ir.timescale, interpretation=ir.interpretation)
-        default_ids = [s.id for s in p.default_route.stages]
-        target = ir.bypass_to if ir.bypass_mandatory and ir.bypass_to else ir.continue_at
-        next_index: int | None = default_ids.index(target) if target else 0
-        route = p.default_route
-        number = 0
-    else:
+
+@dataclass(frozen=True)
+class _At:
+    """Where a stage index points: the stage, the route it is on, what follows, its 1-based number."""
+
+    stage: Stage
+    route: Route
+    next_index: int | None
+    number: int
+
+
+def _locate(p: Partnership, route: Route, stage_index: int) -> _At:
+    if stage_index != IMMEDIATE:
         if not 0 <= stage_index < len(route.stages):
             raise IndexError(f"route {route.id!r} of {p.id} has {len(route.stages)} stages; no index {stage_index}")
-        stage = route.stages[stage_index]
-        next_index = stage_index + 1 if stage_index + 1 < len(route.stages) else None
-        number = stage_index + 1
+        nxt = stage_index + 1 if stage_index + 1 < len(route.stages) else None
+        return _At(route.stages[stage_index], route, nxt, stage_index + 1)
+    ir = p.immediate_risk
+    if ir is None:
+        raise ValueError(f"{p.id} encodes no immediate-risk step")
+    stage = Stage(id="immediate-risk", name="Immediate risk", asked=ir.asked, action=ir.action,
+                  clause=ir.clause, timescale=ir.timescale, interpretation=ir.interpretation)
+    default_ids = [s.id for s in p.default_route.stages]
+    target = ir.bypass_to if ir.bypass_mandatory and ir.bypass_to else ir.continue_at
+    return _At(stage, p.default_route, default_ids.index(target) if target else 0, 0)
 
-    asked: list[Recipient] = []
-    referral: list[str] = []
-    unresolved: list[Unresolved] = []
+
+@dataclass
+class _Parties:
+    asked: list[Recipient] = field(default_factory=list)
+    referral: list[str] = field(default_factory=list)
+    unresolved: list[Unresolved] = field(default_factory=list)
+    notified_parties: list[str] = field(default_factory=list)
+    notified: list[Recipient] = field(default_factory=list)
+    note_clauses: list[str] = field(default_factory=list)
+
+
+def _parties(p: Partnership, stage: Stage, child_status: str | None, immediate_risk: bool,
+             raising: Agency | None, other: Agency | None, area: str | None) -> _Parties:
+    """Who is asked, and who is notified under the notifications that apply to this referral."""
+    out = _Parties()
     for party in stage.asked:
         r, f, u = recipients(p, party, raising, other, area)
-        asked += r
-        referral += f
-        unresolved += u
-
-    notified_parties: list[str] = []
-    notified: list[Recipient] = []
-    note_clauses: list[str] = []
+        out.asked += r
+        out.referral += f
+        out.unresolved += u
     for note in stage.notifications:
         if note.when_child_status and child_status not in note.when_child_status:
             continue
         if note.when_immediate_risk is not None and note.when_immediate_risk != immediate_risk:
             continue
-        note_clauses.append(note.clause)
+        out.note_clauses.append(note.clause)
         for party in note.notify:
-            notified_parties.append(party)
+            out.notified_parties.append(party)
             r, f, u = recipients(p, party, raising, other, area)
-            notified += r
-            referral += f
-            unresolved += u
+            out.notified += r
+            out.referral += f
+            out.unresolved += u
+    return out
 
-    # Deadline: the stage's timescale (or the decision maker's), then the child's timescale if sooner.
-    ts = stage.timescale or (stage.decision_maker.decision_within if stage.decision_maker else None)
-    policy_due = cal.deadline(opens, ts.amount, ts.unit) if (ts and opens) else None
-    due_rule = ts.describe() if ts else "no timescale set by the policy"
-    due_clause = ts.clause if ts else None
-    due = policy_due
-    shortened = False
-    passed = False
+
+def _timescale(stage: Stage) -> Timescale | None:
+    return stage.timescale or (stage.decision_maker.decision_within if stage.decision_maker else None)
+
+
+@dataclass(frozen=True)
+class _Due:
+    due: datetime | None
+    policy_due: datetime | None
+    rule: str
+    clause: str | None
+    shortened: bool = False
+    passed: bool = False
+
+
+def _deadline(p: Partnership, stage: Stage, opens: datetime | None, needed_by: date | datetime | None) -> _Due:
+    """The stage's timescale (or its decision maker's), then the child's timescale if sooner."""
+    ts = _timescale(stage)
+    policy_due = p.calendar.deadline(opens, ts.amount, ts.unit) if (ts and opens) else None
+    plain = _Due(policy_due, policy_due, ts.describe() if ts else "no timescale set by the policy",
+                 ts.clause if ts else None)
     protective = bool(ts and ts.or_protective) or bool(p.child_safety and p.child_safety.applies_to_all_stages)
-    if needed_by is not None and opens is not None and protective:
-        nb = cal.needed_by_at(needed_by)
-        if due is None or nb < due:
-            passed = nb <= opens
-            due = max(nb, opens)
-            shortened = True
-            why = ts.clause if (ts and ts.or_protective) else (p.child_safety.clause if p.child_safety else "")
-            due_rule += " — shortened to the referral's timescale that protects the child"
-            due_clause = f"{due_clause}; {why}" if due_clause and why != due_clause else why
-
-    escalate_by = None
-    if stage.reach_within and opens is not None:
-        base = _as_utc(previous_due, p.tz) if previous_due is not None else opens
-        escalate_by = cal.deadline(base, stage.reach_within.amount, stage.reach_within.unit)
-
-    panel: list[Recipient] = []
-    shortfall = None
-    if stage.decision_maker and stage.decision_maker.panel:
-        panel, shortfall = panel_members(p, stage.decision_maker.panel, raising, other)
-
-    interps = [i for i in (stage.interpretation, ts.interpretation if ts else None,
-                           stage.reach_within.interpretation if stage.reach_within else None) if i]
-    coordinator = [recipient(p, f"partnership.{p.coordinator_role}", c, None) for c in p.coordinator()]
-    return StagePlan(
-        partnership_id=p.id, policy_version=p.policy_version, route_id=route.id, stage_index=stage_index,
-        number=number, stage_id=stage.id, name=stage.name, label=stage.label, action=stage.action,
-        clause=stage.clause, asked_parties=tuple(stage.asked), asked=tuple(asked),
-        from_referral=tuple(dict.fromkeys(referral)), notified_parties=tuple(notified_parties),
-        notified=tuple(notified), notification_clauses=tuple(note_clauses), unresolved=tuple(unresolved),
-        coordinator=tuple(coordinator), opens=opens, due=due, policy_due=policy_due, due_rule=due_rule,
-        due_clause=due_clause, shortened_by_needed_by=shortened, needed_by_passed=passed,
-        escalate_by=escalate_by, suggested_actions=tuple(stage.suggested_actions), forms=tuple(stage.forms),
-        decision_maker=stage.decision_maker, panel=tuple(panel), panel_shortfall=shortfall,
-        next_stage_index=next_index, interpretations=tuple(interps), secure_mail=p.secure_mail,
-    )
+    if needed_by is None or opens is None or not protective:
+        return plain
+    nb = p.calendar.needed_by_at(needed_by)
+    if plain.due is not None and nb >= plain.due:
+        return plain
+    why = ts.clause if (ts and ts.or_protective) else (p.child_safety.clause if p.child_safety else "")
+    clause = f"{plain.clause}; {why}" if plain.clause and why != plain.clause else why
+    return _Due(max(nb, opens), policy_due,
+                plain.rule + " — shortened to the referral's timescale that protects the child",
+                clause, shortened=True, passed=nb <= opens)
 
 
 def _next_open(p: Partnership, plan: StagePlan, next_stage: Stage) -> datetime | None:
