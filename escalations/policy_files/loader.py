@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from escalations.policy_files.checks import check_partnership, provisional_readings
-from escalations.policy_files.yamlfile import ConfigError, ConfigIssue, Loc, Source, read_yaml
+from escalations.policy_files.yamlfile import ConfigError, ConfigIssue, Loc, Source, read_yaml, shared_values
 from escalations.routing.policy.model import AgencyDirectory, Partnership, PolicyConfig
 
 __all__ = ["ConfigError", "ConfigIssue", "load_config"]
@@ -85,6 +85,7 @@ def load_config(config_dir: Path) -> PolicyConfig:
         if src is None:
             declared_ids.add(path.stem)  # unreadable: don't also blame its agencies file
             continue
+        warnings.extend(shared_values(src))
         data = dict(src.data)
         inline = list(data.get("agencies") or [])
         pid = str(data.get("id", ""))

@@ -79,6 +79,7 @@ class Source:
     path: Path
     root: yaml.Node | None
     data: Any
+    text: str = ""
 
     def issue(self, loc: Loc, message: str) -> ConfigIssue:
         return ConfigIssue(str(self.path), line_for(self.root, loc), format_loc(loc), message)
@@ -109,7 +110,7 @@ def read_yaml(path: Path, issues: list[ConfigIssue]) -> Source | None:
     if not isinstance(data, dict):
         issues.append(ConfigIssue(str(path), 1, "(top level)", "expected a mapping of field: value"))
         return None
-    return Source(path, root, data)
+    return Source(path, root, data, text)
 
 
 def _duplicate_keys(path: Path, node: yaml.Node, loc: Loc, issues: list[ConfigIssue]) -> None:
@@ -127,3 +128,26 @@ def _duplicate_keys(path: Path, node: yaml.Node, loc: Loc, issues: list[ConfigIs
             _duplicate_keys(path, item, (*loc, i), issues)
 
 
+
+
+def shared_values(src: Source) -> list[ConfigIssue]:
+    """Warnings for each anchor (``&name``), alias (``*name``) and merge key (``<<:``) in ``src``.
+
+    They make one edit change several stages at once, unseen where the value is used; a policy's
+    timescales are per stage, so each stage should say its own in full.
+    """
+    out = []
+    for event in yaml.parse(src.text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1 if event.start_mark else None
+        if isinstance(event, yaml.AliasEvent):
+            what = f"alias *{event.anchor} repeats a value written elsewhere"
+        elif isinstance(event, yaml.NodeEvent) and event.anchor:
+            what = f"anchor &{event.anchor} shares this value with every *{event.anchor}"
+        elif isinstance(event, yaml.ScalarEvent) and event.value == "<<" and event.style is None:
+            what = "merge key <<: copies a value written elsewhere"
+        else:
+            continue
+        out.append(ConfigIssue(str(src.path), line, "(yaml)",
+                               f"{what}; write the value out in full, so that editing one stage "
+                               "cannot silently change another"))
+    return out
