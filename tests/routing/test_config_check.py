@@ -170,3 +170,29 @@ def test_anchors_and_merge_keys_warn_with_file_and_line(tmp_path: Path) -> None:
 
 def test_shipped_partnerships_write_every_value_out() -> None:
     assert not [w for w in load_config(CONFIG_DIR).warnings if w.field == "(yaml)"]
+
+
+def test_partnership_without_resolution_fails_check(tmp_path: Path) -> None:
+    """A partnership that forgets where its record of a resolution is required is an error, not a blank."""
+    import shutil
+
+    shutil.copytree(FIXTURES / "valid", tmp_path / "config")
+    demo = tmp_path / "config" / "partnerships" / "demo.yaml"
+    text = demo.read_text()
+    start = text.index("resolution:\n")
+    demo.write_text(text[:start] + text[text.index("routes:\n", start):])
+    code, out = run(tmp_path / "config", "config", "check")
+    assert code != 0
+    assert "demo.yaml:2: resolution: required field is missing" in out   # line 1 is a comment
+
+
+def test_shipped_resolution_values() -> None:
+    cfg = load_config(CONFIG_DIR)
+    clauses = {pid: p.resolution.record_clause for pid, p in cfg.partnerships.items()}
+    assert clauses == {"city-and-hackney": "C&H 3.1", "havering": "Havering 3.1",
+                       "wiltshire": "Wiltshire: Documenting discussions and decisions",
+                       "tri-borough": "Tri-borough §4 Additional Notes", "sutton": "Sutton 7.6"}
+    for p in cfg.partnerships.values():
+        window = p.resolution.confirm_within
+        assert (window.amount, window.unit) == (2, "working_days")
+        assert window.interpretation is not None

@@ -21,6 +21,7 @@ from escalations.routing.policy.model import (
     Interpretation,
     Partnership,
     PolicyConfig,
+    Resolution,
     Route,
     SecureRoute,
     Stage,
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AGENCY_ROLES", "BASE_REQUIRED_FIELDS", "CHILD_STATUSES", "IMMEDIATE", "Agency", "AgencyDirectory",
-    "ConfigError", "ConfigIssue", "Contact", "Interpretation", "Partnership", "PolicyConfig", "Recipient",
+    "ConfigError", "ConfigIssue", "Contact", "Interpretation", "Partnership", "PolicyConfig", "Recipient", "Resolution",
     "Route", "SecureRoute", "Stage", "StagePlan", "Timescale", "Unresolved", "load_config", "next_step",
     "stage_plan", "timeline",
 ]

@@ -251,6 +251,26 @@ class ImmediateRisk(_Model):
     interpretation: Interpretation | None = None
 
 
+class ConfirmWithin(_Model):
+    """How long the other side has to confirm (or dispute) a RESOLVED before the case closes on the
+    first side's word. One reminder goes after the first working day."""
+
+    #: At least 2: the reminder goes after 1 working day, so a 1-day window would leave no time after it.
+    amount: int = Field(ge=2)
+    #: Working days only: the close timer counts them with ``WorkingCalendar.add_working_days``.
+    unit: Literal["working_days"]
+    clause: Clause
+    interpretation: Interpretation | None = None
+
+
+class Resolution(_Model):
+    """What ending a case needs: the written record the policy requires, and the confirmation window."""
+
+    #: Where the policy requires the written record of a resolution; cited in every mail that is part of it.
+    record_clause: Clause
+    confirm_within: ConfirmWithin
+
+
 class PartnershipRole(_Model):
     name: str
     description: str = ""
@@ -358,6 +378,8 @@ class Partnership(_Model):
     agencies: list[Agency] = Field(default_factory=list)
     routes: list[Route] = Field(min_length=1)
     immediate_risk: ImmediateRisk | None = None
+    #: Required: every partnership says where its record of a resolution is required.
+    resolution: Resolution
     #: Declared policy version + hash of everything else; filled in when empty.
     policy_version: str = ""
 

@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from escalations.routing.workflow.mail import (
-    RECORD_CLAUSES,
     base_context,
     case_subject,
     local,
@@ -170,7 +169,7 @@ def _party_mails(state: CaseState, p: Partnership, plan: StagePlan, parties: Seq
         if party.party == "raiser":
             mails.append(mail("stage_request.txt.j2" if raiser_asked else "stage_copy.txt.j2", party.email,
                               subject, ctx, f"{state.reference}:s{idx}:copy:{party.email}",
-                              "copy the raiser (" + (RECORD_CLAUSES.get(p.id) or "record") + ")", token_stage=idx,
+                              f"copy the raiser ({p.resolution.record_clause})", token_stage=idx,
                               recipient_name=party.name, role=party.role_name))
         elif party.asked:
             mails.append(mail("stage_request.txt.j2", party.active_email, subject, ctx,
