@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from escalations.logs import FramesOnly, configure_logging
+from escalations.policy_files import ConfigError
 from escalations.private import FILE_MODE, private_umask
-from escalations.routing.policy import ConfigError
 from escalations.settings import Settings
 
 app = typer.Typer(help="Resolving professional differences: the partnership escalation service.",
@@ -249,7 +249,7 @@ def parse(
 ) -> None:
     """Parse one message and show what was understood. No side effects."""
     from escalations.inspect import inspect_message
-    from escalations.routing.policy import load_config
+    from escalations.policy_files import load_config
 
     try:
         config = load_config(_settings(ctx).config_dir)

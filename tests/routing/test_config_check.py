@@ -12,7 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from escalations.policy_cli import config_app, policy_app
-from escalations.routing.policy import ConfigError, load_config
+from escalations.policy_files import ConfigError, load_config
 
 from .conftest import CONFIG_DIR, FIXTURES
 

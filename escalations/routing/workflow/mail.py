@@ -14,7 +14,8 @@ from escalations.routing.redact import initials
 from escalations.routing.workflow.state import ACK_TOKEN_STAGE, CaseState, OutgoingMail
 
 if TYPE_CHECKING:
-    from escalations.routing.policy import Partnership, StagePlan
+    from escalations.routing.policy.model import Partnership
+    from escalations.routing.policy.plan import StagePlan
 
 __all__ = ["COMMANDS_HELP", "answer", "base_context", "case_subject", "duration", "help_mail",
            "local", "mail", "stage_context", "stage_number", "stage_subject", "summarise"]

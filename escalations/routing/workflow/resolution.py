@@ -34,7 +34,8 @@ from escalations.routing.workflow.state import (
 )
 
 if TYPE_CHECKING:
-    from escalations.routing.policy import Partnership, StagePlan
+    from escalations.routing.policy.model import Partnership
+    from escalations.routing.policy.plan import StagePlan
     from escalations.routing.workflow.reply import Reply
 
 __all__ = ["ask_confirmation", "close", "close_unconfirmed", "confirming",

@@ -35,7 +35,8 @@ from escalations.routing.workflow.state import (
 )
 
 if TYPE_CHECKING:
-    from escalations.routing.policy import Partnership, StagePlan
+    from escalations.routing.policy.model import Partnership
+    from escalations.routing.policy.plan import StagePlan
 
 __all__ = ["asked_at_stage", "escalate", "next_day_end", "open_stage", "other_practitioner", "plan_for",
            "side_of", "stage_parties"]
@@ -44,7 +45,7 @@ __all__ = ["asked_at_stage", "escalate", "next_day_end", "open_stage", "other_pr
 def plan_for(state: CaseState, p: Partnership, index: int, at: datetime,
              previous_due: datetime | None = None) -> StagePlan:
     """The policy engine's plan for stage ``index`` of the case's route, opened at ``at``."""
-    from escalations.routing.policy import stage_plan
+    from escalations.routing.policy.plan import stage_plan
 
     f = state.fields
     return stage_plan(
@@ -274,7 +275,7 @@ def open_stage(state: CaseState, p: Partnership, plan: StagePlan, now: datetime,
 
 def escalate(state: CaseState, p: Partnership, now: datetime, because: str, clause: str | None) -> Step | None:
     """Move the case to the stage the policy says comes next (None at the final stage)."""
-    from escalations.routing.policy import IMMEDIATE, next_step
+    from escalations.routing.policy.plan import IMMEDIATE, next_step
 
     if state.stage_index is None:
         return None
