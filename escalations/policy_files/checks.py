@@ -10,7 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from escalations.policy_files.yamlfile import ConfigIssue, Loc, Source, format_loc
-from escalations.routing.policy.model import AGENCY_ROLES, Agency, Partnership, ResolutionPanel, Stage, _norm
+from escalations.routing.policy.model import (
+    AGENCY_ROLES,
+    Agency,
+    Partnership,
+    ResolutionPanel,
+    Stage,
+    norm_name,
+)
 
 
 def _parties_of_stage(stage: Stage) -> list[tuple[Loc, str]]:
@@ -90,7 +97,7 @@ def _agency_names(p: Partnership, a: Agency, asrc: Source, aloc: Loc, names: dic
     """A practitioner's wording must point to one agency (the same name in two boroughs is fine)."""
     out = []
     for n in (a.name, *a.aliases):
-        key = _norm(n)
+        key = norm_name(n)
         other = names.get(key)
         if other and other != a.id and not _different_boroughs(p, other, a):
             out.append(asrc.issue((*aloc, "aliases"), f"name {n!r} also names agency {other!r}; "

@@ -52,6 +52,9 @@ def _validation_issues(src: Source, exc: ValidationError, prefix: Loc = ()) -> l
     return out
 
 
+Directories = dict[str, list[tuple[Source, AgencyDirectory]]]
+
+
 def load_config(config_dir: Path) -> PolicyConfig:
     """Load and validate every partnership and agencies directory under ``config_dir``."""
     issues: list[ConfigIssue] = []
@@ -60,22 +63,7 @@ def load_config(config_dir: Path) -> PolicyConfig:
     files = sorted(pdir.glob("*.yaml")) if pdir.is_dir() else []
     if not files:
         raise ConfigError([ConfigIssue(str(pdir), None, "partnerships", "no partnership YAML files found")])
-
-    # Agencies directories, keyed by partnership id.
-    directories: dict[str, list[tuple[Source, AgencyDirectory]]] = {}
-    broken_directories: set[str] = set()
-    adir = config_dir / "agencies"
-    for path in sorted(adir.glob("*.yaml")) if adir.is_dir() else []:
-        src = read_yaml(path, issues)
-        if src is None:
-            continue
-        try:
-            directory = AgencyDirectory.model_validate(src.data)
-        except ValidationError as exc:
-            issues.extend(_validation_issues(src, exc))
-            broken_directories.add(str(src.data.get("partnership", "")))
-            continue
-        directories.setdefault(directory.partnership, []).append((src, directory))
+    directories, broken_directories = _read_directories(config_dir / "agencies", issues)
 
     cfg = PolicyConfig()
     sources: dict[str, Source] = {}
@@ -86,42 +74,76 @@ def load_config(config_dir: Path) -> PolicyConfig:
             declared_ids.add(path.stem)  # unreadable: don't also blame its agencies file
             continue
         warnings.extend(shared_values(src))
-        data = dict(src.data)
-        inline = list(data.get("agencies") or [])
-        pid = str(data.get("id", ""))
-        declared_ids.add(pid)
-        merged = inline + [a.model_dump(mode="json") for _, d in directories.get(pid, []) for a in d.agencies]
-        data["agencies"] = merged
-        try:
-            p = Partnership.model_validate(data)
-        except ValidationError as exc:
-            issues.extend(_validation_issues(src, exc))
-            continue
-        if p.id in cfg.partnerships:
-            issues.append(src.issue(("id",), f"partnership id {p.id!r} is also used by {sources[p.id].path}"))
-            continue
-        if p.id != path.stem:
-            issues.append(src.issue(("id",), f"id {p.id!r} should match the file name ({path.stem!r})"))
-        agency_sources: dict[str, tuple[Source, Loc]] = {}
-        for i, _a in enumerate(inline):
-            if isinstance(_a, dict) and "id" in _a:
-                agency_sources.setdefault(str(_a["id"]), (src, ("agencies", i)))
-        for asrc, d in directories.get(p.id, []):
-            for i, a in enumerate(d.agencies):
-                agency_sources.setdefault(a.id, (asrc, ("agencies", i)))
-        if p.id not in broken_directories:  # else its agencies are incomplete: fix those errors first
-            issues.extend(check_partnership(p, src, agency_sources))
-        warnings.extend(provisional_readings(p, src))
-        cfg.partnerships[p.id] = p
-        sources[p.id] = src
+        declared_ids.add(str(src.data.get("id", "")))
+        p = _load_partnership(src, directories, broken_directories, cfg, sources, issues, warnings)
+        if p is not None:
+            cfg.partnerships[p.id] = p
+            sources[p.id] = src
 
     for pid, entries in directories.items():
         if pid not in declared_ids:
             for asrc, _ in entries:
                 issues.append(asrc.issue(("partnership",), f"no partnership with id {pid!r} "
                                                            f"(known: {', '.join(sorted(declared_ids))})"))
+    issues.extend(_across_partnerships(cfg, sources))
+    if issues:
+        raise ConfigError(issues)
+    cfg.warnings = warnings
+    return cfg
 
-    # Across partnerships: every mailbox belongs to exactly one; prefixes are unique.
+
+def _read_directories(adir: Path, issues: list[ConfigIssue]) -> tuple[Directories, set[str]]:
+    """Agencies directories keyed by partnership id, and the ids whose directory has errors."""
+    directories: Directories = {}
+    broken: set[str] = set()
+    for path in sorted(adir.glob("*.yaml")) if adir.is_dir() else []:
+        src = read_yaml(path, issues)
+        if src is None:
+            continue
+        try:
+            directory = AgencyDirectory.model_validate(src.data)
+        except ValidationError as exc:
+            issues.extend(_validation_issues(src, exc))
+            broken.add(str(src.data.get("partnership", "")))
+            continue
+        directories.setdefault(directory.partnership, []).append((src, directory))
+    return directories, broken
+
+
+def _load_partnership(src: Source, directories: Directories, broken_directories: set[str], cfg: PolicyConfig,
+                      sources: dict[str, Source], issues: list[ConfigIssue],
+                      warnings: list[ConfigIssue]) -> Partnership | None:
+    """One partnership file with its agencies merged in, checked; None when it cannot be used."""
+    data = dict(src.data)
+    inline = list(data.get("agencies") or [])
+    pid = str(data.get("id", ""))
+    data["agencies"] = inline + [a.model_dump(mode="json") for _, d in directories.get(pid, []) for a in d.agencies]
+    try:
+        p = Partnership.model_validate(data)
+    except ValidationError as exc:
+        issues.extend(_validation_issues(src, exc))
+        return None
+    if p.id in cfg.partnerships:
+        issues.append(src.issue(("id",), f"partnership id {p.id!r} is also used by {sources[p.id].path}"))
+        return None
+    if p.id != src.path.stem:
+        issues.append(src.issue(("id",), f"id {p.id!r} should match the file name ({src.path.stem!r})"))
+    agency_sources: dict[str, tuple[Source, Loc]] = {}
+    for i, a in enumerate(inline):
+        if isinstance(a, dict) and "id" in a:
+            agency_sources.setdefault(str(a["id"]), (src, ("agencies", i)))
+    for asrc, d in directories.get(p.id, []):
+        for i, agency in enumerate(d.agencies):
+            agency_sources.setdefault(agency.id, (asrc, ("agencies", i)))
+    if p.id not in broken_directories:  # else its agencies are incomplete: fix those errors first
+        issues.extend(check_partnership(p, src, agency_sources))
+    warnings.extend(provisional_readings(p, src))
+    return p
+
+
+def _across_partnerships(cfg: PolicyConfig, sources: dict[str, Source]) -> list[ConfigIssue]:
+    """Every mailbox belongs to exactly one partnership; reference prefixes are unique."""
+    issues: list[ConfigIssue] = []
     owner: dict[str, str] = {}
     prefixes: dict[str, str] = {}
     for pid, p in cfg.partnerships.items():
@@ -136,10 +158,4 @@ def load_config(config_dir: Path) -> PolicyConfig:
             issues.append(src.issue(("reference_prefix",), f"reference prefix {p.reference_prefix!r} is also used by "
                                                            f"{prefixes[p.reference_prefix]!r}"))
         prefixes.setdefault(p.reference_prefix, pid)
-
-    if issues:
-        raise ConfigError(issues)
-    cfg.warnings = warnings
-    return cfg
-
-
+    return issues

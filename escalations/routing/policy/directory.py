@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from escalations.routing.policy.model import AGENCY_ROLES, _norm
+from escalations.routing.policy.model import AGENCY_ROLES, norm_name
 
 if TYPE_CHECKING:
     from escalations.routing.policy.model import (
@@ -129,7 +129,7 @@ def find_agency(p: Partnership, text: str | None, borough: str | None = None) ->
     """
     if not text or not text.strip():
         return None
-    wanted = _norm(text)
+    wanted = norm_name(text)
     b = find_borough(p, borough) if borough else None
     pool = p.agencies
 
@@ -143,7 +143,7 @@ def find_agency(p: Partnership, text: str | None, borough: str | None = None) ->
                 return local[0]
         return None
 
-    exact = [a for a in pool if wanted in {_norm(n) for n in (a.id, a.name, *a.aliases)}]
+    exact = [a for a in pool if wanted in {norm_name(n) for n in (a.id, a.name, *a.aliases)}]
     if exact:
         return pick(exact)
     hay = f" {wanted} "
@@ -151,7 +151,7 @@ def find_agency(p: Partnership, text: str | None, borough: str | None = None) ->
     best: list[Agency] = []
     for a in pool:
         for n in (a.name, *a.aliases):
-            nn = _norm(n)
+            nn = norm_name(n)
             if nn and f" {nn} " in hay:
                 if len(nn) > best_len:
                     best_len, best = len(nn), [a]
@@ -160,7 +160,7 @@ def find_agency(p: Partnership, text: str | None, borough: str | None = None) ->
     if best:
         return pick(best)
     if len(wanted) >= 4:
-        inside = [a for a in pool if any(f" {wanted} " in f" {_norm(n)} " for n in (a.name, *a.aliases))]
+        inside = [a for a in pool if any(f" {wanted} " in f" {norm_name(n)} " for n in (a.name, *a.aliases))]
         if inside:
             return pick(inside)
     return None
@@ -168,8 +168,8 @@ def find_agency(p: Partnership, text: str | None, borough: str | None = None) ->
 def find_borough(p: Partnership, text: str | None) -> Borough | None:
     if not text:
         return None
-    wanted = _norm(text)
+    wanted = norm_name(text)
     for b in p.boroughs:
-        if wanted in {_norm(n) for n in (b.id, b.name, *b.aliases)}:
+        if wanted in {norm_name(n) for n in (b.id, b.name, *b.aliases)}:
             return b
     return None

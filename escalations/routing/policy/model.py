@@ -29,6 +29,7 @@ from escalations.routing.redact import on_domains
 if TYPE_CHECKING:
     from escalations.policy_files.yamlfile import ConfigIssue
 
+#: Required of every referral whatever the partnership (ARCHITECTURE.md, "Referral fields").
 BASE_REQUIRED_FIELDS: tuple[str, ...] = ("child_names", "other_agency", "concern", "outcome_sought")
 
 ChildStatus = Literal["cp_plan", "looked_after", "child_in_need", "none"]
@@ -430,14 +431,14 @@ class Partnership(_Model):
     def choose_route(self, text: str | None = None, requested: str | None = None) -> Route:
         """The route a referral asks for by id, else the first whose keywords appear in ``text``, else the default."""
         if requested:
-            wanted = _norm(requested)
+            wanted = norm_name(requested)
             for r in self.routes:
-                if _norm(r.id) == wanted or _norm(r.name) == wanted:
+                if norm_name(r.id) == wanted or norm_name(r.name) == wanted:
                     return r
         if text:
-            hay = f" {_norm(text)} "
+            hay = f" {norm_name(text)} "
             for r in self.routes:
-                if any(f" {_norm(k)} " in hay for k in r.keywords):
+                if any(f" {norm_name(k)} " in hay for k in r.keywords):
                     return r
         return self.default_route
 
@@ -462,7 +463,8 @@ class Partnership(_Model):
         return list(role.contacts) if role else []
 
 
-def _norm(text: str) -> str:
+def norm_name(text: str) -> str:
+    """A name as compared: lower case, "&" as "and", punctuation and possessive apostrophes dropped."""
     t = text.lower().replace("’", "'").replace("&", " and ")
     t = re.sub(r"[^a-z0-9']+", " ", t)
     t = t.replace("'s ", "s ").replace("'", "")
