@@ -24,9 +24,10 @@ from escalations.mailer.smtp_sender import FileSender, MailSender, SmtpRelaySend
 from escalations.parsers.attachments import with_attachment_texts
 from escalations.parsers.limits import Limits
 from escalations.parsers.message import parse_message
+from escalations.policy_files import load_config
 from escalations.private import make_private, private_umask
 from escalations.processor import Outcome, Processor
-from escalations.routing.policy import PolicyConfig, load_config
+from escalations.routing.policy.model import PolicyConfig
 from escalations.sandbox import BoundedParser
 from escalations.settings import Settings
 

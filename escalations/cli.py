@@ -326,7 +326,7 @@ def parse(
 ) -> None:
     """Parse one message and show what was understood. No side effects."""
     from escalations.inspect import inspect_message
-    from escalations.routing.policy import load_config
+    from escalations.policy_files import load_config
 
     config = load_config(_settings(ctx).config_dir)
     result = inspect_message(file.read_bytes(), config)

@@ -11,7 +11,7 @@ from escalations.parsers.message import MessageParseError, parse_message
 from escalations.parsers.referral import extract_referral
 from escalations.parsers.reply import find_reference
 from escalations.processor import MIN_LABELLED_FIELDS, partnership_for
-from escalations.routing.policy import BASE_REQUIRED_FIELDS, PolicyConfig
+from escalations.routing.policy.model import BASE_REQUIRED_FIELDS, PolicyConfig
 
 
 def inspect_message(raw: bytes, config: PolicyConfig) -> dict[str, Any]:

@@ -17,18 +17,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from escalations.routing.policy import (
-    CHILD_STATUSES,
-    ConfigError,
-    ConfigIssue,
-    Partnership,
-    PolicyConfig,
-    Stage,
-    StagePlan,
-    Timescale,
-    load_config,
-    timeline,
-)
+from escalations.policy_files import ConfigError, ConfigIssue, load_config
+from escalations.routing.policy.model import CHILD_STATUSES, Partnership, PolicyConfig, Stage, Timescale
+from escalations.routing.policy.plan import StagePlan, timeline
 
 config_app = typer.Typer(help="Check the partnership configuration (YAML under config/).", no_args_is_help=True)
 policy_app = typer.Typer(help="Show a partnership's encoded escalation policy and preview its deadlines.",

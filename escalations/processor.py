@@ -29,7 +29,7 @@ from escalations.parsers.message import MessageParseError, ParsedMessage, parse_
 from escalations.parsers.referral import extract_fields_from_text, extract_referral
 from escalations.parsers.reply import find_reference, parse_reply
 from escalations.parsers.sender import StrictSender, raw_header_values, strict_sender
-from escalations.routing.policy import Partnership, PolicyConfig
+from escalations.routing.policy.model import Partnership, PolicyConfig
 from escalations.routing.tokens import (
     TokenError,
     TokenExpired,

@@ -17,7 +17,7 @@ from escalations.cases.store import Store
 from escalations.mailer.outbox import Renderer, enqueue
 from escalations.parsers.fields import ReferralFields
 from escalations.parsers.sender import valid_address
-from escalations.routing.policy import Partnership, PolicyConfig
+from escalations.routing.policy.model import Partnership, PolicyConfig
 from escalations.routing.redact import Redactor, redactor_for
 from escalations.routing.tokens import footer_line, issue_token, plus_address, token_message_id
 from escalations.routing.workflow.events import WorkflowEvent

@@ -24,7 +24,7 @@ from sqlmodel import Session, col, select
 from escalations.cases.models import OutboxMessage
 from escalations.cases.store import Store
 from escalations.mailer.smtp_sender import DeliveryError, MailSender
-from escalations.routing.policy import SecureRoute
+from escalations.routing.policy.model import SecureRoute
 from escalations.routing.redact import Redactor
 from escalations.routing.workflow.state import OutgoingMail
 

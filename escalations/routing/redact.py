@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from escalations.parsers.fields import ReferralFields
-    from escalations.routing.policy import Partnership
+    from escalations.routing.policy.model import Partnership
 
 __all__ = ["DOB_REMOVED", "ID_REMOVED", "NAME_REMOVED", "Redactor", "initials", "on_domains", "redactor_for"]
 

@@ -19,7 +19,7 @@ def manifest() -> list[dict[str, Any]]:
 
 def required_fields(partnership: str) -> list[str]:
     """The partnership's all_required_fields(), read the way the pipeline reads it."""
-    from escalations.routing.policy import BASE_REQUIRED_FIELDS
+    from escalations.routing.policy.model import BASE_REQUIRED_FIELDS
 
     cfg = yaml.safe_load((CONFIG / f"{partnership}.yaml").read_text(encoding="utf-8"))
     extra = [f for f in cfg.get("required_fields") or [] if f not in BASE_REQUIRED_FIELDS]

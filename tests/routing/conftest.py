@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from escalations.routing.policy import PolicyConfig, load_config
+from escalations.policy_files import load_config
+from escalations.routing.policy.model import PolicyConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "config"

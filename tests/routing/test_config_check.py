@@ -12,7 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from escalations.policy_cli import config_app, policy_app
-from escalations.routing.policy import ConfigError, load_config
+from escalations.policy_files import ConfigError, load_config
 
 from .conftest import CONFIG_DIR, FIXTURES
 
@@ -143,3 +143,56 @@ def test_timeline_table_and_bad_input() -> None:
     code, out = run(CONFIG_DIR, "policy", "timeline", "wiltshire", "--opened", "2026-05-21T15:00",
                     "--child-status", "orphaned")
     assert code != 0
+
+
+def test_anchors_and_merge_keys_warn_with_file_and_line(tmp_path: Path) -> None:
+    """Shared values let one edit change several stages unseen: config check warns, never fails."""
+    import shutil
+
+    shutil.copytree(FIXTURES / "valid", tmp_path / "config")
+    demo = tmp_path / "config" / "partnerships" / "demo.yaml"
+    lines = demo.read_text().splitlines()
+    first = lines.index("        timescale:", 0)
+    second = lines.index("        timescale:", first + 1)
+    lines[first] = "        timescale: &five"
+    lines[second:second + 4] = ["        timescale:", "          <<: *five", '          clause: "Demo 1.4"']
+    demo.write_text("\n".join(lines) + "\n")
+    cfg = load_config(tmp_path / "config")
+    shared = [w for w in cfg.warnings if w.field == "(yaml)"]
+    assert [(w.file, w.line) for w in shared] == [(str(demo), first + 1), (str(demo), second + 2),
+                                                  (str(demo), second + 2)]
+    assert "anchor &five" in shared[0].message and "merge key" in shared[1].message
+    assert "alias *five" in shared[2].message
+    code, out = run(tmp_path / "config", "config", "check")
+    assert code == 0, out
+    assert f"demo.yaml:{first + 1}: (yaml): anchor &five" in out
+
+
+def test_shipped_partnerships_write_every_value_out() -> None:
+    assert not [w for w in load_config(CONFIG_DIR).warnings if w.field == "(yaml)"]
+
+
+def test_partnership_without_resolution_fails_check(tmp_path: Path) -> None:
+    """A partnership that forgets where its record of a resolution is required is an error, not a blank."""
+    import shutil
+
+    shutil.copytree(FIXTURES / "valid", tmp_path / "config")
+    demo = tmp_path / "config" / "partnerships" / "demo.yaml"
+    text = demo.read_text()
+    start = text.index("resolution:\n")
+    demo.write_text(text[:start] + text[text.index("routes:\n", start):])
+    code, out = run(tmp_path / "config", "config", "check")
+    assert code != 0
+    assert "demo.yaml:2: resolution: required field is missing" in out   # line 1 is a comment
+
+
+def test_shipped_resolution_values() -> None:
+    cfg = load_config(CONFIG_DIR)
+    clauses = {pid: p.resolution.record_clause for pid, p in cfg.partnerships.items()}
+    assert clauses == {"city-and-hackney": "C&H 3.1", "havering": "Havering 3.1",
+                       "wiltshire": "Wiltshire: Documenting discussions and decisions",
+                       "tri-borough": "Tri-borough §4 Additional Notes", "sutton": "Sutton 7.6"}
+    for p in cfg.partnerships.values():
+        window = p.resolution.confirm_within
+        assert (window.amount, window.unit) == (2, "working_days")
+        assert window.interpretation is not None

@@ -11,15 +11,9 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from escalations.routing.policy import (
-    IMMEDIATE,
-    Partnership,
-    PolicyConfig,
-    load_config,
-    next_step,
-    stage_plan,
-    timeline,
-)
+from escalations.policy_files import load_config
+from escalations.routing.policy.model import Partnership, PolicyConfig
+from escalations.routing.policy.plan import IMMEDIATE, next_step, stage_plan, timeline
 
 from .conftest import CONFIG_DIR
 
@@ -214,3 +208,17 @@ def test_policy_sources_are_cited() -> None:
         assert f in "\n".join(x.read_text() for x in (CONFIG_DIR / "partnerships").glob("*.yaml"))
     if POLICIES.is_dir():
         assert "one working week" in (POLICIES / "city-and-hackney-2021.txt").read_text()
+
+
+def test_old_import_path_still_works() -> None:
+    """Callers written against the single module keep working: the package re-exports every name."""
+    import escalations.policy_files as files
+    import escalations.routing.policy as old
+    from escalations.routing.policy import model, plan
+
+    assert old.load_config is files.load_config and old.ConfigError is files.ConfigError
+    assert old.ConfigIssue is files.ConfigIssue
+    assert old.Partnership is model.Partnership and old.PolicyConfig is model.PolicyConfig
+    assert old.stage_plan is plan.stage_plan and old.IMMEDIATE == plan.IMMEDIATE == -1
+    for name in old.__all__:
+        assert getattr(old, name) is not None

@@ -196,7 +196,7 @@ def test_no_name_dob_or_id_survives(case: tuple[list[str], date, str, str, list[
 def test_secure_route_domains_are_checked_and_normalised() -> None:
     from pydantic import ValidationError
 
-    from escalations.routing.policy import SecureRoute
+    from escalations.routing.policy.model import SecureRoute
 
     route = SecureRoute.model_validate({"domains": ["@CJSM.net.", "gcsx.gov.uk"], "clause": "X 1"})
     assert route.domains == ["cjsm.net", "gcsx.gov.uk"]

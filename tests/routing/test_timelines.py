@@ -10,7 +10,8 @@ from __future__ import annotations
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-from escalations.routing.policy import PolicyConfig, StagePlan, timeline
+from escalations.routing.policy.model import PolicyConfig
+from escalations.routing.policy.plan import StagePlan, timeline
 
 LONDON = ZoneInfo("Europe/London")
 

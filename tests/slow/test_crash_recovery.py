@@ -41,7 +41,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from escalations.cases.store import make_engine
-from escalations.routing.policy import load_config
+from escalations.policy_files import load_config
 from tests.conftest import CONFIG_DIR
 from tests.parsers.conftest import DEMO, MAIL, manifest
 from tests.servers import free_port, wait_until

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from escalations.parsers.referral import ReferralFields
-from escalations.routing.policy import Partnership, PolicyConfig, load_config
+from escalations.policy_files import load_config
+from escalations.routing.policy.model import Partnership, PolicyConfig
 from escalations.routing.workflow.authority import (
     ReplyFacts,
     TokenVerdict,

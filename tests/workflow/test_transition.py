@@ -12,7 +12,8 @@ import pytest
 
 from escalations.mailer.outbox import Renderer
 from escalations.parsers.referral import ReferralFields
-from escalations.routing.policy import Partnership, PolicyConfig, load_config
+from escalations.policy_files import load_config
+from escalations.routing.policy.model import Partnership, PolicyConfig
 from escalations.routing.workflow.authority import ReplyFacts, TokenVerdict
 from escalations.routing.workflow.digest import DigestItem, compose_digest
 from escalations.routing.workflow.events import Automated, Opened, Replied, TimerFired, WorkflowEvent

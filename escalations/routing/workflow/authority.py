@@ -26,7 +26,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from escalations.routing.policy import Partnership
+    from escalations.routing.policy.model import Partnership
     from escalations.routing.workflow.state import CaseState, Party
 
 __all__ = ["Authority", "Refusal", "ReplyFacts", "TokenVerdict", "Verdict", "acts_as", "authority",

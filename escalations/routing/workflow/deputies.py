@@ -22,7 +22,7 @@ from escalations.routing.workflow.state import (
 )
 
 if TYPE_CHECKING:
-    from escalations.routing.policy import Partnership
+    from escalations.routing.policy.model import Partnership
     from escalations.routing.workflow.events import Automated
 
 __all__ = ["on_automated"]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from escalations.routing.workflow.authority import REFUSAL_TEXT, Refusal
 
 if TYPE_CHECKING:
-    from escalations.routing.policy import Partnership
+    from escalations.routing.policy.model import Partnership
     from escalations.routing.workflow.state import OutgoingMail
 
 __all__ = ["DIGEST_EVERY", "MAX_LINES", "DigestItem", "compose_digest"]

@@ -12,7 +12,8 @@ from escalations.routing.workflow.stages import open_stage, plan_for, side_of
 from escalations.routing.workflow.state import CaseChange, CaseState, EventRecord, OutgoingMail, Party, Step
 
 if TYPE_CHECKING:
-    from escalations.routing.policy import Partnership, StagePlan
+    from escalations.routing.policy.model import Partnership
+    from escalations.routing.policy.plan import StagePlan
 
 __all__ = ["bypass", "bypass_target", "immediate_step"]
 
@@ -47,7 +48,7 @@ def immediate_step(state: CaseState, p: Partnership, now: datetime, because: str
     people are asked at once beside it. Otherwise (Wiltshire: a mandatory direct referral) the
     immediate step is the case's stage and, when it falls due, the ladder continues where the policy says.
     """
-    from escalations.routing.policy import IMMEDIATE
+    from escalations.routing.policy.plan import IMMEDIATE
 
     ir = p.immediate_risk
     assert ir is not None

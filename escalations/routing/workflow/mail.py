@@ -14,23 +14,14 @@ from escalations.routing.redact import initials
 from escalations.routing.workflow.state import ACK_TOKEN_STAGE, CaseState, OutgoingMail
 
 if TYPE_CHECKING:
-    from escalations.routing.policy import Partnership, StagePlan
+    from escalations.routing.policy.model import Partnership
+    from escalations.routing.policy.plan import StagePlan
 
-__all__ = ["COMMANDS_HELP", "RECORD_CLAUSES", "answer", "base_context", "case_subject", "duration", "help_mail",
+__all__ = ["COMMANDS_HELP", "answer", "base_context", "case_subject", "duration", "help_mail",
            "local", "mail", "stage_context", "stage_number", "stage_subject", "summarise"]
 
 #: The "How to reply" list in every case mail (``templates/_commands.txt.j2``).
 COMMANDS_HELP: tuple[tuple[str, str], ...] = tuple((w.usage, w.help_text) for w in VOCABULARY)
-
-#: Where each policy requires the written record of a resolution.
-RECORD_CLAUSES: Mapping[str, str] = {
-    "city-and-hackney": "C&H 3.1",
-    "havering": "Havering 3.1",
-    "wiltshire": "Wiltshire: Documenting discussions and decisions",
-    "tri-borough": "Tri-borough §4 Additional Notes",
-    "sutton": "Sutton 7.6",
-}
-
 
 def summarise(text: str | None, limit: int = 240) -> str:
     if not text:
@@ -84,7 +75,7 @@ def base_context(state: CaseState, p: Partnership) -> dict[str, Any]:
         "immediate_risk": state.immediate_risk,
         "commands": COMMANDS_HELP,
         "secure_mail": p.secure_mail.means if p.secure_mail else "",
-        "record_clause": RECORD_CLAUSES.get(p.id, ""),
+        "record_clause": p.resolution.record_clause,
     }
 
 

@@ -25,7 +25,7 @@ from escalations.routing.workflow.state import (
 
 if TYPE_CHECKING:
     from escalations.parsers.fields import ReferralFields, ReferralParse
-    from escalations.routing.policy import Partnership
+    from escalations.routing.policy.model import Partnership
 
 __all__ = ["decide_new_referral", "initial_step"]
 

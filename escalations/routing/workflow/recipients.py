@@ -16,7 +16,7 @@ from escalations.parsers.sender import valid_address
 from escalations.routing.workflow.authority import config_addresses
 
 if TYPE_CHECKING:
-    from escalations.routing.policy import Partnership
+    from escalations.routing.policy.model import Partnership
 
 __all__ = ["agency_domains", "domain_known", "mailable"]
 

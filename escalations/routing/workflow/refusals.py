@@ -33,7 +33,7 @@ from escalations.routing.workflow.state import (
 )
 
 if TYPE_CHECKING:
-    from escalations.routing.policy import Partnership
+    from escalations.routing.policy.model import Partnership
     from escalations.routing.workflow.events import Replied
 
 __all__ = ["refused"]

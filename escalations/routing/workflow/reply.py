@@ -11,7 +11,7 @@ from escalations.routing.workflow.mail import help_mail
 from escalations.routing.workflow.state import CaseState, EventRecord, Step, with_record
 
 if TYPE_CHECKING:
-    from escalations.routing.policy import Partnership
+    from escalations.routing.policy.model import Partnership
     from escalations.routing.workflow.events import Replied
 
 __all__ = ["Reply"]

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from escalations.routing.workflow.authority import Authority, acts_as
 from escalations.routing.workflow.mail import (
-    RECORD_CLAUSES,
     base_context,
     case_subject,
     duration,
@@ -35,16 +34,12 @@ from escalations.routing.workflow.state import (
 )
 
 if TYPE_CHECKING:
-    from escalations.routing.policy import Partnership, StagePlan
+    from escalations.routing.policy.model import Partnership
+    from escalations.routing.policy.plan import StagePlan
     from escalations.routing.workflow.reply import Reply
 
-__all__ = ["CONFIRMATION_WORKING_DAYS", "ask_confirmation", "close", "close_unconfirmed", "confirming",
+__all__ = ["ask_confirmation", "close", "close_unconfirmed", "confirming",
            "on_accept", "on_resolved"]
-
-#: How long the other side has to confirm a RESOLVED before the case closes on the first side's word
-#: (after a reminder). The policies require written confirmation but set no timescale for it.
-CONFIRMATION_WORKING_DAYS = 2
-
 
 def close(state: CaseState, p: Partnership, now: datetime, *, outcome: str, how: str, by: str,
           status: CaseStatus = CaseStatus.CLOSED, clause: str | None = None) -> Step:
@@ -66,9 +61,9 @@ def close(state: CaseState, p: Partnership, now: datetime, *, outcome: str, how:
     subject = case_subject(state.reference, "Escalation closed" if status == CaseStatus.CLOSED
                            else "Escalation withdrawn")
     mails = [mail("case_closed.txt.j2", r, subject, ctx, f"{state.reference}:closed:{r}",
-                  clause or RECORD_CLAUSES.get(p.id, "record")) for r in recipients]
+                  clause or p.resolution.record_clause) for r in recipients]
     events = (EventRecord(str(status), {"outcome": outcome, "how": how, "time_taken": ctx["time_taken"]},
-                          clause=clause or RECORD_CLAUSES.get(p.id), actor=by),)
+                          clause=clause or p.resolution.record_clause, actor=by),)
     return Step(change=CaseChange(status=status, closed_at=now, clear_due=True, clear_resolution=True),
                 events=events, mails=tuple(mails), cancel_timers=True)
 
@@ -103,20 +98,20 @@ def ask_confirmation(state: CaseState, p: Partnership, now: datetime, *, reminde
     r = state.resolution
     ctx = base_context(state, p)
     ctx.update({"outcome": r.outcome if r else "", "resolved_by": r.by if r else "", "reminder": reminder,
-                "confirm_days": CONFIRMATION_WORKING_DAYS})
+                "confirm_days": p.resolution.confirm_within.amount})
     kind = "confirm_reminder" if reminder else "confirm_request"
     mails = tuple(mail("resolution_confirm_request.txt.j2", x.active_email,
                        case_subject(state.reference, "Please confirm the resolution"), ctx,
                        f"{state.reference}:s{state.stage_index}:{kind}:{x.active_email}",
-                       RECORD_CLAUSES.get(p.id, "record"), token_stage=state.stage_index,
+                       p.resolution.record_clause, token_stage=state.stage_index,
                        recipient_name=x.active_name, role=x.role_name) for x in confirming(state))
     timers: tuple[TimerSpec, ...] = ()
     if not reminder:
         timers = (TimerSpec(TimerKind.CONFIRM_REMINDER, p.calendar.add_working_days(now, 1), state.stage_index),
-                  TimerSpec(TimerKind.CONFIRM_CLOSE, p.calendar.add_working_days(now, CONFIRMATION_WORKING_DAYS),
+                  TimerSpec(TimerKind.CONFIRM_CLOSE, p.calendar.add_working_days(now, p.resolution.confirm_within.amount),
                             state.stage_index))
     return Step(events=(EventRecord(kind, {"to": [m.to[0] for m in mails]},
-                                    clause=RECORD_CLAUSES.get(p.id)),), mails=mails, timers=timers)
+                                    clause=p.resolution.record_clause),), mails=mails, timers=timers)
 
 
 def close_unconfirmed(state: CaseState, p: Partnership, now: datetime) -> Step:
@@ -125,7 +120,7 @@ def close_unconfirmed(state: CaseState, p: Partnership, now: datetime) -> Step:
     by = r.by if r else ""
     return close(state, p, now, outcome=r.outcome if r else "", by=by,
                  how=f"resolved by {by or None}; not confirmed or disputed within "
-                     f"{CONFIRMATION_WORKING_DAYS} working days of the request and a reminder, so the "
+                     f"{p.resolution.confirm_within.amount} working days of the request and a reminder, so the "
                      "resolution stands as recorded")
 
 

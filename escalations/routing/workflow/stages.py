@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from escalations.routing.workflow.mail import (
-    RECORD_CLAUSES,
     base_context,
     case_subject,
     local,
@@ -36,7 +35,8 @@ from escalations.routing.workflow.state import (
 )
 
 if TYPE_CHECKING:
-    from escalations.routing.policy import Partnership, StagePlan
+    from escalations.routing.policy.model import Partnership
+    from escalations.routing.policy.plan import StagePlan
 
 __all__ = ["asked_at_stage", "escalate", "next_day_end", "open_stage", "other_practitioner", "plan_for",
            "side_of", "stage_parties"]
@@ -45,7 +45,7 @@ __all__ = ["asked_at_stage", "escalate", "next_day_end", "open_stage", "other_pr
 def plan_for(state: CaseState, p: Partnership, index: int, at: datetime,
              previous_due: datetime | None = None) -> StagePlan:
     """The policy engine's plan for stage ``index`` of the case's route, opened at ``at``."""
-    from escalations.routing.policy import stage_plan
+    from escalations.routing.policy.plan import stage_plan
 
     f = state.fields
     return stage_plan(
@@ -170,7 +170,7 @@ def _party_mails(state: CaseState, p: Partnership, plan: StagePlan, parties: Seq
         if party.party == "raiser":
             mails.append(mail("stage_request.txt.j2" if raiser_asked else "stage_copy.txt.j2", party.email,
                               subject, ctx, f"{state.reference}:s{idx}:copy:{party.email}",
-                              "copy the raiser (" + (RECORD_CLAUSES.get(p.id) or "record") + ")", token_stage=idx,
+                              f"copy the raiser ({p.resolution.record_clause})", token_stage=idx,
                               recipient_name=party.name, role=party.role_name))
         elif party.asked:
             mails.append(mail("stage_request.txt.j2", party.active_email, subject, ctx,
@@ -275,7 +275,7 @@ def open_stage(state: CaseState, p: Partnership, plan: StagePlan, now: datetime,
 
 def escalate(state: CaseState, p: Partnership, now: datetime, because: str, clause: str | None) -> Step | None:
     """Move the case to the stage the policy says comes next (None at the final stage)."""
-    from escalations.routing.policy import IMMEDIATE, next_step
+    from escalations.routing.policy.plan import IMMEDIATE, next_step
 
     if state.stage_index is None:
         return None

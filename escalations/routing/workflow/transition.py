@@ -20,7 +20,7 @@ from escalations.routing.workflow.state import CaseState, Step
 from escalations.routing.workflow.timers import on_timer
 
 if TYPE_CHECKING:
-    from escalations.routing.policy import Partnership
+    from escalations.routing.policy.model import Partnership
 
 __all__ = ["HANDLERS", "transition"]
 

@@ -1,0 +1,175 @@
+"""Directory lookups: which agency a practitioner means, who holds a role, who sits on a panel.
+
+Pure functions over a :class:`~escalations.routing.policy.model.Partnership`; :mod:`.plan` turns
+a stage's parties into :class:`Recipient` rows with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from escalations.routing.policy.model import AGENCY_ROLES, norm_name
+
+if TYPE_CHECKING:
+    from escalations.routing.policy.model import (
+        Agency,
+        Borough,
+        Contact,
+        PanelMember,
+        Partnership,
+        ResolutionPanel,
+    )
+
+@dataclass(frozen=True)
+class Recipient:
+    party: str
+    role_name: str
+    name: str
+    email: str
+    deputy_name: str | None = None
+    deputy_email: str | None = None
+    agency_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Unresolved:
+    """A party the directory cannot name; the coordinator routes it."""
+
+    party: str
+    reason: str
+
+
+def role_name(p: Partnership, party: str) -> str:
+    side, role = party.split(".", 1)
+    if side == "partnership":
+        r = p.roles.get(role)
+        return r.name if r else role
+    base = AGENCY_ROLES.get(role, role)
+    return {"raising": f"{base} (raising agency)", "receiving": f"{base} (other agency)"}.get(side, base)
+
+
+def recipients(p: Partnership, party: str, raising: Agency | None, other: Agency | None,
+                scope: str | None) -> tuple[list[Recipient], list[str], list[Unresolved]]:
+    """(directory recipients, parties taken from the referral, unresolved) for one party."""
+    side, role = party.split(".", 1)
+    if side == "partnership":
+        r = p.roles.get(role)
+        contacts = list(r.contacts) if r else []
+        if any(c.scope for c in contacts):
+            contacts = [c for c in contacts if scope and c.scope == scope]
+            if not contacts:
+                return [], [], [Unresolved(party, f"{role_name(p, party)} is held per area and the area "
+                                                  f"({scope or 'not given'}) has no contact")]
+        if not contacts:
+            return [], [], [Unresolved(party, f"no contact configured for {role_name(p, party)}")]
+        return [recipient(p, party, c, None) for c in contacts], [], []
+    sides = ["raising", "receiving"] if side == "both" else [side]
+    recips: list[Recipient] = []
+    referral: list[str] = []
+    unresolved: list[Unresolved] = []
+    for s in sides:
+        sp = f"{s}.{role}"
+        if role == "practitioner":
+            referral.append(sp)
+            continue
+        agency = raising if s == "raising" else other
+        if agency is None:
+            unresolved.append(Unresolved(sp, f"the {'raising' if s == 'raising' else 'other'} agency is not "
+                                             "identified in the directory"))
+            continue
+        c = agency.contacts.get(role)
+        if c is None:
+            unresolved.append(Unresolved(sp, f"{agency.name} has no contact for {AGENCY_ROLES.get(role, role)}"))
+            continue
+        recips.append(recipient(p, sp, c, agency.id))
+    return recips, referral, unresolved
+
+
+def recipient(p: Partnership, party: str, c: Contact | PanelMember, agency_id: str | None) -> Recipient:
+    return Recipient(party=party, role_name=role_name(p, party), name=c.name, email=c.email,
+                     deputy_name=c.deputy.name if c.deputy else None,
+                     deputy_email=c.deputy.email if c.deputy else None, agency_id=agency_id)
+
+
+def panel_members(p: Partnership, panel: ResolutionPanel, raising: Agency | None,
+           other: Agency | None) -> tuple[list[Recipient], str | None]:
+    chosen: dict[str, PanelMember] = {}
+    shortfall: list[str] = []
+    if panel.must_include_disputing_agencies:
+        for a in (raising, other):
+            if a is None:
+                shortfall.append("an agency in dispute is not identified")
+                continue
+            m = next((m for m in panel.pool if m.agency == a.id), None)
+            if m is None:
+                shortfall.append(f"no senior officer of {a.name} in the pool")
+            else:
+                chosen.setdefault(a.id, m)
+    for m in panel.pool:
+        if len(chosen) >= panel.size:
+            break
+        chosen.setdefault(m.agency, m)
+    if len(chosen) < panel.size:
+        shortfall.append(f"only {len(chosen)} of {panel.size} agencies available")
+    party = "partnership.resolution_panel"
+    recips = [Recipient(party=party, role_name="Resolution Panel member", name=m.name, email=m.email,
+                        deputy_name=m.deputy.name if m.deputy else None,
+                        deputy_email=m.deputy.email if m.deputy else None, agency_id=m.agency)
+              for m in chosen.values()]
+    return recips, ("; ".join(shortfall) or None)
+
+
+def find_agency(p: Partnership, text: str | None, borough: str | None = None) -> Agency | None:
+    """The agency a practitioner means by ``text`` ("Hackney CSC", "Met Police"), or None.
+
+    Exact name/alias/id match first, then the longest name or alias found as whole words
+    inside the text, then a text found inside one name. With several equally good matches,
+    an agency in ``borough`` wins; otherwise an ambiguous text matches nothing.
+    """
+    if not text or not text.strip():
+        return None
+    wanted = norm_name(text)
+    b = find_borough(p, borough) if borough else None
+    pool = p.agencies
+
+    def pick(cands: list[Agency]) -> Agency | None:
+        uniq = list({a.id: a for a in cands}.values())
+        if len(uniq) == 1:
+            return uniq[0]
+        if b is not None:
+            local = [a for a in uniq if a.borough == b.id]
+            if len(local) == 1:
+                return local[0]
+        return None
+
+    exact = [a for a in pool if wanted in {norm_name(n) for n in (a.id, a.name, *a.aliases)}]
+    if exact:
+        return pick(exact)
+    hay = f" {wanted} "
+    best_len = 0
+    best: list[Agency] = []
+    for a in pool:
+        for n in (a.name, *a.aliases):
+            nn = norm_name(n)
+            if nn and f" {nn} " in hay:
+                if len(nn) > best_len:
+                    best_len, best = len(nn), [a]
+                elif len(nn) == best_len:
+                    best.append(a)
+    if best:
+        return pick(best)
+    if len(wanted) >= 4:
+        inside = [a for a in pool if any(f" {wanted} " in f" {norm_name(n)} " for n in (a.name, *a.aliases))]
+        if inside:
+            return pick(inside)
+    return None
+
+def find_borough(p: Partnership, text: str | None) -> Borough | None:
+    if not text:
+        return None
+    wanted = norm_name(text)
+    for b in p.boroughs:
+        if wanted in {norm_name(n) for n in (b.id, b.name, *b.aliases)}:
+            return b
+    return None
