@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -197,10 +198,19 @@ def require_current(engine: Engine) -> None:
 
 def prepare(engine: Engine) -> None:
     """Create an empty database at head; otherwise as :func:`require_current`."""
-    st = status(engine)
-    if st.state is SchemaState.EMPTY:
-        upgrade(engine, only_if_empty=True)
-        return
+    for attempt in range(5):
+        try:
+            st = status(engine)
+            if st.state is SchemaState.EMPTY:
+                upgrade(engine, only_if_empty=True)
+                return
+            break
+        except sa.exc.OperationalError as exc:
+            # A brand-new SQLite file switching to WAL while another process creates it can answer
+            # "database is locked" at once, without waiting: look again.
+            if engine.dialect.name != "sqlite" or "locked" not in str(exc) or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
     problem = refusal(st, engine.url)
     if problem is not None:
         raise problem
