@@ -14,6 +14,7 @@ from escalations.routing.redact import initials
 from escalations.routing.workflow.state import ACK_TOKEN_STAGE, CaseState, OutgoingMail
 
 if TYPE_CHECKING:
+    from escalations.parsers.fields import ReferralFields
     from escalations.routing.policy.model import Partnership
     from escalations.routing.policy.plan import StagePlan
 
@@ -60,10 +61,10 @@ def duration(start: datetime, end: datetime) -> str:
     return " ".join(parts)
 
 
-def base_context(state: CaseState, p: Partnership) -> dict[str, Any]:
-    f = state.fields
+def summary_context(reference: str, f: ReferralFields, p: Partnership, *, immediate_risk: bool) -> dict[str, Any]:
+    """What every mail about a case shows of it (_case_summary.txt.j2); bodies are redacted on the way out."""
     return {
-        "reference": state.reference,
+        "reference": reference,
         "partnership_name": p.name,
         "mailbox": p.primary_mailbox,
         "child_initials": initials(f.child_names),
@@ -72,7 +73,13 @@ def base_context(state: CaseState, p: Partnership) -> dict[str, Any]:
         "other_practitioner": f.other_practitioner or "",
         "concern_summary": summarise(f.concern),
         "outcome_sought": summarise(f.outcome_sought),
-        "immediate_risk": state.immediate_risk,
+        "immediate_risk": immediate_risk,
+    }
+
+
+def base_context(state: CaseState, p: Partnership) -> dict[str, Any]:
+    return {
+        **summary_context(state.reference, state.fields, p, immediate_risk=state.immediate_risk),
         "commands": COMMANDS_HELP,
         "secure_mail": p.secure_mail.means if p.secure_mail else "",
         "record_clause": p.resolution.record_clause,

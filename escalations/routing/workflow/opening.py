@@ -7,9 +7,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from escalations.routing.redact import initials
 from escalations.routing.workflow.immediate import immediate_step
-from escalations.routing.workflow.mail import case_subject, summarise
+from escalations.routing.workflow.mail import case_subject, summary_context
 from escalations.routing.workflow.stages import open_stage, plan_for
 from escalations.routing.workflow.state import (
     ACK_TOKEN_STAGE,
@@ -83,16 +82,7 @@ def decide_new_referral(
 def _acknowledgement(f: ReferralFields, missing: list[str], partnership: Partnership, reference: str,
                      raiser: str, origin_message_id: str | None, *, key: str) -> OutgoingMail:
     context: dict[str, Any] = {
-        "reference": reference,
-        "partnership_name": partnership.name,
-        "mailbox": partnership.primary_mailbox,
-        "child_initials": initials(f.child_names),
-        "child_count": len(f.child_names),
-        "other_agency": f.other_agency or "",
-        "other_practitioner": f.other_practitioner or "",
-        "concern_summary": summarise(f.concern),
-        "outcome_sought": summarise(f.outcome_sought),
-        "immediate_risk": bool(f.immediate_risk),
+        **summary_context(reference, f, partnership, immediate_risk=bool(f.immediate_risk)),
         "missing": [FIELD_LABELS.get(m, m) for m in missing],
         "raised_by_name": f.raised_by_name or "",
     }
