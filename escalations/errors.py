@@ -93,7 +93,7 @@ def _database_error(exc: BaseException) -> SetupError | None:
 def as_setup_errors(exc: BaseException) -> list[SetupError] | None:
     """The set-up errors ``exc`` stands for, or None when it is a bug (to be shown in full)."""
     from escalations.cases.schema import SchemaError
-    from escalations.routing.policy import ConfigError
+    from escalations.policy_files import ConfigError
 
     if isinstance(exc, SetupError):
         return exc.all

@@ -311,7 +311,7 @@ def load_mailboxes_file(path: Path) -> list[MailboxSettings]:
     from pydantic import ValidationError
 
     from escalations.errors import SetupError, pydantic_reason
-    from escalations.routing.policy import format_loc, line_for
+    from escalations.policy_files.yamlfile import format_loc, line_for
 
     setting = "ESCALATIONS_MAILBOXES_FILE"
     try:

@@ -20,7 +20,7 @@ from escalations.cases.models import Case, CaseEvent, InboundMessage, MailboxHea
 from escalations.cases.store import Store
 from escalations.mailer.outbox import Renderer, enqueue
 from escalations.routing.decide import OutgoingMail
-from escalations.routing.policy import PolicyConfig
+from escalations.routing.policy.model import PolicyConfig
 from escalations.routing.redact import Redactor
 from escalations.routing.workflow.operations import DailyDigest, compose_daily_digest, compose_mailbox_alert
 

@@ -11,7 +11,7 @@ from sqlmodel import select
 from escalations.cases.models import MailboxHealth
 from escalations.clock import FakeClock
 from escalations.mailer.outbox import Renderer
-from escalations.routing.policy import load_config
+from escalations.policy_files import load_config
 from escalations.routing.workflow.operations import DailyDigest, compose_daily_digest
 from tests.conftest import CONFIG_DIR, AppFactory
 from tests.intake.test_service_imap import serving

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
 
     from escalations.routing.decide import OutgoingMail
-    from escalations.routing.policy import Partnership
+    from escalations.routing.policy.model import Partnership
 
 __all__ = ["DailyDigest", "compose_daily_digest", "compose_mailbox_alert"]
 
