@@ -161,6 +161,10 @@ class Notification(_Model):
     #: Only when immediate risk is (True) / is not (False) flagged; None means either.
     when_immediate_risk: bool | None = None
     reason: str
+    #: What the policy expects of those told, in words addressed to them; empty: for information only.
+    expects: str = ""
+    #: Those told hold responsibility for the child (a CP Chair, an IRO), not only for the case.
+    responsible_for_child: bool = False
     clause: Clause
 
 
@@ -200,6 +204,18 @@ class DecisionMaker(_Model):
     panel: ResolutionPanel | None = None
     decision_within: Timescale | None = None
     note: str = ""
+    #: What the decision maker is asked, in words addressed to them (the stage's ``action`` describes
+    #: the stage for everyone else, e.g. "the concerned agency refers the matter to ...").
+    asked: str = ""
+    clause: Clause
+
+
+class OutcomeNotice(_Model):
+    """Who else gets the final decision or confirmed resolution of a case closed at this stage, besides
+    everyone on the stage and the raiser (Wiltshire Stage Three: "communicated to all parties")."""
+
+    parties: list[PartyRef] = Field(min_length=1)
+    reason: str
     clause: Clause
 
 
@@ -220,6 +236,7 @@ class Stage(_Model):
     suggested_actions: list[SuggestedAction] = Field(default_factory=list)
     forms: list[FormRequirement] = Field(default_factory=list)
     decision_maker: DecisionMaker | None = None
+    outcome_to: OutcomeNotice | None = None
     interpretation: Interpretation | None = None
 
 
@@ -237,7 +254,10 @@ class Route(_Model):
 
 
 class ImmediateRisk(_Model):
+    #: Addressed to the practitioner who raised the concern.
     action: str
+    #: What those the step asks (a safeguarding lead, a manager) are asked, addressed to them.
+    asked_action: str = ""
     asked: list[PartyRef] = Field(min_length=1)
     timescale: Timescale
     clause: Clause
