@@ -119,7 +119,8 @@ def test_resolved_at_stage_one(harness: Harness, p: Profile) -> None:
     if CONFIRMED_BY[p.id] == "accept":
         h.send(reply(confirm, p.other_practitioner_email, "ACCEPT Agreed. The assessment starts on Monday.",
                      style="gt"), at_time=at(5, 15))
-        how, closed_at = "confirmed in writing by " + p.other_practitioner_email, at(5, 15)
+        # Named by name and role, not by address.
+        how, closed_at = f"confirmed in writing by {p.other_practitioner}, Practitioner (other agency)", at(5, 15)
         time_taken = "2 days 5 hours"
     else:
         # Nobody confirms: a reminder after one working day, the case closes after two (the stage's

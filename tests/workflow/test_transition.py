@@ -220,7 +220,7 @@ def test_final_stage_resolution_is_confirmed_by_the_decision_maker(config: Polic
     step = run.reply("chscp.icsc@example.org", "ACCEPT", "recorded", authority="decision_maker", side="partnership")
     assert run.state.status == "closed"
     # People are named by name and role in the record, never by bare address.
-    assert step.events[-1].detail["how"].startswith(f"resolved by {CH.raiser_name} (the practitioner who raised")
+    assert step.events[-1].detail["how"].startswith(f"resolved by {CH.raiser_name}, the practitioner who raised")
 
 
 def test_timers_for_another_stage_or_a_closed_case_do_nothing(config: PolicyConfig) -> None:

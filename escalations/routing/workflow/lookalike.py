@@ -34,16 +34,26 @@ def _one_edit_apart(a: str, b: str) -> bool:
     return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
 
 
+def _suffixes(domain: str) -> list[str]:
+    """``a.b.example.org`` -> ``a.b.example.org``, ``b.example.org``, ``example.org`` (two labels or more)."""
+    labels = domain.split(".")
+    return [".".join(labels[i:]) for i in range(max(1, len(labels) - 1))]
+
+
+def _imitates(candidate: str, k: str) -> bool:
+    return _skeleton(candidate) == _skeleton(k) or (len(k) >= 6 and _one_edit_apart(candidate, k))
+
+
 def resembles(address: str, known: Iterable[str]) -> str | None:
-    """The known domain that ``address``'s domain imitates without being it, or None."""
+    """The known domain that ``address``'s domain imitates without being it (or being below it), or None."""
     domain = address.rpartition("@")[2].strip().lower().rstrip(".")
     if not domain:
         return None
     known_set = {k.lower() for k in known if k}
-    if domain in known_set:
-        return None
+    suffixes = _suffixes(domain)
+    if any(s in known_set for s in suffixes):
+        return None  # the domain, or one it is below, is a known one
     for k in sorted(known_set):
-        if domain.startswith(k + ".") or _skeleton(domain) == _skeleton(k) or \
-                (len(k) >= 6 and _one_edit_apart(domain, k)):
+        if domain.startswith(k + ".") or any(_imitates(s, k) for s in suffixes):
             return k
     return None

@@ -27,7 +27,7 @@ def action_for(p: Partnership, plan: StagePlan, audience: Audience) -> tuple[str
 
     dm = plan.decision_maker
     if audience is Audience.DECISION_MAKER and dm is not None and dm.asked:
-        return dm.asked, dm.clause
+        return dm.asked, plan.clause
     ir = p.immediate_risk
     if plan.stage_index == IMMEDIATE and audience is Audience.ASKED and ir is not None and ir.asked_action:
         return ir.asked_action, plan.clause
@@ -64,7 +64,7 @@ def notification_context(p: Partnership, plan: StagePlan, party: str) -> dict[st
 
 
 def display_name(state: CaseState, p: Partnership, address: str) -> str:
-    """How ``address`` is named in a mail: "Name (role)" from the case or the configuration."""
+    """How ``address`` is named in a mail: "Name, role" from the case or the configuration."""
     a = address.lower()
     if state.raiser and a == state.raiser.lower():
         return _named(state.fields.raised_by_name or "", "the practitioner who raised the concern")
@@ -80,4 +80,4 @@ def display_name(state: CaseState, p: Partnership, address: str) -> str:
 
 
 def _named(name: str, role: str) -> str:
-    return f"{name} ({role})" if name else role[:1].upper() + role[1:]
+    return f"{name}, {role}" if name else role[:1].upper() + role[1:]
