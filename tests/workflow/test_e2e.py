@@ -18,6 +18,7 @@ import pytest
 from tests.servers.smtp import Captured
 from tests.workflow.conftest import CHILD, Harness, HarnessFactory, out_of_office, referral, reply
 from tests.workflow.profiles import CH, OPENED, PROFILES, SUTTON, Profile, at
+from tests.workflow.test_wording import OTHER_AGENCY_TOLD
 
 pytestmark = pytest.mark.servers
 
@@ -271,6 +272,13 @@ def climb_by_escalate_replies(h: Harness, p: Profile) -> None:
     assert f"Resolved at:      stage {final.number}" in body(closing[0])
     assert "convene a strategy discussion today" in body(closing[0])
     assert len(closing) == len(set(h.recipients(since=mark)))
+    # Both agencies get the final decision (Wiltshire Stage Three "communicated to all parties", Sutton
+    # 7.4/7.6, C&H/Havering 3.1, Tri-borough Appendix A), and the closing record says who was told.
+    for address in OTHER_AGENCY_TOLD[p.id]:
+        told_mail = h.one("case_closed", address, since=mark)
+        assert "convene a strategy discussion today" in body(told_mail) and "Sent to:" in body(told_mail)
+    assert {t["email"].lower() for t in closed.detail["told"]} == set(h.recipients(since=mark))
+    assert "outcome_shared" in h.event_kinds(case)
     assert_mail_hygiene(h, ref, p)
 
 

@@ -305,3 +305,33 @@ def test_escalate_at_the_final_stage_is_refused_so_it_is_never_offered_there(con
     run, _ = final_stage(config, CH)
     step = run.reply(CH.raiser, "ESCALATE", "no", authority="raiser", side="raising")
     assert "illegal_command" in [e.kind for e in step.events]
+
+
+@by_partnership
+def test_decision_maker_asking_to_escalate_is_told_their_decision_closes_it(config: PolicyConfig,
+                                                                            prof: Profile) -> None:
+    run, _ = final_stage(config, prof)
+    step = run.reply(prof.decision_maker, "ESCALATE", "", authority="decision_maker", side="partnership")
+    text = rendered(mail_to(step, prof.decision_maker, "reply_help.txt.j2"))
+    assert "your written decision" in text and "the decision maker's written decision" not in text
+    assert "RESOLVED <your decision>" in commands_block(text) and "ESCALATE" not in commands_block(text)
+
+
+def test_reply_help_keeps_the_command_words_as_written(config: PolicyConfig) -> None:
+    run = Run(config.partnerships["city-and-hackney"], new_case(CH))
+    run(Opened(), OPENED)
+    step = run.reply(CH.coordinator, "CONFIRM", "", authority="staff", side="partnership")
+    text = rendered(mail_to(step, CH.coordinator, "reply_help.txt.j2"))
+    assert "CONFIRM needs the address" in text
+    assert "CONFIRM <address>" in commands_block(text)  # staff are offered what staff may do
+
+
+def test_coordinator_is_told_the_deputys_name(config: PolicyConfig) -> None:
+    from escalations.routing.workflow.events import Automated
+
+    run = Run(config.partnerships["city-and-hackney"], new_case(CH, stage=2))
+    run(Opened(), OPENED)
+    step = run(Automated("auto_reply", CH.other_line_manager), at(4, 9))
+    text = rendered(mail_to(step, CH.coordinator, "deputy_takeover.txt.j2"))
+    assert f"<{CH.other_line_manager_deputy}>" in text
+    assert "deputy, <" not in text and "deputy, " + CH.other_line_manager_deputy not in text

@@ -30,7 +30,13 @@ from escalations.routing.workflow.mail import (
 )
 from escalations.routing.workflow.opening import initial_step
 from escalations.routing.workflow.reply import Reply
-from escalations.routing.workflow.resolution import close, confirming, on_accept, on_resolved
+from escalations.routing.workflow.resolution import (
+    close,
+    confirming,
+    is_decision_maker_of,
+    on_accept,
+    on_resolved,
+)
 from escalations.routing.workflow.stages import (
     escalate,
     other_practitioner,
@@ -216,6 +222,9 @@ def _on_escalate(reply: Reply) -> Step:
     escalated = escalate(state, reply.p, reply.now, f"{display_name(state, reply.p, r.sender)} asked to "
                                                      f"escalate: {r.argument or 'no reason given'}", None)
     if escalated is None:
+        if is_decision_maker_of(state, reply.p, reply.now, r.sender):
+            return reply.illegal("this is the final stage: there is no stage to escalate to, and your written "
+                                 "decision (reply RESOLVED with it) closes the case")
         return reply.illegal("this is the final stage: the decision maker's written decision closes the case")
     return reply.done(escalated)
 

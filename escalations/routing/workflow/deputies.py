@@ -59,7 +59,8 @@ def on_automated(state: CaseState, a: Automated, p: Partnership, now: datetime) 
 def _tell_coordinator(state: CaseState, a: Automated, p: Partnership, party: Party, takes_over: bool,
                       deputy_away: bool) -> list[OutgoingMail]:
     ctx = {"address": a.address, "kind": a.kind, "role": party.role_name,
-           "deputy": party.deputy_email if takes_over else "", "deputy_away": deputy_away,
+           "deputy": (f"{party.deputy_name} <{party.deputy_email}>" if party.deputy_name else party.deputy_email or "")
+                     if takes_over else "", "deputy_away": deputy_away,
            "original": party.email if deputy_away else "", "stage_number": stage_number(state),
            "recipient_name": "", "recipient_role": ""}
     return [answer(state, p, c.email, "deputy_takeover.txt.j2",

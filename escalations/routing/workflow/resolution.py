@@ -161,6 +161,12 @@ def decision_maker_parties(state: CaseState, plan: StagePlan | None) -> list[Par
     return [x for x in state.parties if x.asked and x.party == dm]
 
 
+def is_decision_maker_of(state: CaseState, p: Partnership, now: datetime, address: str) -> bool:
+    """Is ``address`` (or the deputy acting for them) the decision maker of the case's current stage?"""
+    a = address.lower()
+    return any(a in acts_as(x) for x in decision_maker_parties(state, current_plan(state, p, now)))
+
+
 def _confirmers(state: CaseState, p: Partnership, resolver: str, side: str | None) -> list[Party]:
     """Who must confirm a RESOLVED: the stage's decision maker where the policy names one (C&H 2.12,
     Havering 2.10, Wiltshire Stage Three, Tri-borough ¶6, Sutton 7.4), else everyone asked on the other
