@@ -66,7 +66,7 @@ def compose_digest(p: Partnership, items: Sequence[DigestItem], now: datetime) -
               "lookalike": resembles(str(i.detail.get("from") or ""), known) or ""} for i in items[:MAX_LINES]]
     if len(items) > MAX_LINES:
         lines.append({"when": "", "reference": "", "what": f"... and {len(items) - MAX_LINES} more",
-                      "sender": ""})
+                      "sender": "", "lookalike": ""})
     ctx = {"notices": lines, "partnership_name": p.name, "mailbox": p.primary_mailbox}
     stamp = now.strftime("%Y%m%dT%H%M%S")
     return [OutgoingMail(template="coordinator_digest.txt.j2", to=(c.email,),
