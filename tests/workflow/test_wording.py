@@ -335,3 +335,14 @@ def test_coordinator_is_told_the_deputys_name(config: PolicyConfig) -> None:
     text = rendered(mail_to(step, CH.coordinator, "deputy_takeover.txt.j2"))
     assert f"<{CH.other_line_manager_deputy}>" in text
     assert "deputy, <" not in text and "deputy, " + CH.other_line_manager_deputy not in text
+
+
+@pytest.mark.parametrize("prof", [p for p in PROFILES if p.id in ("wiltshire", "sutton")],
+                         ids=["wiltshire", "sutton"])
+def test_secure_mail_line_reads_once_and_cites_its_clause(config: PolicyConfig, prof: Profile) -> None:
+    step = Run(config.partnerships[prof.id], new_case(prof, stage=2))(Opened(), OPENED)
+    text = rendered(mail_to(step, prof.ladder[1].asked[-1], "stage_request.txt.j2"))
+    secure = config.partnerships[prof.id].secure_mail
+    assert secure is not None
+    line = next(x for x in text.splitlines() if x.startswith("Personal information about the child:"))
+    assert ".." not in line and f"({secure.clause})." in line and "secure means: Send" not in line

@@ -103,6 +103,7 @@ def base_context(state: CaseState, p: Partnership) -> dict[str, Any]:
         **summary_context(state.reference, state.fields, p, immediate_risk=state.immediate_risk),
         "commands": (),
         "secure_mail": p.secure_mail.means if p.secure_mail else "",
+        "secure_clause": p.secure_mail.clause if p.secure_mail else "",
         "record_clause": p.resolution.record_clause,
     }
 
