@@ -158,6 +158,7 @@ def test_raiser_copy_says_what_is_asked_and_of_whom(config: PolicyConfig, prof: 
         assert "What is asked:" in text and "Asked now:" in text
     assert "the other side is asked to confirm" in commands_block(text)
     assert "WITHDRAW" in commands_block(text) and "CONFIRM <address>" not in commands_block(text)
+    assert "INFO" not in commands_block(text)
 
 
 @by_partnership
@@ -299,6 +300,11 @@ def test_help_offers_only_what_the_checks_allow(audience: Audience, kind: StageK
         assert not offered & {"ESCALATE", "WITHDRAW", "INFO", "CONFIRM"}
     if audience is not Audience.STAFF:
         assert "CONFIRM" not in offered
+    if kind is StageKind.WAITING:  # only what a case waiting for information or routing accepts
+        assert not offered & {"ESCALATE", "RESOLVED", "ACCEPT"}
+        assert ("INFO" in offered) == (audience in (Audience.RAISER, Audience.STAFF))
+    else:
+        assert "INFO" not in offered  # there is no request for information to answer
 
 
 def test_escalate_at_the_final_stage_is_refused_so_it_is_never_offered_there(config: PolicyConfig) -> None:
@@ -346,3 +352,14 @@ def test_secure_mail_line_reads_once_and_cites_its_clause(config: PolicyConfig, 
     assert secure is not None
     line = next(x for x in text.splitlines() if x.startswith("Personal information about the child:"))
     assert ".." not in line and f"({secure.clause})." in line and "secure means: Send" not in line
+
+
+def test_reply_help_while_waiting_for_information_offers_info_not_decisions(config: PolicyConfig) -> None:
+    from dataclasses import replace
+
+    run = Run(config.partnerships["city-and-hackney"], replace(new_case(CH), status="awaiting_information",
+                                                                missing=("child_dobs",)))
+    step = run.reply(CH.raiser, None, "hello", authority="raiser", side="raising")
+    block = commands_block(rendered(mail_to(step, CH.raiser, "reply_help.txt.j2")))
+    assert "INFO" in block and "WITHDRAW" in block
+    assert "RESOLVED" not in block and "ESCALATE" not in block and "ACCEPT" not in block

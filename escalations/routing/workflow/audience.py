@@ -29,10 +29,12 @@ class Audience(StrEnum):
 
 
 class StageKind(StrEnum):
-    """Where the case stands for the recipient: on the ladder (a next stage exists) or at its end."""
+    """Where the case stands for the recipient: on the ladder (a next stage exists), at its end, or
+    waiting for missing information or routing before any stage can act."""
 
     LADDER = "ladder"
     FINAL = "final"
+    WAITING = "waiting"
 
 
 #: The authority a reply from each kind of recipient has (``authority.role_of``); the registry's

@@ -243,6 +243,7 @@ _A = Audience
 _PARTIES = frozenset({_A.RAISER, _A.ASKED})
 _LADDER = frozenset({StageKind.LADDER})
 _FINAL = frozenset({StageKind.FINAL})
+_WAITING_KIND = frozenset({StageKind.WAITING})
 
 #: Who is offered what. A final stage's decision maker decides: RESOLVED is their decision and there is
 #: no next stage (C&H 2.12, Havering 2.10, Wiltshire Stage Three, Tri-borough §2 Process ¶6, Sutton 7.4).
@@ -269,7 +270,7 @@ _OFFERS: Mapping[str, tuple[Offer, ...]] = {
         Offer(frozenset({_A.RAISER}), text="withdraw your escalation: it closes the case"),
         Offer(frozenset({_A.STAFF}), text="withdraw the escalation on the referrer's behalf: it closes the case"),
     ),
-    "INFO": (Offer(frozenset({_A.RAISER, _A.STAFF})),),
+    "INFO": (Offer(frozenset({_A.RAISER, _A.STAFF}), _WAITING_KIND),),
     "CONFIRM": (Offer(frozenset({_A.STAFF}),
                       text="confirm an address written in the referral may be mailed"),),
 }
@@ -303,6 +304,8 @@ def help_lines(audience: Audience, at: StageKind) -> tuple[tuple[str, str], ...]
     """The "How to reply" list for one kind of recipient at one kind of stage (``_commands.txt.j2``)."""
     lines: list[tuple[str, str]] = []
     for c in (COMMANDS[w.name] for w in VOCABULARY):
+        if at is StageKind.WAITING and not c.statuses & _WAITING:
+            continue  # refused while the case waits (_refuse_status)
         offer = next((o for o in c.offers if audience in o.to and at in o.at), None)
         if offer is not None:
             lines.append((offer.usage or c.word.usage, offer.text or c.word.help_text))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from escalations.parsers.commands_vocabulary import VOCABULARY
 from escalations.routing.redact import initials
 from escalations.routing.workflow.audience import Audience, StageKind, audience_for_address
-from escalations.routing.workflow.state import ACK_TOKEN_STAGE, CaseState, OutgoingMail
+from escalations.routing.workflow.state import ACK_TOKEN_STAGE, CaseState, CaseStatus, OutgoingMail
 
 if TYPE_CHECKING:
     from escalations.parsers.fields import ReferralFields
@@ -39,11 +39,12 @@ __all__ = [
 COMMANDS_HELP: tuple[tuple[str, str], ...] = tuple((w.usage, w.help_text) for w in VOCABULARY)
 
 
-def commands_for(audience: Audience, final: bool) -> tuple[tuple[str, str], ...]:
+def commands_for(audience: Audience, final: bool, waiting: bool = False) -> tuple[tuple[str, str], ...]:
     """The "How to reply" list (``templates/_commands.txt.j2``) for this kind of recipient and stage."""
     from escalations.routing.workflow.commands import help_lines  # the registry builds on this module
 
-    return help_lines(audience, StageKind.FINAL if final else StageKind.LADDER)
+    kind = StageKind.WAITING if waiting else StageKind.FINAL if final else StageKind.LADDER
+    return help_lines(audience, kind)
 
 def summarise(text: str | None, limit: int = 240) -> str:
     if not text:
@@ -158,7 +159,9 @@ def answer(state: CaseState, p: Partnership, to: str, template: str, key: str, e
     except (KeyError, IndexError, ValueError):
         plan = None
     audience = audience_for_address(state, p, plan, to)
-    ctx.update({"audience": str(audience), "commands": commands_for(audience, bool(plan and plan.is_final)),
+    waiting = state.status in (CaseStatus.AWAITING_INFORMATION, CaseStatus.NEEDS_ROUTING)
+    ctx.update({"audience": str(audience),
+                "commands": commands_for(audience, bool(plan and plan.is_final), waiting),
                 "is_final": bool(plan and plan.is_final)})
     ctx.update(extra)
     # With a reply code for the current stage: an answer tells people how to reply, so they can.
