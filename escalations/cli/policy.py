@@ -169,7 +169,8 @@ def config_check(ctx: typer.Context, as_json: JsonOpt = False,
             "ok": not failed,
             "settings_errors": [{"setting": e.setting, "message": e.message} for e in setup_errors],
             "errors": [_issue_json(i) for i in issues],
-            "partnerships": {pid: {"policy_version": p.policy_version, "mailboxes": p.mailboxes,
+            "partnerships": {pid: {"policy_version": p.policy_version, "rules_version": p.rules_version,
+                                   "directory_version": p.directory_version, "mailboxes": p.mailboxes,
                                    "routes": [r.id for r in p.routes], "agencies": len(p.agencies)}
                              for pid, p in (cfg.partnerships.items() if cfg else [])},
             "mail": mail,
@@ -240,6 +241,7 @@ def policy_show(
         ir = p.immediate_risk
         out.print_json(json.dumps({
             "partnership": p.id, "name": p.name, "policy_version": p.policy_version,
+            "rules_version": p.rules_version, "directory_version": p.directory_version,
             "policy": p.policy.model_dump(mode="json"), "mailboxes": p.mailboxes,
             "secure_mail": p.secure_mail.model_dump(mode="json") if p.secure_mail else None,
             "secure_route": p.secure_route.model_dump(mode="json") if p.secure_route else None,
@@ -252,7 +254,7 @@ def policy_show(
         return
     date_text = f", {p.policy.date:%B %Y}" if p.policy.date else ""
     out.print(f"[bold]{p.name}[/bold] — {p.policy.title} ({p.policy.version}{date_text})")
-    out.print(f"Policy version {p.policy_version}; mailbox {', '.join(p.mailboxes)}; "
+    out.print(f"Policy version {p.policy_version} (rules {p.rules_version}, people {p.directory_version}); mailbox {', '.join(p.mailboxes)}; "
               f"working day ends {p.working_day_end:%H:%M} ({p.bank_holidays} bank holidays)")
     if p.secure_mail:
         out.print(f"Secure mail: {p.secure_mail.means} [{p.secure_mail.clause}]")
