@@ -9,6 +9,7 @@ never query strings."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 from collections.abc import Generator
@@ -62,6 +63,10 @@ class WebServer:
         config = uvicorn.Config(self.asgi, log_config=None, access_log=False, lifespan="off", server_header=False,
                                 date_header=False, proxy_headers=True, timeout_graceful_shutdown=5)
         self.server = _QuietServer(config)
+        # uvicorn logs each request with its query string: a search for a child's name. Its access log
+        # stays off whatever logging set-up came first (ours, escalations.web.headers, has route templates).
+        quiet = logging.getLogger("uvicorn.access")
+        quiet.handlers, quiet.propagate, quiet.disabled = [], False, True
         self.started = threading.Event()
 
     @property
