@@ -122,3 +122,45 @@ def test_cookies_on_https_are_secure_and_host_only(tmp_path: Path) -> None:
         assert flag in cookie
     assert "Domain" not in cookie
     application.close()
+
+
+@pytest.mark.servers
+def test_run_demo_serves_the_web_interface_and_prints_a_working_sign_in(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx2
+
+    from tests.servers import free_port
+
+    env = {**os.environ, "ESCALATIONS_DATA_DIR": str(tmp_path / "var"), "ESCALATIONS_CONFIG": str(CONFIG_DIR),
+           "ESCALATIONS_WEB__BIND": f"127.0.0.1:{free_port()}"}
+    env.pop("ESCALATIONS_DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "escalations", "run", "--demo", "--smtp-port", str(free_port())],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("demo sign-in:" in line for line in lines):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        text = "".join(lines).replace("\n", " ")
+        found = re.search(r"demo sign-in: (http://\S+)/sign-in as (\S+) with\s+password (\S+)", text)
+        assert found is not None, text
+        base, email, password = found.groups()
+        with httpx2.Client(base_url=base, follow_redirects=False) as client:
+            page = client.get("/sign-in")
+            token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+            assert token is not None
+            r = client.post("/sign-in", data={"csrf_token": token.group(1), "email": email, "password": password})
+            assert (r.status_code, r.headers["location"]) == (303, "/sign-in/enrol")  # then the authenticator app
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
