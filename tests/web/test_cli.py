@@ -164,3 +164,13 @@ def test_run_demo_serves_the_web_interface_and_prints_a_working_sign_in(tmp_path
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize(("variable", "value", "says"), [
+    ("ESCALATIONS_WEB__BIND", "nonsense", "ESCALATIONS_WEB__BIND: must be host:port"),
+    ("ESCALATIONS_WEB__PUBLIC_URL", "https://council.example/escalations", "ESCALATIONS_WEB__PUBLIC_URL: must be"),
+    ("ESCALATIONS_WEB__OIDC__ISSUER", "https://login.example", "ESCALATIONS_WEB__OIDC__CLIENT_ID: required"),
+])
+def test_web_setting_mistakes_are_one_sentence(env: dict[str, str], variable: str, value: str, says: str) -> None:
+    code, out = cli({**env, variable: value}, "users", "list")
+    assert code == 2 and says in out and "Traceback" not in out
