@@ -43,7 +43,7 @@ def cases(web_service: WebService) -> dict[str, Case]:
 def link_mails(service: WebService, case: Case) -> list[EmailMessage]:
     found = []
     for row in service.app.store.list_outbox():
-        if row.template == "web_sign_in_link.txt.j2" and row.case_id == case.id:
+        if row.template == "web/sign_in_link.txt.j2" and row.case_id == case.id:
             msg = message_from_bytes(row.raw, policy=policy.default)
             assert isinstance(msg, EmailMessage)
             found.append(msg)
