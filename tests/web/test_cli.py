@@ -36,7 +36,8 @@ def cli(env: dict[str, str], *args: str) -> tuple[int, str]:
 def accounts_for(tmp_path: Path) -> Accounts:
     settings = Settings(data_dir=tmp_path / "var", config_dir=CONFIG_DIR, database_url=None)
     application = build_app(settings)
-    return Accounts(application.store.engine, application.store.lease_clock, settings.web)
+    return Accounts(application.store.engine, application.store.lease_clock, settings.web,
+                    service_secret=settings.token_secret())
 
 
 def test_users_add_list_disable_reset(env: dict[str, str], tmp_path: Path) -> None:
