@@ -69,6 +69,7 @@ class WebServer:
         # stays off whatever logging set-up came first (ours, escalations.web.headers, has route templates).
         quiet = logging.getLogger("uvicorn.access")
         quiet.handlers, quiet.propagate, quiet.disabled = [], False, True
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # "Started server process": ours say it
         self.started = threading.Event()
 
     @property
