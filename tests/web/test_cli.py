@@ -175,3 +175,12 @@ def test_run_demo_serves_the_web_interface_and_prints_a_working_sign_in(tmp_path
 def test_web_setting_mistakes_are_one_sentence(env: dict[str, str], variable: str, value: str, says: str) -> None:
     code, out = cli({**env, variable: value}, "users", "list")
     assert code == 2 and says in out and "Traceback" not in out
+
+
+def test_the_oidc_example_in_docs_web_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "web.md").read_text()
+    found = re.search(r"export ESCALATIONS_WEB__OIDC='(.*?)'", text, re.S)
+    assert found is not None
+    monkeypatch.setenv("ESCALATIONS_WEB__OIDC", found.group(1))
+    oidc = Settings().web.oidc
+    assert oidc is not None and oidc.role_claims["Escalations.Coordinator"] == "coordinator"
