@@ -177,6 +177,16 @@ def test_web_setting_mistakes_are_one_sentence(env: dict[str, str], variable: st
     assert code == 2 and says in out and "Traceback" not in out
 
 
+def test_an_unset_oidc_secret_is_one_sentence(env: dict[str, str]) -> None:
+    code, out = cli({**env, "ESCALATIONS_WEB__OIDC__ISSUER": "https://login.example",
+                     "ESCALATIONS_WEB__OIDC__CLIENT_ID": "abc",
+                     "ESCALATIONS_WEB__OIDC__CLIENT_SECRET_ENV": "ESCALATIONS_TEST_UNSET_SECRET"},
+                    "web", "--bind", "127.0.0.1:0")
+    assert code == 2 and "Traceback" not in out
+    assert "ESCALATIONS_WEB__OIDC__CLIENT_SECRET_ENV: web.oidc client secret: environment variable " \
+           "ESCALATIONS_TEST_UNSET_SECRET is not set" in out
+
+
 def test_the_oidc_example_in_docs_web_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "web.md").read_text()
     found = re.search(r"export ESCALATIONS_WEB__OIDC='(.*?)'", text, re.S)
