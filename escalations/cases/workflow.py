@@ -55,6 +55,7 @@ def case_state(case: Case) -> CaseState:
         parties=tuple(Party.from_json(p) for p in case.parties),
         resolution=PendingResolution.from_json(case.resolution or {}),
         confirmed_addresses=tuple(case.confirmed_addresses or ()),
+        legal_hold=bool(getattr(case, "legal_hold", False)),
     )
 
 
@@ -106,6 +107,9 @@ class Workflow:
             case.missing = list(c.missing)
         if c.confirmed_addresses is not None:
             case.confirmed_addresses = list(c.confirmed_addresses)
+        if c.legal_hold is not None and "legal_hold" in type(case).model_fields:
+            # The column comes with the retention migration; until then a hold is only its event.
+            setattr(case, "legal_hold", c.legal_hold)  # noqa: B010
         case.updated_at = now
         s.add(case)
         events = list(step.events)
