@@ -10,6 +10,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import escalations.cases.models  # noqa: F401  (registers the tables autogenerate compares with)
+from escalations.web import models as _web_models  # noqa: F401  (the web interface's tables)
 
 
 def render_item(type_: str, obj: Any, autogen_context: Any) -> str | Literal[False]:

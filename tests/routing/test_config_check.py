@@ -5,25 +5,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from escalations.policy_cli import config_app, policy_app
+from escalations.cli import app
 from escalations.policy_files import ConfigError, load_config
 
 from .conftest import CONFIG_DIR, FIXTURES
 
 runner = CliRunner()
-app = typer.Typer()
-app.add_typer(config_app, name="config")
-app.add_typer(policy_app, name="policy")
 
 
 def run(config_dir: Path, *args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args), obj=SimpleNamespace(config_dir=config_dir), env={"COLUMNS": "300"})
+    result = runner.invoke(app, ["--config", str(config_dir), *args], env={"COLUMNS": "300"})
     return result.exit_code, result.output
 
 

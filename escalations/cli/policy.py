@@ -1,8 +1,4 @@
-"""Administrators' tools: ``escalations config check`` and ``escalations policy show / timeline``.
-
-The root CLI (escalations/cli.py) mounts :data:`config_app` and :data:`policy_app` and sets
-``ctx.obj`` to an object with a ``config_dir`` attribute.
-"""
+"""Administrators' tools: ``escalations config check`` and ``escalations policy show / timeline``."""
 
 from __future__ import annotations
 
@@ -17,27 +13,27 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from escalations.cli.base import JsonOpt, SettingsNotValid, app
 from escalations.policy_files import ConfigError, ConfigIssue, load_config
 from escalations.routing.policy.model import CHILD_STATUSES, Partnership, PolicyConfig, Stage, Timescale
 from escalations.routing.policy.plan import StagePlan, timeline
+from escalations.settings import Settings, default_config_dir
 
 config_app = typer.Typer(help="Check the partnership configuration (YAML under config/).", no_args_is_help=True)
 policy_app = typer.Typer(help="Show a partnership's encoded escalation policy and preview its deadlines.",
                          no_args_is_help=True)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+app.add_typer(config_app, name="config")
+app.add_typer(policy_app, name="policy")
 
 
 def _config_dir(ctx: typer.Context) -> Path:
-    root = ctx.find_root()
-    for obj in (ctx.obj, root.obj):
-        value = getattr(obj, "config_dir", None)
-        if value is not None:
-            return Path(value)
-    env = os.environ.get("ESCALATIONS_CONFIG")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "config"
+    """The --config folder (or ESCALATIONS_CONFIG), also when other settings are not valid."""
+    obj = ctx.find_root().obj
+    if isinstance(obj, Settings):
+        return obj.config_dir
+    if isinstance(obj, SettingsNotValid) and obj.config_dir is not None:
+        return obj.config_dir
+    return default_config_dir()
 
 
 def _rel(path: str) -> str:
