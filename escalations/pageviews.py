@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import email
 import email.policy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -28,6 +28,8 @@ LIVE = ("awaiting_information", "open", "needs_routing", "awaiting_confirmation"
 AT_STAGE = ("open", "awaiting_confirmation")
 #: Bounces shown on Today: the last week's.
 BOUNCE_WINDOW = timedelta(days=7)
+#: Referrals shown as new on Today.
+NEW_WINDOW = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,8 @@ def today(store: Store, partnerships: Iterable[str], now: datetime, tz: Any,
         brows = tuple((all_refs[e.case_id], str(e.detail.get("address") or ""), e.at) for e in bounces
                       if owner_of.get(e.case_id) == pid and e.detail.get("why") == "hard bounce")
         sections = (
+            TodaySection("new", "New referrals", "Opened in the last 24 hours.",
+                         cases=_rows(c for c in mine if c.opened_at >= now - NEW_WINDOW)),
             TodaySection("due_today", "Due today", "A stage's deadline falls today.",
                          cases=_rows(c for c in at_stage if _is_due_today(c, today_local, now, tz))),
             TodaySection("overdue", "Overdue", "The deadline has passed and the case is still at that stage.",
@@ -193,7 +197,7 @@ class CaseFilter:
     only: frozenset[str] | None = None
 
     def matches(self, r: CaseRow, tz: Any) -> bool:
-        checks = (
+        checks: tuple[tuple[object, Callable[[], bool]], ...] = (
             (self.partnership, lambda: r.partnership == self.partnership),
             (self.status, lambda: r.status == self.status),
             (self.stage is not None or None, lambda: r.stage == self.stage),
@@ -338,7 +342,7 @@ def _body(raw: bytes) -> str:
     if part is None:
         return ""
     try:
-        return str(part.get_content())  # type: ignore[attr-defined]
+        return str(part.get_content())
     except (LookupError, ValueError):
         return ""
 
