@@ -34,7 +34,7 @@ log = structlog.get_logger("escalations.outbox")
 class Renderer:
     """Jinja2 mail bodies under escalations/templates; undefined variables are errors, not blanks."""
 
-    def __init__(self) -> None:
+    def __init__(self, case_page_base: str | None = None) -> None:
         self.env = Environment(
             loader=PackageLoader("escalations", "templates"),
             undefined=StrictUndefined,
@@ -45,6 +45,8 @@ class Renderer:
             # restart) must not meet code that gives them a different context.
             auto_reload=False,
         )
+        # web.public_url: every case mail's footer links to the case page (the reference only).
+        self.env.globals["case_page_base"] = (case_page_base or "").rstrip("/")
 
     def render(self, template: str, context: Mapping[str, Any]) -> str:
         return self.env.get_template(template).render(**context)

@@ -195,3 +195,20 @@ def test_policy_pages_show_roles_by_name_and_the_calculator(service: App) -> Non
     assert "raising.line_manager" not in r.text and "Line manager" in r.text
     assert "Tue 10 Nov 2026, 17:00" in r.text  # C&H 1.4: five working days
     assert client.get("/policy/havering").status_code == 404
+
+
+def test_every_case_mail_links_to_the_case_page_when_public_url_is_set(make_app: AppFactory) -> None:
+    from escalations.settings import WebSettings
+
+    app = make_app(web=WebSettings(public_url="https://escalations.example.org/"))
+    app.ingest((DEMO / "city-and-hackney.eml").read_bytes())
+    app.process_pending()
+    ref = refs(app)["city-and-hackney"]
+    rows = [o for o in app.store.list_outbox() if o.case_id is not None]
+    assert rows
+    for o in rows:
+        body = o.raw.decode("utf-8", "replace").replace("=\r\n", "")
+        assert f"https://escalations.example.org/cases/{ref}" in body, o.template
+    from escalations.mailer.outbox import Renderer
+
+    assert not Renderer().env.globals["case_page_base"]  # no public_url: no link
