@@ -111,6 +111,14 @@ class Accounts:
             s.exec(update(WebUser).where(col(WebUser.id) == user_id).values(password_hash=password_hash))
             s.commit()
 
+    def reset_local(self, user_id: int, password_hash: str) -> None:
+        """A new password and a new TOTP enrolment at the next sign-in; its sessions end."""
+        with self._session() as s:
+            s.exec(update(WebUser).where(col(WebUser.id) == user_id).values(
+                password_hash=password_hash, totp_secret=None, totp_confirmed_at=None))
+            s.exec(delete(WebSession).where(col(WebSession.user_id) == user_id))
+            s.commit()
+
     def set_pending_totp(self, user_id: int, secret: str) -> None:
         """A new enrolment secret, replacing one not confirmed (an enrolled secret stays)."""
         with self._session() as s:
