@@ -219,8 +219,8 @@ class CaseList:
     total: int
     page: int
     pages: int
-    #: Values to offer in the filters (from the cases this person may see).
-    agencies: tuple[str, ...]
+    #: Values to offer in the filters (from the cases this person may see): (agency, its partnership).
+    agencies: tuple[tuple[str, str], ...]
     statuses: tuple[str, ...]
 
 
@@ -242,7 +242,8 @@ def case_list(store: Store, f: CaseFilter, tz: Any, *, paginate: bool = True) ->
     pages = max(1, -(-len(rows) // PAGE_SIZE))
     page = min(max(1, f.page), pages)
     shown = rows[(page - 1) * PAGE_SIZE: page * PAGE_SIZE] if paginate else rows
-    agencies = sorted({a for r in everything for a in (r.raising_agency, r.receiving_agency) if a})
+    agencies = sorted({a: r.partnership for r in everything for a in (r.raising_agency, r.receiving_agency)
+                       if a}.items())
     return CaseList(rows=tuple(shown), total=len(rows), page=page, pages=pages, agencies=tuple(agencies),
                     statuses=tuple(sorted({r.status for r in everything})))
 
@@ -308,32 +309,34 @@ class CaseRecord:
 _CLOSING = ("closed", "withdrawn")
 
 
+def _outcome(events: Sequence[CaseEvent], i: int, due: datetime | None, now: datetime) -> tuple[datetime | None, str]:
+    """When the stage opened at events[i] ended, and how: met (closed in time), escalated early (a
+    person moved it on before its deadline), missed (its deadline passed first), open, overdue."""
+    end = next((x for x in events[i + 1:] if x.kind == "stage_opened" or x.kind in _CLOSING), None)
+    if due is None:
+        return (end.at if end else None), "no deadline"
+    if end is None:
+        return None, "overdue" if now > due else "open"
+    if end.at > due:
+        return end.at, "missed"
+    if end.kind in _CLOSING:
+        return end.at, "met"
+    return end.at, "escalated early"
+
+
 def _stages(events: Sequence[CaseEvent], now: datetime) -> tuple[StageView, ...]:
-    opened = [(i, e) for i, e in enumerate(events) if e.kind == "stage_opened"]
     out: list[StageView] = []
-    for n, (i, e) in enumerate(opened):
-        later = [x for x in events[i + 1:] if x.kind == "stage_opened" or x.kind in _CLOSING]
-        ended = later[0].at if later else None
+    for i, e in enumerate(events):
+        if e.kind != "stage_opened":
+            continue
         due_text = e.detail.get("due")
         due = datetime.fromisoformat(due_text) if isinstance(due_text, str) else None
-        if due is None:
-            outcome = "no deadline"
-        elif ended is None:
-            outcome = "overdue" if now > due else "open"
-        else:
-            outcome = "met" if ended <= due and not (n + 1 < len(opened) and _escalated_by_timer(events, i)) \
-                else "missed"
+        ended, outcome = _outcome(events, i, due, now)
         out.append(StageView(number=int(e.detail.get("stage") or 0), name=str(e.detail.get("name") or ""),
                              opened_at=e.at, due=due, asked=tuple(e.detail.get("asked") or ()),
                              notified=tuple(e.detail.get("notified") or ()), clause=e.clause, ended_at=ended,
                              outcome=outcome))
     return tuple(out)
-
-
-def _escalated_by_timer(events: Sequence[CaseEvent], i: int) -> bool:
-    """The stage after events[i] opened because its deadline passed (not because someone escalated)."""
-    nxt = next((x for x in events[i + 1:] if x.kind == "escalated"), None)
-    return nxt is not None and nxt.actor is None and "deadline" in str(nxt.detail.get("because", ""))
 
 
 def _body(raw: bytes) -> str:

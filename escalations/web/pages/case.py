@@ -23,7 +23,7 @@ from escalations.routing.workflow.state import FIELD_LABELS, TERMINAL
 from escalations.web import audit
 from escalations.web.auth import check_csrf, require_case
 from escalations.web.context import application
-from escalations.web.pages.common import flash, page
+from escalations.web.pages.common import CHILD_STATUS, flash, page
 from escalations.web.pages.forms import forms_for
 from escalations.web.pages.staff_forms import action_forms
 
@@ -46,7 +46,11 @@ def _value(v: Any) -> str:
 
 
 def field_rows(fields: Mapping[str, Any], names: tuple[str, ...]) -> list[tuple[str, str]]:
-    return [(FIELD_LABELS.get(n, n.replace("_", " ").capitalize()), _value(fields.get(n))) for n in names]
+    def shown(n: str) -> str:
+        v = fields.get(n)
+        return CHILD_STATUS.get(str(v), _value(v)) if n == "child_status" and v else _value(v)
+
+    return [(FIELD_LABELS.get(n, n.replace("_", " ").capitalize()), shown(n)) for n in names]
 
 
 def next_steps(record: CaseRecord, p: Partnership | None) -> list[StagePlan]:

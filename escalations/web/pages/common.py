@@ -3,7 +3,7 @@ kinds of event, and the one way to render a page (``page``)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -58,6 +58,22 @@ def kind_words(kind: str) -> str:
     return kind.replace("_", " ").capitalize()
 
 
+def agency_namer(request: Request) -> Callable[[str, str | None], str]:
+    """(partnership, agency id or text) -> the directory's name for it (the text itself if not an id)."""
+    from escalations.web.context import application
+
+    config = application(request).config
+
+    def name(pid: str, agency: str | None) -> str:
+        if not agency:
+            return "Not known"
+        p = config.partnerships.get(pid)
+        found = next((a for a in p.agencies if a.id == agency), None) if p is not None else None
+        return found.name if found is not None else agency
+
+    return name
+
+
 def nav(current: str) -> list[dict[str, Any]]:
     return [{"href": href, "text": text, "current": key == current} for href, text, key in NAV]
 
@@ -68,7 +84,8 @@ def page(request: Request, template: str, current: str, context: Mapping[str, An
     values: dict[str, Any] = {"nav": nav(current) if user is None or not user.is_practitioner else [],
                               "when": when, "status_words": status_words, "status_colour": status_colour,
                               "kind_words": kind_words, "child_status_words": CHILD_STATUS,
-                              "can_act": bool(user and user.can_act()), **(context or {})}
+                              "can_act": bool(user and user.can_act()), "agency_name": agency_namer(request),
+                              **(context or {})}
     return render(request, template, values, status_code=status_code)
 
 
