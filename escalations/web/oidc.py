@@ -110,6 +110,9 @@ async def callback(request: Request) -> Response:
     except (OAuthError, ValueError) as exc:  # a stale or forged state, an invalid id_token
         log.warning("web.oidc.refused", reason=type(exc).__name__)
         return _refused(request, "The sign-in did not complete. Try again.")
+    except Exception as exc:  # the provider unreachable or answering an error: its text is not for the log
+        log.warning("web.oidc.provider_failed", reason=type(exc).__name__)
+        return _refused(request, "The sign-in did not complete. Try again.")
     claims = token.get("userinfo") or {}
     mapped = await run_in_threadpool(map_claims, claims, ctx.settings.oidc, ctx.accounts)
     if mapped.identity is None:
