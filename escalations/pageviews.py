@@ -108,24 +108,28 @@ def _unconfirmed(events: Iterable[CaseEvent], c: Case) -> bool:
                and "@" in str(e.detail.get("address", "")) for e in events)
 
 
-def today(store: Store, partnerships: Iterable[str], now: datetime, tz: Any,
-          quarantine_owner: Any = None) -> list[TodayView]:
-    """Per partnership: due today, overdue, awaiting confirmation, waiting for routing, incomplete
-    referrals, quarantined mail, bounces. ``quarantine_owner(row) -> partnership id`` tells whose a
-    quarantined message is (the service's Operations knows the mailboxes)."""
-    wanted = sorted(set(partnerships))
+@dataclass
+class _TodayRows:
+    cases: list[Case]
+    by_case: dict[int, list[CaseEvent]]
+    refs: dict[int, str]
+    owner_of: dict[int, str]
+    bounces: list[CaseEvent]
+    quarantined: list[InboundMessage]
+
+
+def _load_today(store: Store, wanted: list[str], now: datetime) -> _TodayRows:
     with store.reading() as s:
         cases = list(s.exec(select(Case).where(col(Case.partnership).in_(wanted), col(Case.status).in_(LIVE))
                             .order_by(col(Case.due_at), col(Case.opened_at))).all())
         ids = [c.id for c in cases]
-        events = list(s.exec(select(CaseEvent).where(col(CaseEvent.case_id).in_(ids), col(CaseEvent.kind).in_(
-            ["address_unconfirmed"]))).all()) if ids else []
-        all_refs = dict(s.exec(select(Case.id, Case.reference).where(col(Case.partnership).in_(wanted))).all())
-        owner_of = {c_id: p for c_id, p in s.exec(select(Case.id, Case.partnership)
-                                                  .where(col(Case.partnership).in_(wanted))).all()}
+        events = list(s.exec(select(CaseEvent).where(col(CaseEvent.case_id).in_(ids),
+                                                     CaseEvent.kind == "address_unconfirmed")).all()) if ids else []
+        owned = s.exec(select(Case.id, Case.reference, Case.partnership).where(col(Case.partnership).in_(wanted))).all()
+        refs = {i: r for i, r, _ in owned if i is not None}
         bounces = list(s.exec(select(CaseEvent).where(
             CaseEvent.kind == "contact_flagged", col(CaseEvent.at) >= now - BOUNCE_WINDOW,
-            col(CaseEvent.case_id).in_(list(all_refs)))).all()) if all_refs else []
+            col(CaseEvent.case_id).in_(list(refs)))).all()) if refs else []
         quarantined = list(s.exec(select(InboundMessage).where(InboundMessage.status == "quarantined")
                                   .order_by(col(InboundMessage.received_at))).all())
         for q in quarantined:
@@ -133,36 +137,51 @@ def today(store: Store, partnerships: Iterable[str], now: datetime, tz: Any,
     by_case: dict[int, list[CaseEvent]] = {}
     for e in events:
         by_case.setdefault(e.case_id, []).append(e)
+    return _TodayRows(cases, by_case, refs, {i: p for i, _, p in owned if i is not None}, bounces, quarantined)
+
+
+def _case_sections(mine: list[Case], by_case: Mapping[int, list[CaseEvent]], now: datetime,
+                   tz: Any) -> tuple[TodaySection, ...]:
+    at_stage = [c for c in mine if c.status in AT_STAGE]
     today_local = now.astimezone(tz).date()
+    return (
+        TodaySection("new", "New referrals", "Opened in the last 24 hours.",
+                     cases=_rows(c for c in mine if c.opened_at >= now - NEW_WINDOW)),
+        TodaySection("due_today", "Due today", "A stage's deadline falls today.",
+                     cases=_rows(c for c in at_stage if _is_due_today(c, today_local, now, tz))),
+        TodaySection("overdue", "Overdue", "The deadline has passed and the case is still at that stage.",
+                     cases=_rows(c for c in at_stage if c.due_at is not None and c.due_at < now)),
+        TodaySection("awaiting_confirmation", "Awaiting confirmation",
+                     "A resolution was recorded; the other side has been asked to confirm it.",
+                     cases=_rows(c for c in mine if c.status == "awaiting_confirmation")),
+        TodaySection("needs_routing", "Waiting for routing",
+                     "The other agency is not in the directory, or an address needs confirming.",
+                     cases=_rows(c for c in mine if c.status == "needs_routing"
+                                 or _unconfirmed(by_case.get(c.id or 0, ()), c))),
+        TodaySection("incomplete", "Incomplete referrals", "Waiting for missing information.",
+                     cases=_rows(c for c in mine if c.status == "awaiting_information")),
+    )
+
+
+def today(store: Store, partnerships: Iterable[str], now: datetime, tz: Any,
+          quarantine_owner: Callable[[InboundMessage], str | None] | None = None) -> list[TodayView]:
+    """Per partnership: new referrals, due today, overdue, awaiting confirmation, waiting for routing,
+    incomplete referrals, quarantined mail, bounces. ``quarantine_owner(row) -> partnership id`` tells
+    whose a quarantined message is (the service's Operations knows the mailboxes)."""
+    wanted = sorted(set(partnerships))
+    data = _load_today(store, wanted, now)
     views = []
     for pid in wanted:
-        mine = [c for c in cases if c.partnership == pid]
-        at_stage = [c for c in mine if c.status in AT_STAGE]
         qrows = tuple(QuarantineRow(q.id or 0, q.received_at, quarantine_code(q.error), q.source, q.size)
-                      for q in quarantined
+                      for q in data.quarantined
                       if (quarantine_owner(q) if quarantine_owner is not None else q.partnership) == pid)
-        brows = tuple((all_refs[e.case_id], str(e.detail.get("address") or ""), e.at) for e in bounces
-                      if owner_of.get(e.case_id) == pid and e.detail.get("why") == "hard bounce")
-        sections = (
-            TodaySection("new", "New referrals", "Opened in the last 24 hours.",
-                         cases=_rows(c for c in mine if c.opened_at >= now - NEW_WINDOW)),
-            TodaySection("due_today", "Due today", "A stage's deadline falls today.",
-                         cases=_rows(c for c in at_stage if _is_due_today(c, today_local, now, tz))),
-            TodaySection("overdue", "Overdue", "The deadline has passed and the case is still at that stage.",
-                         cases=_rows(c for c in at_stage if c.due_at is not None and c.due_at < now)),
-            TodaySection("awaiting_confirmation", "Awaiting confirmation",
-                         "A resolution was recorded; the other side has been asked to confirm it.",
-                         cases=_rows(c for c in mine if c.status == "awaiting_confirmation")),
-            TodaySection("needs_routing", "Waiting for routing",
-                         "The other agency is not in the directory, or an address needs confirming.",
-                         cases=_rows(c for c in mine if c.status == "needs_routing"
-                                     or _unconfirmed(by_case.get(c.id or 0, ()), c))),
-            TodaySection("incomplete", "Incomplete referrals", "Waiting for missing information.",
-                         cases=_rows(c for c in mine if c.status == "awaiting_information")),
-            TodaySection("quarantined", "Quarantined mail", "Mail that could not be processed.",
-                         quarantined=qrows),
-            TodaySection("bounces", "Bounces", "Mail to a contact bounced in the last 7 days.", bounces=brows),
-        )
+        brows = tuple((data.refs[e.case_id], str(e.detail.get("address") or ""), e.at) for e in data.bounces
+                      if data.owner_of.get(e.case_id) == pid and e.detail.get("why") == "hard bounce")
+        sections = (*_case_sections([c for c in data.cases if c.partnership == pid], data.by_case, now, tz),
+                    TodaySection("quarantined", "Quarantined mail", "Mail that could not be processed.",
+                                 quarantined=qrows),
+                    TodaySection("bounces", "Bounces", "Mail to a contact bounced in the last 7 days.",
+                                 bounces=brows))
         views.append(TodayView(pid, sections))
     return views
 

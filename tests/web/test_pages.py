@@ -212,3 +212,26 @@ def test_every_case_mail_links_to_the_case_page_when_public_url_is_set(make_app:
     from escalations.mailer.outbox import Renderer
 
     assert not Renderer().env.globals["case_page_base"]  # no public_url: no link
+
+
+def test_today_counts_overdue_and_quarantined(service: App, clock: Any) -> None:
+    from datetime import timedelta
+
+    ref = refs(service)["city-and-hackney"]
+    case = service.store.case_by_reference(ref)
+    assert case is not None and case.due_at is not None
+    stored = service.ingest(b"From: nobody\r\nTo: chscp@hackney.gov.uk\r\n\r\n")
+    service.store.quarantine(stored.id, "parse_error\nValueError")
+    clock.set(case.due_at + timedelta(hours=1))
+    client = client_for(service, Role.COORDINATOR, {"city-and-hackney"})
+    r = client.get("/")
+    overdue = r.text.split('id="city-and-hackney-overdue"', 1)[1].split("<h3", 1)[0]
+    assert "Overdue (1)" in r.text and ref in overdue
+    assert "Quarantined mail (1)" in r.text and "parse_error" in r.text
+    token = csrf(r.text)
+    done = client.post(f"/quarantine/{stored.id}", data={"csrf_token": token, "action": "discard_quarantined",
+                                                         "reason": "junk"}, follow_redirects=False)
+    assert done.status_code == 303
+    row = service.store.get_inbound(stored.id)
+    assert row is not None and row.status == "discarded"
+    assert "Quarantined mail (0)" in client.get("/").text
