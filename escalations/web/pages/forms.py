@@ -1,14 +1,26 @@
-"""Forms to download from a case page (the records package makes them).
+"""Forms to download from a case page: the partnership's forms (as its YAML names them), filled from
+the case by the records package, as Word documents. They hold personal data: each download is an
+audit row, and the response is never cached.
 
-Integration point: ``escalations.records`` (forms as Word documents) is built on its own branch; until
-it is part of this build the case page says so instead of offering downloads."""
+Integration point: without ``escalations.records`` in the build, the case page says so instead."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from escalations.pageviews import CaseRecord
 from escalations.routing.policy.model import Partnership
+from escalations.web import audit
+from escalations.web.auth import CaseNotFound
+from escalations.web.context import application
+
+FORM_NAMES = {"tri-borough-monitoring": "Tri-borough Monitoring Form", "sutton-referral": "Escalation Referral Form",
+              "wiltshire-notification": "Notification of an Escalation", "case-record": "Case record for the child's file"}
 
 
 @dataclass(frozen=True)
@@ -24,9 +36,44 @@ class Forms:
     note: str = ""
 
 
-def forms_for(record: CaseRecord, p: Partnership | None) -> Forms:
+def _records() -> Any:
     try:
-        from escalations.records import export  # noqa: F401
+        from escalations.records import export, read
     except ImportError:
+        return None
+    return export, read
+
+
+def forms_for(record: CaseRecord, p: Partnership | None) -> Forms:
+    mods = _records()
+    if mods is None or p is None:
         return Forms(False, note="Forms are produced by the records module, which is not part of this build.")
-    return Forms(True, (FormLink("Case record (Word)", f"/cases/{record.row.reference}/form.docx"),))
+    export, _ = mods
+    kinds = [str(k) for k in export.forms_of(p)]
+    return Forms(True, tuple(FormLink(f"{FORM_NAMES.get(k, k)} (Word)", f"/cases/{record.row.reference}/forms/{k}.docx")
+                             for k in kinds))
+
+
+def form_download(request: Request) -> Response:
+    from escalations.web.pages.case import load
+
+    record, user = load(request)
+    app = application(request)
+    p = app.config.partnerships.get(record.row.partnership)
+    mods = _records()
+    kind = request.path_params["kind"]
+    if mods is None or p is None:
+        raise CaseNotFound()
+    export, read = mods
+    if kind not in {str(k) for k in export.forms_of(p)}:
+        raise CaseNotFound()
+    full = read.load_records(app.store, references=[record.row.reference])
+    if not full:
+        raise CaseNotFound()
+    out = export.export_case(full[0], p, export.ExportFormat.DOCX, app.clock.now().date(), form=export.FormKind(kind))
+    audit.record(request, user, "case.form_download", case_ref=record.row.reference, detail=kind)
+    return Response(out.data, media_type=out.media_type,
+                    headers={"Content-Disposition": f'attachment; filename="{out.filename}"'})
+
+
+routes = [Route("/cases/{ref}/forms/{kind}.docx", form_download, name="case_form")]
