@@ -841,6 +841,12 @@ def db_current(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         raise typer.Exit(1)
 
 
+# the records commands: cases export/learn/theme, report, retention
+from escalations.records.cli import register as _register_records  # noqa: E402
+
+_register_records(app, cases_app, _build)
+
+
 def main() -> None:
     private_umask()
     app()
