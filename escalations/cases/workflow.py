@@ -131,6 +131,11 @@ class Workflow:
             Store.schedule_timer(s, case_id=case.id or 0, stage=t.stage_index, kind=t.kind, due_at=t.due_at,
                                  now=now, key=f"{case.id}:{t.stage_index}:{t.kind}:{t.due_at.isoformat()}")
         redactor = redactor_for(ReferralFields.from_json(case.fields), partnership)
+        # the partnership's forms: attached on a secure route, else offered to staff (records/attach.py)
+        from escalations.records.attach import plan_forms
+
+        forms = plan_forms(s, case, step, mails, partnership, now)
+        mails.extend(forms.copies)
         for mail in mails:
             reply_to = None
             footer = ""
@@ -145,11 +150,12 @@ class Workflow:
                         reply_to = plus_address(partnership.primary_mailbox, token)
                     except ValueError:
                         reply_to = None
-            enqueue(s, mail, renderer=self.renderer, redactor=redactor, secure_route=partnership.secure_route,
-                    from_address=partnership.primary_mailbox,
-                    from_name=partnership.name, case_id=case.id, now=now,
-                    message_id_domain=self.message_id_domain, reply_to=reply_to, footer=footer,
-                    message_id=message_id)
+            row = enqueue(s, mail, renderer=self.renderer, redactor=redactor, secure_route=partnership.secure_route,
+                          from_address=partnership.primary_mailbox,
+                          from_name=partnership.name, case_id=case.id, now=now,
+                          message_id_domain=self.message_id_domain, reply_to=reply_to, footer=footer,
+                          message_id=message_id, **forms.extras(mail))
+            forms.enqueued(s, mail, row, now)
 
     def handle(self, s: Session, case: Case, event: WorkflowEvent, now: datetime,
                inbound: InboundMessage | None = None) -> Step:

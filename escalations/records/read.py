@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from escalations.cases.models import Case, CaseEvent, OutboxMessage
 from escalations.cases.store import Store
@@ -126,29 +126,47 @@ def load_records(store: Store, partnership: str | None = None, *, opened_from: d
                  opened_to: datetime | None = None, references: Sequence[str] | None = None) -> list[CaseRecord]:
     """Cases (by id), with their events, recipients and holds, in four queries."""
     with store.reading() as s:
-        q = select(Case).order_by(col(Case.id))
-        if partnership:
-            q = q.where(Case.partnership == partnership)
-        if opened_from is not None:
-            q = q.where(col(Case.opened_at) >= opened_from)
-        if opened_to is not None:
-            q = q.where(col(Case.opened_at) < opened_to)
-        if references is not None:
-            q = q.where(col(Case.reference).in_(list(references)))
-        cases = list(s.exec(q).all())
-        ids = [c.id for c in cases]
-        events: dict[int, list[CaseEvent]] = defaultdict(list)
-        mailed: dict[int, set[str]] = defaultdict(set)
-        held: set[int] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            for e in s.exec(select(CaseEvent).where(col(CaseEvent.case_id).in_(chunk))
-                            .order_by(col(CaseEvent.at), col(CaseEvent.id))).all():
-                events[e.case_id].append(e)
-            for cid, recips in s.exec(select(OutboxMessage.case_id, OutboxMessage.recipients)
-                                      .where(col(OutboxMessage.case_id).in_(chunk))).all():
-                mailed[cid or 0].update(recips)
-            held.update(s.exec(select(LegalHold.case_id).where(col(LegalHold.case_id).in_(chunk))).all())
+        return _load(s, partnership, opened_from, opened_to, references)
+
+
+def record_in_session(s: Session, case: Case) -> CaseRecord:
+    """The case as the caller's transaction sees it (its step's events included, before commit)."""
+    s.flush()
+    return _load(s, None, None, None, None, ids=[case.id or 0])[0]
+
+
+def _cases(s: Session, partnership: str | None, opened_from: datetime | None, opened_to: datetime | None,
+           references: Sequence[str] | None, ids: Sequence[int] | None) -> list[Case]:
+    q = select(Case).order_by(col(Case.id))
+    if partnership:
+        q = q.where(Case.partnership == partnership)
+    if opened_from is not None:
+        q = q.where(col(Case.opened_at) >= opened_from)
+    if opened_to is not None:
+        q = q.where(col(Case.opened_at) < opened_to)
+    if references is not None:
+        q = q.where(col(Case.reference).in_(list(references)))
+    if ids is not None:
+        q = q.where(col(Case.id).in_(list(ids)))
+    return list(s.exec(q).all())
+
+
+def _load(s: Session, partnership: str | None, opened_from: datetime | None, opened_to: datetime | None,
+          references: Sequence[str] | None, ids: Sequence[int] | None = None) -> list[CaseRecord]:
+    cases = _cases(s, partnership, opened_from, opened_to, references, ids)
+    case_ids = [c.id for c in cases]
+    events: dict[int, list[CaseEvent]] = defaultdict(list)
+    mailed: dict[int, set[str]] = defaultdict(set)
+    held: set[int] = set()
+    for start in range(0, len(case_ids), 500):
+        chunk = case_ids[start:start + 500]
+        for e in s.exec(select(CaseEvent).where(col(CaseEvent.case_id).in_(chunk))
+                        .order_by(col(CaseEvent.at), col(CaseEvent.id))).all():
+            events[e.case_id].append(e)
+        for cid, recips in s.exec(select(OutboxMessage.case_id, OutboxMessage.recipients)
+                                  .where(col(OutboxMessage.case_id).in_(chunk))).all():
+            mailed[cid or 0].update(recips)
+        held.update(s.exec(select(LegalHold.case_id).where(col(LegalHold.case_id).in_(chunk))).all())
     return [_record(c, events[c.id or 0], mailed[c.id or 0], (c.id or 0) in held) for c in cases]
 
 

@@ -187,7 +187,7 @@ class FormUse(_Model):
     ``stage_request``: with the requests of the listed stages (``stages``), or of every stage from
     ``from_stage`` on; ``closing_record``: with the closing record of a resolved case, to everyone it
     goes to or only to the one who resolved it (``recipients: resolver``); ``completion_copy``: a mail
-    of its own to ``send_to`` when the case is resolved. Attached only where every recipient is on the
+    of its own to ``send_to`` when the case is resolved (with ``from_stage``: once it got that far). Attached only where every recipient is on the
     partnership's secure route; elsewhere the mail says staff can download it.
     """
 
