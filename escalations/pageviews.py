@@ -20,6 +20,7 @@ from sqlmodel import col, select
 from escalations.cases.models import Case, CaseEvent, InboundMessage, OutboxMessage
 from escalations.cases.operations import quarantine_code
 from escalations.cases.store import Store
+from escalations.cases.workflow import on_legal_hold
 
 __all__ = ["CaseFilter", "CaseList", "CaseRecord", "CaseRow", "MailView", "QuarantineRow", "StageView",
            "TodaySection", "TodayView", "case_list", "case_record", "today"]
@@ -388,7 +389,7 @@ def case_record(store: Store, reference: str, now: datetime) -> CaseRecord | Non
         return CaseRecord(
             row=CaseRow.of(case), id=case.id, route=case.route, stage_index=case.stage_index,
             stage_opened_at=case.stage_opened_at, raiser=case.raised_by_email, parties=tuple(case.parties),
-            resolution=dict(case.resolution or {}), legal_hold=bool(getattr(case, "legal_hold", False)),
+            resolution=dict(case.resolution or {}), legal_hold=on_legal_hold(case),
             fields=dict(case.fields), stages=_stages(events, now), mails=mails,
             replies=tuple(v for v in views if v.kind.startswith("reply_") and v.kind != "reply_not_applied"),
             unverified=tuple(v for v in views if v.kind == "reply_not_applied"),

@@ -55,8 +55,31 @@ def case_state(case: Case) -> CaseState:
         parties=tuple(Party.from_json(p) for p in case.parties),
         resolution=PendingResolution.from_json(case.resolution or {}),
         confirmed_addresses=tuple(case.confirmed_addresses or ()),
-        legal_hold=bool(getattr(case, "legal_hold", False)),
+        legal_hold=on_legal_hold(case),
     )
+
+
+def on_legal_hold(case: Case) -> bool:
+    """Is the case on legal hold (the records package's ``legal_hold`` table, read in the case's session)?"""
+    from sqlalchemy.orm import object_session
+
+    from escalations.records.models import LegalHold
+
+    s = object_session(case)
+    return s is not None and case.id is not None and s.get(LegalHold, case.id) is not None
+
+
+def _set_legal_hold(s: Session, case: Case, on: bool, step: Step, now: datetime) -> None:
+    """A staff action set or lifted the hold: the row retention reads, in the step's transaction."""
+    from escalations.records.models import LegalHold
+
+    row = s.get(LegalHold, case.id)
+    first = step.events[0] if step.events else None
+    if on and row is None:
+        s.add(LegalHold(case_id=case.id or 0, set_at=now, set_by=(first.actor if first else None) or "staff",
+                        reason=str(first.detail.get("reason") or "") if first else ""))
+    elif not on and row is not None:
+        s.delete(row)
 
 
 def policy_of(case: Case, config: PolicyConfig) -> Partnership:
@@ -107,9 +130,8 @@ class Workflow:
             case.missing = list(c.missing)
         if c.confirmed_addresses is not None:
             case.confirmed_addresses = list(c.confirmed_addresses)
-        if c.legal_hold is not None and "legal_hold" in type(case).model_fields:
-            # The column comes with the retention migration; until then a hold is only its event.
-            setattr(case, "legal_hold", c.legal_hold)  # noqa: B010
+        if c.legal_hold is not None:
+            _set_legal_hold(s, case, c.legal_hold, step, now)
         case.updated_at = now
         s.add(case)
         events = list(step.events)
@@ -135,6 +157,11 @@ class Workflow:
             Store.schedule_timer(s, case_id=case.id or 0, stage=t.stage_index, kind=t.kind, due_at=t.due_at,
                                  now=now, key=f"{case.id}:{t.stage_index}:{t.kind}:{t.due_at.isoformat()}")
         redactor = redactor_for(ReferralFields.from_json(case.fields), partnership)
+        # the partnership's forms: attached on a secure route, else offered to staff (records/attach.py)
+        from escalations.records.attach import plan_forms
+
+        forms = plan_forms(s, case, step, mails, partnership, now)
+        mails.extend(forms.copies)
         for mail in mails:
             reply_to = None
             footer = ""
@@ -149,11 +176,12 @@ class Workflow:
                         reply_to = plus_address(partnership.primary_mailbox, token)
                     except ValueError:
                         reply_to = None
-            enqueue(s, mail, renderer=self.renderer, redactor=redactor, secure_route=partnership.secure_route,
-                    from_address=partnership.primary_mailbox,
-                    from_name=partnership.name, case_id=case.id, now=now,
-                    message_id_domain=self.message_id_domain, reply_to=reply_to, footer=footer,
-                    message_id=message_id)
+            row = enqueue(s, mail, renderer=self.renderer, redactor=redactor, secure_route=partnership.secure_route,
+                          from_address=partnership.primary_mailbox,
+                          from_name=partnership.name, case_id=case.id, now=now,
+                          message_id_domain=self.message_id_domain, reply_to=reply_to, footer=footer,
+                          message_id=message_id, **forms.extras(mail))
+            forms.enqueued(s, mail, row, now)
 
     def handle(self, s: Session, case: Case, event: WorkflowEvent, now: datetime,
                inbound: InboundMessage | None = None) -> Step:

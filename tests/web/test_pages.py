@@ -235,3 +235,42 @@ def test_today_counts_overdue_and_quarantined(service: App, clock: Any) -> None:
     row = service.store.get_inbound(stored.id)
     assert row is not None and row.status == "discarded"
     assert "Quarantined mail (0)" in client.get("/").text
+
+
+def test_legal_hold_is_set_and_lifted_through_the_workflow(service: App) -> None:
+    from escalations.records.models import LegalHold
+
+    client = client_for(service, Role.COORDINATOR, {"city-and-hackney"})
+    ref = refs(service)["city-and-hackney"]
+    page = client.get(f"/cases/{ref}")
+    token = csrf(page.text)
+    r = client.post(f"/cases/{ref}/actions/set_legal_hold", data={"csrf_token": token, "reason": "litigation"},
+                    follow_redirects=False)
+    assert r.status_code == 303
+    case = service.store.case_by_reference(ref)
+    assert case is not None
+    with service.store.reading() as s:
+        hold = s.get(LegalHold, case.id)
+        assert hold is not None and hold.set_by == "coordinator@example.org" and hold.reason == "litigation"
+    shown = client.get(f"/cases/{ref}")
+    assert "Legal hold" in shown.text and "/actions/lift_legal_hold" in shown.text
+    again = client.post(f"/cases/{ref}/actions/set_legal_hold", data={"csrf_token": token, "reason": "again"})
+    assert again.status_code == 409 and "already on legal hold" in again.text
+    client.post(f"/cases/{ref}/actions/lift_legal_hold", data={"csrf_token": token, "reason": "ended"})
+    with service.store.reading() as s:
+        assert s.get(LegalHold, case.id) is None
+
+
+def test_forms_download_is_audited(service: App) -> None:
+    client = client_for(service, Role.VIEWER, {"city-and-hackney"})
+    ref = refs(service)["city-and-hackney"]
+    page = client.get(f"/cases/{ref}")
+    link = re.search(rf'href="(/cases/{ref}/forms/[a-z-]+\.docx)"', page.text)
+    assert link, "no form offered"
+    r = client.get(link.group(1))
+    assert r.status_code == 200 and r.content[:2] == b"PK" and r.headers["cache-control"] == "no-store"
+    assert ref in r.headers["content-disposition"] and not CHILD.search(r.headers["content-disposition"])
+    assert ("case.form_download", ref) in [(a.action, a.case_ref) for a in audit(client)]
+    assert client.get(f"/cases/{ref}/forms/nonsense.docx").status_code == 404
+    other = client_for(service, Role.VIEWER, {"havering"})
+    assert other.get(link.group(1)).status_code == 404
