@@ -105,6 +105,13 @@ def test_coordinator_works_a_new_referral(web_service: WebService, page: Page, t
     check_axe(page, "case page with personal details")
 
     page.goto(web_service.base_url + f"/cases/{ref}")
+    with page.expect_download() as download:
+        page.locator("#forms + ul a").first.click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.name.startswith(ref) and saved.read_bytes()[:2] == b"PK"  # a Word document
+    assert audited(web_service, email, "case.form_download", ref)
+
     page.locator("summary", has_text="Add a note").click()
     page.fill("#text-note", "Phoned the school: they will send the chronology")
     page.fill("#reason-note", "follow-up call")
