@@ -9,7 +9,7 @@ from __future__ import annotations
 import getpass
 import os
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,6 +36,16 @@ def write_private(path: Path, data: bytes) -> None:
 
 def _staff_id(by: str | None) -> str:
     return by or f"cli:{getpass.getuser()}"
+
+
+def _when(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise _fail(f"--now must be an ISO date/time, not {value!r}", 2) from None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -151,12 +161,15 @@ def _register_retention(app: typer.Typer, build: Callable[..., Any]) -> None:
     @retention_app.command("purge")
     def purge(ctx: typer.Context,
               dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go; delete nothing")] = False,
+              now: Annotated[str | None, typer.Option("--now", help="Judge as at this time (ISO, UTC if no "
+                                                                    "offset): what a later run would delete")] = None,
               ) -> None:
         """Delete raw mail, outgoing mail, forms and case records past their retention (held cases kept)."""
         from escalations.records.retention import purge as run_purge
 
+        when = _when(now)
         application = build(ctx, read_only=dry_run)
-        result = run_purge(application.store, application.config, application.clock.now(), dry_run=dry_run)
+        result = run_purge(application.store, application.config, when or application.clock.now(), dry_run=dry_run)
         verb = "would delete" if dry_run else "deleted"
         counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
         out.print(f"retention: {verb} {counts}; {len(result.held)} held case(s) kept", markup=False,

@@ -269,7 +269,11 @@ def climb_by_escalate_replies(h: Harness, p: Profile) -> None:
     assert p.raiser in h.recipients(since=mark) and p.decision_maker in h.recipients(since=mark)
     assert f"Resolved at:      stage {final.number}" in body(closing[0])
     assert "convene a strategy discussion today" in body(closing[0])
-    assert len(closing) == len(set(h.recipients(since=mark)))
+    # besides the closing record, only Tri-borough's Monitoring Form copy to the LSCB team (Appendix A)
+    copies = h.mails("forms/form_copy", since=mark)
+    assert [c.rcpt_tos for c in copies] == ([["triborough-lscb.manager@example.org"]] if p.id == "tri-borough" else [])
+    assert len(closing) == len(set(h.recipients(since=mark, template="case_closed")))
+    assert len(closing) + len(copies) == len(h.mails(since=mark))
     assert_mail_hygiene(h, ref, p)
 
 
