@@ -274,3 +274,21 @@ def test_forms_download_is_audited(service: App) -> None:
     assert client.get(f"/cases/{ref}/forms/nonsense.docx").status_code == 404
     other = client_for(service, Role.VIEWER, {"havering"})
     assert other.get(link.group(1)).status_code == 404
+
+
+def test_reports_page_charts_and_downloads(service: App) -> None:
+    client = client_for(service, Role.VIEWER, {"city-and-hackney"})
+    r = client.get("/reports", params={"from": "2026-01-01", "to": "2026-12-31"})
+    assert r.status_code == 200
+    assert "Escalations per month" in r.text and "&lt;5" in r.text  # one case: small-number suppression
+    chart = re.search(r'src="(/reports/chart/per_month\.png\?[^"]+)"', r.text)
+    assert chart
+    png = client.get(chart.group(1).replace("&amp;", "&"))
+    assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    q = {"partnership": "city-and-hackney", "from": "2026-01-01", "to": "2026-12-31"}
+    csv_r = client.get("/reports/report.csv", params=q)
+    assert csv_r.text.startswith("table,row,column,value") and "per_month" in csv_r.text
+    html = client.get("/reports/report.html", params=q)
+    assert "<html" in html.text and "attachment" in html.headers["content-disposition"]
+    assert client.get("/reports", params={"partnership": "havering"}).status_code == 404
+    assert ("report.view") in [a.action for a in audit(client)]

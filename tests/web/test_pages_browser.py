@@ -138,6 +138,10 @@ def test_coordinator_works_a_new_referral(web_service: WebService, page: Page, t
                        ("/reports", "reports")):
         page.goto(web_service.base_url + path)
         check_axe(page, what)
+    assert page.locator("img[src^='/reports/chart/per_month.png']").evaluate("i => i.naturalWidth") > 0
+    with page.expect_download() as download:
+        page.get_by_role("link", name="The figures (CSV)").click()
+    assert download.value.suggested_filename.endswith(".csv")
     shot(page, tmp_path, "report.png")
 
 
