@@ -65,11 +65,13 @@ def ladder(p: Partnership) -> list[dict[str, Any]]:
 
 def config_result(application_config_dir: Any) -> tuple[list[ConfigIssue], list[ConfigIssue]]:
     """(errors, warnings) of the configuration as ``escalations config check`` reads it."""
+    from escalations.cli.policy import placeholder_warnings
+
     try:
         cfg = load_config(application_config_dir)
     except ConfigError as exc:
         return list(exc.issues), []
-    return [], list(cfg.warnings)
+    return [], [*cfg.warnings, *placeholder_warnings(application_config_dir)]
 
 
 def _calculator(request: Request, p: Partnership) -> tuple[dict[str, str], list[StagePlan], str | None]:
