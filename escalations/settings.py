@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from escalations.web.roles import Role
@@ -253,18 +253,32 @@ class WebSettings(BaseModel):
     #: Access log lines (route templates, status, time; never query strings).
     access_log: bool = True
 
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"must be host:port, for example 127.0.0.1:8080 (not {value!r})")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        url = urlsplit(value) if value is not None else None
+        if url is not None and (url.scheme not in ("http", "https") or not url.netloc or url.path not in ("", "/")
+                                or url.query):
+            raise ValueError("must be the site's address with no path, for example https://escalations.council.example")
+        return value
+
     @property
     def host(self) -> str:
         return self.bind.rpartition(":")[0] or "127.0.0.1"
 
     @property
     def port(self) -> int:
-        try:
-            return int(self.bind.rpartition(":")[2])
-        except ValueError:
-            from escalations.errors import SetupError
-
-            raise SetupError("ESCALATIONS_WEB__BIND", f"{self.bind!r} is not host:port") from None
+        return int(self.bind.rpartition(":")[2])
 
     @property
     def base_url(self) -> str:

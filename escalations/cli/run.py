@@ -60,7 +60,8 @@ def run(
             err.print(line, markup=False, highlight=False, soft_wrap=True)
         if demo and server is not None:
             console.print(f"demo sign-in: {server.url}/sign-in as {DEMO_EMAIL} with password {demo_account(started)} "
-                          "(the first sign-in sets up an authenticator app)", markup=False, highlight=False)
+                          "(the first sign-in sets up an authenticator app)", markup=False, highlight=False,
+                          soft_wrap=True)
         if drive is not None:
             drive(started)
 

@@ -211,6 +211,17 @@ class Accounts:
             s.commit()
             return int(done.rowcount or 0)
 
+    def housekeeping(self, keep_attempts: timedelta = timedelta(days=30)) -> dict[str, int]:
+        """Delete expired sessions, spent or expired links, and sign-in attempts older than
+        ``keep_attempts`` (far longer than any lockout window; the audit trail is kept)."""
+        now = self.clock.now()
+        with self._session() as s:
+            links = s.exec(delete(WebSignInLink).where(col(WebSignInLink.expires_at) <= now))
+            attempts = s.exec(delete(WebLoginAttempt).where(col(WebLoginAttempt.at) <= now - keep_attempts))
+            s.commit()
+        return {"sessions": self.purge_expired_sessions(), "links": int(links.rowcount or 0),
+                "attempts": int(attempts.rowcount or 0)}
+
     # ---- sign-in attempts (lockout, rate limit) -----------------------------------------
 
     def record_attempt(self, email: str, ip: str | None, *, ok: bool, kind: str) -> None:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from escalations.cases.models import Case
 
 log = structlog.get_logger("escalations.web.links")
-TEMPLATE = "web_sign_in_link.txt.j2"
+TEMPLATE = "web/sign_in_link.txt.j2"
 
 
 def case_addresses(case: Case) -> set[str]:

@@ -9,6 +9,7 @@ never query strings."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 from collections.abc import Generator
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from escalations.app import App
 
 log = structlog.get_logger("escalations.web.server")
+#: How often expired sessions, spent links and old sign-in attempts are deleted.
+HOUSEKEEPING_SECONDS = 600
 
 
 class _QuietServer(uvicorn.Server):
@@ -62,6 +65,10 @@ class WebServer:
         config = uvicorn.Config(self.asgi, log_config=None, access_log=False, lifespan="off", server_header=False,
                                 date_header=False, proxy_headers=True, timeout_graceful_shutdown=5)
         self.server = _QuietServer(config)
+        # uvicorn logs each request with its query string: a search for a child's name. Its access log
+        # stays off whatever logging set-up came first (ours, escalations.web.headers, has route templates).
+        quiet = logging.getLogger("uvicorn.access")
+        quiet.handlers, quiet.propagate, quiet.disabled = [], False, True
         self.started = threading.Event()
 
     @property
@@ -77,12 +84,25 @@ class WebServer:
             self.server.should_exit = True
 
         threading.Thread(target=stopper, name="web-stopper", daemon=True).start()
+        threading.Thread(target=self._housekeeping, args=(stop,), name="web-housekeeping", daemon=True).start()
         log.info("web.started", port=self.port)
         try:
             asyncio.run(self._serve())
         finally:
             self.socket.close()
             log.info("web.stopped")
+
+    def _housekeeping(self, stop: threading.Event) -> None:
+        accounts = self.asgi.state.web.accounts
+        while True:
+            try:
+                removed = accounts.housekeeping()
+                if any(removed.values()):
+                    log.info("web.housekeeping", **removed)
+            except Exception:
+                log.exception("web.housekeeping.failed")
+            if stop.wait(HOUSEKEEPING_SECONDS):
+                return
 
     async def _serve(self) -> None:
         self.started.set()

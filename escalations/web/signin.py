@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -75,7 +76,7 @@ async def sign_in_submit(request: Request) -> Response:
     form = await request.form()
     check_csrf(request, form)
     if not ctx.settings.local_accounts:
-        return sign_in_page(request, status_code=404)
+        raise HTTPException(404)
     email, password = str(form.get("email", "")).strip(), str(form.get("password", ""))
     result = await run_in_threadpool(_check_password, ctx, email, password, client_ip(request))
     if isinstance(result, Refusal):

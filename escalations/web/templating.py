@@ -44,6 +44,7 @@ def render(request: Request, template: str, context: Mapping[str, Any] | None = 
 
     values = {"request": request, "user": current_user(request), "csrf_token": token, "csrf_field": csrf_field,
               "partnership_name": ctx.partnership_name, "static": static, "oidc_enabled": ctx.oidc is not None,
+              "oidc_name": ctx.settings.oidc.name if ctx.settings.oidc is not None else "",
               "local_accounts": ctx.settings.local_accounts, **(context or {})}
     html = ctx.templates.get_template(template).render(values)
     return HTMLResponse(html, status_code=status_code, headers=dict(headers or {}))

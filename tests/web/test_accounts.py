@@ -168,3 +168,19 @@ def test_oidc_role_given_by_an_administrator(engine: Engine, clock: FakeClock) -
     assert map_claims({"email": "carol@elsewhere.example"}, o, a).refusal == "email"
     a.disable_user("carol@council.example")
     assert map_claims({"email": "carol@council.example"}, o, a).refusal == "disabled"
+
+
+def test_housekeeping_deletes_what_has_expired_only(engine: Engine, clock: FakeClock) -> None:
+    a = accounts(engine, clock, session_idle_minutes=30, sign_in_link_minutes=60)
+    who = Identity("ann@council.example", Role.VIEWER, frozenset({"sutton"}))
+    old = a.create_session(who, method="local", ip=None)
+    a.record_attempt("ann@council.example", None, ok=False, kind="password")
+    with a._session() as s:
+        a.create_link(s, "pat@agency.example", "SUT-2026-0001")
+        s.commit()
+    a.audit(user_email="ann@council.example", role="viewer", action="sign_in")
+    clock.advance(timedelta(days=31))
+    live = a.create_session(who, method="local", ip=None)
+    assert a.housekeeping() == {"sessions": 1, "links": 1, "attempts": 1}
+    assert a.load_session(live) is not None and a.load_session(old) is None
+    assert len(a.audit_rows()) == 1  # the audit trail is kept

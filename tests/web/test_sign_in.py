@@ -25,7 +25,7 @@ def test_oidc_sign_in_lands_on_home_with_the_role_from_the_claims(page: Page, we
     oidc_provider.sign_in_as("oidc-coord@council.example", roles=["Escalations.Coordinator"])
     page.goto(web_service.base_url + "/")
     assert page.url == web_service.base_url + "/sign-in"
-    page.click("text=Sign in with your organisation's account")
+    page.click("text=Sign in with the test provider")
     page.wait_for_url(web_service.base_url + "/")
     assert "signed in as a coordinator" in page.inner_text("main")
     assert "oidc-coord@council.example" in page.inner_text("header")
