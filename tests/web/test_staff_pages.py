@@ -95,7 +95,8 @@ def test_cases_filter_sort_page_and_csv(service: App) -> None:
     assert ch in r.text and hav in r.text and not CHILD.search(r.text)
 
 
-def test_case_page_hides_personal_details_until_asked_and_audits(service: App) -> None:
+def test_case_page_hides_personal_details_until_asked_and_audits(service: App, caplog: Any,
+                                                                 capfd: Any) -> None:
     client = client_for(service, Role.VIEWER, {"city-and-hackney"})
     ref = refs(service)["city-and-hackney"]
     names = child_names(service, ref)
@@ -115,6 +116,8 @@ def test_case_page_hides_personal_details_until_asked_and_audits(service: App) -
     assert title and not any(n in title.group(1) for n in names)
     actions = [(a.action, a.case_ref) for a in audit(client)]
     assert ("case.personal_details", ref) in actions and ("case.view", ref) in actions
+    out, err = capfd.readouterr()
+    assert not any(n in caplog.text or n in out or n in err for n in names)  # never in a log line
 
 
 def test_idor_another_partnerships_case_is_not_found(service: App) -> None:
@@ -193,6 +196,9 @@ def test_policy_pages_show_roles_by_name_and_the_calculator(service: App) -> Non
     r = client.get("/policy/city-and-hackney", params={"opened_date": "2026-11-03", "opened_time": "10:00"})
     assert r.status_code == 200
     assert "raising.line_manager" not in r.text and "Line manager" in r.text
+    assert 'href="/audit"' not in r.text
+    admin = client_for(service, Role.ADMIN, {"city-and-hackney"})
+    assert 'href="/audit"' in admin.get("/").text
     assert "Tue 10 Nov 2026, 17:00" in r.text  # C&H 1.4: five working days
     assert client.get("/policy/havering").status_code == 404
 

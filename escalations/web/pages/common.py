@@ -74,14 +74,16 @@ def agency_namer(request: Request) -> Callable[[str, str | None], str]:
     return name
 
 
-def nav(current: str) -> list[dict[str, Any]]:
-    return [{"href": href, "text": text, "current": key == current} for href, text, key in NAV]
+def nav(current: str, admin: bool = False) -> list[dict[str, Any]]:
+    items = [*NAV, ("/audit", "Audit trail", "audit")] if admin else list(NAV)
+    return [{"href": href, "text": text, "current": key == current} for href, text, key in items]
 
 
 def page(request: Request, template: str, current: str, context: Mapping[str, Any] | None = None, *,
          status_code: int = 200) -> HTMLResponse:
     user = current_user(request)
-    values: dict[str, Any] = {"nav": nav(current) if user is None or not user.is_practitioner else [],
+    admin = user is not None and user.role is Role.ADMIN
+    values: dict[str, Any] = {"nav": nav(current, admin) if user is None or not user.is_practitioner else [],
                               "when": when, "status_words": status_words, "status_colour": status_colour,
                               "kind_words": kind_words, "child_status_words": CHILD_STATUS,
                               "can_act": bool(user and user.can_act()), "agency_name": agency_namer(request),

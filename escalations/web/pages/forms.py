@@ -1,19 +1,19 @@
 """Forms to download from a case page: the partnership's forms (as its YAML names them), filled from
 the case by the records package, as Word documents. They hold personal data: each download is an
-audit row, and the response is never cached.
-
-Integration point: without ``escalations.records`` in the build, the case page says so instead."""
+audit row, and the response is never cached."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from escalations.pageviews import CaseRecord
+from escalations.records.export import ExportFormat, export_case, forms_of
+from escalations.records.forms import FormKind
+from escalations.records.read import load_records
 from escalations.routing.policy.model import Partnership
 from escalations.web import audit
 from escalations.web.auth import CaseNotFound
@@ -36,20 +36,10 @@ class Forms:
     note: str = ""
 
 
-def _records() -> Any:
-    try:
-        from escalations.records import export, read
-    except ImportError:
-        return None
-    return export, read
-
-
 def forms_for(record: CaseRecord, p: Partnership | None) -> Forms:
-    mods = _records()
-    if mods is None or p is None:
-        return Forms(False, note="Forms are produced by the records module, which is not part of this build.")
-    export, _ = mods
-    kinds = [str(k) for k in export.forms_of(p)]
+    if p is None:
+        return Forms(False, note="The partnership's configuration is not loaded, so no form can be made.")
+    kinds = [str(k) for k in forms_of(p)]
     return Forms(True, tuple(FormLink(f"{FORM_NAMES.get(k, k)} (Word)", f"/cases/{record.row.reference}/forms/{k}.docx")
                              for k in kinds))
 
@@ -60,17 +50,13 @@ def form_download(request: Request) -> Response:
     record, user = load(request)
     app = application(request)
     p = app.config.partnerships.get(record.row.partnership)
-    mods = _records()
     kind = request.path_params["kind"]
-    if mods is None or p is None:
+    if p is None or kind not in {str(k) for k in forms_of(p)}:
         raise CaseNotFound()
-    export, read = mods
-    if kind not in {str(k) for k in export.forms_of(p)}:
-        raise CaseNotFound()
-    full = read.load_records(app.store, references=[record.row.reference])
+    full = load_records(app.store, references=[record.row.reference])
     if not full:
         raise CaseNotFound()
-    out = export.export_case(full[0], p, export.ExportFormat.DOCX, app.clock.now().date(), form=export.FormKind(kind))
+    out = export_case(full[0], p, ExportFormat.DOCX, app.clock.now().date(), form=FormKind(kind))
     audit.record(request, user, "case.form_download", case_ref=record.row.reference, detail=kind)
     return Response(out.data, media_type=out.media_type,
                     headers={"Content-Disposition": f'attachment; filename="{out.filename}"'})
