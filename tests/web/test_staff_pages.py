@@ -298,3 +298,30 @@ def test_reports_page_charts_and_downloads(service: App) -> None:
     assert "<html" in html.text and "attachment" in html.headers["content-disposition"]
     assert client.get("/reports", params={"partnership": "havering"}).status_code == 404
     assert ("report.view") in [a.action for a in audit(client)]
+
+
+def test_quarantined_mail_is_replayed_by_a_coordinator_only(service: App) -> None:
+    stored = service.ingest(b"From: nobody\r\nTo: chscp@hackney.gov.uk\r\n\r\n")
+    service.store.quarantine(stored.id, "parse_error\nValueError")
+    viewer = client_for(service, Role.VIEWER, {"city-and-hackney"})
+    token = csrf(viewer.get("/").text)
+    refused = viewer.post(f"/quarantine/{stored.id}", data={"csrf_token": token, "action": "replay_quarantined",
+                                                            "reason": "fixed"})
+    assert refused.status_code == 403
+    other = client_for(service, Role.COORDINATOR, {"havering"})
+    assert other.post(f"/quarantine/{stored.id}", data={"csrf_token": csrf(other.get("/").text),
+                                                        "action": "replay_quarantined", "reason": "x"}).status_code == 404
+    coordinator = client_for(service, Role.COORDINATOR, {"city-and-hackney"})
+    r = coordinator.post(f"/quarantine/{stored.id}", data={"csrf_token": csrf(coordinator.get("/").text),
+                                                           "action": "replay_quarantined", "reason": "parser fixed"},
+                         follow_redirects=False)
+    assert r.status_code == 303
+    row = service.store.get_inbound(stored.id)
+    assert row is not None and row.status == "pending" and row.attempts == 0
+    assert "quarantine.replay_quarantined" in [a.action for a in audit(coordinator)]
+
+
+def test_csv_cells_are_never_formulas(service: App) -> None:
+    from escalations.web.pages.cases import _cell
+
+    assert _cell("=HYPERLINK(1)") == "'=HYPERLINK(1)" and _cell("Hackney CSC") == "Hackney CSC"

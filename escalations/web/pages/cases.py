@@ -76,6 +76,12 @@ def cases_page(request: Request) -> Response:
         "statuses": STATUS, "child_statuses": CHILD_STATUS})
 
 
+def _cell(value: object) -> str:
+    """A CSV cell a spreadsheet shows as text: a referral's words starting with = + - @ are not formulas."""
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def cases_csv(request: Request) -> Response:
     user = require(request, *STAFF)
     app = application(request)
@@ -85,9 +91,10 @@ def cases_csv(request: Request) -> Response:
     w.writerow(["reference", "partnership", "status", "stage", "opened", "deadline", "raising agency",
                 "receiving agency", "child status", "immediate risk"])
     for r in listing.rows:
-        w.writerow([r.reference, r.partnership, status_words(r.status), r.stage if r.stage is not None else "",
-                    when(r.opened_at, ""), when(r.due_at, ""), r.raising_agency or "", r.receiving_agency or "",
-                    CHILD_STATUS.get(r.child_status or "", r.child_status or ""), "yes" if r.immediate_risk else "no"])
+        w.writerow([_cell(v) for v in (
+            r.reference, r.partnership, status_words(r.status), r.stage if r.stage is not None else "",
+            when(r.opened_at, ""), when(r.due_at, ""), r.raising_agency or "", r.receiving_agency or "",
+            CHILD_STATUS.get(r.child_status or "", r.child_status or ""), "yes" if r.immediate_risk else "no")])
     audit.record(request, user, "cases.export_csv", detail=f"{listing.total} cases")
     return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": 'attachment; filename="cases.csv"'})
