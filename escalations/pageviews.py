@@ -17,10 +17,10 @@ from typing import Any
 
 from sqlmodel import col, select
 
+from escalations.cases.holds import on_legal_hold
 from escalations.cases.models import Case, CaseEvent, InboundMessage, OutboxMessage
 from escalations.cases.operations import quarantine_code
 from escalations.cases.store import Store
-from escalations.cases.workflow import on_legal_hold
 
 __all__ = ["CaseFilter", "CaseList", "CaseRecord", "CaseRow", "MailView", "QuarantineRow", "StageView",
            "TodaySection", "TodayView", "case_list", "case_record", "today"]

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 from sqlmodel import Session
 
+from escalations.cases.holds import on_legal_hold, set_legal_hold
 from escalations.cases.models import Case, CaseEvent, CoordinatorNotice, InboundMessage, Timer
 from escalations.cases.store import Store
 from escalations.mailer.outbox import Renderer, enqueue
@@ -57,29 +58,6 @@ def case_state(case: Case) -> CaseState:
         confirmed_addresses=tuple(case.confirmed_addresses or ()),
         legal_hold=on_legal_hold(case),
     )
-
-
-def on_legal_hold(case: Case) -> bool:
-    """Is the case on legal hold (the records package's ``legal_hold`` table, read in the case's session)?"""
-    from sqlalchemy.orm import object_session
-
-    from escalations.records.models import LegalHold
-
-    s = object_session(case)
-    return s is not None and case.id is not None and s.get(LegalHold, case.id) is not None
-
-
-def _set_legal_hold(s: Session, case: Case, on: bool, step: Step, now: datetime) -> None:
-    """A staff action set or lifted the hold: the row retention reads, in the step's transaction."""
-    from escalations.records.models import LegalHold
-
-    row = s.get(LegalHold, case.id)
-    first = step.events[0] if step.events else None
-    if on and row is None:
-        s.add(LegalHold(case_id=case.id or 0, set_at=now, set_by=(first.actor if first else None) or "staff",
-                        reason=str(first.detail.get("reason") or "") if first else ""))
-    elif not on and row is not None:
-        s.delete(row)
 
 
 def policy_of(case: Case, config: PolicyConfig) -> Partnership:
@@ -131,7 +109,7 @@ class Workflow:
         if c.confirmed_addresses is not None:
             case.confirmed_addresses = list(c.confirmed_addresses)
         if c.legal_hold is not None:
-            _set_legal_hold(s, case, c.legal_hold, step, now)
+            set_legal_hold(s, case, c.legal_hold, step, now)
         case.updated_at = now
         s.add(case)
         events = list(step.events)
