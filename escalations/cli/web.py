@@ -34,7 +34,8 @@ DEMO_EMAIL = "demo-coordinator@example.org"
 def accounts_of(application: App) -> Accounts:
     from escalations.web.accounts import Accounts
 
-    return Accounts(application.store.engine, application.store.lease_clock, application.settings.web)
+    return Accounts(application.store.engine, application.store.lease_clock, application.settings.web,
+                    service_secret=application.settings.token_secret())
 
 
 def web_server(application: App) -> WebServer:

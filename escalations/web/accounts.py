@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 from escalations.clock import Clock
 from escalations.settings import WebSettings
 from escalations.web.models import WebAudit, WebLoginAttempt, WebSession, WebSignInLink, WebUser
+from escalations.web.passwords import TotpSealer
 from escalations.web.roles import Role
 
 #: A session's last-seen time is written at most this often (not on every request).
@@ -59,10 +60,11 @@ class AuditFilter:
 
 
 class Accounts:
-    def __init__(self, engine: Engine, clock: Clock, settings: WebSettings) -> None:
+    def __init__(self, engine: Engine, clock: Clock, settings: WebSettings, *, service_secret: bytes) -> None:
         self.engine = engine
         self.clock = clock
         self.settings = settings
+        self._sealer = TotpSealer(service_secret)
 
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -123,8 +125,12 @@ class Accounts:
         """A new enrolment secret, replacing one not confirmed (an enrolled secret stays)."""
         with self._session() as s:
             s.exec(update(WebUser).where(col(WebUser.id) == user_id, col(WebUser.totp_confirmed_at).is_(None))
-                      .values(totp_secret=secret))
+                   .values(totp_secret=self._sealer.seal(secret, user_id)))
             s.commit()
+
+    def totp_secret(self, user: WebUser) -> str | None:
+        """The account's TOTP secret (unsealed), if it has one."""
+        return self._sealer.unseal(user.totp_secret, user.id) if user.id is not None else None
 
     def accept_totp_step(self, user_id: int, step: int, *, confirm: bool = False) -> bool:
         """Use a TOTP time step once: False if it (or a later one) was used already."""

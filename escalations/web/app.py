@@ -42,7 +42,8 @@ PRE_SESSION_SECONDS = 15 * 60
 
 def create_web_app(application: App, settings: Settings) -> Starlette:
     web_settings = settings.web
-    accounts = Accounts(application.store.engine, application.store.lease_clock, web_settings)
+    accounts = Accounts(application.store.engine, application.store.lease_clock, web_settings,
+                        service_secret=settings.token_secret())
     context = WebContext(application=application, settings=web_settings, accounts=accounts,
                          templates=make_environment(), oidc=oidc.client_for(web_settings))
     key = hmac.new(settings.token_secret(), b"escalations web pre-sign-in cookie", hashlib.sha256).hexdigest()

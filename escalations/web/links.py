@@ -77,8 +77,9 @@ def _request_link(ctx: WebContext, reference: str, email: str, ip: str | None) -
     # Each request counts like a failed sign-in: a flood of links to one address stops at the lockout.
     ctx.accounts.record_attempt(email, ip, ok=False, kind="link")
     case = ctx.application.store.case_by_reference(reference)
-    if case is not None:
-        send_sign_in_link(ctx, case, email)
+    if case is not None and send_sign_in_link(ctx, case, email):
+        ctx.accounts.audit(user_email=email, role=Role.PRACTITIONER.value, action="sign_in_link.sent",
+                           case_ref=case.reference, ip=ip, route="/sign-in/practitioner")
 
 
 async def request_submit(request: Request) -> Response:

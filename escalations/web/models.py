@@ -24,9 +24,9 @@ class WebUser(SQLModel, table=True):
     role: str = Field(sa_column=Column(String(16), nullable=False))
     partnerships: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     password_hash: str | None = Field(default=None, sa_column=Column(String(255)))
-    #: Base32 TOTP secret; ``totp_confirmed_at`` unset: an enrolment not finished (shown once, replaced
+    #: The TOTP secret, sealed (escalations.web.passwords.TotpSealer); ``totp_confirmed_at`` unset: an enrolment not finished (shown once, replaced
     #: each time the enrolment page is shown, used only after a code from it is entered).
-    totp_secret: str | None = Field(default=None, sa_column=Column(String(64)))
+    totp_secret: str | None = Field(default=None, sa_column=Column(String(255)))
     totp_confirmed_at: datetime | None = nullable_utc()
     #: The last TOTP time step accepted: a code is good once.
     totp_last_step: int | None = Field(default=None, sa_column=Column(Integer))

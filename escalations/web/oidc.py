@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from escalations.errors import SetupError
 from escalations.settings import OidcSettings, WebSettings
 from escalations.web.accounts import Accounts, Identity, normal_email
 from escalations.web.context import web
@@ -35,8 +36,13 @@ def client_for(settings: WebSettings) -> Any:
     o = settings.oidc
     if o is None:
         return None
+    try:
+        secret = o.client_secret()
+    except ValueError as exc:  # the named variable unset, the file unreadable
+        setting = "ESCALATIONS_WEB__OIDC__CLIENT_SECRET_" + ("ENV" if o.client_secret_env else "FILE")
+        raise SetupError(setting, f"{exc}: set it, or name where the app registration's secret is") from None
     oauth = OAuth()
-    return oauth.register(name="oidc", client_id=o.client_id, client_secret=o.client_secret() or None,
+    return oauth.register(name="oidc", client_id=o.client_id, client_secret=secret or None,
                           server_metadata_url=o.issuer.rstrip("/") + "/.well-known/openid-configuration",
                           client_kwargs={"scope": o.scope, "code_challenge_method": "S256"})
 

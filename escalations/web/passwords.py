@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import secrets
 import time
 
@@ -9,6 +12,8 @@ import pyotp
 import segno
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 _hasher = PasswordHasher()
 #: Verified against when the address has no account, so the answer takes as long either way.
@@ -61,3 +66,30 @@ def totp_step(secret: str, code: str, at: float | None = None) -> int | None:
         if secrets.compare_digest(totp.at(when), code):
             return int(when // totp.interval)
     return None
+
+
+class TotpSealer:
+    """TOTP secrets are kept sealed (AES-256-GCM, a key derived from the service's secret key, bound
+    to the account's row): a copy of the database alone gives nobody anyone's second factor."""
+
+    PREFIX = "v1:"
+
+    def __init__(self, service_secret: bytes) -> None:
+        key = hmac.new(service_secret, b"escalations web: TOTP secrets", hashlib.sha256).digest()
+        self._aead = AESGCM(key)
+
+    def seal(self, secret: str, user_id: int) -> str:
+        nonce = secrets.token_bytes(12)
+        sealed = self._aead.encrypt(nonce, secret.encode("ascii"), f"web_user:{user_id}".encode())
+        return self.PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
+
+    def unseal(self, stored: str | None, user_id: int) -> str | None:
+        """The secret, or None if there is none or it does not open with this key (another key, or a row's
+        value copied to another)."""
+        if not stored or not stored.startswith(self.PREFIX):
+            return None
+        raw = base64.urlsafe_b64decode(stored[len(self.PREFIX):])
+        try:
+            return self._aead.decrypt(raw[:12], raw[12:], f"web_user:{user_id}".encode()).decode("ascii")
+        except (InvalidTag, ValueError):
+            return None

@@ -59,9 +59,9 @@ class WebServer:
                  port: int | None = None) -> None:
         web = settings.web
         self.host = host or web.host
+        self.asgi = create_web_app(application, settings)  # a set-up mistake before any socket is taken
         self.socket = bind(self.host, web.port if port is None else port)
         self.port: int = self.socket.getsockname()[1]
-        self.asgi = create_web_app(application, settings)
         config = uvicorn.Config(self.asgi, log_config=None, access_log=False, lifespan="off", server_header=False,
                                 date_header=False, proxy_headers=True, timeout_graceful_shutdown=5)
         self.server = _QuietServer(config)
@@ -69,6 +69,7 @@ class WebServer:
         # stays off whatever logging set-up came first (ours, escalations.web.headers, has route templates).
         quiet = logging.getLogger("uvicorn.access")
         quiet.handlers, quiet.propagate, quiet.disabled = [], False, True
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # "Started server process": ours say it
         self.started = threading.Event()
 
     @property

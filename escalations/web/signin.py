@@ -105,7 +105,8 @@ def _check_code(ctx: WebContext, user: WebUser, code: str, ip: str | None, *, en
     refusal = refused(ctx, user.email, ip)
     if refusal is not None:
         return refusal
-    step = totp_step(user.totp_secret, code) if user.totp_secret else None
+    secret = ctx.accounts.totp_secret(user)
+    step = totp_step(secret, code) if secret else None
     assert user.id is not None
     if step is not None and ctx.accounts.accept_totp_step(user.id, step, confirm=enrolling):
         ctx.accounts.record_attempt(user.email, ip, ok=True, kind="totp")

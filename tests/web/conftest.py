@@ -115,6 +115,7 @@ def web_service(tmp_path_factory: pytest.TempPathFactory, oidc_provider: LocalOi
     yield WebService(app=app, server=server, base_url=base)
     stop.set()
     runner.join(timeout=30)
+    assert not runner.is_alive(), "the service (and its web server) did not stop with its stop event"
 
 
 @pytest.fixture(scope="session")

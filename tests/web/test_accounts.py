@@ -36,7 +36,7 @@ def clock() -> FakeClock:
 
 
 def accounts(engine: Engine, clock: FakeClock, **web: object) -> Accounts:
-    return Accounts(engine, clock, WebSettings(**web))  # type: ignore[arg-type]
+    return Accounts(engine, clock, WebSettings(**web), service_secret=b"test key")  # type: ignore[arg-type]
 
 
 def test_lockout_after_failures_within_the_window_and_for_its_length(engine: Engine, clock: FakeClock) -> None:
@@ -184,3 +184,21 @@ def test_housekeeping_deletes_what_has_expired_only(engine: Engine, clock: FakeC
     assert a.housekeeping() == {"sessions": 1, "links": 1, "attempts": 1}
     assert a.load_session(live) is not None and a.load_session(old) is None
     assert len(a.audit_rows()) == 1  # the audit trail is kept
+
+
+def test_totp_secrets_are_sealed_in_the_database(engine: Engine, clock: FakeClock) -> None:
+    a = accounts(engine, clock)
+    user = a.add_user("ann@council.example", Role.VIEWER, ["sutton"])
+    other = a.add_user("bob@council.example", Role.VIEWER, ["sutton"])
+    assert user.id is not None and other.id is not None
+    secret = pyotp.random_base32()
+    a.set_pending_totp(user.id, secret)
+    row = a.user("ann@council.example")
+    assert row is not None and row.totp_secret is not None and secret not in row.totp_secret
+    assert a.totp_secret(row) == secret
+    bob = a.user("bob@council.example")
+    assert bob is not None
+    bob.totp_secret = row.totp_secret  # copied to another account's row: does not open
+    assert a.totp_secret(bob) is None
+    elsewhere = Accounts(engine, clock, WebSettings(), service_secret=b"another key")
+    assert elsewhere.totp_secret(row) is None

@@ -36,7 +36,8 @@ def cli(env: dict[str, str], *args: str) -> tuple[int, str]:
 def accounts_for(tmp_path: Path) -> Accounts:
     settings = Settings(data_dir=tmp_path / "var", config_dir=CONFIG_DIR, database_url=None)
     application = build_app(settings)
-    return Accounts(application.store.engine, application.store.lease_clock, settings.web)
+    return Accounts(application.store.engine, application.store.lease_clock, settings.web,
+                    service_secret=settings.token_secret())
 
 
 def test_users_add_list_disable_reset(env: dict[str, str], tmp_path: Path) -> None:
@@ -174,3 +175,22 @@ def test_run_demo_serves_the_web_interface_and_prints_a_working_sign_in(tmp_path
 def test_web_setting_mistakes_are_one_sentence(env: dict[str, str], variable: str, value: str, says: str) -> None:
     code, out = cli({**env, variable: value}, "users", "list")
     assert code == 2 and says in out and "Traceback" not in out
+
+
+def test_an_unset_oidc_secret_is_one_sentence(env: dict[str, str]) -> None:
+    code, out = cli({**env, "ESCALATIONS_WEB__OIDC__ISSUER": "https://login.example",
+                     "ESCALATIONS_WEB__OIDC__CLIENT_ID": "abc",
+                     "ESCALATIONS_WEB__OIDC__CLIENT_SECRET_ENV": "ESCALATIONS_TEST_UNSET_SECRET"},
+                    "web", "--bind", "127.0.0.1:0")
+    assert code == 2 and "Traceback" not in out
+    assert "ESCALATIONS_WEB__OIDC__CLIENT_SECRET_ENV: web.oidc client secret: environment variable " \
+           "ESCALATIONS_TEST_UNSET_SECRET is not set" in out
+
+
+def test_the_oidc_example_in_docs_web_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "web.md").read_text()
+    found = re.search(r"export ESCALATIONS_WEB__OIDC='(.*?)'", text, re.S)
+    assert found is not None
+    monkeypatch.setenv("ESCALATIONS_WEB__OIDC", found.group(1))
+    oidc = Settings().web.oidc
+    assert oidc is not None and oidc.role_claims["Escalations.Coordinator"] == "coordinator"

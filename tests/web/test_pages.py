@@ -87,6 +87,8 @@ def test_practitioner_link_shows_only_its_case(page: Page, web_service: WebServi
     assert page.url == f"{web_service.base_url}/cases/{mine.reference}"
     audit = web_service.accounts.audit_rows()
     assert any(r.action == "case.view" and r.case_ref == mine.reference and r.role == "practitioner" for r in audit)
+    assert [r.user_email for r in audit if r.action == "sign_in_link.sent" and r.case_ref == mine.reference] == [
+        mine.raised_by_email.lower()]  # the address not on the case got nothing, and no row
     fresh = page.context.browser.new_context()  # type: ignore[union-attr]
     try:  # the link works once
         again = fresh.new_page()
