@@ -159,8 +159,8 @@ def plan_forms(s: Session, case: Case, step: Step, mails: Sequence[OutgoingMail]
                now: datetime) -> FormPlan:
     """The form copies a step sends and what each of its mails carries."""
     closing = any(e.kind == "closed" for e in step.events)
-    if not p.records.forms or not (closing or any(m.template == "stage_request.txt.j2" for m in mails)):
-        return FormPlan(case.id or 0)
+    if not p.records.forms or not (closing or any(uses_for(m, p, case, None) for m in mails)):
+        return FormPlan(case.id or 0)  # most steps: nothing to read
     record = record_in_session(s, case)
     today = now.astimezone(p.tz).date()
     resolver = record.resolved_by

@@ -9,13 +9,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from escalations.records.docx import render_docx
+from escalations.records.files import ExportFormat
 from escalations.records.forms import Form, FormKind, fill_form
 from escalations.records.read import CaseRecord
 from escalations.routing.policy.model import Partnership
@@ -24,12 +25,6 @@ __all__ = ["ExportError", "ExportFormat", "Exported", "export_case", "forms_of",
 
 #: How long LibreOffice may take to convert one document.
 PDF_TIMEOUT_SECONDS = 120
-
-
-class ExportFormat(StrEnum):
-    DOCX = "docx"
-    PDF = "pdf"
-    JSON = "json"
 
 
 class ExportError(Exception):
@@ -82,31 +77,36 @@ def to_pdf(docx_bytes: bytes, name: str = "form") -> bytes:
         return out.read_bytes()
 
 
-def record_json(record: CaseRecord, p: Partnership, today: date) -> dict[str, Any]:
-    return {
+def record_json(record: CaseRecord, p: Partnership, today: date,
+                view: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The case as ``views.case_record`` shows it (``view``; built from the record when not given), with
+    what the records add: legal hold, outcome, themes, learning, who was told and the forms' contents."""
+    base = dict(view) if view is not None else {
         "reference": record.reference, "partnership": record.partnership, "status": record.status,
         "stage": record.stage, "route": record.route, "opened_at": record.opened_at.isoformat(),
-        "closed_at": record.closed_at.isoformat() if record.closed_at else None,
-        "raising_agency": record.raising_agency, "other_agency": record.other_agency,
-        "immediate_risk": record.immediate_risk, "legal_hold": record.legal_hold,
-        "fields": record.fields.to_json(), "parties": [dict(x) for x in record.parties],
-        "outcome": record.outcome, "themes": list(record.themes),
-        "learning": [{"at": e.at.isoformat(), "by": e.actor, "text": e.detail.get("text"),
-                      "theme": e.detail.get("theme")} for e in record.learning],
-        "who_was_told": list(record.mailed),
+        "immediate_risk": record.immediate_risk, "fields": record.fields.to_json(),
+        "parties": [dict(x) for x in record.parties],
         "events": [{"at": e.at.isoformat(), "kind": e.kind, "actor": e.actor, "clause": e.clause,
-                    "detail": dict(e.detail)} for e in record.events],
-        "forms": [fill_form(k, record, p, today).to_json() for k in forms_of(p)],
-    }
+                    "detail": dict(e.detail)} for e in record.events]}
+    return {**base,
+            "closed_at": record.closed_at.isoformat() if record.closed_at else None,
+            "raising_agency": record.raising_agency, "other_agency": record.other_agency,
+            "legal_hold": record.legal_hold, "outcome": record.outcome, "themes": list(record.themes),
+            "learning": [{"at": e.at.isoformat(), "by": e.actor, "text": e.detail.get("text")}
+                         for e in record.learning],
+            "who_was_told": list(record.mailed),
+            "forms": [fill_form(k, record, p, today).to_json() for k in forms_of(p)]}
 
 
 def export_case(record: CaseRecord, p: Partnership, fmt: ExportFormat, today: date,
-                form: FormKind | None = None) -> Exported:
-    """The case's main form (or ``form``) as docx/pdf, or its whole record as JSON."""
+                form: FormKind | None = None, view: Mapping[str, Any] | None = None) -> Exported:
+    """The case's main form (or ``form``) as docx/pdf, or its whole record as JSON (``view``: the
+    case as ``views.case_record`` reads it)."""
     import json
 
     if fmt is ExportFormat.JSON:
-        data = json.dumps(record_json(record, p, today), indent=2, ensure_ascii=False, default=str).encode()
+        data = json.dumps(record_json(record, p, today, view), indent=2, ensure_ascii=False,
+                          default=str).encode()
         return Exported(f"{record.reference}.json", data + b"\n", "application/json")
     filled = fill_form(form or forms_of(p)[0], record, p, today)
     docx_bytes = render_docx(filled)

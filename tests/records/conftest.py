@@ -63,3 +63,9 @@ def close(app: App, reference: str, outcome: str) -> None:
 @pytest.fixture
 def app(make_app: AppFactory) -> App:
     return make_app()
+
+
+@pytest.fixture
+def any_app(make_app: AppFactory, database_url: str) -> App:
+    """The App on SQLite and on PostgreSQL (skipped, with the reason, where there is none)."""
+    return make_app(database_url)

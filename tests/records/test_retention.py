@@ -76,7 +76,8 @@ def test_raw_mail_goes_after_twelve_months_the_record_stays(app: App) -> None:
     assert case is not None and case.origin_inbound_id is None
 
 
-def test_purge_keeps_the_held_case_and_removes_the_others_with_their_raw_mail(app: App) -> None:
+def test_purge_keeps_the_held_case_and_removes_the_others_with_their_raw_mail(any_app: App) -> None:
+    app = any_app
     held, *others = three_closed_cases(app)
     still_open = open_case(app, BY_ID["sutton"])
     code, out = cli(app, "retention", "hold", held, "--reason", "subject access request")

@@ -35,12 +35,14 @@ class Table:
     columns: tuple[str, ...]
     rows: tuple[tuple[str, tuple[int, ...]], ...]
     note: str = ""
+    #: What the rows are (the first column's heading).
+    row_label: str = ""
 
     def shown(self, threshold: int) -> list[tuple[str, list[int | str]]]:
         return [(label, [suppressed(v, threshold) for v in values]) for label, values in self.rows]
 
     def to_json(self, threshold: int) -> dict[str, Any]:
-        return {"title": self.title, "columns": list(self.columns), "note": self.note,
+        return {"title": self.title, "row_label": self.row_label, "columns": list(self.columns), "note": self.note,
                 "rows": [{"label": label, **dict(zip(self.columns, values, strict=True))}
                          for label, values in self.shown(threshold)]}
 

@@ -12,6 +12,12 @@ from escalations.records.report.model import Report, suppressed
 
 __all__ = ["css", "render_html"]
 
+#: The first column's heading, by table.
+ROW_LABELS = {"per_month": "Month", "raising_agency": "Agency", "receiving_agency": "Agency",
+              "stage_resolved": "Stage", "deadlines": "Stage deadlines", "breached_by": "Late by",
+              "child_status": "Child status", "themes": "Theme", "outcomes": "How the case ended",
+              "rarely_raise": "Agency"}
+
 
 @cache
 def _env() -> Environment:
@@ -28,5 +34,5 @@ def render_html(report: Report, *, charts: Mapping[str, str] | None = None, css_
     """The page; ``charts`` maps a table's name to its image URL (a file name next to the page, or a
     route of the web interface); ``css_href`` links the stylesheet instead of inlining it."""
     return _env().get_template("report.html.j2").render(
-        r=report, charts=dict(charts or {}), css=css(), css_href=css_href,
+        r=report, charts=dict(charts or {}), css=css(), css_href=css_href, row_labels=ROW_LABELS,
         shown=lambda n: suppressed(n, report.threshold))

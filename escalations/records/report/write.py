@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.progress import Progress
 
 from escalations.cases.store import Store
+from escalations.records.files import write_private
 from escalations.records.read import load_records
 from escalations.records.report.model import Report, build_report
 from escalations.records.report.render import css, render_html
@@ -50,8 +51,6 @@ def report_files(report: Report) -> dict[str, bytes]:
 
 def write_report(store: Store, p: Partnership, first: date, last: date, out_dir: Path, *,
                  threshold: int = 5, progress: bool = False) -> Written:
-    from escalations.records.cli import write_private
-
     start = datetime.combine(first, time(0), p.tz).astimezone(UTC)
     end = datetime.combine(last + timedelta(days=1), time(0), p.tz).astimezone(UTC)
     with Progress(transient=True, disable=not progress) as bar:

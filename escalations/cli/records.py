@@ -1,37 +1,25 @@
-"""The records commands: ``cases export``, ``cases learn``, ``cases theme``, ``report``, ``retention``.
+"""`escalations cases export / learn / theme`, `report`, `retention purge / hold / release`.
 
-:func:`register` adds them to the command line's app (``build(ctx, read_only=...)`` gives the App).
 Files written hold personal data: private modes, and never a child's detail in what is printed.
+Heavy modules (python-docx, matplotlib) are imported when a command runs.
 """
 
 from __future__ import annotations
 
 import getpass
-import os
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from escalations.private import FILE_MODE
-from escalations.records.export import ExportFormat
+from escalations.cli.base import app, build, err
+from escalations.cli.base import console as out
+from escalations.cli.cases import cases_app
+from escalations.records.files import ExportFormat, write_private
 
-__all__ = ["register", "write_private"]
-
-err = Console(stderr=True)
-out = Console()
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, FILE_MODE)
+__all__ = ["register"]
 
 
 def _staff_id(by: str | None) -> str:
@@ -70,6 +58,7 @@ def _register_cases(cases_app: typer.Typer, build: Callable[..., Any]) -> None:
         form: Annotated[str | None, typer.Option(help="Which form (default: the partnership's first)")] = None,
     ) -> None:
         """Write the case's form (Word or PDF) or its whole record (JSON) to a private file."""
+        from escalations import views
         from escalations.records.export import ExportError, export_case
         from escalations.records.forms import FormKind
         from escalations.records.read import load_record
@@ -85,8 +74,10 @@ def _register_cases(cases_app: typer.Typer, build: Callable[..., Any]) -> None:
             except ValueError:
                 raise _fail(f"--form must be one of: {', '.join(k.value for k in FormKind)}") from None
         p = application.config.partnerships[record.partnership]
+        case = application.store.case_by_reference(record.reference)
+        view = views.case_record(application.store, case) if case is not None and fmt is ExportFormat.JSON else None
         try:
-            exported = export_case(record, p, fmt, application.clock.now().astimezone(p.tz).date(), kind)
+            exported = export_case(record, p, fmt, application.clock.now().astimezone(p.tz).date(), kind, view)
         except ExportError as exc:
             raise _fail(str(exc), 2) from None
         target = out_file or Path(exported.filename)
@@ -205,3 +196,6 @@ def _register_retention(app: typer.Typer, build: Callable[..., Any]) -> None:
             raise _fail(f"No case with reference {reference}") from None
         out.print(f"{reference.upper()}: legal hold {'released' if lifted else 'was not set'}", markup=False,
                   highlight=False)
+
+
+register(app, cases_app, build)
