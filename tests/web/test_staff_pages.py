@@ -325,3 +325,23 @@ def test_csv_cells_are_never_formulas(service: App) -> None:
     from escalations.web.pages.cases import _cell
 
     assert _cell("=HYPERLINK(1)") == "'=HYPERLINK(1)" and _cell("Hackney CSC") == "Hackney CSC"
+
+
+def test_an_unverified_reply_is_flagged_on_the_case_page(service: App) -> None:
+    from email.message import EmailMessage
+
+    ref = refs(service)["city-and-hackney"]
+    msg = EmailMessage()
+    msg["From"] = "Priya Example <priya.example@example.org>"
+    msg["To"] = "chscp@hackney.gov.uk"
+    msg["Subject"] = f"Re: [{ref}] Escalation referral received"
+    msg["Message-ID"] = "<forged-reply@example.net>"
+    msg.set_content("WITHDRAW\nI no longer want this.\n")  # no reply code: kept, never applied
+    service.ingest(bytes(msg))
+    service.process_pending()
+    assert [e for e in _events(service, ref) if e.kind == "reply_not_applied"]
+    page = client_for(service, Role.VIEWER, {"city-and-hackney"}).get(f"/cases/{ref}")
+    replies = page.text.split('id="replies"', 1)[1].split('id="notes"', 1)[0]
+    assert "Not verified" in replies and "priya.example@example.org" in replies
+    case = service.store.case_by_reference(ref)
+    assert case is not None and case.status != "withdrawn"
