@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 from sqlmodel import Session
 
+from escalations.cases.holds import on_legal_hold, set_legal_hold
 from escalations.cases.models import Case, CaseEvent, CoordinatorNotice, InboundMessage, Timer
 from escalations.cases.store import Store
 from escalations.mailer.outbox import Renderer, enqueue
@@ -55,6 +56,7 @@ def case_state(case: Case) -> CaseState:
         parties=tuple(Party.from_json(p) for p in case.parties),
         resolution=PendingResolution.from_json(case.resolution or {}),
         confirmed_addresses=tuple(case.confirmed_addresses or ()),
+        legal_hold=on_legal_hold(case),
     )
 
 
@@ -106,6 +108,8 @@ class Workflow:
             case.missing = list(c.missing)
         if c.confirmed_addresses is not None:
             case.confirmed_addresses = list(c.confirmed_addresses)
+        if c.legal_hold is not None:
+            set_legal_hold(s, case, c.legal_hold, step, now)
         case.updated_at = now
         s.add(case)
         events = list(step.events)
@@ -131,6 +135,11 @@ class Workflow:
             Store.schedule_timer(s, case_id=case.id or 0, stage=t.stage_index, kind=t.kind, due_at=t.due_at,
                                  now=now, key=f"{case.id}:{t.stage_index}:{t.kind}:{t.due_at.isoformat()}")
         redactor = redactor_for(ReferralFields.from_json(case.fields), partnership)
+        # the partnership's forms: attached on a secure route, else offered to staff (records/attach.py)
+        from escalations.records.attach import plan_forms
+
+        forms = plan_forms(s, case, step, mails, partnership, now)
+        mails.extend(forms.copies)
         for mail in mails:
             reply_to = None
             footer = ""
@@ -145,11 +154,12 @@ class Workflow:
                         reply_to = plus_address(partnership.primary_mailbox, token)
                     except ValueError:
                         reply_to = None
-            enqueue(s, mail, renderer=self.renderer, redactor=redactor, secure_route=partnership.secure_route,
-                    from_address=partnership.primary_mailbox,
-                    from_name=partnership.name, case_id=case.id, now=now,
-                    message_id_domain=self.message_id_domain, reply_to=reply_to, footer=footer,
-                    message_id=message_id)
+            row = enqueue(s, mail, renderer=self.renderer, redactor=redactor, secure_route=partnership.secure_route,
+                          from_address=partnership.primary_mailbox,
+                          from_name=partnership.name, case_id=case.id, now=now,
+                          message_id_domain=self.message_id_domain, reply_to=reply_to, footer=footer,
+                          message_id=message_id, **forms.extras(mail))
+            forms.enqueued(s, mail, row, now)
 
     def handle(self, s: Session, case: Case, event: WorkflowEvent, now: datetime,
                inbound: InboundMessage | None = None) -> Step:

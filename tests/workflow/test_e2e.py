@@ -271,13 +271,18 @@ def climb_by_escalate_replies(h: Harness, p: Profile) -> None:
     assert p.raiser in h.recipients(since=mark) and p.decision_maker in h.recipients(since=mark)
     assert f"Resolved at:      stage {final.number}" in body(closing[0])
     assert "convene a strategy discussion today" in body(closing[0])
-    assert len(closing) == len(set(h.recipients(since=mark)))
+    # besides the closing record, only Tri-borough's Monitoring Form copy to the LSCB team (Appendix A)
+    copies = h.mails("forms/form_copy", since=mark)
+    assert [c.rcpt_tos for c in copies] == ([["triborough-lscb.manager@example.org"]] if p.id == "tri-borough" else [])
+    told = set(h.recipients(since=mark, template="case_closed"))
+    assert len(closing) == len(told)
+    assert len(closing) + len(copies) == len(h.mails(since=mark))
     # Both agencies get the final decision (Wiltshire Stage Three "communicated to all parties", Sutton
     # 7.4/7.6, C&H/Havering 3.1, Tri-borough Appendix A), and the closing record says who was told.
     for address in OTHER_AGENCY_TOLD[p.id]:
         told_mail = h.one("case_closed", address, since=mark)
         assert "convene a strategy discussion today" in body(told_mail) and "Sent to:" in body(told_mail)
-    assert {t["email"].lower() for t in closed.detail["told"]} == set(h.recipients(since=mark))
+    assert {t["email"].lower() for t in closed.detail["told"]} == told
     assert "outcome_shared" in h.event_kinds(case)
     assert_mail_hygiene(h, ref, p)
 

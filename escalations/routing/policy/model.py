@@ -182,6 +182,47 @@ class FormRequirement(_Model):
     clause: Clause
 
 
+FormName = Literal["tri-borough-monitoring", "sutton-referral", "wiltshire-notification", "case-record"]
+
+
+class FormUse(_Model):
+    """When one of the service's generated forms (escalations/records/forms.py) goes out with a mail.
+
+    ``stage_request``: with the requests of the listed stages (``stages``), or of every stage from
+    ``from_stage`` on; ``closing_record``: with the closing record of a resolved case, to everyone it
+    goes to or only to the one who resolved it (``recipients: resolver``); ``completion_copy``: a mail
+    of its own to ``send_to`` when the case is resolved (with ``from_stage``: once it got that far). Attached only where every recipient is on the
+    partnership's secure route; elsewhere the mail says staff can download it.
+    """
+
+    form: FormName
+    name: str
+    attach_to: Literal["stage_request", "closing_record", "completion_copy"]
+    stages: list[Slug] = Field(default_factory=list)
+    from_stage: Slug | None = None
+    recipients: Literal["all", "resolver"] = "all"
+    send_to: PartyRef | None = None
+    note: str = ""
+    clause: Clause
+
+
+class Retention(_Model):
+    """How long each class of record is kept, in months after the case closed (raw mail and outgoing
+    mail that belong to no case: after they were received or created). docs/operations.md, "Retention"."""
+
+    raw_mail_months: int = Field(default=12, ge=1)
+    case_record_months: int = Field(default=72, ge=1)
+    forms_months: int = Field(default=72, ge=1)
+    outgoing_mail_months: int = Field(default=12, ge=1)
+    clause: str = ""
+    note: str = ""
+
+
+class Records(_Model):
+    forms: list[FormUse] = Field(default_factory=list)
+    retention: Retention = Field(default_factory=Retention)
+
+
 class PanelMember(_Model):
     agency: str
     name: str
@@ -411,6 +452,8 @@ class Partnership(_Model):
     immediate_risk: ImmediateRisk | None = None
     #: Required: every partnership says where its record of a resolution is required.
     resolution: Resolution
+    #: Its forms (which, and when they go out) and how long records are kept.
+    records: Records = Field(default_factory=Records)
     #: Declared policy version + hash of everything else; filled in when empty.
     policy_version: str = ""
     #: Hashes of the two halves as written: the rules (partnership file) and the people (agencies

@@ -3,7 +3,8 @@ applies, where in the order of checks it is dispatched, and its handler. Its wor
 in ``parsers/commands_vocabulary.py`` (the parser reads them there; the registry must cover exactly
 those words, checked at import).
 
-The order of the checks is :data:`CHECKS`: a finished case refuses everything; NOTE and CONFIRM come
+The order of the checks is :data:`CHECKS`: LEARNING and THEME are kept whatever the case's status; a
+finished case refuses everything else; NOTE and CONFIRM come
 before the refusal of those told for information (a CP Chair's comment is kept); WITHDRAW, INFO and
 URGENT before the refusal of a case still waiting for information or routing; the rest (ESCALATE,
 RESOLVED, ACCEPT, a reply with no command) only on an open case or one awaiting confirmation.
@@ -61,6 +62,9 @@ __all__ = ["CHECKS", "COMMANDS", "NO_COMMAND", "Command", "Offer", "Phase", "hel
 class Phase(StrEnum):
     """Where in :data:`CHECKS` a command is dispatched."""
 
+    #: Before anything else: learning and themes are kept on a finished case too (learning is drawn
+    #: after resolution: Sutton 7.5, Tri-borough Appendix A "monitor the effectiveness").
+    ANY_TIME = "any_time"
     ANY_SENDER = "any_sender"  # before the refusal of those told for information
     ANY_STATUS = "any_status"  # before the refusal of a case waiting for information or routing
     AT_STAGE = "at_stage"  # an open case, or one awaiting confirmation of a resolution
@@ -229,6 +233,28 @@ def _on_escalate(reply: Reply) -> Step:
     return reply.done(escalated)
 
 
+def _on_learning(reply: Reply) -> Step:
+    """A learning point for the partnership's learning log (the report lists them by theme)."""
+    text = reply.event.argument.strip()
+    if not text:
+        return Step(events=(reply.record,), mails=(help_mail(reply.state, reply.p, reply.sender, reply.now,
+                                                             "LEARNING needs the learning point after it"),))
+    return reply.done(Step(events=(EventRecord("learning", {"text": text}, actor=reply.sender),)))
+
+
+def _on_theme(reply: Reply) -> Step:
+    """Tag the case with one of the seeds' themes of disagreement."""
+    from escalations.records.themes import THEME_CLAUSE, Theme, theme_of
+
+    theme = theme_of(reply.event.argument)
+    if theme is None:
+        names = ", ".join(t.label.lower() for t in Theme)
+        return Step(events=(reply.record,), mails=(help_mail(reply.state, reply.p, reply.sender, reply.now,
+                                                             f"THEME needs one of: {names}"),))
+    return reply.done(Step(events=(EventRecord("theme", {"theme": str(theme)}, clause=THEME_CLAUSE,
+                                               actor=reply.sender),)))
+
+
 def _on_no_command(reply: Reply) -> Step:
     """Kept as a note; the sender is told what they can say."""
     return Step(events=(reply.record,), mails=(help_mail(reply.state, reply.p, reply.sender, reply.now,
@@ -273,6 +299,9 @@ _OFFERS: Mapping[str, tuple[Offer, ...]] = {
     "INFO": (Offer(frozenset({_A.RAISER, _A.STAFF}), _WAITING_KIND),),
     "CONFIRM": (Offer(frozenset({_A.STAFF}),
                       text="confirm an address written in the referral may be mailed"),),
+    # For the partnership's learning (Tri-borough monitoring; Sutton 7.5), also once a case is closed.
+    "LEARNING": (Offer(frozenset({*_PARTIES, _A.DECISION_MAKER, _A.STAFF})),),
+    "THEME": (Offer(frozenset({_A.STAFF})),),
 }
 
 
@@ -292,6 +321,8 @@ COMMANDS: Mapping[str, Command] = {c.name: c for c in (
     _command("ESCALATE", _ANYONE, _AT_STAGE, Phase.AT_STAGE, _on_escalate),
     _command("RESOLVED", _ANYONE, _AT_STAGE, Phase.AT_STAGE, on_resolved),
     _command("ACCEPT", _ANYONE, _AT_STAGE, Phase.AT_STAGE, on_accept),
+    _command("LEARNING", _ANYONE, frozenset(CaseStatus), Phase.ANY_TIME, _on_learning),
+    _command("THEME", _ANYONE, frozenset(CaseStatus), Phase.ANY_TIME, _on_theme),
 )}
 
 
@@ -370,6 +401,7 @@ def _dispatch(phase: Phase) -> Check:
 
 
 CHECKS: tuple[Check, ...] = (
+    _dispatch(Phase.ANY_TIME),
     _refuse_finished,
     _dispatch(Phase.ANY_SENDER),
     _refuse_notified,

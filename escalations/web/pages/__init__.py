@@ -21,4 +21,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-routes: list[BaseRoute] = []
+from escalations.web.pages import actions, case, cases, forms, policy, reports, today
+
+routes: list[BaseRoute] = [*today.routes, *cases.routes, *actions.routes, *forms.routes, *case.routes, *reports.routes,
+                           *policy.routes]
