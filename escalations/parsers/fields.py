@@ -125,3 +125,10 @@ class ReferralParse:
     labelled_count: int
     #: LimitHit codes of what was skipped in the message (fixed strings, safe for the case record).
     limits_hit: tuple[str, ...] = ()
+    #: A timescale the sender wrote that could not be read as a date (their words: may name a child,
+    #: so never logged; redacted before it is quoted back).
+    timescale_unread: str | None = None
+    #: The fields whose label was matched only fuzzily (a near wording of a known label).
+    fuzzy_labels: tuple[str, ...] = ()
+    #: The sender's own text had too few labels: what was understood came from the free text.
+    free_text: bool = False

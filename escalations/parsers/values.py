@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from escalations.parsers.fields import ChildStatus
 
 __all__ = [
+    "AGENCY_WORDS",
     "EMAIL_RE",
     "EMPTY_TEXT_VALUES",
     "child_status",
@@ -169,7 +170,7 @@ def stage(text: str) -> int | None:
 
 
 EMAIL_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-_AGENCY_WORDS = re.compile(
+AGENCY_WORDS = re.compile(
     r"\b(council|police|constabulary|school|academy|college|nursery|nhs|hospital|trust|csc|social care|"
     r"services?|team|health|department|dept|unit|clinic|surgery|gp|practice|probation|cafcass|housing|"
     r"safeguarding|agency|children'?s|partnership|foundation|borough|authority|cyps|camhs|icb|ccg|"
@@ -188,10 +189,10 @@ def split_practitioner_agency(value: str) -> tuple[str | None, str | None]:
          or re.match(r"^(.+?)\s+(?:at|from|of)\s+(.+)$", v))
     if m:
         left, right = m.group(1).strip(), m.group(2).strip()
-        if _AGENCY_WORDS.search(left) and not _AGENCY_WORDS.search(right):
+        if AGENCY_WORDS.search(left) and not AGENCY_WORDS.search(right):
             left, right = right, left
         return left or None, right or None
-    if _AGENCY_WORDS.search(v):
+    if AGENCY_WORDS.search(v):
         return None, v or None
     return v or None, None
 

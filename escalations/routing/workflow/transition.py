@@ -13,7 +13,7 @@ from escalations.routing.workflow.authority import authority
 from escalations.routing.workflow.commands import on_verified_reply
 from escalations.routing.workflow.deputies import on_automated
 from escalations.routing.workflow.events import Automated, Opened, Replied, TimerFired, WorkflowEvent
-from escalations.routing.workflow.opening import initial_step
+from escalations.routing.workflow.opening import on_opened
 from escalations.routing.workflow.refusals import refused
 from escalations.routing.workflow.reply import Reply
 from escalations.routing.workflow.state import CaseState, Step
@@ -23,10 +23,6 @@ if TYPE_CHECKING:
     from escalations.routing.policy.model import Partnership
 
 __all__ = ["HANDLERS", "transition"]
-
-
-def _on_opened(state: CaseState, event: Opened, p: Partnership, now: datetime) -> Step:
-    return initial_step(state, p, now, "a referral was received")
 
 
 def _on_reply(state: CaseState, r: Replied, p: Partnership, now: datetime) -> Step:
@@ -42,7 +38,7 @@ def _on_reply(state: CaseState, r: Replied, p: Partnership, now: datetime) -> St
 
 #: Each event type's handler, (state, event, partnership, now) -> Step.
 HANDLERS: Mapping[type, Callable[[CaseState, Any, Partnership, datetime], Step]] = {
-    Opened: _on_opened,
+    Opened: on_opened,
     Replied: _on_reply,
     TimerFired: on_timer,
     Automated: on_automated,
