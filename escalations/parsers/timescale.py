@@ -35,7 +35,7 @@ _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
 _NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "ten": 10,
             "twelve": 12, "fourteen": 14, "twenty four": 24, "twenty-four": 24, "forty eight": 48,
             "forty-eight": 48, "seventy two": 72, "seventy-two": 72, "a": 1, "an": 1}
-_WITHIN = re.compile(r"\bwithin\s+(?:the\s+next\s+)?(\d{1,3}|[a-z]+(?:[ -][a-z]+)?)\s+"
+_WITHIN = re.compile(r"\bwithin\s+(?:the\s+next\s+)?(\d{1,3}|twenty[ -]four|forty[ -]eight|seventy[ -]two|[a-z]+)\s+"
                      r"(working\s+days?|days?|hours?|hrs?|weeks?)\b", re.I)
 
 Reading = date | datetime
