@@ -221,8 +221,7 @@ def redactor_for(fields: ReferralFields, partnership: Partnership) -> Redactor:
 
 
 #: Capitalised words a quoted phrase keeps: they name days and months, never a person.
-_CALENDAR_WORDS = frozenset(("monday tuesday wednesday thursday friday saturday sunday january february march april "
-                             "may june july august september october november december christmas easter").split())
+_CALENDAR_WORDS = frozenset(["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december", "christmas", "easter"])
 _CAPITALISED = re.compile(r"(?<![\w'’])([A-ZÀ-Þ][\wÀ-ɏ'’-]*)")
 
 
