@@ -1,8 +1,4 @@
-"""Administrators' tools: ``escalations config check`` and ``escalations policy show / timeline``.
-
-The root CLI (escalations/cli.py) mounts :data:`config_app` and :data:`policy_app` and sets
-``ctx.obj`` to an object with a ``config_dir`` attribute.
-"""
+"""Administrators' tools: ``escalations config check`` and ``escalations policy show / timeline``."""
 
 from __future__ import annotations
 
@@ -17,27 +13,27 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from escalations.cli.base import JsonOpt, SettingsNotValid, app
 from escalations.policy_files import ConfigError, ConfigIssue, load_config
 from escalations.routing.policy.model import CHILD_STATUSES, Partnership, PolicyConfig, Stage, Timescale
 from escalations.routing.policy.plan import StagePlan, timeline
+from escalations.settings import Settings, default_config_dir
 
 config_app = typer.Typer(help="Check the partnership configuration (YAML under config/).", no_args_is_help=True)
 policy_app = typer.Typer(help="Show a partnership's encoded escalation policy and preview its deadlines.",
                          no_args_is_help=True)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+app.add_typer(config_app, name="config")
+app.add_typer(policy_app, name="policy")
 
 
 def _config_dir(ctx: typer.Context) -> Path:
-    root = ctx.find_root()
-    for obj in (ctx.obj, root.obj):
-        value = getattr(obj, "config_dir", None)
-        if value is not None:
-            return Path(value)
-    env = os.environ.get("ESCALATIONS_CONFIG")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "config"
+    """The --config folder (or ESCALATIONS_CONFIG), also when other settings are not valid."""
+    obj = ctx.find_root().obj
+    if isinstance(obj, Settings):
+        return obj.config_dir
+    if isinstance(obj, SettingsNotValid) and obj.config_dir is not None:
+        return obj.config_dir
+    return default_config_dir()
 
 
 def _rel(path: str) -> str:
@@ -173,7 +169,8 @@ def config_check(ctx: typer.Context, as_json: JsonOpt = False,
             "ok": not failed,
             "settings_errors": [{"setting": e.setting, "message": e.message} for e in setup_errors],
             "errors": [_issue_json(i) for i in issues],
-            "partnerships": {pid: {"policy_version": p.policy_version, "mailboxes": p.mailboxes,
+            "partnerships": {pid: {"policy_version": p.policy_version, "rules_version": p.rules_version,
+                                   "directory_version": p.directory_version, "mailboxes": p.mailboxes,
                                    "routes": [r.id for r in p.routes], "agencies": len(p.agencies)}
                              for pid, p in (cfg.partnerships.items() if cfg else [])},
             "mail": mail,
@@ -244,6 +241,7 @@ def policy_show(
         ir = p.immediate_risk
         out.print_json(json.dumps({
             "partnership": p.id, "name": p.name, "policy_version": p.policy_version,
+            "rules_version": p.rules_version, "directory_version": p.directory_version,
             "policy": p.policy.model_dump(mode="json"), "mailboxes": p.mailboxes,
             "secure_mail": p.secure_mail.model_dump(mode="json") if p.secure_mail else None,
             "secure_route": p.secure_route.model_dump(mode="json") if p.secure_route else None,
@@ -256,7 +254,7 @@ def policy_show(
         return
     date_text = f", {p.policy.date:%B %Y}" if p.policy.date else ""
     out.print(f"[bold]{p.name}[/bold] — {p.policy.title} ({p.policy.version}{date_text})")
-    out.print(f"Policy version {p.policy_version}; mailbox {', '.join(p.mailboxes)}; "
+    out.print(f"Policy version {p.policy_version} (rules {p.rules_version}, people {p.directory_version}); mailbox {', '.join(p.mailboxes)}; "
               f"working day ends {p.working_day_end:%H:%M} ({p.bank_holidays} bank holidays)")
     if p.secure_mail:
         out.print(f"Secure mail: {p.secure_mail.means} [{p.secure_mail.clause}]")
