@@ -26,6 +26,7 @@ from escalations.parsers.authresults import sender_fails_dmarc, trusted_verdict
 from escalations.parsers.auto_reply import AutomatedInfo, detect_automated, must_not_answer
 from escalations.parsers.classify import MIN_LABELLED_FIELDS, MailFacts, MailKind, classify
 from escalations.parsers.fields import ReferralParse
+from escalations.parsers.labels import LabelTable
 from escalations.parsers.message import MessageParseError, ParsedMessage, parse_message
 from escalations.parsers.referral import extract_fields_from_text, extract_referral
 from escalations.parsers.reply import find_reference, parse_reply
@@ -129,6 +130,7 @@ class Processor:
         note_limit: int = 20,
         on_queued: Callable[[], None] = lambda: None,
         parser: Callable[[bytes], ParsedMessage] | None = None,
+        labels: LabelTable | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -144,6 +146,8 @@ class Processor:
         self.on_queued = on_queued
         #: bytes -> ParsedMessage; the service's is a BoundedParser (worker process, limits)
         self.parser = parser or parse_message
+        #: The label vocabulary referrals and INFO replies are read with (None: the shipped one).
+        self.labels = labels
 
     # ---- loop --------------------------------------------------------------------------
 
@@ -218,7 +222,7 @@ class Processor:
         parse = None
         if not own and automated.kind == "none" and target is None:
             received = partnership.calendar.local(now).replace(tzinfo=None)
-            parse = extract_referral(msg, partnership.all_required_fields(), received=received)
+            parse = extract_referral(msg, partnership.all_required_fields(), self.labels, received=received)
         kind = classify(MailFacts(
             from_own_mailbox=own, automated=automated.kind, answers_case=target is not None,
             labelled_count=parse.labelled_count if parse else 0,
@@ -335,7 +339,7 @@ class Processor:
         dmarc = trusted_verdict(msg.headers, self._trust_for(row))
         parsed = parse_reply(msg)
         info = extract_fields_from_text(parsed.new_text if parsed.command is None else parsed.argument,
-                                        received=partnership.calendar.local(now).replace(tzinfo=None))
+                                        self.labels, received=partnership.calendar.local(now).replace(tzinfo=None))
         has_info = any(not info.is_empty(name) for name in info.to_json())
         facts = ReplyFacts(
             sender=sender.address, claimed_sender=(msg.from_address or "").lower() or None,

@@ -153,6 +153,12 @@ def config_check(ctx: typer.Context, as_json: JsonOpt = False,
         cfg = load_config(config_dir)
     except ConfigError as exc:
         issues = exc.issues
+    try:  # the administrator's extra label wordings, config/labels.yaml
+        from escalations.policy_files.labels import load_labels
+
+        load_labels(config_dir)
+    except ConfigError as exc:
+        issues = [*issues, *exc.issues]
     warnings = [*(cfg.warnings if cfg else []), *placeholder_warnings(config_dir)]
     mail_notes = _mail_warnings(settings, cfg) if settings is not None and cfg is not None else []
     mail: dict[str, Any] | None = None

@@ -30,7 +30,9 @@ from escalations.parsers.labels import SECTION_SUBLABELS, Label, LabelTable, cle
 from escalations.parsers.message import ParsedMessage
 from escalations.parsers.quoting import (
     FORWARD_MARKER_RE,
+    cut_trailing_signature,
     looks_like_signature,
+    signature_at,
     split_forwarded,
     starts_sign_off,
 )
@@ -61,6 +63,8 @@ _looks_like_signature = looks_like_signature
 _LONG_FIELDS = frozenset({"concern", "actions_taken", "outcome_sought", "concern+actions", "section:other"})
 # Labels that belong to the section above them ("Name / Agency / Role" under "Referrer details").
 _IN_SECTION = frozenset({"raised_by_agency", "raised_by_role", "raised_by_email"})
+# What a fuzzily matched key is recorded as in ``fuzzy_labels`` (a field name).
+_FUZZY_AS = {"section:other": "other_agency", "concern+actions": "concern"}
 _ONE_LINE_FIELDS = ("child_id", "raised_by_name", "raised_by_role", "raised_by_agency", "other_agency",
                     "other_practitioner", "borough")
 
@@ -151,6 +155,7 @@ _STORERS: dict[str, Callable[[_Builder, str], None]] = {
     "raised_by_email": _store_email,
     "needed_by": _store_timescale,
     "immediate_risk": _parsed("immediate_risk", values.yes_no),
+    "head_of_service_contacted": _parsed("head_of_service_contacted", values.yes_no_choice),
     "stage": _parsed("stage", values.stage),
     **{key: _one_line(key) for key in _ONE_LINE_FIELDS},
 }
@@ -241,6 +246,8 @@ def _collect(lines: Sequence[str], labels: Sequence[Label | None], j: int, long_
             continue
         if starts_sign_off(clean_line(raw)):
             break
+        if value_lines and signature_at(lines, j, after_blank=bool(blank_run)):
+            break
         if long_field and blank_run and value_lines and looks_like_signature(lines, j):
             break
         if blank_run and value_lines:
@@ -271,9 +278,15 @@ def _extract(text: str, table: LabelTable | None = None) -> _Builder:
         elif not key.startswith("sub:") and key not in _IN_SECTION:
             section = ""
         name = _resolve(key, section)
+        if lab.fuzzy:
+            as_field = "child_status" if name.startswith("status:") else _FUZZY_AS.get(name, name)
+            if as_field in FIELD_NAMES:
+                b.fuzzy.add(as_field)
         value_lines: list[str] = [lab.inline] if lab.inline else []
         j = _collect(lines, labels, i + 1, name in _LONG_FIELDS, value_lines)
         value = _clean_value(value_lines)
+        if name in _LONG_FIELDS:
+            value = cut_trailing_signature(value)
         if name == "section:other":
             _store_other_party(b, value)
         else:

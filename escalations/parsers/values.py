@@ -26,6 +26,7 @@ __all__ = [
     "stage",
     "strip_dates",
     "yes_no",
+    "yes_no_choice",
 ]
 
 # Values that mean "nothing given" (for required-field purposes).
@@ -124,6 +125,24 @@ def yes_no(text: str) -> bool | None:
     if first in ("no", "n", "false", "not", "none"):
         return False
     return None
+
+
+_CHECKED = "☒☑✔✓✗✘■▣◉●⊠"
+_CHOICE_RE = re.compile(rf"\b(yes|no)\b\s*(?:\[\s*[x✓✔]\s*\]|\(\s*[x✓✔]\s*\)|[{_CHECKED}])"
+                        rf"|(?:\[\s*[x✓✔]\s*\]|[{_CHECKED}])\s*\b(yes|no)\b", re.I)
+
+
+def yes_no_choice(text: str) -> bool | None:
+    """A form's "Yes / No" answer: the ticked one ("Yes ☐ No ☒", "[x] Yes"); the printed choices
+    left as they are ("Yes No", "Yes/No") answer nothing; otherwise as ``yes_no``."""
+    ticked = {(m.group(1) or m.group(2)).lower() for m in _CHOICE_RE.finditer(text)}
+    if len(ticked) == 1:
+        return ticked.pop() == "yes"
+    words = set(norm(text).split())
+    if {"yes", "no"} <= words:
+        rest = words - {"yes", "no", "y", "n"}
+        return None if not rest or ticked else yes_no(text)
+    return yes_no(text)
 
 
 _STATUS_PATTERNS: tuple[tuple[re.Pattern[str], ChildStatus], ...] = (
