@@ -214,7 +214,11 @@ def _inline(separator: str, rest: str) -> str:
     inline = rest.strip().strip("*_").strip()
     if separator == "?" and inline.startswith(":"):
         inline = inline[1:].strip()
-    return inline
+    # "Should the Head of Service be contacted? Yes/No": the printed choices are part of the label
+    return "" if _PRINTED_CHOICES.fullmatch(inline) else inline
+
+
+_PRINTED_CHOICES = re.compile(r"\s*(?:yes|y)\s*[/|,]?\s*(?:or\s+)?(?:no|n)\s*", re.I)
 
 
 def match_label(line: str, table: LabelTable | None = None) -> Label | None:

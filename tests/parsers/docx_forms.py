@@ -49,7 +49,7 @@ def legacy_field(text: str) -> list[Any]:
 def text_box(text: str) -> Any:
     """A VML text box (Word's "Insert > Text Box" in compatibility mode) holding ``text``."""
     paras = "".join(f"<w:p><w:r>{_runs(line)}</w:r></w:p>" for line in text.split("\n"))
-    return parse_xml(f'<w:r {nsdecls("w", "v")}><w:pict><v:shape><v:textbox><w:txbxContent>{paras}'
+    return parse_xml(f'<w:r {nsdecls("w")} xmlns:v="urn:schemas-microsoft-com:vml"><w:pict><v:shape><v:textbox><w:txbxContent>{paras}'
                      "</w:txbxContent></v:textbox></v:shape></w:pict></w:r>")
 
 
