@@ -189,3 +189,18 @@ def test_word_form_with_content_controls_and_a_signature(running: App, smtp_capt
     assert "Homerton" not in ack.message.get_content()
     for m in smtp_capture.messages:
         no_name(m, "Ava", "Testchild")
+
+
+def test_signature_under_the_concern_does_not_reach_the_field(running: App, smtp_capture: SmtpCapture) -> None:
+    body = FORM.replace("Brief description of nature of concern: Referral closed with no assessment.\n",
+                        "Brief description of nature of concern: Referral closed with no assessment.\n"
+                        "Jo Bloggs Health Visitor, Homerton\n")
+    submit(running, letter(body, message_id="<sig-1@example.org>"))
+    (ack,) = smtp_capture.wait_for(1, template="referral_acknowledged")
+    (case,) = running.store.list_cases()
+    assert case.fields["concern"] == "Referral closed with no assessment."
+    assert case.status == "open" and ack.rcpt_tos == [SENDER]
+    assert "Homerton" not in ack.message.get_content()
+    assert not notices(running)
+    for m in smtp_capture.messages:
+        no_name(m, "Ava", "Testchild")
