@@ -78,17 +78,20 @@ def test_hostile_message_becomes_a_case_with_its_code(make_app: AppFactory, name
     assert_no_child_in_logs(caplog)
 
 
-def test_bomb_without_a_referral_body_is_quarantined_with_the_code(make_app: AppFactory,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_bomb_without_a_referral_body_opens_an_incomplete_case_with_the_code(make_app: AppFactory,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    # "Please see the attached form." with a form that cannot be read: an escalation all the same
+    # (never quarantined unseen); the case is incomplete, records the limit, and the sender is asked
     app = make_app()
     app.ingest(with_attachment(bomb_docx(16), body="Please see the attached form.",
                                filename=f"{CHILD} escalation.docx"))
     (outcome,) = app.process_pending()
-    assert outcome.status == "quarantined"
-    (row,) = app.store.list_inbound("quarantined")
-    reason = (row.error or "").split("\n", 1)[0]
-    assert reason.endswith("[limits: attachment_ratio]")
-    assert CHILD not in (row.error or "") and "Testchild" not in (row.error or "")
+    assert (outcome.status, outcome.detail) == ("done", "case_opened:free_text")
+    (case,) = app.store.list_cases()
+    assert case.status == "incomplete"
+    assert opened_codes(app) == [["attachment_ratio"]]
+    (ack,) = [m for m in app.store.list_outbox() if m.template.startswith("referral_incomplete")]
+    assert CHILD not in ack.subject and "Testchild" not in ack.subject
     assert_no_child_in_logs(caplog)
 
 
