@@ -16,6 +16,7 @@ from functools import cache
 from importlib.resources import files
 
 import yaml
+from rapidfuzz import fuzz, process
 
 from escalations.parsers.fields import CHILD_STATUSES, FIELD_NAMES
 from escalations.parsers.values import norm
@@ -178,8 +179,6 @@ FUZZY_MIN_CHARS = 8
 
 
 def _fuzzy(label_text: str, table: LabelTable) -> str | None:
-    from rapidfuzz import fuzz, process
-
     n = norm(label_text)
     if len(n) < FUZZY_MIN_CHARS or len(n) > 120:
         return None
