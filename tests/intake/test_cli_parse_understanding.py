@@ -45,6 +45,7 @@ def test_fuzzy_labels_and_an_unread_timescale_are_reported(tmp_path: Path) -> No
 def test_a_letter_is_free_text_and_its_timescale_is_read(tmp_path: Path) -> None:
     body = "I want to escalate our disagreement with CSC. We need this resolved by Friday.\n"
     code, out = cli(CONFIG_DIR, tmp_path, "parse", str(eml(tmp_path, body)), "--json")
+    assert code == 0, out
     data = json.loads(out)
     assert data["kind"] == "free_text"
     assert data["fields"]["other_agency"] == "CSC" and data["fields"]["needed_by"] == "2026-11-06"
@@ -56,6 +57,7 @@ def test_the_administrators_labels_file_is_used_and_checked(tmp_path: Path) -> N
     (config / "labels.yaml").write_text("other_agency:\n  - Agency we are unhappy with\n", encoding="utf-8")
     body = "Name of child(ren): Ava Testchild\nAgency we are unhappy with: Example Trust\n"
     code, out = cli(config, tmp_path, "parse", str(eml(tmp_path, body)), "--json")
+    assert code == 0, out
     assert json.loads(out)["fields"]["other_agency"] == "Example Trust"
     (config / "labels.yaml").write_text("child_names:\n  - x\nchild_nmaes:\n  - y\n", encoding="utf-8")
     code, out = cli(config, tmp_path, "config", "check", "--json")
