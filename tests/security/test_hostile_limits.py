@@ -118,7 +118,8 @@ def test_bomb_past_the_zip_checks_is_stopped_by_the_worker_memory_limit(
 
 def test_docx_that_takes_too_long_is_killed_and_the_mail_still_used(make_app: AppFactory,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
-    app = make_app(docx_max_elements=10**9, parse_timeout_seconds=3)
+    # about 4 s of reading on an idle machine: a 1 s limit stops it every time
+    app = make_app(docx_max_elements=10**9, parse_timeout_seconds=1)
     app.ingest(with_attachment(paragraphs_docx(800_000)))
     (outcome,) = app.process_pending()
     assert (outcome.status, outcome.kind) == ("done", "referral")
@@ -151,7 +152,9 @@ def smtp_data(app: App, raw: bytes) -> int:
 
 @pytest.fixture
 def slow_parse_service(make_app: AppFactory) -> Iterator[tuple[App, threading.Event, threading.Event, list[bool]]]:
-    app = make_app(docx_max_elements=10**9, parse_timeout_seconds=4)
+    # The Word reader takes about 4 s over the 800,000-paragraph bomb on an idle machine (python-docx's
+    # parse most of it): a 2 s limit stops it every time and still leaves a plain referral ample room.
+    app = make_app(docx_max_elements=10**9, parse_timeout_seconds=2)
     real = app.processor.parser
     started, accepted = threading.Event(), threading.Event()
     accepted_during_parse: list[bool] = []
