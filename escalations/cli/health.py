@@ -64,17 +64,19 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 def mailbox_test(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The mailbox's `name`")],
                  as_json: JsonOpt = False) -> None:
     """Sign in to one mailbox now: token, login, folder, IDLE, what would be fetched. Changes nothing."""
+    from escalations.cases.schema import database_exists
     from escalations.mailer.mailbox_check import check_mailbox
 
-    application = build(ctx)
-    settings = application.settings
+    settings = get_settings(ctx)
     mailbox = next((m for m in settings.mailboxes if m.name == name), None)
     if mailbox is None:
         known = ", ".join(m.name for m in settings.mailboxes) or "none configured"
         err.print(f"No mailbox named {name!r} (mailboxes: {known}).", markup=False, highlight=False)
         raise typer.Exit(2)
-    result = check_mailbox(mailbox, application.store.imap_cursor(mailbox.name, mailbox.folder),
-                           subaddressing=settings.reply_subaddressing)
+    cursor = None  # no database yet (a first sign-in before the service ever ran): everything is to fetch
+    if database_exists(settings.effective_database_url):
+        cursor = build(ctx, read_only=True).store.imap_cursor(mailbox.name, mailbox.folder)
+    result = check_mailbox(mailbox, cursor, subaddressing=settings.reply_subaddressing)
     if as_json:
         print_json(result.as_dict())
     elif result.ok:
