@@ -42,7 +42,7 @@ from escalations.routing.tokens import (
     verify_token,
 )
 from escalations.routing.workflow.authority import ReplyFacts, TokenVerdict
-from escalations.routing.workflow.events import Automated, Intake, Opened, Replied
+from escalations.routing.workflow.events import Automated, NewReferral, Opened, Replied
 from escalations.routing.workflow.recipients import mailable
 from escalations.routing.workflow.state import EventRecord, Step
 
@@ -402,7 +402,7 @@ class Processor:
         )
         s.add(case)
         s.flush()
-        intake = Intake(parse=parse, sender=sender.address, origin_message_id=msg.message_id,
+        intake = NewReferral(parse=parse, sender=sender.address, origin_message_id=msg.message_id,
                         may_answer=must_not_answer(msg, row.envelope_sender) is None, practitioner=practitioner,
                         sender_problem=sender.problem.value if sender.problem else None)
         self.workflow.handle(s, case, Opened(intake), now, row)

@@ -9,7 +9,7 @@ import pytest
 from escalations.parsers.fields import ReferralFields, ReferralParse
 from escalations.policy_files import load_config
 from escalations.routing.policy.model import PolicyConfig
-from escalations.routing.workflow.events import Intake, Opened
+from escalations.routing.workflow.events import NewReferral, Opened
 from escalations.routing.workflow.state import CaseStatus
 from escalations.routing.workflow.transition import transition
 from tests.conftest import CONFIG_DIR
@@ -22,9 +22,9 @@ def config() -> PolicyConfig:
     return load_config(CONFIG_DIR)
 
 
-def intake(fields: ReferralFields, missing: tuple[str, ...] = (), **kw: object) -> Intake:
+def intake(fields: ReferralFields, missing: tuple[str, ...] = (), **kw: object) -> NewReferral:
     parse = ReferralParse(fields=fields, missing=missing, sources=("body",), labelled_count=5, **kw)  # type: ignore[arg-type]
-    return Intake(parse=parse, sender=CH.raiser, origin_message_id="<o-1@example.org>")
+    return NewReferral(parse=parse, sender=CH.raiser, origin_message_id="<o-1@example.org>")
 
 
 def test_a_complete_referral_is_acknowledged_and_opened_in_one_step(config: PolicyConfig) -> None:

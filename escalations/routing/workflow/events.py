@@ -9,11 +9,11 @@ if TYPE_CHECKING:
     from escalations.parsers.fields import ReferralFields, ReferralParse
     from escalations.routing.workflow.authority import ReplyFacts
 
-__all__ = ["Automated", "Intake", "Opened", "Replied", "TimerFired", "WorkflowEvent"]
+__all__ = ["Automated", "NewReferral", "Opened", "Replied", "TimerFired", "WorkflowEvent"]
 
 
 @dataclass(frozen=True)
-class Intake:
+class NewReferral:
     """What the processor found out about a new referral: the parse, and who may be answered."""
 
     parse: ReferralParse
@@ -34,7 +34,7 @@ class Opened:
     or urgent referral) are decided together; without it, only the first step (the missing fields
     were answered later)."""
 
-    intake: Intake | None = None
+    intake: NewReferral | None = None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from escalations.routing.workflow.state import (
 if TYPE_CHECKING:
     from escalations.parsers.fields import ReferralFields, ReferralParse
     from escalations.routing.policy.model import Partnership
-    from escalations.routing.workflow.events import Intake, Opened
+    from escalations.routing.workflow.events import NewReferral, Opened
 
 __all__ = ["acknowledge", "initial_step", "on_opened"]
 
@@ -75,7 +75,7 @@ def _opened_record(parse: ReferralParse, p: Partnership, sender: str | None) -> 
         clause=None, actor=sender)
 
 
-def _flags(state: CaseState, intake: Intake) -> tuple[list[EventRecord], list[Notice]]:
+def _flags(state: CaseState, intake: NewReferral) -> tuple[list[EventRecord], list[Notice]]:
     """What the coordinator hears of in the digest: codes and field names, never the sender's words."""
     parse, f = intake.parse, state.fields
     flags: list[tuple[str, dict[str, Any]]] = []
@@ -92,7 +92,7 @@ def _flags(state: CaseState, intake: Intake) -> tuple[list[EventRecord], list[No
     return [EventRecord(k, d) for k, d in flags], [Notice(k, d) for k, d in flags]
 
 
-def acknowledge(state: CaseState, intake: Intake, p: Partnership) -> Step:
+def acknowledge(state: CaseState, intake: NewReferral, p: Partnership) -> Step:
     """A referral opened a case: acknowledge it and ask for what is missing (a forwarded referral is
     acknowledged to the forwarder and to the practitioner). A letter with no form labels opens an
     incomplete case; the coordinator is told in the digest, or at once when it says the child is at
