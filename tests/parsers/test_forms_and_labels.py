@@ -194,3 +194,22 @@ def test_a_bad_labels_file_names_its_line(tmp_path: Path) -> None:
     (issue,) = err.value.issues
     assert (issue.line, issue.field) == (3, "child_nmaes") and "unknown field name" in issue.message
     json.dumps(str(issue))
+
+
+def test_legacy_checkboxes_answer_a_yes_no_question() -> None:
+    from docx.oxml import parse_xml
+    from docx.oxml.ns import nsdecls
+
+    def box(checked: bool) -> object:
+        state = '<w:checked/>' if checked else '<w:default w:val="0"/>'
+        return parse_xml(f'<w:r {nsdecls("w")}><w:fldChar w:fldCharType="begin"><w:ffData><w:name w:val="C"/>'
+                         f"<w:checkBox><w:sizeAuto/>{state}</w:checkBox></w:ffData></w:fldChar></w:r>")
+
+    d = docx.Document()
+    p = d.add_paragraph("Should the Head of Service be contacted? Yes ")
+    p._p.append(box(False))
+    p.add_run(" No ")
+    p._p.append(box(True))
+    text = docx_to_text(docx_bytes(d))
+    assert "☐" in text and "☒" in text
+    assert extract_fields_from_text(text).head_of_service_contacted is False
