@@ -36,7 +36,7 @@ from escalations.parsers.quoting import (
     split_forwarded,
     starts_sign_off,
 )
-from escalations.parsers.timescale import find_timescale, read_timescale
+from escalations.parsers.timescale import find_timescale, first_readable, in_letter
 from escalations.parsers.values import EMPTY_TEXT_VALUES, norm, parse_date, parse_datetime
 
 __all__ = [
@@ -300,31 +300,13 @@ def _fields(b: _Builder) -> ReferralFields:
 
 
 def _read_timescales(b: _Builder, received: datetime | None) -> str | None:
-    """``needed_by`` from the first timescale that reads (relative to ``received``, naive local);
-    the first one written when none reads."""
+    """``needed_by`` from the labelled timescales; the one written, when none reads."""
     if not _is_blank(b.values.get("needed_by")):
         return None
-    for text in b.timescales:
-        found = read_timescale(text, received) if received is not None else parse_datetime(text)
-        if found is not None:
-            b.values["needed_by"] = found
-            return None
-    return b.timescales[0] if b.timescales else None
-
-
-_SETS_TIMESCALE = re.compile(r"(?:need|deadline|timescale|within|no later)", re.I)
-
-
-def _timescale_in_text(b: _Builder, phrase: str, received: datetime | None) -> str | None:
-    """A timescale written in the letter rather than under a label ("we need this by Friday"): a
-    date already past is some other date the letter mentions, not a timescale."""
-    found = read_timescale(phrase, received) if received is not None else parse_datetime(phrase)
-    if found is None:  # "before the meeting last week" is history; "needed by the next core group" is not
-        return phrase if _SETS_TIMESCALE.match(phrase) or "home" in phrase.lower() else None
-    day = found.date() if isinstance(found, datetime) else found
-    if received is None or day >= received.date():
+    found, unread = first_readable(b.timescales, received)
+    if found is not None:
         b.values["needed_by"] = found
-    return None
+    return unread
 
 
 def extract_fields_from_text(text: str, labels: LabelTable | None = None,
@@ -407,7 +389,9 @@ def extract_referral(msg: ParsedMessage, required: Sequence[str],
         _fill_from_free_text(builder, absorber.own)
     unread = _read_timescales(builder, received)
     if not builder.timescales and (phrase := find_timescale(absorber.own)):
-        unread = _timescale_in_text(builder, phrase, received)
+        found, unread = in_letter(phrase, received)
+        if found is not None:
+            builder.values["needed_by"] = found
     _fill_from_sender(builder, msg)
     result = _fields(builder)
     missing = tuple(name for name in required if name in FIELD_NAMES and result.is_empty(name))

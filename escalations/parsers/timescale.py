@@ -29,7 +29,7 @@ from datetime import date, datetime, timedelta
 
 from escalations.parsers.values import norm, parse_datetime
 
-__all__ = ["find_timescale", "read_timescale"]
+__all__ = ["find_timescale", "first_readable", "in_letter", "read_timescale"]
 
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "ten": 10,
@@ -129,6 +129,34 @@ def read_timescale(text: str, received: datetime) -> Reading | None:
         if found is not None:
             return found
     return None
+
+
+def _read(text: str, received: datetime | None) -> Reading | None:
+    return read_timescale(text, received) if received is not None else parse_datetime(text)
+
+
+def first_readable(texts: list[str], received: datetime | None) -> tuple[Reading | None, str | None]:
+    """(the first of ``texts`` that reads, None) or (None, the first one written) when none reads.
+    Without ``received`` only a written date reads."""
+    for text in texts:
+        found = _read(text, received)
+        if found is not None:
+            return found, None
+    return None, (texts[0] if texts else None)
+
+
+_SETS_TIMESCALE = re.compile(r"(?:need|deadline|timescale|within|no later)", re.I)
+
+
+def in_letter(phrase: str, received: datetime | None) -> tuple[Reading | None, str | None]:
+    """A timescale written in a letter rather than under a label ("we need this by Friday"), as
+    (reading, unread phrase). A date already past is some other date the letter mentions; "before the
+    meeting last week" is history, "needed by the next core group" is a timescale not read."""
+    found = _read(phrase, received)
+    if found is None:
+        return None, (phrase if _SETS_TIMESCALE.match(phrase) or "home" in phrase.lower() else None)
+    day = found.date() if isinstance(found, datetime) else found
+    return (found if received is None or day >= received.date() else None), None
 
 
 # ---- a timescale in free text --------------------------------------------------------------------
