@@ -118,7 +118,7 @@ def test_bomb_past_the_zip_checks_is_stopped_by_the_worker_memory_limit(
 
 def test_docx_that_takes_too_long_is_killed_and_the_mail_still_used(make_app: AppFactory,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
-    # about 4 s of reading on an idle machine: a 1 s limit stops it every time
+    # 1.2 to 4.5 s of reading (and the worker's start): a 1 s limit stops it every time
     app = make_app(docx_max_elements=10**9, parse_timeout_seconds=1)
     app.ingest(with_attachment(paragraphs_docx(800_000)))
     (outcome,) = app.process_pending()
@@ -152,9 +152,11 @@ def smtp_data(app: App, raw: bytes) -> int:
 
 @pytest.fixture
 def slow_parse_service(make_app: AppFactory) -> Iterator[tuple[App, threading.Event, threading.Event, list[bool]]]:
-    # The Word reader takes about 4 s over the 800,000-paragraph bomb on an idle machine (python-docx's
-    # parse most of it): a 2 s limit stops it every time and still leaves a plain referral ample room.
-    app = make_app(docx_max_elements=10**9, parse_timeout_seconds=2)
+    # The Word reader takes 2.5 to 5 s over the 1,600,000-paragraph bomb (most of it python-docx's parse,
+    # about 600 MiB at the end, hence the larger worker): a 2 s limit stops it every time and still
+    # leaves a plain referral (with a fresh worker's start, about 0.5 s) ample room.
+    app = make_app(docx_max_elements=10**9, attachment_max_decompressed_bytes=10**9, parse_timeout_seconds=2,
+                   parse_memory_bytes=1536 * MIB)
     real = app.processor.parser
     started, accepted = threading.Event(), threading.Event()
     accepted_during_parse: list[bool] = []
@@ -184,7 +186,7 @@ def test_smtp_intake_answers_while_a_bomb_is_being_parsed(
         slow_parse_service: tuple[App, threading.Event, threading.Event, list[bool]],
         caplog: pytest.LogCaptureFixture) -> None:
     app, started, accepted, accepted_during_parse = slow_parse_service
-    assert smtp_data(app, with_attachment(paragraphs_docx(800_000))) == 250
+    assert smtp_data(app, with_attachment(paragraphs_docx(1_600_000))) == 250
     assert started.wait(30), "the processor never picked up the bomb"
     assert smtp_data(app, normal_referral()) == 250
     accepted.set()
