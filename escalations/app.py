@@ -147,6 +147,9 @@ def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSen
     database at another revision raises :class:`SchemaError` naming ``escalations db upgrade``."""
     clock = clock or SystemClock()
     config = config or load_config(settings.config_dir)
+    from escalations.policy_files.labels import load_labels
+
+    labels = load_labels(settings.config_dir)  # <config dir>/labels.yaml over the shipped vocabulary
     if not read_only:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(make_engine(settings.effective_database_url), clock, lease_clock=lease_clock)
@@ -170,7 +173,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSen
                           workflow=workflow, auth_results={m.name: m.auth_results for m in settings.mailboxes},
                           smtp_authserv_id=settings.smtp_intake_authserv_id,
                           ingest_auth_results=settings.ingest_auth_results,
-                          note_limit=settings.max_notes_per_party_per_day,
+                          note_limit=settings.max_notes_per_party_per_day, labels=labels,
                           on_queued=lambda: app_ref[0].wake_outbox.set() if app_ref else None,
                           parser=parser or (lambda raw: with_attachment_texts(parse_message(raw, limits), limits)))
     outbox = OutboxDispatcher(store, sender or mail_sender_for(settings), max_attempts=settings.outbox_max_attempts,

@@ -24,7 +24,9 @@ from escalations.clock import Clock
 from escalations.mailer.outbox import Renderer
 from escalations.parsers.authresults import sender_fails_dmarc, trusted_verdict
 from escalations.parsers.auto_reply import AutomatedInfo, detect_automated, must_not_answer
+from escalations.parsers.classify import MIN_LABELLED_FIELDS, MailFacts, MailKind, classify
 from escalations.parsers.fields import ReferralParse
+from escalations.parsers.labels import LabelTable
 from escalations.parsers.message import MessageParseError, ParsedMessage, parse_message
 from escalations.parsers.referral import extract_fields_from_text, extract_referral
 from escalations.parsers.reply import find_reference, parse_reply
@@ -40,15 +42,13 @@ from escalations.routing.tokens import (
     verify_token,
 )
 from escalations.routing.workflow.authority import ReplyFacts, TokenVerdict
-from escalations.routing.workflow.events import Automated, Opened, Replied
-from escalations.routing.workflow.opening import decide_new_referral
+from escalations.routing.workflow.events import Automated, NewReferral, Opened, Replied
 from escalations.routing.workflow.recipients import mailable
 from escalations.routing.workflow.state import EventRecord, Step
 
 log = structlog.get_logger("escalations.processor")
 
-#: How many labelled referral fields make a message "look like a referral" rather than stray mail.
-MIN_LABELLED_FIELDS = 2
+__all__ = ["MIN_LABELLED_FIELDS", "Outcome", "Processor", "Unprocessable", "partnership_for", "step_result"]
 
 
 class Unprocessable(Exception):
@@ -64,6 +64,16 @@ class Outcome:
     #: A fixed code (never text from the message): case_opened, applied:RESOLVED, refused:ACCEPT,
     #: not_applied:no_token, or the quarantine reason.
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class _ReplyTarget:
+    """The case a reply answers, and what its reply token said."""
+
+    case: Case
+    verdict: TokenVerdict
+    token_case: int | None
+    token_stage: int | None
 
 
 def partnership_for(msg: ParsedMessage, envelope: Sequence[str], config: PolicyConfig) -> Partnership | None:
@@ -120,6 +130,7 @@ class Processor:
         note_limit: int = 20,
         on_queued: Callable[[], None] = lambda: None,
         parser: Callable[[bytes], ParsedMessage] | None = None,
+        labels: LabelTable | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -135,6 +146,8 @@ class Processor:
         self.on_queued = on_queued
         #: bytes -> ParsedMessage; the service's is a BoundedParser (worker process, limits)
         self.parser = parser or parse_message
+        #: The label vocabulary referrals and INFO replies are read with (None: the shipped one).
+        self.labels = labels
 
     # ---- loop --------------------------------------------------------------------------
 
@@ -197,24 +210,35 @@ class Processor:
                 raise Unprocessable("no_partnership_mailbox")
             row.partnership = partnership.id
 
-            if msg.from_address and msg.from_address in self.config.all_mailboxes():
-                return self._finish(s, row, "own_mail", None, now, "own_mail_ignored")
+            return self._dispatch(s, row, raw, msg, sender, partnership, now)
 
-            automated = detect_automated(msg, row.envelope_sender)
-            if automated.kind in ("auto_reply", "bounce"):
-                return self._automated(s, row, msg, automated, partnership, now)
-            if automated.kind == "list":
-                raise Unprocessable("mailing_list")
-
-            reply = self._reply(s, row, raw, msg, sender, partnership, now)
-            if reply is not None:
-                return reply
-
-            parse = extract_referral(msg, partnership.all_required_fields())
-            if parse.labelled_count < MIN_LABELLED_FIELDS:
-                raise Unprocessable("not_a_referral")
+    def _dispatch(self, s: Session, row: InboundMessage, raw: bytes, msg: ParsedMessage, sender: StrictSender,
+                  partnership: Partnership, now: datetime) -> Outcome:
+        """Classify the message from what is known of it, then hand it on by its kind."""
+        own = bool(msg.from_address and msg.from_address in self.config.all_mailboxes())
+        automated = detect_automated(msg, row.envelope_sender)
+        target = None if own or automated.kind != "none" else self._reply_target(s, row, msg, sender,
+                                                                                 partnership, now)
+        parse = None
+        if not own and automated.kind == "none" and target is None:
+            received = partnership.calendar.local(now).replace(tzinfo=None)
+            parse = extract_referral(msg, partnership.all_required_fields(), self.labels, received=received)
+        kind = classify(MailFacts(
+            from_own_mailbox=own, automated=automated.kind, answers_case=target is not None,
+            labelled_count=parse.labelled_count if parse else 0,
+            has_text=bool(msg.text.strip() or msg.attachments or msg.embedded)))
+        if kind is MailKind.OWN_MAIL:
+            return self._finish(s, row, "own_mail", None, now, "own_mail_ignored")
+        if kind in (MailKind.AUTO_REPLY, MailKind.BOUNCE):
+            return self._automated(s, row, msg, automated, partnership, now)
+        if kind is MailKind.REPLY and target is not None:
+            return self._apply_reply(s, row, msg, sender, target, partnership, now)
+        if kind in (MailKind.REFERRAL, MailKind.FREE_TEXT) and parse is not None:
             case = self._open_case(s, row, msg, sender, parse, partnership, now)
-            return self._finish(s, row, "referral", case, now, "case_opened")
+            return self._finish(s, row, "referral", case, now,
+                                "case_opened:free_text" if kind is MailKind.FREE_TEXT else "case_opened")
+        # A list's mail is nobody's escalation; mail with no text at all has nothing to open a case with.
+        raise Unprocessable("mailing_list" if kind is MailKind.LIST else "not_a_referral")
 
     def _finish(self, s: Session, row: InboundMessage, kind: str, case: Case | None, now: datetime,
                 detail: str) -> Outcome:
@@ -274,24 +298,14 @@ class Processor:
             return self.smtp_authserv_id or "none"
         return self.ingest_auth_results
 
-    def _reply(self, s: Session, row: InboundMessage, raw: bytes, msg: ParsedMessage, sender: StrictSender,
-               partnership: Partnership, now: datetime) -> Outcome | None:
-        """Find the case a reply is about, gather the facts, and let the workflow decide who may act."""
+    def _reply_target(self, s: Session, row: InboundMessage, msg: ParsedMessage, sender: StrictSender,
+                      partnership: Partnership, now: datetime) -> _ReplyTarget | None:
+        """The case a reply is about, and what its reply token says (None: it answers no case)."""
         token = (next((t for a in [*row.envelope_recipients, *msg.delivered_to, *msg.to, *msg.cc]
                        if (t := token_from_address(a))), None)
                  or token_from_message_ids([*msg.in_reply_to, *msg.references])
                  or token_from_text(msg.text))
-        verdict, token_case, token_stage = TokenVerdict.NONE, None, None
-        if token:
-            try:
-                verified = verify_token(self.workflow.secret, token, recipient=sender.address or "", now=now)
-                verdict, token_case, token_stage = TokenVerdict.VALID, verified.case_id, verified.stage - 1
-            except TokenExpired:
-                verdict = TokenVerdict.EXPIRED
-            except TokenMalformed:
-                verdict = TokenVerdict.NONE
-            except (TokenError, ValueError):
-                verdict = TokenVerdict.INVALID
+        verdict, token_case, token_stage = self._verdict(token, sender, now)
         subject_case = self._case_by_subject(s, msg, partnership)
         case = s.get(Case, token_case) if token_case is not None else None
         if case is None:
@@ -302,14 +316,35 @@ class Processor:
             raise Unprocessable("case_of_other_partnership")
         if verdict is TokenVerdict.VALID and subject_case is not None and subject_case.id != token_case:
             token_case = -1  # a token for one case in a mail about another acts on nothing
+        return _ReplyTarget(case, verdict, token_case, token_stage)
+
+    def _verdict(self, token: str | None, sender: StrictSender,
+                 now: datetime) -> tuple[TokenVerdict, int | None, int | None]:
+        if not token:
+            return TokenVerdict.NONE, None, None
+        try:
+            verified = verify_token(self.workflow.secret, token, recipient=sender.address or "", now=now)
+        except TokenExpired:
+            return TokenVerdict.EXPIRED, None, None
+        except TokenMalformed:
+            return TokenVerdict.NONE, None, None
+        except (TokenError, ValueError):
+            return TokenVerdict.INVALID, None, None
+        return TokenVerdict.VALID, verified.case_id, verified.stage - 1
+
+    def _apply_reply(self, s: Session, row: InboundMessage, msg: ParsedMessage, sender: StrictSender,
+                     target: _ReplyTarget, partnership: Partnership, now: datetime) -> Outcome:
+        """Gather the facts of a reply and let the workflow decide who may act."""
+        case, token_case = target.case, target.token_case
         dmarc = trusted_verdict(msg.headers, self._trust_for(row))
         parsed = parse_reply(msg)
-        info = extract_fields_from_text(parsed.new_text if parsed.command is None else parsed.argument)
+        info = extract_fields_from_text(parsed.new_text if parsed.command is None else parsed.argument,
+                                        self.labels, received=partnership.calendar.local(now).replace(tzinfo=None))
         has_info = any(not info.is_empty(name) for name in info.to_json())
         facts = ReplyFacts(
             sender=sender.address, claimed_sender=(msg.from_address or "").lower() or None,
-            sender_problem=sender.problem.value if sender.problem else None, token=verdict,
-            token_case_id=case.id if token_case == case.id else token_case, token_stage_index=token_stage,
+            sender_problem=sender.problem.value if sender.problem else None, token=target.verdict,
+            token_case_id=case.id if token_case == case.id else token_case, token_stage_index=target.token_stage,
             dmarc_failed=sender_fails_dmarc(dmarc),
             note_limit=self.note_limit,
             **(self._notes_today(s, case, sender.address, partnership, now) if sender.address else {}))
@@ -342,22 +377,17 @@ class Processor:
 
     def _open_case(self, s: Session, row: InboundMessage, msg: ParsedMessage, sender: StrictSender,
                    parse: ReferralParse, partnership: Partnership, now: datetime) -> Case:
+        """A new case row from the parse; the workflow decides its acknowledgement and first step."""
         local_year = partnership.calendar.local(now).year
         reference = Store.allocate_reference(s, partnership.reference_prefix, local_year)
-        refusal = must_not_answer(msg, row.envelope_sender)
         f = parse.fields
         # The practitioner's own address from the text is used only where the service may write to it
         # (an agency's domain); the From address is the one that reached us.
         practitioner = mailable(f.raised_by_email, partnership)
-        step = decide_new_referral(
-            parse, partnership, reference=reference, sender=sender.address,
-            origin_message_id=msg.message_id, may_answer=refusal is None, practitioner=practitioner,
-            sender_problem=sender.problem.value if sender.problem else None,
-        )
         case = Case(
             reference=reference,
             partnership=partnership.id,
-            status=step.change.status or "open",
+            status="open",  # the Opened step sets it
             stage=f.stage,
             opened_at=now,
             updated_at=now,
@@ -372,9 +402,8 @@ class Processor:
         )
         s.add(case)
         s.flush()
-        self.workflow.apply(s, case, step, partnership, now, row)
-        # A complete referral goes to the stage's parties now; an urgent one even when incomplete
-        # (the missing fields are asked for in parallel).
-        if not parse.missing or f.immediate_risk:
-            self.workflow.handle(s, case, Opened(), now, row)
+        intake = NewReferral(parse=parse, sender=sender.address, origin_message_id=msg.message_id,
+                        may_answer=must_not_answer(msg, row.envelope_sender) is None, practitioner=practitioner,
+                        sender_problem=sender.problem.value if sender.problem else None)
+        self.workflow.handle(s, case, Opened(intake), now, row)
         return case

@@ -117,7 +117,7 @@ class Case(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     reference: str = Field(sa_column=Column(String(32), nullable=False, unique=True))
     partnership: str = Field(sa_column=Column(String(64), nullable=False, index=True))
-    #: awaiting_information | open | needs_routing | resolved | closed | withdrawn
+    #: awaiting_information | incomplete | open | needs_routing | resolved | closed | withdrawn
     status: str = Field(sa_column=Column(String(32), nullable=False, index=True))
     #: 1-based stage number as the policy names it (0: the immediate-risk step).
     stage: int | None = None

@@ -148,7 +148,7 @@ class Operations:
             select(InboundMessage).where(InboundMessage.status == "quarantined")
             .order_by(col(InboundMessage.received_at))).all() if self.partnership_of(r) == pid]
         cases = s.exec(select(Case).where(Case.partnership == pid, col(Case.status).in_(
-            ["awaiting_information", "needs_routing"])).order_by(col(Case.opened_at))).all()
+            ["awaiting_information", "incomplete", "needs_routing"])).order_by(col(Case.opened_at))).all()
         refs = {c.id: c.reference for c in s.exec(select(Case).where(Case.partnership == pid)).all()}
         bounces = [(refs[e.case_id], str(e.detail.get("address") or ""), e.at) for e in s.exec(
             select(CaseEvent).where(CaseEvent.kind == "contact_flagged", col(CaseEvent.at) >= now - timedelta(days=1),
@@ -157,6 +157,6 @@ class Operations:
         return DailyDigest(
             quarantined=quarantined,
             incomplete=[(c.reference, c.opened_at, tuple(c.missing)) for c in cases
-                        if c.status == "awaiting_information"],
+                        if c.status in ("awaiting_information", "incomplete")],
             needs_routing=[(c.reference, c.opened_at) for c in cases if c.status == "needs_routing"],
             bounces=bounces)

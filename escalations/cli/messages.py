@@ -29,9 +29,11 @@ def parse(
     """Parse one message and show what was understood. No side effects."""
     from escalations.inspect import inspect_message
     from escalations.policy_files import load_config
+    from escalations.policy_files.labels import load_labels
 
-    config = load_config(get_settings(ctx).config_dir)
-    result = inspect_message(file.read_bytes(), config)
+    config_dir = get_settings(ctx).config_dir
+    config = load_config(config_dir)
+    result = inspect_message(file.read_bytes(), config, load_labels(config_dir))
     if as_json:
         print_json(result)
         return
@@ -44,6 +46,8 @@ def parse(
             table.add_row(name, json.dumps(value) if isinstance(value, list) else str(value))
     console.print(table)
     console.print(f"missing: {', '.join(result['missing']) or 'nothing'}")
+    if result.get("fuzzy_labels"):
+        console.print(f"fuzzy labels (near wordings): {', '.join(result['fuzzy_labels'])}")
 
 
 @app.command()

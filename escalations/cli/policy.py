@@ -173,6 +173,12 @@ def _run_check(ctx: typer.Context) -> _Check:
         cfg = load_config(config_dir)
     except ConfigError as exc:
         issues = exc.issues
+    try:  # the administrator's extra label wordings, config/labels.yaml
+        from escalations.policy_files.labels import load_labels
+
+        load_labels(config_dir)
+    except ConfigError as exc:
+        issues = [*issues, *exc.issues]
     warnings = [*(cfg.warnings if cfg else []), *placeholder_warnings(config_dir)]
     mail_notes = _mail_warnings(settings, cfg) if settings is not None and cfg is not None else []
     mail = _mail_settings(settings) if settings is not None else None

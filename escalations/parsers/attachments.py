@@ -13,14 +13,11 @@ import re
 import zipfile
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
 
+from escalations.parsers.docx_text import block_lines
 from escalations.parsers.labels import match_label
 from escalations.parsers.limits import LimitExceeded, LimitHit, Limits, check_zip, read_zip_member
 from escalations.parsers.message import Attachment, ParsedMessage, decode_bytes, html_to_text
-
-if TYPE_CHECKING:
-    from docx.table import Table
 
 __all__ = ["attachment_texts", "docx_to_text", "rtf_to_plain", "tnef_to_parts", "with_attachment_texts"]
 
@@ -63,31 +60,9 @@ def _check_docx(zf: zipfile.ZipFile, limits: Limits) -> None:
                 raise LimitExceeded(LimitHit.ATTACHMENT_TOO_COMPLEX)
 
 
-def _row_cells(row_cells: Iterable[Any]) -> list[str]:
-    """A table row's cell texts, each merged cell once, nested tables inline."""
-    cells: list[str] = []
-    seen: set[int] = set()
-    for cell in row_cells:
-        ident = id(cell._tc)
-        if ident in seen:
-            continue
-        seen.add(ident)
-        parts = [p.text for p in cell.paragraphs]
-        for inner in cell.tables:
-            for irow in inner.rows:
-                parts.extend(c.text for c in irow.cells)
-        cells.append("\n".join(parts).strip())
-    return cells
-
-
-def _table_lines(table: Table) -> list[str]:
-    rows: list[list[str]] = []
-    for row in table.rows:
-        try:
-            row_cells = row.cells
-        except Exception:
-            continue
-        rows.append(_row_cells(row_cells))
+def _table_lines(rows: list[list[str]]) -> list[str]:
+    """A table's rows as labelled lines: one cell per line, a blank line after each row; a row of
+    column headings over value rows is read column by column."""
     out: list[str] = []
     k = 0
     while k < len(rows):
@@ -111,15 +86,14 @@ def _table_lines(table: Table) -> list[str]:
 
 
 def docx_to_text(data: bytes, limits: Limits | None = None) -> str:
-    """A Word form as labelled text: paragraphs, then table rows with one cell per line.
+    """A Word form as labelled text: paragraphs, then table rows with one cell per line; answers in
+    content controls, legacy form fields and text boxes included (``docx_text``).
 
     A table whose first row is all labels (Sutton's "Name of child/children | Date of birth")
     is read column by column; merged cells are read once. Raises LimitExceeded for a document
     over ``limits`` (default ``Limits()``), MemoryError when out of memory; '' if unreadable."""
     try:
         import docx
-        from docx.table import Table
-        from docx.text.paragraph import Paragraph
     except ImportError:  # pragma: no cover - python-docx is a dependency
         return ""
     if len(data) > (limits or Limits()).attachment_max_decompressed_bytes:
@@ -134,15 +108,7 @@ def docx_to_text(data: bytes, limits: Limits | None = None) -> str:
         raise
     except Exception:
         return ""
-    out: list[str] = []
-    body = document.element.body
-    for child in body.iterchildren():
-        tag = child.tag.rsplit("}", 1)[-1]
-        if tag == "p":
-            out.append(Paragraph(child, document).text)
-        elif tag == "tbl":
-            out.extend(_table_lines(Table(child, document)))
-    return "\n".join(out)
+    return "\n".join(block_lines(document.element.body, _table_lines))
 
 
 def rtf_to_plain(rtf: bytes) -> str:

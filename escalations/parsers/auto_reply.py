@@ -84,56 +84,68 @@ def _original_id_from_headers(data: bytes) -> str | None:
     return ids[0] if ids else (m.group(1).strip().strip("<>") or None)
 
 
-def _dsn(msg: ParsedMessage) -> tuple[tuple[str, ...], bool, str | None]:
-    """(failed recipients, permanent, original Message-ID) from a DSN or a bounce's text."""
+def _status_failures(status_att: Attachment) -> tuple[list[str], bool]:
+    """(failed recipients, permanent) from a delivery-status part's per-recipient blocks."""
     failed: list[str] = []
     permanent = False
-    original: str | None = None
+    for block in _header_blocks(status_att.payload):
+        recipient = _addr_of(block.get("Original-Recipient")) or _addr_of(block.get("Final-Recipient"))
+        if block.get("Final-Recipient"):
+            recipient = _addr_of(block.get("Final-Recipient")) or recipient
+        action = (block.get("Action") or "").strip().lower()
+        status = (block.get("Status") or "").strip()
+        if recipient and action in ("failed", ""):
+            if action == "failed" or status.startswith("5"):
+                failed.append(recipient)
+            if action == "failed" and status.startswith("5"):
+                permanent = True
+    return failed, permanent
+
+
+def _original_from_parts(msg: ParsedMessage) -> str | None:
+    """The bounced message's Message-ID from its returned headers or the returned message."""
+    for a in msg.attachments:
+        if a.content_type in ("text/rfc822-headers", "message/rfc822-headers", "text/rfc822-header"):
+            found = _original_id_from_headers(a.payload)
+            if found:
+                return found
+    return next((inner.message_id for inner in msg.embedded if inner.message_id), None)
+
+
+def _x_failed(msg: ParsedMessage) -> list[str]:
+    return [addr for value in msg.header_all("x-failed-recipients") for part in value.split(",")
+            if "@" in (addr := part.strip().strip("<>").lower())]
+
+
+_TEXT_FAILED_RE = re.compile(
+    r"(?:^|\n)[^\n]*?(?:could not be delivered|delivery (?:has )?failed|undeliverable|failed permanently|"
+    r"following address(?:es)?)[^\n]*\n(?:\s*\n)*\s*<?([\w.+'=-]+@[\w-]+(?:\.[\w-]+)+)>?", re.I)
+_PERMANENT_TEXT_RE = re.compile(r"permanent(?:ly)? fail|does not exist|user unknown|no such user|"
+                                r"mailbox unavailable", re.I)
+
+
+def _text_bounce(text: str) -> tuple[list[str], bool, str | None]:
+    """A non-standard bounce: the address, a 5.x.x status and the Message-ID written in its text."""
+    m = _TEXT_FAILED_RE.search(text)
+    status_m = _STATUS_RE.search(text)
+    permanent = bool((status_m and status_m.group(1) == "5") or re.search(r"\b55\d\b", text)
+                     or _PERMANENT_TEXT_RE.search(text))
+    m_id = re.search(r"^\s*>?\s*message-id:\s*<([^<>\s]+)>", text, re.I | re.M)
+    return ([m.group(1).lower()] if m else []), permanent, (m_id.group(1) if m_id else None)
+
+
+def _dsn(msg: ParsedMessage) -> tuple[tuple[str, ...], bool, str | None]:
+    """(failed recipients, permanent, original Message-ID) from a DSN or a bounce's text."""
     status_att: Attachment | None = next(
         (a for a in msg.attachments if a.content_type in ("message/delivery-status", "message/global-delivery-status")),
         None,
     )
-    if status_att is not None:
-        for block in _header_blocks(status_att.payload):
-            recipient = _addr_of(block.get("Original-Recipient")) or _addr_of(block.get("Final-Recipient"))
-            if block.get("Final-Recipient"):
-                recipient = _addr_of(block.get("Final-Recipient")) or recipient
-            action = (block.get("Action") or "").strip().lower()
-            status = (block.get("Status") or "").strip()
-            if recipient and action in ("failed", ""):
-                if action == "failed" or status.startswith("5"):
-                    failed.append(recipient)
-                if action == "failed" and status.startswith("5"):
-                    permanent = True
-    for a in msg.attachments:
-        if a.content_type in ("text/rfc822-headers", "message/rfc822-headers", "text/rfc822-header"):
-            original = original or _original_id_from_headers(a.payload)
-    for inner in msg.embedded:
-        original = original or inner.message_id
-    for value in msg.header_all("x-failed-recipients"):
-        for part in value.split(","):
-            addr = part.strip().strip("<>").lower()
-            if "@" in addr:
-                failed.append(addr)
+    failed, permanent = _status_failures(status_att) if status_att is not None else ([], False)
+    original = _original_from_parts(msg)
+    failed += _x_failed(msg)
     if not failed and status_att is None:
-        # Non-standard bounce: addresses and a 5.x.x status in the text.
-        text = msg.text
-        m = re.search(r"(?:^|\n)[^\n]*?(?:could not be delivered|delivery (?:has )?failed|"
-                      r"undeliverable|failed permanently|following address(?:es)?)[^\n]*\n(?:\s*\n)*\s*<?"
-                      r"([\w.+'=-]+@[\w-]+(?:\.[\w-]+)+)>?", text, re.I)
-        if m:
-            failed.append(m.group(1).lower())
-        status_m = _STATUS_RE.search(text)
-        permanent = bool(
-            (status_m and status_m.group(1) == "5")
-            or re.search(r"\b55\d\b", text)
-            or re.search(r"permanent(?:ly)? fail|does not exist|user unknown|no such user|mailbox unavailable",
-                         text, re.I)
-        )
-        if original is None:
-            m_id = re.search(r"^\s*>?\s*message-id:\s*<([^<>\s]+)>", text, re.I | re.M)
-            if m_id:
-                original = m_id.group(1)
+        failed, permanent, in_text = _text_bounce(msg.text)
+        original = original or in_text
     elif failed and status_att is None:
         permanent = permanent or bool(re.search(r"\b5\.\d{1,3}\.\d{1,3}\b", msg.text))
     if original is None and msg.in_reply_to:
@@ -148,62 +160,74 @@ def _auto_submitted(msg: ParsedMessage) -> str | None:
     return value.split(";", 1)[0].strip().lower()
 
 
+_BOUNCE_FROM_NAMES = ("mail delivery", "microsoft outlook", "postmaster")
+
+
+def _bounce_reason(msg: ParsedMessage, envelope_sender: str | None) -> str | None:
+    """Why the message is a bounce, or None. Checked first: a DSN is also "auto-replied"."""
+    sender = (msg.from_address or "").lower()
+    subject = msg.subject or ""
+    if msg.is_report and msg.report_type == "delivery-status":
+        return "multipart/report delivery-status"
+    if any(a.content_type == "message/delivery-status" for a in msg.attachments):
+        return "message/delivery-status part"
+    if msg.header("x-failed-recipients"):
+        return "X-Failed-Recipients header"
+    env = (envelope_sender or "").strip().strip("<>").lower()
+    daemon = bool(_DAEMON_RE.match(sender)) or (envelope_sender is not None and env == "")
+    if _BOUNCE_SUBJECT_RE.match(subject) and (daemon or not sender
+                                             or (msg.from_name or "").lower().startswith(_BOUNCE_FROM_NAMES)):
+        return f"bounce subject from {sender or 'no sender'}"
+    if _DAEMON_RE.match(sender) and re.search(r"deliver|undeliver|returned|fail", subject + msg.text[:2000], re.I):
+        return "message from mailer-daemon"
+    return None
+
+
+def _auto_reply_reason(msg: ParsedMessage) -> str | None:
+    """Why the message is an automatic reply (not a receipt), or None."""
+    auto = _auto_submitted(msg)
+    if auto and auto != "no":
+        return f"Auto-Submitted: {auto}"
+    for name in ("x-autoreply", "x-autorespond", "x-auto-reply", "x-autoresponder"):
+        if msg.header(name) is not None:
+            return f"{_title(name)} header"
+    if msg.header("x-ms-exchange-inbox-rules-loop") is not None:
+        return "X-MS-Exchange-Inbox-Rules-Loop header"
+    subject = msg.subject or ""
+    if _OOO_SUBJECT_RE.match(subject):
+        return "subject looks like out-of-office"
+    if msg.header("x-auto-response-suppress") and _OOO_ANYWHERE_RE.search(subject):
+        return "X-Auto-Response-Suppress with an out-of-office subject"
+    if (msg.header("precedence") or "").strip().lower() == "auto_reply":
+        return "Precedence: auto_reply"
+    return None
+
+
+def _list_reason(msg: ParsedMessage) -> str | None:
+    if msg.header("list-id") is not None:
+        return "List-Id header"
+    if msg.header("list-unsubscribe") is not None and msg.header("list-post") is not None:
+        return "List-Unsubscribe and List-Post headers"
+    precedence = (msg.header("precedence") or "").strip().lower()
+    return f"Precedence: {precedence}" if precedence in ("list", "bulk") else None
+
+
 def detect_automated(msg: ParsedMessage, envelope_sender: str | None = None) -> AutomatedInfo:
     """Classify mail from machines; ``kind == "none"`` for mail a person wrote."""
-    sender = (msg.from_address or "").lower()
-    env = (envelope_sender or "").strip().strip("<>").lower()
-    subject = msg.subject or ""
-
-    # Bounces first: a DSN is also "auto-replied"/"auto-generated".
-    if msg.is_report and msg.report_type == "delivery-status":
+    bounce = _bounce_reason(msg, envelope_sender)
+    if bounce is not None:
         failed, permanent, original = _dsn(msg)
-        return AutomatedInfo("bounce", "multipart/report delivery-status", failed, permanent, original)
-    if any(a.content_type == "message/delivery-status" for a in msg.attachments):
-        failed, permanent, original = _dsn(msg)
-        return AutomatedInfo("bounce", "message/delivery-status part", failed, permanent, original)
-    if msg.header("x-failed-recipients"):
-        failed, permanent, original = _dsn(msg)
-        return AutomatedInfo("bounce", "X-Failed-Recipients header", failed, True, original)  # Exim lists hard failures
-    daemon = bool(_DAEMON_RE.match(sender)) or (envelope_sender is not None and env == "")
-    if _BOUNCE_SUBJECT_RE.match(subject) and (daemon or _DAEMON_RE.match(sender) or not sender
-                                             or (msg.from_name or "").lower().startswith(("mail delivery",
-                                                                                           "microsoft outlook",
-                                                                                           "postmaster"))):
-        failed, permanent, original = _dsn(msg)
-        return AutomatedInfo("bounce", f"bounce subject from {sender or 'no sender'}", failed, permanent, original)
-    if _DAEMON_RE.match(sender) and re.search(r"deliver|undeliver|returned|fail", subject + msg.text[:2000], re.I):
-        failed, permanent, original = _dsn(msg)
-        return AutomatedInfo("bounce", "message from mailer-daemon", failed, permanent, original)
-
+        # Exim lists hard failures in X-Failed-Recipients
+        return AutomatedInfo("bounce", bounce, failed, permanent or bounce == "X-Failed-Recipients header", original)
     original = msg.in_reply_to[0] if msg.in_reply_to else None
     if msg.is_report and msg.report_type == "disposition-notification":
         return AutomatedInfo("auto_reply", "multipart/report disposition-notification",
                              original_message_id=_mdn_original(msg) or original)
-    auto = _auto_submitted(msg)
-    if auto and auto != "no":
-        return AutomatedInfo("auto_reply", f"Auto-Submitted: {auto}", original_message_id=original)
-    for name in ("x-autoreply", "x-autorespond", "x-auto-reply", "x-autoresponder"):
-        if msg.header(name) is not None:
-            return AutomatedInfo("auto_reply", f"{_title(name)} header", original_message_id=original)
-    if msg.header("x-ms-exchange-inbox-rules-loop") is not None:
-        return AutomatedInfo("auto_reply", "X-MS-Exchange-Inbox-Rules-Loop header", original_message_id=original)
-    suppress = (msg.header("x-auto-response-suppress") or "").lower()
-    if _OOO_SUBJECT_RE.match(subject):
-        return AutomatedInfo("auto_reply", "subject looks like out-of-office", original_message_id=original)
-    if suppress and _OOO_ANYWHERE_RE.search(subject):
-        return AutomatedInfo("auto_reply", "X-Auto-Response-Suppress with an out-of-office subject",
-                             original_message_id=original)
-    if (msg.header("precedence") or "").strip().lower() == "auto_reply":
-        return AutomatedInfo("auto_reply", "Precedence: auto_reply", original_message_id=original)
-
-    if msg.header("list-id") is not None:
-        return AutomatedInfo("list", "List-Id header")
-    if msg.header("list-unsubscribe") is not None and msg.header("list-post") is not None:
-        return AutomatedInfo("list", "List-Unsubscribe and List-Post headers")
-    precedence = (msg.header("precedence") or "").strip().lower()
-    if precedence in ("list", "bulk"):
-        return AutomatedInfo("list", f"Precedence: {precedence}")
-    return AutomatedInfo("none", "")
+    reason = _auto_reply_reason(msg)
+    if reason is not None:
+        return AutomatedInfo("auto_reply", reason, original_message_id=original)
+    listed = _list_reason(msg)
+    return AutomatedInfo("list", listed) if listed is not None else AutomatedInfo("none", "")
 
 
 def _mdn_original(msg: ParsedMessage) -> str | None:

@@ -5,7 +5,7 @@ The names are the contract of ``escalations parse --json`` (ARCHITECTURE.md, "Re
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Literal, get_args
@@ -21,8 +21,65 @@ FIELD_NAMES: tuple[str, ...] = (
     "child_names", "child_dobs", "child_id", "child_status",
     "raised_by_name", "raised_by_role", "raised_by_agency", "raised_by_email",
     "other_agency", "other_practitioner", "concern", "actions_taken", "outcome_sought",
-    "needed_by", "immediate_risk", "stage", "borough",
+    "needed_by", "immediate_risk", "stage", "borough", "head_of_service_contacted",
 )
+
+
+# ---- decoding the stored JSON (one reader per typed field; None: leave the field empty) -------------
+
+def _items(value: object) -> list[object]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _names(value: object) -> tuple[str, ...]:
+    return tuple(str(v) for v in _items(value) if str(v).strip())
+
+
+def _one_date(v: object) -> date | None:
+    if isinstance(v, date):
+        return v
+    try:
+        return date.fromisoformat(str(v)[:10])
+    except ValueError:
+        return None
+
+
+def _dobs(value: object) -> tuple[date, ...]:
+    return tuple(d for d in (_one_date(v) for v in _items(value)) if d is not None)
+
+
+def _needed_by(value: object) -> date | datetime | None:
+    if isinstance(value, date):
+        return value
+    s = str(value)
+    try:
+        return datetime.fromisoformat(s) if len(s) > 10 else date.fromisoformat(s)
+    except ValueError:
+        return None
+
+
+def _bool(value: object) -> bool | None:
+    return value if isinstance(value, bool) else yes_no(str(value))
+
+
+def _stage(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    return value if isinstance(value, int) else stage(str(value))
+
+
+def _status(value: object) -> object:
+    return value if value in CHILD_STATUSES else child_status(str(value))
+
+
+def _text(value: object) -> str:
+    return str(value)
+
+
+_DECODERS: Mapping[str, Callable[[object], object]] = {
+    "child_names": _names, "child_dobs": _dobs, "needed_by": _needed_by, "immediate_risk": _bool,
+    "head_of_service_contacted": _bool, "stage": _stage, "child_status": _status,
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +101,8 @@ class ReferralFields:
     immediate_risk: bool | None = None
     stage: int | None = None
     borough: str | None = None
+    #: Sutton Appendix B: "Should the Head of Service be contacted? Yes/No".
+    head_of_service_contacted: bool | None = None
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -64,40 +123,9 @@ class ReferralFields:
             value = data.get(name)
             if value is None:
                 continue
-            if name == "child_names":
-                items = value if isinstance(value, list | tuple) else [value]
-                kwargs[name] = tuple(str(v) for v in items if str(v).strip())
-            elif name == "child_dobs":
-                items = value if isinstance(value, list | tuple) else [value]
-                dobs: list[date] = []
-                for v in items:
-                    if isinstance(v, date):
-                        dobs.append(v)
-                    else:
-                        try:
-                            dobs.append(date.fromisoformat(str(v)[:10]))
-                        except ValueError:
-                            continue
-                kwargs[name] = tuple(dobs)
-            elif name == "needed_by":
-                if isinstance(value, date):
-                    kwargs[name] = value
-                else:
-                    s = str(value)
-                    try:
-                        kwargs[name] = datetime.fromisoformat(s) if len(s) > 10 else date.fromisoformat(s)
-                    except ValueError:
-                        continue
-            elif name == "immediate_risk":
-                kwargs[name] = value if isinstance(value, bool) else yes_no(str(value))
-            elif name == "stage":
-                if isinstance(value, bool):
-                    continue
-                kwargs[name] = value if isinstance(value, int) else stage(str(value))
-            elif name == "child_status":
-                kwargs[name] = value if value in CHILD_STATUSES else child_status(str(value))
-            else:
-                kwargs[name] = str(value)
+            decoded = _DECODERS.get(name, _text)(value)
+            if decoded is not None:
+                kwargs[name] = decoded
         return cls(**kwargs)  # type: ignore[arg-type]
 
     def is_empty(self, name: str) -> bool:
@@ -125,3 +153,10 @@ class ReferralParse:
     labelled_count: int
     #: LimitHit codes of what was skipped in the message (fixed strings, safe for the case record).
     limits_hit: tuple[str, ...] = ()
+    #: A timescale the sender wrote that could not be read as a date (their words: may name a child,
+    #: so never logged; redacted before it is quoted back).
+    timescale_unread: str | None = None
+    #: The fields whose label was matched only fuzzily (a near wording of a known label).
+    fuzzy_labels: tuple[str, ...] = ()
+    #: The sender's own text had too few labels: what was understood came from the free text.
+    free_text: bool = False

@@ -16,11 +16,13 @@ from functools import cache
 from importlib.resources import files
 
 import yaml
+from rapidfuzz import fuzz, process
 
 from escalations.parsers.fields import CHILD_STATUSES, FIELD_NAMES
 from escalations.parsers.values import norm
 
 __all__ = [
+    "FUZZY_THRESHOLD",
     "LABEL_KEYS",
     "SECTION_SUBLABELS",
     "Label",
@@ -94,6 +96,8 @@ class LabelTable:
     exact: dict[str, str]
     prefixes: tuple[tuple[str, str], ...]  # multi-word labels, longest first, for "Label (extra words): value"
     bare: tuple[tuple[str, str], ...]  # labels that may be followed by a value with no separator
+    #: every wording, for fuzzy matching
+    wordings: tuple[str, ...] = ()
 
     @classmethod
     def build(cls, *vocabularies: dict[str, tuple[str, ...]]) -> LabelTable:
@@ -110,7 +114,7 @@ class LabelTable:
                                 key=lambda kv: -len(kv[0])))
         bare = tuple(sorted(((k, v) for k, v in exact.items() if v in ("child_id", "child_dobs", "stage")),
                             key=lambda kv: -len(kv[0])))
-        return cls(exact, prefixes, bare)
+        return cls(exact, prefixes, bare, tuple(exact))
 
 
 @cache
@@ -162,6 +166,27 @@ def clean_line(line: str) -> str:
 class Label:
     key: str
     inline: str | None  # value on the same line, or None for a label on its own line
+    #: matched only approximately (``FUZZY_THRESHOLD``), not by a wording of the vocabulary
+    fuzzy: bool = False
+
+
+#: How close (rapidfuzz ``ratio``, 0-100) an unknown "Label:" must be to a known wording to count as it.
+#: 88 takes a typo or two in a long label ("Brief descripton of nature of concern", "Outcomes saught",
+#: "Name of refferer") and leaves apart labels that differ by a word ("Outcome achieved" vs "Outcome
+#: sought" scores 60; "Summary of the concern raised" matches nothing). Only labels written with a separator, of FUZZY_MIN_CHARS or more, are tried.
+FUZZY_THRESHOLD = 88
+FUZZY_MIN_CHARS = 8
+
+
+def _fuzzy(label_text: str, table: LabelTable) -> str | None:
+    n = norm(label_text)
+    if len(n) < FUZZY_MIN_CHARS or len(n) > 120:
+        return None
+    found = process.extractOne(n, table.wordings, scorer=fuzz.ratio, score_cutoff=FUZZY_THRESHOLD)
+    if found is None:
+        return None
+    key = table.exact[found[0]]
+    return None if key == "ignore" else key
 
 
 def _lookup(label_text: str, allow_prefix: bool, table: LabelTable) -> str | None:
@@ -184,6 +209,17 @@ def _after_words(s: str, count: int) -> str:
     return s[m.end():].strip() if m else ""
 
 
+def _inline(separator: str, rest: str) -> str:
+    inline = rest.strip().strip("*_").strip()
+    if separator == "?" and inline.startswith(":"):
+        inline = inline[1:].strip()
+    # "Should the Head of Service be contacted? Yes/No": the printed choices are part of the label
+    return "" if _PRINTED_CHOICES.fullmatch(inline) else inline
+
+
+_PRINTED_CHOICES = re.compile(r"\s*(?:yes|y)\s*[/|,]?\s*(?:or\s+)?(?:no|n)\s*", re.I)
+
+
 def match_label(line: str, table: LabelTable | None = None) -> Label | None:
     """The label at the start of ``line`` (and its value on the same line), or None."""
     t = table or default_labels()
@@ -194,10 +230,10 @@ def match_label(line: str, table: LabelTable | None = None) -> Label | None:
     if m:
         key = _lookup(m.group(1), True, t)
         if key is not None:
-            inline = m.group(3).strip().strip("*_").strip()
-            if m.group(2) == "?" and inline.startswith(":"):
-                inline = inline[1:].strip()
-            return Label(key, inline or None)
+            return Label(key, _inline(m.group(2), m.group(3)) or None)
+        key = _fuzzy(m.group(1), t)
+        if key is not None:
+            return Label(key, _inline(m.group(2), m.group(3)) or None, fuzzy=True)
     key = _lookup(s, False, t)
     if key is not None and not (key.startswith("status:") or norm(s) in _NEEDS_SEPARATOR):
         return Label(key, None)

@@ -15,7 +15,9 @@ __all__ = [
     "FORWARD_MARKER_RE",
     "cut_quoted",
     "cut_signature",
+    "cut_trailing_signature",
     "looks_like_signature",
+    "signature_at",
     "split_forwarded",
     "starts_sign_off",
     "strip_quoted",
@@ -62,6 +64,43 @@ def looks_like_signature(lines: Sequence[str], j: int) -> bool:
                 return False
     return 0 < len(rest) <= 5 and all(len(ln) <= 60 and not ln.endswith(".") for ln in rest) and \
         bool(re.search(r"(\+?\d[\d\s]{8,}|@|^tel|^mob|^phone)", "\n".join(rest), re.I | re.M))
+
+
+# What a signature's second line says: a role or an agency ("Health Visitor, Homerton", "DSL").
+_ROLE = (r"health visitor|social worker|school nurse|nurse|midwife|teacher|head ?teacher|deputy head|manager|"
+         r"officer|lead|designated|dsl|safeguarding|practitioner|advis[eo]r|consultant|paediatrician|gp|doctor|"
+         r"detective|constable|sergeant|co-?ordinator|worker|senco|principal|director|clinician|therapist|"
+         r"psychologist|team leader|supervisor|named nurse|named doctor")
+_ROLE_RE = re.compile(rf"\b(?:{_ROLE})\b", re.I)
+_CONTACT_RE = re.compile(r"(\+?\d[\d\s]{8,}|@|^tel\b|^mob\b|^phone\b|^t:|^m:|^e:)", re.I)
+_TITLE = r"(?:(?:dr|mr|mrs|ms|miss|mx|pc|ds|dc|di|sgt)\.?\s+)?"
+_NAME = r"[A-Z][a-z'’-]+(?:\s+[A-Z][a-z'’-]+){1,2}"
+_PERSON_RE = re.compile(rf"^{_TITLE}{_NAME}$")
+# "Jo Bloggs Health Visitor, Homerton" on one line, or at the end of a sentence of the value.
+_NAME_AND_ROLE_RE = re.compile(rf"(?:^|(?<=[.!?])\s+){_TITLE}{_NAME},?\s+(?:[A-Z][\w&'-]*\s+){{0,3}}?"
+                               rf"(?:{_ROLE})\b[^.!?]{{0,80}}$", re.I)
+
+
+def signature_at(lines: Sequence[str], j: int, after_blank: bool = False) -> bool:
+    """``lines[j]`` starts a signature: a person's name followed by a role, an agency or a contact
+    line ("Jo Bloggs" / "Health Visitor, Homerton"), a name and role on one line, or (after a blank
+    line) a name alone on the last line."""
+    line = lines[j].strip()
+    if _NAME_AND_ROLE_RE.fullmatch(line) and len(line) <= 100:
+        return True
+    if not _PERSON_RE.match(line):
+        return False
+    following = [ln.strip() for ln in lines[j + 1:j + 4] if ln.strip()]
+    if not following:
+        return after_blank
+    nxt = following[0]
+    return len(nxt) <= 80 and bool(_ROLE_RE.search(nxt) or _CONTACT_RE.search(nxt))
+
+
+def cut_trailing_signature(value: str) -> str:
+    """A value with a signature run on at its end ("... assessment. Jo Bloggs Health Visitor, Homerton")."""
+    m = _NAME_AND_ROLE_RE.search(value)
+    return value[:m.start()].rstrip() if m and m.start() > 0 else value
 
 
 def cut_signature(text: str) -> str:

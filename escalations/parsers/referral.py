@@ -14,8 +14,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from escalations.parsers import values
+from escalations.parsers import free_text, values
 from escalations.parsers.attachments import (
     attachment_texts,
     docx_to_text,
@@ -23,15 +24,19 @@ from escalations.parsers.attachments import (
     tnef_to_parts,
     with_attachment_texts,
 )
+from escalations.parsers.classify import MIN_LABELLED_FIELDS
 from escalations.parsers.fields import FIELD_NAMES, ChildStatus, ReferralFields, ReferralParse
 from escalations.parsers.labels import SECTION_SUBLABELS, Label, LabelTable, clean_line, match_label
 from escalations.parsers.message import ParsedMessage
 from escalations.parsers.quoting import (
     FORWARD_MARKER_RE,
+    cut_trailing_signature,
     looks_like_signature,
+    signature_at,
     split_forwarded,
     starts_sign_off,
 )
+from escalations.parsers.timescale import find_timescale, first_readable, in_letter
 from escalations.parsers.values import EMPTY_TEXT_VALUES, norm, parse_date, parse_datetime
 
 __all__ = [
@@ -58,6 +63,8 @@ _looks_like_signature = looks_like_signature
 _LONG_FIELDS = frozenset({"concern", "actions_taken", "outcome_sought", "concern+actions", "section:other"})
 # Labels that belong to the section above them ("Name / Agency / Role" under "Referrer details").
 _IN_SECTION = frozenset({"raised_by_agency", "raised_by_role", "raised_by_email"})
+# What a fuzzily matched key is recorded as in ``fuzzy_labels`` (a field name).
+_FUZZY_AS = {"section:other": "other_agency", "concern+actions": "concern"}
 _ONE_LINE_FIELDS = ("child_id", "raised_by_name", "raised_by_role", "raised_by_agency", "other_agency",
                     "other_practitioner", "borough")
 
@@ -68,6 +75,10 @@ class _Builder:
     labelled: set[str]
     #: list fields being accumulated (ordered, without repeats); ``values`` gets them on finish()
     lists: dict[str, dict[object, None]] = field(default_factory=dict)
+    #: the timescales written under a needed-by label, as written (read once the received time is known)
+    timescales: list[str] = field(default_factory=list)
+    #: fields whose label matched only fuzzily
+    fuzzy: set[str] = field(default_factory=set)
 
     def put(self, name: str, value: object) -> None:
         if name not in self.values or _is_blank(self.values[name]):
@@ -127,6 +138,12 @@ def _one_line(key: str) -> Callable[[_Builder, str], None]:
     return store
 
 
+def _store_timescale(b: _Builder, value: str) -> None:
+    one = " ".join(ln.strip() for ln in value.splitlines() if ln.strip())
+    if norm(one) not in EMPTY_TEXT_VALUES:
+        b.timescales.append(one)
+
+
 def _parsed(key: str, parse: Callable[[str], object]) -> Callable[[_Builder, str], None]:
     return lambda b, value: b.put_parsed(key, parse(value))
 
@@ -136,8 +153,9 @@ _STORERS: dict[str, Callable[[_Builder, str], None]] = {
     "child_dobs": lambda b, value: b.add("child_dobs", _dates(value)),
     "child_status": _parsed("child_status", values.child_status),
     "raised_by_email": _store_email,
-    "needed_by": _parsed("needed_by", parse_datetime),
+    "needed_by": _store_timescale,
     "immediate_risk": _parsed("immediate_risk", values.yes_no),
+    "head_of_service_contacted": _parsed("head_of_service_contacted", values.yes_no_choice),
     "stage": _parsed("stage", values.stage),
     **{key: _one_line(key) for key in _ONE_LINE_FIELDS},
 }
@@ -228,6 +246,8 @@ def _collect(lines: Sequence[str], labels: Sequence[Label | None], j: int, long_
             continue
         if starts_sign_off(clean_line(raw)):
             break
+        if value_lines and signature_at(lines, j, after_blank=bool(blank_run)):
+            break
         if long_field and blank_run and value_lines and looks_like_signature(lines, j):
             break
         if blank_run and value_lines:
@@ -258,9 +278,15 @@ def _extract(text: str, table: LabelTable | None = None) -> _Builder:
         elif not key.startswith("sub:") and key not in _IN_SECTION:
             section = ""
         name = _resolve(key, section)
+        if lab.fuzzy:
+            as_field = "child_status" if name.startswith("status:") else _FUZZY_AS.get(name, name)
+            if as_field in FIELD_NAMES:
+                b.fuzzy.add(as_field)
         value_lines: list[str] = [lab.inline] if lab.inline else []
         j = _collect(lines, labels, i + 1, name in _LONG_FIELDS, value_lines)
         value = _clean_value(value_lines)
+        if name in _LONG_FIELDS:
+            value = cut_trailing_signature(value)
         if name == "section:other":
             _store_other_party(b, value)
         else:
@@ -273,9 +299,23 @@ def _fields(b: _Builder) -> ReferralFields:
     return ReferralFields(**{k: v for k, v in b.values.items() if k in FIELD_NAMES})  # type: ignore[arg-type]
 
 
-def extract_fields_from_text(text: str, labels: LabelTable | None = None) -> ReferralFields:
-    """The labelled referral fields in one block of text."""
-    return _fields(_extract(text, labels))
+def _read_timescales(b: _Builder, received: datetime | None) -> str | None:
+    """``needed_by`` from the labelled timescales; the one written, when none reads."""
+    if not _is_blank(b.values.get("needed_by")):
+        return None
+    found, unread = first_readable(b.timescales, received)
+    if found is not None:
+        b.values["needed_by"] = found
+    return unread
+
+
+def extract_fields_from_text(text: str, labels: LabelTable | None = None,
+                             received: datetime | None = None) -> ReferralFields:
+    """The labelled referral fields in one block of text (a timescale in words is read relative to
+    ``received``, naive local; without it only a written date counts)."""
+    b = _extract(text, labels)
+    _read_timescales(b, received)
+    return _fields(b)
 
 
 def _fill_from_sender(b: _Builder, msg: ParsedMessage) -> None:
@@ -288,42 +328,74 @@ def _fill_from_sender(b: _Builder, msg: ParsedMessage) -> None:
             b.values["raised_by_name"] = name
 
 
-def extract_referral(msg: ParsedMessage, required: Sequence[str],
-                     labels: LabelTable | None = None) -> ReferralParse:
-    """Fields from the message body, inline forwards, embedded mail, .docx forms and winmail.dat.
+def _fill_from_free_text(b: _Builder, own: str) -> None:
+    """Too few labels: the sender's own words are the concern; the risk and the agency where plain."""
+    understood = free_text.understand(own)
+    b.put_parsed("concern", understood.concern)
+    b.put_parsed("other_agency", understood.other_agency)
+    if understood.immediate_risk:
+        b.put("immediate_risk", True)
 
-    ``labels`` is the vocabulary to read them with (default: the packaged one)."""
-    builder = _Builder({}, set())
-    sources: list[str] = []
 
-    def absorb(source: str, text: str) -> None:
-        part = _extract(text, labels)
+class _Absorber:
+    """Fields of every part of a message (body, forwards, attachments, embedded mail), first wins."""
+
+    def __init__(self, msg: ParsedMessage, labels: LabelTable | None) -> None:
+        self.builder = _Builder({}, set())
+        self.sources: list[str] = []
+        self.hits: list[str] = list(msg.limits_hit)
+        self.labels = labels
+        self.own = ""
+
+    def absorb(self, source: str, text: str) -> None:
+        builder, part = self.builder, _extract(text, self.labels)
         before = dict(builder.values)
         for k, v in part.values.items():
             builder.put(k, v)
         builder.labelled |= part.labelled
-        if (part.labelled or builder.values != before) and source not in sources:
-            sources.append(source)
+        builder.fuzzy |= part.fuzzy
+        builder.timescales.extend(part.timescales)
+        if (part.labelled or builder.values != before) and source not in self.sources:
+            self.sources.append(source)
 
-    hits: list[str] = list(msg.limits_hit)
-
-    def absorb_message(m: ParsedMessage, own_source: str, depth: int) -> None:
+    def message(self, m: ParsedMessage, own_source: str, depth: int) -> None:
         own, forwarded = split_forwarded(m.text)
-        absorb(own_source, own)
+        if depth == 0:
+            self.own = own
+        self.absorb(own_source, own)
         for block in forwarded:
-            absorb("forwarded", block)
+            self.absorb("forwarded", block)
         texts = m.attachment_texts
         if texts is None:  # not read by the parse worker (a plain parse_message result)
-            texts = tuple(attachment_texts(m.attachments, hits=hits))
+            texts = tuple(attachment_texts(m.attachments, hits=self.hits))
         for src, text in texts:
-            absorb(src, text)
+            self.absorb(src, text)
         if depth < 3:
             for inner in m.embedded:
-                absorb_message(inner, "embedded", depth + 1)
+                self.message(inner, "embedded", depth + 1)
 
-    absorb_message(msg, "body", 0)
+
+def extract_referral(msg: ParsedMessage, required: Sequence[str],
+                     labels: LabelTable | None = None, received: datetime | None = None) -> ReferralParse:
+    """Fields from the message body, inline forwards, embedded mail, .docx forms and winmail.dat.
+
+    ``labels`` is the vocabulary to read them with (default: the packaged one); ``received`` (naive
+    local time) is what a timescale in words ("by Friday") is read against."""
+    absorber = _Absorber(msg, labels)
+    absorber.message(msg, "body", 0)
+    builder = absorber.builder
+    is_free_text = len(builder.labelled) < MIN_LABELLED_FIELDS
+    if is_free_text:
+        _fill_from_free_text(builder, absorber.own)
+    unread = _read_timescales(builder, received)
+    if not builder.timescales and (phrase := find_timescale(absorber.own)):
+        found, unread = in_letter(phrase, received)
+        if found is not None:
+            builder.values["needed_by"] = found
     _fill_from_sender(builder, msg)
     result = _fields(builder)
     missing = tuple(name for name in required if name in FIELD_NAMES and result.is_empty(name))
-    return ReferralParse(fields=result, missing=missing, sources=tuple(sources),
-                         labelled_count=len(builder.labelled), limits_hit=tuple(dict.fromkeys(hits)))
+    return ReferralParse(fields=result, missing=missing, sources=tuple(absorber.sources),
+                         labelled_count=len(builder.labelled), limits_hit=tuple(dict.fromkeys(absorber.hits)),
+                         timescale_unread=unread, fuzzy_labels=tuple(sorted(builder.fuzzy)),
+                         free_text=is_free_text)

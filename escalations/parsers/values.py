@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from escalations.parsers.fields import ChildStatus
 
 __all__ = [
+    "AGENCY_WORDS",
     "EMAIL_RE",
     "EMPTY_TEXT_VALUES",
     "child_status",
@@ -25,6 +26,7 @@ __all__ = [
     "stage",
     "strip_dates",
     "yes_no",
+    "yes_no_choice",
 ]
 
 # Values that mean "nothing given" (for required-field purposes).
@@ -125,6 +127,24 @@ def yes_no(text: str) -> bool | None:
     return None
 
 
+_CHECKED = "☒☑✔✓✗✘■▣◉●⊠"
+_CHOICE_RE = re.compile(rf"\b(yes|no)\b\s*(?:\[\s*[x✓✔]\s*\]|\(\s*[x✓✔]\s*\)|[{_CHECKED}])"
+                        rf"|(?:\[\s*[x✓✔]\s*\]|[{_CHECKED}])\s*\b(yes|no)\b", re.I)
+
+
+def yes_no_choice(text: str) -> bool | None:
+    """A form's "Yes / No" answer: the ticked one ("Yes ☐ No ☒", "[x] Yes"); the printed choices
+    left as they are ("Yes No", "Yes/No") answer nothing; otherwise as ``yes_no``."""
+    ticked = {(m.group(1) or m.group(2)).lower() for m in _CHOICE_RE.finditer(text)}
+    if len(ticked) == 1:
+        return ticked.pop() == "yes"
+    words = set(norm(text).split())
+    if {"yes", "no"} <= words:
+        rest = words - {"yes", "no", "y", "n"}
+        return None if not rest or ticked else yes_no(text)
+    return yes_no(text)
+
+
 _STATUS_PATTERNS: tuple[tuple[re.Pattern[str], ChildStatus], ...] = (
     (re.compile(r"\b(looked after|lac|cla|child looked after|in care|care order|section 20|s20|s 20)\b"),
      "looked_after"),
@@ -169,7 +189,7 @@ def stage(text: str) -> int | None:
 
 
 EMAIL_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-_AGENCY_WORDS = re.compile(
+AGENCY_WORDS = re.compile(
     r"\b(council|police|constabulary|school|academy|college|nursery|nhs|hospital|trust|csc|social care|"
     r"services?|team|health|department|dept|unit|clinic|surgery|gp|practice|probation|cafcass|housing|"
     r"safeguarding|agency|children'?s|partnership|foundation|borough|authority|cyps|camhs|icb|ccg|"
@@ -188,10 +208,10 @@ def split_practitioner_agency(value: str) -> tuple[str | None, str | None]:
          or re.match(r"^(.+?)\s+(?:at|from|of)\s+(.+)$", v))
     if m:
         left, right = m.group(1).strip(), m.group(2).strip()
-        if _AGENCY_WORDS.search(left) and not _AGENCY_WORDS.search(right):
+        if AGENCY_WORDS.search(left) and not AGENCY_WORDS.search(right):
             left, right = right, left
         return left or None, right or None
-    if _AGENCY_WORDS.search(v):
+    if AGENCY_WORDS.search(v):
         return None, v or None
     return v or None, None
 

@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from escalations.parsers.fields import ReferralFields
     from escalations.routing.policy.model import Partnership
 
-__all__ = ["DOB_REMOVED", "ID_REMOVED", "NAME_REMOVED", "Redactor", "initials", "on_domains", "redactor_for"]
+__all__ = ["DOB_REMOVED", "ID_REMOVED", "NAME_REMOVED", "Redactor", "initials", "names_as_initials", "on_domains",
+           "redactor_for"]
 
 DOB_REMOVED = "[date of birth removed]"
 ID_REMOVED = "[ID removed]"
@@ -217,6 +218,23 @@ def redactor_for(fields: ReferralFields, partnership: Partnership) -> Redactor:
     """The redactor for a case's outgoing mail, keeping the partnership's own name and mailboxes."""
     return Redactor.for_case(fields.child_names, fields.child_dobs, fields.child_id,
                              keep=[partnership.name, *partnership.mailboxes])
+
+
+#: Capitalised words a quoted phrase keeps: they name days and months, never a person.
+_CALENDAR_WORDS = frozenset(["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december", "christmas", "easter"])
+_CAPITALISED = re.compile(r"(?<![\w'’])([A-ZÀ-Þ][\wÀ-ɏ'’-]*)")
+
+
+def names_as_initials(text: str) -> str:
+    """A phrase quoted from a referral whose children may not be known yet ("before Ava returns home"):
+    every capitalised word but the first and the names of days and months becomes an initial, as a
+    child's name would ("before A. returns home"). A false positive costs a word."""
+    def shown(m: re.Match[str]) -> str:
+        word = m.group(1)
+        if m.start() == 0 or word.lower().rstrip("s'’") in _CALENDAR_WORDS or word.lower() in _CALENDAR_WORDS:
+            return word
+        return word[0] + "."
+    return _CAPITALISED.sub(shown, text)
 
 
 def on_domains(recipients: Iterable[str], domains: Iterable[str]) -> bool:

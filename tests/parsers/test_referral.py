@@ -31,7 +31,7 @@ def test_field_names_match_architecture() -> None:
     assert FIELD_NAMES == (
         "child_names", "child_dobs", "child_id", "child_status", "raised_by_name", "raised_by_role",
         "raised_by_agency", "raised_by_email", "other_agency", "other_practitioner", "concern", "actions_taken",
-        "outcome_sought", "needed_by", "immediate_risk", "stage", "borough")
+        "outcome_sought", "needed_by", "immediate_risk", "stage", "borough", "head_of_service_contacted")
     assert tuple(ReferralFields().to_json()) == FIELD_NAMES
 
 

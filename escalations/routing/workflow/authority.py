@@ -184,7 +184,8 @@ def authority(state: CaseState, facts: ReplyFacts, p: Partnership, command: str 
         return Verdict(None, None, Refusal.NOT_A_PARTY)
     # Missing information may be answered from any of the case's mails; decisions only from the
     # current stage's (staff may act on any case of theirs).
-    answers_info = command == "INFO" or state.status in ("awaiting_information", "needs_routing")
+    answers_info = command == "INFO" or state.status in ("awaiting_information", "incomplete",
+                                                                "needs_routing")
     if facts.token_stage_index != state.stage_index and not answers_info and role is not Authority.STAFF:
         return Verdict(role, side, Refusal.EARLIER_STAGE)
     if command in (None, "NOTE", "LEARNING", "THEME") and facts.notes_today >= facts.note_limit:

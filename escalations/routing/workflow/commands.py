@@ -114,7 +114,9 @@ class Command:
 _ANYONE = frozenset(Authority)
 _LIVE = frozenset(CaseStatus) - TERMINAL
 _AT_STAGE = frozenset({CaseStatus.OPEN, CaseStatus.AWAITING_CONFIRMATION})
-_WAITING = frozenset({CaseStatus.AWAITING_INFORMATION, CaseStatus.NEEDS_ROUTING})
+_WAITING = frozenset({CaseStatus.AWAITING_INFORMATION, CaseStatus.INCOMPLETE, CaseStatus.NEEDS_ROUTING})
+#: Waiting for the referrer's missing fields (a form with gaps, or a letter with no form labels).
+_MISSING_INFO = frozenset({CaseStatus.AWAITING_INFORMATION, CaseStatus.INCOMPLETE})
 
 
 # ---- handlers ----------------------------------------------------------------------------------------
@@ -178,7 +180,7 @@ def _on_info(reply: Reply) -> Step:
     ev = EventRecord("information_added", {"fields": sorted(k for k, v in r.info.to_json().items()
                                                             if v not in (None, [], "")),
                                            "still_missing": list(missing)}, actor=r.sender)
-    if state.status == CaseStatus.AWAITING_INFORMATION and missing:
+    if state.status in _MISSING_INFO and missing:
         return reply.done(Step(change=change, events=(ev,), mails=(_still_missing(reply, updated, missing),)))
     if state.status in _WAITING:
         step = initial_step(updated, p, now, "the missing information was provided")
@@ -378,6 +380,8 @@ def _refuse_notified(reply: Reply, command: Command) -> Step | None:
 _WAITING_WHY = {
     CaseStatus.AWAITING_INFORMATION: "the case is waiting for missing information; reply with INFO and the "
                                      "missing fields",
+    CaseStatus.INCOMPLETE: "the case is waiting for the referral's details; reply with INFO and the form's "
+                           "fields",
     CaseStatus.NEEDS_ROUTING: "the case is waiting for the partnership to route it to the other agency",
 }
 

@@ -27,6 +27,10 @@ MAX_LINES = 200
 _KIND_TEXT = {
     "sender_not_verified": "a referral whose From line did not name exactly one sender",
     "address_unconfirmed": "an address in a referral whose domain is no agency's (not mailed)",
+    "free_text_referral": "an escalation written without the form: opened as incomplete, the sender asked for "
+                          "the form's details",
+    "timescale_unread": "a timescale in the referral that could not be read as a date: the sender was asked "
+                        "for one; check the deadline",
 }
 
 
@@ -44,7 +48,10 @@ def _what(item: DigestItem) -> str:
             return "reply not applied: " + REFUSAL_TEXT[Refusal(str(item.detail.get("reason")))]
         except ValueError:
             return "reply not applied"
-    return _KIND_TEXT.get(item.kind, item.kind.replace("_", " "))
+    text = _KIND_TEXT.get(item.kind, item.kind.replace("_", " "))
+    if item.detail.get("immediate_risk") is True:
+        text += " (it says a child is at immediate risk: the coordinator was told at once)"
+    return text
 
 
 def _known_domains(p: Partnership) -> set[str]:

@@ -7,15 +7,35 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from escalations.parsers.fields import ReferralFields
+    from escalations.parsers.fields import ReferralFields, ReferralParse
     from escalations.routing.workflow.authority import ReplyFacts
 
-__all__ = ["Automated", "Opened", "Replied", "StaffAction", "TimerFired", "WorkflowEvent"]
+__all__ = ["Automated", "NewReferral", "Opened", "Replied", "StaffAction", "TimerFired", "WorkflowEvent"]
+
+
+@dataclass(frozen=True)
+class NewReferral:
+    """What the processor found out about a new referral: the parse, and who may be answered."""
+
+    parse: ReferralParse
+    #: The strictly parsed From address (None when From did not name exactly one sender).
+    sender: str | None
+    origin_message_id: str | None
+    #: False for mail that must not be answered (RFC 3834: automated senders).
+    may_answer: bool = True
+    #: The referral's own ``Email:`` when the service may write to it (``recipients.mailable``).
+    practitioner: str | None = None
+    #: Why From was not one sender (a SenderProblem value), if it was not.
+    sender_problem: str | None = None
 
 
 @dataclass(frozen=True)
 class Opened:
-    """A referral became a case (complete, or incomplete but urgent)."""
+    """A referral became a case. With ``intake`` the acknowledgement and the first step (for a complete
+    or urgent referral) are decided together; without it, only the first step (the missing fields
+    were answered later)."""
+
+    intake: NewReferral | None = None
 
 
 @dataclass(frozen=True)

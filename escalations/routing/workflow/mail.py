@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from escalations.parsers.commands_vocabulary import VOCABULARY
-from escalations.routing.redact import initials
+from escalations.routing.redact import initials, names_as_initials
 from escalations.routing.workflow.audience import Audience, StageKind, audience_for_address
 from escalations.routing.workflow.state import ACK_TOKEN_STAGE, CaseState, CaseStatus, OutgoingMail
 
@@ -93,7 +93,8 @@ def summary_context(reference: str, f: ReferralFields, p: Partnership, *, immedi
         "child_count": len(f.child_names),
         "other_agency": f.other_agency or "",
         "other_practitioner": f.other_practitioner or "",
-        "concern_summary": summarise(f.concern),
+        # No child named yet (a letter without the form): the redaction cannot know whose name to hide.
+        "concern_summary": summarise(f.concern) if f.child_names else names_as_initials(summarise(f.concern)),
         "outcome_sought": summarise(f.outcome_sought),
         "immediate_risk": immediate_risk,
     }

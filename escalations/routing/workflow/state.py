@@ -28,6 +28,8 @@ ACK_TOKEN_STAGE = -1
 
 class CaseStatus(StrEnum):
     AWAITING_INFORMATION = "awaiting_information"
+    #: Opened from an escalation written without the form's labels: waiting for them (INFO).
+    INCOMPLETE = "incomplete"
     OPEN = "open"
     NEEDS_ROUTING = "needs_routing"
     AWAITING_CONFIRMATION = "awaiting_confirmation"
@@ -74,6 +76,7 @@ FIELD_LABELS: Mapping[str, str] = {
     "immediate_risk": "Is the child at immediate risk? (yes/no)",
     "stage": "Stage already reached (1-4)",
     "borough": "Borough",
+    "head_of_service_contacted": "Should the Head of Service be contacted? (yes/no)",
 }
 
 

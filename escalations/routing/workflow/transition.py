@@ -20,7 +20,7 @@ from escalations.routing.workflow.events import (
     TimerFired,
     WorkflowEvent,
 )
-from escalations.routing.workflow.opening import initial_step
+from escalations.routing.workflow.opening import on_opened
 from escalations.routing.workflow.refusals import refused
 from escalations.routing.workflow.reply import Reply
 from escalations.routing.workflow.staff import on_staff_action
@@ -31,10 +31,6 @@ if TYPE_CHECKING:
     from escalations.routing.policy.model import Partnership
 
 __all__ = ["HANDLERS", "transition"]
-
-
-def _on_opened(state: CaseState, event: Opened, p: Partnership, now: datetime) -> Step:
-    return initial_step(state, p, now, "a referral was received")
 
 
 def _on_reply(state: CaseState, r: Replied, p: Partnership, now: datetime) -> Step:
@@ -50,7 +46,7 @@ def _on_reply(state: CaseState, r: Replied, p: Partnership, now: datetime) -> St
 
 #: Each event type's handler, (state, event, partnership, now) -> Step.
 HANDLERS: Mapping[type, Callable[[CaseState, Any, Partnership, datetime], Step]] = {
-    Opened: _on_opened,
+    Opened: on_opened,
     Replied: _on_reply,
     TimerFired: on_timer,
     Automated: on_automated,
