@@ -113,7 +113,8 @@ SEED_LABELS = [
     ("Name of practitioner and agency with which there is a concern", "section:other"),
     ("Brief description of nature of concern", "concern"), ("Outcomes sought", "outcome_sought"),
     ("Should the Head of Service be contacted? Yes No", "head_of_service_contacted"),
-    ("Actions agreed by safeguarding advisor (to be completed by referring SA)", "ignore"),
+    # what the referring agency's safeguarding advisor agreed: the actions taken to resolve it so far
+    ("Actions agreed by safeguarding advisor (to be completed by referring SA)", "actions_taken"),
     ("Outcome achieved following completion of actions", "ignore"), ("Name of referrer", "raised_by_name"),
     ("Department", "raised_by_agency"), ("Safeguarding advisor", "ignore"),
     # Tri-borough, Appendix A
