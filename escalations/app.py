@@ -233,7 +233,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSen
     already (nothing is created); otherwise an empty database is created at it. Either way a
     database at another revision raises :class:`SchemaError` naming ``escalations db upgrade``."""
     clock = clock or SystemClock()
-    config = config or load_config(settings.config_dir)
+    config = config or load_config(settings.config_dir, cache_dir=settings.data_dir)
     if not read_only:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(make_engine(settings.effective_database_url), clock, lease_clock=lease_clock)
