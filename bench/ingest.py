@@ -795,15 +795,75 @@ def run_latency(dovecot: DovecotServer, db: DbWatch, relay: TimedRelay, relay_ba
                              f"append->EXISTS {notify_ms[-1]:.1f} ms")
     finally:
         listener.close()
+    return latency_figures(pipeline_ms, notify_ms)
+
+
+def latency_figures(pipeline_ms: list[float], notify_ms: list[float]) -> dict[str, Any]:
     diffs = [p - q for p, q in zip(pipeline_ms, notify_ms, strict=True)]
     return {
-        "samples": samples,
+        "samples": len(pipeline_ms),
         "append_to_ack_queued_ms": {"p50": percentile(pipeline_ms, 50), "p99": percentile(pipeline_ms, 99),
                                     "max": max(pipeline_ms), "mean": statistics.fmean(pipeline_ms)},
         "append_to_exists_ms": {"p50": percentile(notify_ms, 50), "p99": percentile(notify_ms, 99),
                                 "max": max(notify_ms), "mean": statistics.fmean(notify_ms)},
         "paired_difference_ms": {"p50": percentile(diffs, 50), "p99": percentile(diffs, 99)},
     }
+
+
+class LoadPhase:
+    """(e) IDLE latency while a backlog is being processed: single referrals APPENDed one at a time
+    behind a backlog, each timed to its own acknowledgement row (found by its Message-ID)."""
+
+    def __init__(self, dovecot: DovecotServer, db: DbWatch, relay: TimedRelay, relay_base: int, child: Child,
+                 run_id: str) -> None:
+        self.dovecot, self.db, self.relay, self.relay_base = dovecot, db, relay, relay_base
+        self.child, self.run_id = child, run_id
+
+    def acked(self, message_id: str) -> bool:
+        return self.db.scalar(
+            'SELECT count(*) FROM outbox o JOIN "case" c ON o.case_id = c.id WHERE o.template = :t '
+            "AND c.origin_message_id IN (:a, :b)", t=f"{ACK_TEMPLATE}.txt.j2", a=message_id,
+            b=f"<{message_id}>") > 0
+
+    def run(self, first: int, backlog: int, samples: int) -> dict[str, Any]:
+        progress(f"(e) latency under load: APPEND a {backlog}-message backlog, then up to {samples} single "
+                 "messages while it is processed")
+        raws = [make_referral(i, self.run_id)[1] for i in range(first, first + backlog)]
+        listener = IdleListener(self.dovecot)
+        pipeline_ms: list[float] = []
+        notify_ms: list[float] = []
+        try:
+            with self.dovecot.client(timeout=30) as appender:
+                exists = int(appender.folder_status("INBOX", ["MESSAGES"])[b"MESSAGES"])
+                self.dovecot.append_many(raws, folder="INBOX")
+                exists += backlog
+                goal = first + backlog  # inbound rows once the backlog is all stored
+                for k in range(samples):
+                    if k and self.db.counts()["done"] >= goal:
+                        break  # the backlog is done: what follows would be a quiet sample
+                    listener.drain()
+                    mid, raw = make_referral(first + backlog + k, self.run_id)
+                    appender.append("INBOX", raw)
+                    appended = time.monotonic()
+                    exists += 1
+                    self.wait_acked(mid, k)
+                    pipeline_ms.append((time.monotonic() - appended) * 1000)
+                    notify_ms.append((listener.next_exists(exists, timeout=60) - appended) * 1000)
+        finally:
+            listener.close()
+        progress(f"(e) {len(pipeline_ms)} samples under load; backlog processed: "
+                 f"{self.db.counts()['done'] - first}/{backlog} when the last was acknowledged")
+        return {**latency_figures(pipeline_ms, notify_ms), "backlog": backlog}
+
+    def wait_acked(self, message_id: str, k: int) -> None:
+        deadline = time.monotonic() + STALL_SECONDS * 5
+        while not self.acked(message_id):
+            if not self.child.alive():
+                raise Broken(f"pipeline process exited with {self.child.proc.returncode}{self.child.log_tail()}")
+            if time.monotonic() > deadline:
+                raise Broken(f"load sample {k}: no acknowledgement queued within {STALL_SECONDS * 5:.0f} s"
+                             f"{self.child.log_tail()}")
+            time.sleep(0.002)
 
 
 def run_pipeline(args: argparse.Namespace, dovecot: DovecotServer, relay: TimedRelay, tmp: Path,
@@ -848,12 +908,18 @@ def run_pipeline(args: argparse.Namespace, dovecot: DovecotServer, relay: TimedR
         if sqlite_path(database_url) is not None:
             mails = [(m.mail_from, m.rcpt_tos, m.raw) for m in relay.capture.messages[relay_before:]]
             results.snapshot_rows = snapshot_pipeline(sqlite_path(database_url), mails, tmp / "snapshot.pickle")
+        total = n
         if samples > 0:
-            latency_ids = [f"bench-{run_id}-{i}@bench.example.org" for i in range(n, n + samples)]
             results.latency = run_latency(dovecot, db, relay, relay_before, child, run_id, n, samples)
-            final = wait_drained(db, relay, relay_before, timeout=60)
-            results.checks["final"] = check_state(db, relay, relay_before, n + samples,
-                                                  [*expected_ids, *latency_ids], final)
+            total += samples
+        if args.load_backlog > 0 and args.load_samples > 0:
+            load = LoadPhase(dovecot, db, relay, relay_before, child, run_id)
+            results.latency_load = load.run(total, args.load_backlog, args.load_samples)
+            total += args.load_backlog + results.latency_load["samples"]
+        if total > n:
+            final = wait_drained(db, relay, relay_before, timeout=max(60.0, (total - n) * 0.2))
+            ids = [f"bench-{run_id}-{i}@bench.example.org" for i in range(n, total)]
+            results.checks["final"] = check_state(db, relay, relay_before, total, [*expected_ids, *ids], final)
         child.send("rss")
         idle = child.expect("rss", timeout=30)
         child.send("stop")
@@ -1104,7 +1170,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=2000, help="referrals to catch up on (default 2000)")
     parser.add_argument("--latency-samples", type=int, default=200,
                         help="single messages for the IDLE latency figures (default 200; 0 skips)")
-    parser.add_argument("--smoke", action="store_true", help="CI mode: --n 50 --latency-samples 10")
+    parser.add_argument("--load-backlog", type=int, default=1000,
+                        help="backlog APPENDed for the latency-under-load figures (default 1000; 0 skips)")
+    parser.add_argument("--load-samples", type=int, default=100,
+                        help="single messages timed while that backlog is processed (default at most 100)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="CI mode: --n 50 --latency-samples 10 --load-backlog 30 --load-samples 5")
     parser.add_argument("--database-url", default=None,
                         help="service database (default: a temp SQLite file; a PostgreSQL URL gets a fresh schema)")
     parser.add_argument("--after-store", choices=("none", "seen"), default="none",
@@ -1116,7 +1187,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--child", choices=("pipeline", "baseline", "equal"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.smoke:
-        args.n, args.latency_samples = 50, 10
+        args.n, args.latency_samples, args.load_backlog, args.load_samples = 50, 10, 30, 5
     if args.n < 1 or args.latency_samples < 0:
         parser.error("--n must be >= 1 and --latency-samples >= 0")
     return args
