@@ -1043,6 +1043,18 @@ def mib(kib: float) -> float:
     return kib / 1024.0
 
 
+def run_peer_here(python: Path, tmp: Path, dovecot: DovecotServer, relay: TimedRelay,
+                  raws: list[bytes]) -> dict[str, Any]:
+    """django-helpdesk on the same referrals, in this run's Dovecot (a folder of its own: it deletes)."""
+    from peer_helpdesk import PeerBroken, run_peer
+
+    progress(f"(p) peer: django-helpdesk get_email on the same {len(raws)} referrals")
+    try:
+        return run_peer(python, tmp / "peer", dovecot, relay, raws, MAILBOX, "Peer").as_dict()
+    except PeerBroken as exc:
+        raise Broken(f"peer: {exc}") from exc
+
+
 def evaluate(results: Results) -> None:
     p, b, lat = results.pipeline, results.baseline, results.latency
     ratio = p["msgs_per_s"] / b["msgs_per_s"]
@@ -1180,7 +1192,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="service database (default: a temp SQLite file; a PostgreSQL URL gets a fresh schema)")
     parser.add_argument("--after-store", choices=("none", "seen"), default="none",
                         help="what the watcher does after storing (default none, as the baseline)")
+    parser.add_argument("--peer", action="store_true",
+                        help="also run django-helpdesk 2.6.1's get_email on the same backlog after ours, each round "
+                             "(installs it once into ~/.cache/escalations-bench; see bench/peer_helpdesk.py)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="with --peer: rounds of (ours, peer), interleaved (default 2; latency in the first only)")
+    parser.add_argument("--peer-cache", default=None, help="where the django-helpdesk venv is kept")
     parser.add_argument("--json", action="store_true", help="also print a JSON summary")
+    parser.add_argument("--json-out", metavar="FILE", default=None, help="write the JSON summary to FILE")
     parser.add_argument("--profile", metavar="FILE.prof", default=None,
                         help="profile the service's threads with cProfile (slows it down) and print hot spots")
     parser.add_argument("--keep", action="store_true", help="keep the temp directory (logs, databases)")
@@ -1188,8 +1207,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.n, args.latency_samples, args.load_backlog, args.load_samples = 50, 10, 30, 5
-    if args.n < 1 or args.latency_samples < 0:
-        parser.error("--n must be >= 1 and --latency-samples >= 0")
+    if args.n < 1 or args.latency_samples < 0 or args.rounds < 1:
+        parser.error("--n and --rounds must be >= 1 and --latency-samples >= 0")
+    if args.smoke and args.peer:
+        parser.error("--peer installs and runs django-helpdesk: not part of --smoke")
     return args
 
 
@@ -1200,7 +1221,7 @@ def dovecot_version(binary: str) -> str:
         return "?"
 
 
-def run(args: argparse.Namespace) -> Results:
+def run(args: argparse.Namespace, peer_python: Path | None = None) -> Results:
     from tests.servers.dovecot import DOVECOT, DovecotServer
 
     run_id = uuid.uuid4().hex[:8]
@@ -1233,12 +1254,14 @@ def run(args: argparse.Namespace) -> Results:
         results.append_seconds = time.monotonic() - t
         if len(dovecot.uids("INBOX")) != args.n or len(dovecot.uids(BASELINE_FOLDER)) != args.n:
             raise Broken("APPEND did not leave N messages in each folder")
-        del referrals, raws
+        del referrals
 
         results.baseline = run_baseline(dovecot, relay, tmp, args.n)
         run_pipeline(args, dovecot, relay, tmp, database_url, run_id, expected_ids, results)
         if results.snapshot_rows:
             results.equal = run_equal(dovecot, relay, tmp, args.n, results)
+        if peer_python is not None:
+            results.peer.append(run_peer_here(peer_python, tmp, dovecot, relay, raws))
         evaluate(results)
         return results
     raise AssertionError("unreachable")
@@ -1268,22 +1291,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     started = time.monotonic()
     try:
-        results = run(args)
+        rounds = run_rounds(args)
     except Broken as exc:
         print(f"BROKEN: {exc}", file=sys.stderr)
         return 1
-    print(report(results))
+    print(report(rounds[0]))
+    if args.peer:
+        print(peer_report(rounds))
     if args.profile:
         print_profile(str(Path(args.profile).resolve()))
     print(f"\n(total wall time {time.monotonic() - started:.1f} s)")
-    if args.json:
-        print(json.dumps({
-            "n": results.n, "latency_samples": results.samples, "database": results.database,
-            "dovecot": results.dovecot_version, "append_seconds": results.append_seconds,
-            "baseline": results.baseline, "pipeline": results.pipeline, "latency": results.latency,
-            "targets": results.targets, "checks": results.checks,
-        }, indent=2, default=str))
+    if args.json or args.json_out:
+        blob = json.dumps([as_json(r) for r in rounds] if args.peer else as_json(rounds[0]), indent=2, default=str)
+        if args.json:
+            print(blob)
+        if args.json_out:
+            Path(args.json_out).write_text(blob + "\n", encoding="utf-8")
     return 0
+
+
+def as_json(results: Results) -> dict[str, Any]:
+    return {
+        "n": results.n, "latency_samples": results.samples, "database": results.database,
+        "dovecot": results.dovecot_version, "append_seconds": results.append_seconds,
+        "baseline": results.baseline, "pipeline": results.pipeline, "latency": results.latency,
+        "latency_load": results.latency_load, "equal": results.equal, "database_size": results.database_size,
+        "snapshot_rows": results.snapshot_rows, "peer": results.peer,
+        "targets": results.targets, "checks": results.checks,
+    }
+
+
+def run_rounds(args: argparse.Namespace) -> list[Results]:
+    """One run; with --peer, ``--rounds`` runs of (ours, then the peer), latency in the first only."""
+    if not args.peer:
+        return [run(args)]
+    from peer_helpdesk import PeerBroken, cache_root, ensure_venv
+
+    try:
+        python = ensure_venv(cache_root(args.peer_cache))
+    except PeerBroken as exc:
+        raise Broken(str(exc)) from exc
+    out = []
+    for r in range(args.rounds):
+        progress(f"round {r + 1}/{args.rounds}: ours, then django-helpdesk, on the same {args.n} referrals")
+        round_args = argparse.Namespace(**vars(args))
+        if r:
+            round_args.latency_samples = round_args.load_backlog = 0
+        out.append(run(round_args, python))
+    return out
+
+
+def peer_report(rounds: list[Results]) -> str:
+    lines = ["", f"ours vs django-helpdesk 2.6.1 get_email, {len(rounds)} interleaved rounds on the same referrals:"]
+    for i, r in enumerate(rounds, 1):
+        p, peer = r.pipeline, r.peer[0]
+        lines.append(
+            f"  round {i}: ours {p['msgs_per_s']:6.1f} msg/s {p['cpu_ms_per_referral']:6.2f} ms CPU/referral | "
+            f"peer {peer['msgs_per_s']:6.1f} msg/s {peer['cpu_ms_per_msg']:6.2f} ms CPU/msg "
+            f"({peer['gross_cpu_ms_per_msg']:.2f} with its start-up) | throughput ratio "
+            f"{p['msgs_per_s'] / peer['msgs_per_s']:.2f}x (target >= {TARGET_PEER_RATIO:.0f}x), CPU ratio "
+            f"{p['cpu_ms_per_referral'] / peer['cpu_ms_per_msg']:.2f}; peer peak RSS {peer['maxrss_kib'] / 1024:.0f} MiB")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -184,7 +184,14 @@ class HelpdeskSite:
         (site / "settings.py").write_text(SETTINGS.format(relay_port=relay_port, mailbox=mailbox))
         (site / "urls.py").write_text(URLS)
         (workdir / "manage.py").write_text(textwrap.dedent("""\
-            import os, sys
+            import atexit, os, sys
+
+            def _peak_rss():  # VmHWM: this address space's own high-water mark (ru_maxrss is not, after exec)
+                with open("/proc/self/status") as f, open(os.environ["BENCH_HWM_FILE"], "w") as out:
+                    out.write(next((l.split()[1] for l in f if l.startswith("VmHWM:")), "0"))
+
+            if os.environ.get("BENCH_HWM_FILE") and os.path.exists("/proc/self/status"):
+                atexit.register(_peak_rss)
             os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchsite.settings")
             from django.core.management import execute_from_command_line
             execute_from_command_line(sys.argv)
@@ -204,18 +211,21 @@ class HelpdeskSite:
 
     def timed_get_email(self) -> tuple[float, float, int]:
         """(wall seconds, CPU seconds, peak RSS KiB) of one ``get_email`` child, from its own rusage."""
-        log = self.workdir / "get_email.log"
+        log, hwm = self.workdir / "get_email.log", self.workdir / "get_email.hwm"
+        hwm.unlink(missing_ok=True)
         with open(log, "wb") as out:
             t0 = time.monotonic()
             proc = subprocess.Popen([str(self.python), "manage.py", "get_email", "--quiet"], cwd=self.workdir,
-                                    env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+                                    env={**self.env, "BENCH_HWM_FILE": str(hwm)}, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=out)
             _pid, status, usage = os.wait4(proc.pid, 0)  # this child's rusage alone
             wall = time.monotonic() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             tail = log.read_text(errors="replace")[-2000:]
             raise PeerBroken(f"get_email exited with {proc.returncode}: {tail}")
-        return wall, usage.ru_utime + usage.ru_stime, int(usage.ru_maxrss)
+        peak = int(hwm.read_text().strip() or 0) if hwm.exists() else int(usage.ru_maxrss)
+        return wall, usage.ru_utime + usage.ru_stime, peak
 
     def tickets(self) -> int:
         with contextlib.closing(sqlite3.connect(self.workdir / "benchsite" / "helpdesk.sqlite3")) as db:
