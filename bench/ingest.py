@@ -868,7 +868,7 @@ class LoadPhase:
 
 def run_pipeline(args: argparse.Namespace, dovecot: DovecotServer, relay: TimedRelay, tmp: Path,
                  database_url: str, run_id: str, expected_ids: Sequence[str], results: Results) -> None:
-    n, samples = args.n, args.latency_samples
+    n = args.n
     mailbox = dovecot.mailbox_settings(
         name="bench", after_store=args.after_store,
         # production values, not the short test timeouts of mailbox_settings()
@@ -908,18 +908,7 @@ def run_pipeline(args: argparse.Namespace, dovecot: DovecotServer, relay: TimedR
         if sqlite_path(database_url) is not None:
             mails = [(m.mail_from, m.rcpt_tos, m.raw) for m in relay.capture.messages[relay_before:]]
             results.snapshot_rows = snapshot_pipeline(sqlite_path(database_url), mails, tmp / "snapshot.pickle")
-        total = n
-        if samples > 0:
-            results.latency = run_latency(dovecot, db, relay, relay_before, child, run_id, n, samples)
-            total += samples
-        if args.load_backlog > 0 and args.load_samples > 0:
-            load = LoadPhase(dovecot, db, relay, relay_before, child, run_id)
-            results.latency_load = load.run(total, args.load_backlog, args.load_samples)
-            total += args.load_backlog + results.latency_load["samples"]
-        if total > n:
-            final = wait_drained(db, relay, relay_before, timeout=max(60.0, (total - n) * 0.2))
-            ids = [f"bench-{run_id}-{i}@bench.example.org" for i in range(n, total)]
-            results.checks["final"] = check_state(db, relay, relay_before, total, [*expected_ids, *ids], final)
+        latency_phases(args, dovecot, db, relay, relay_before, child, run_id, expected_ids, results)
         child.send("rss")
         idle = child.expect("rss", timeout=30)
         child.send("stop")
@@ -936,6 +925,24 @@ def run_pipeline(args: argparse.Namespace, dovecot: DovecotServer, relay: TimedR
         child.close()
     if child.proc.returncode != 0:
         raise Broken(f"pipeline process exited with {child.proc.returncode}{child.log_tail()}")
+
+
+def latency_phases(args: argparse.Namespace, dovecot: DovecotServer, db: DbWatch, relay: TimedRelay,
+                   relay_before: int, child: Child, run_id: str, expected_ids: Sequence[str],
+                   results: Results) -> None:
+    """(d) quiet and (e) under-load latency, the service still running; then every check again."""
+    n = total = args.n
+    if args.latency_samples > 0:
+        results.latency = run_latency(dovecot, db, relay, relay_before, child, run_id, n, args.latency_samples)
+        total += args.latency_samples
+    if args.load_backlog > 0 and args.load_samples > 0:
+        load = LoadPhase(dovecot, db, relay, relay_before, child, run_id)
+        results.latency_load = load.run(total, args.load_backlog, args.load_samples)
+        total += args.load_backlog + results.latency_load["samples"]
+    if total > n:
+        final = wait_drained(db, relay, relay_before, timeout=max(60.0, (total - n) * 0.2))
+        ids = [f"bench-{run_id}-{i}@bench.example.org" for i in range(n, total)]
+        results.checks["final"] = check_state(db, relay, relay_before, total, [*expected_ids, *ids], final)
 
 
 def sqlite_path(database_url: str) -> Path | None:
