@@ -75,6 +75,8 @@ TARGET_CPU_MS = 6.0
 TARGET_EQUAL_RATIO = 0.5
 TARGET_PEER_RATIO = 3.0
 TARGET_BYTES_PER_CASE = 8 * 1024
+#: Seconds between single messages APPENDed while a backlog is processed (jittered +-50 %).
+LOAD_INTERVAL = 0.25
 
 ACK_TEMPLATE = "referral_acknowledged"
 MAILBOX = "chscp@hackney.gov.uk"
@@ -811,59 +813,98 @@ def latency_figures(pipeline_ms: list[float], notify_ms: list[float]) -> dict[st
 
 
 class LoadPhase:
-    """(e) IDLE latency while a backlog is being processed: single referrals APPENDed one at a time
-    behind a backlog, each timed to its own acknowledgement row (found by its Message-ID)."""
+    """(e) IDLE latency while a backlog is being processed: after APPENDing the backlog, single
+    referrals are APPENDed every ``LOAD_INTERVAL`` s until it is done; a poller thread notes when each
+    one's own acknowledgement row appears (found by its Message-ID), the IDLE listener when Dovecot
+    announced it."""
 
     def __init__(self, dovecot: DovecotServer, db: DbWatch, relay: TimedRelay, relay_base: int, child: Child,
                  run_id: str) -> None:
         self.dovecot, self.db, self.relay, self.relay_base = dovecot, db, relay, relay_base
         self.child, self.run_id = child, run_id
+        self.lock = threading.Lock()
+        self.appended: dict[str, tuple[float, int]] = {}  # Message-ID -> (APPEND returned, EXISTS count)
+        self.acked: dict[str, float] = {}
 
-    def acked(self, message_id: str) -> bool:
-        return self.db.scalar(
-            'SELECT count(*) FROM outbox o JOIN "case" c ON o.case_id = c.id WHERE o.template = :t '
-            "AND c.origin_message_id IN (:a, :b)", t=f"{ACK_TEMPLATE}.txt.j2", a=message_id,
-            b=f"<{message_id}>") > 0
+    def acked_now(self, ids: list[str]) -> set[str]:
+        marks = {f"m{i}": f"<{m}>" for i, m in enumerate(ids)} | {f"b{i}": m for i, m in enumerate(ids)}
+        rows = self.db.rows(
+            'SELECT c.origin_message_id FROM outbox o JOIN "case" c ON o.case_id = c.id WHERE o.template = :t '
+            f"AND c.origin_message_id IN ({', '.join(':' + k for k in marks)})", t=f"{ACK_TEMPLATE}.txt.j2", **marks)
+        return {str(r[0]).strip("<>") for r in rows}
+
+    def poll(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            with self.lock:
+                waiting = [m for m in self.appended if m not in self.acked]
+            if waiting:
+                seen_at = time.monotonic()
+                found = self.acked_now(waiting)
+                with self.lock:
+                    for m in found:
+                        self.acked.setdefault(m, seen_at)
+            time.sleep(0.002)
 
     def run(self, first: int, backlog: int, samples: int) -> dict[str, Any]:
-        progress(f"(e) latency under load: APPEND a {backlog}-message backlog, then up to {samples} single "
-                 "messages while it is processed")
+        progress(f"(e) latency under load: APPEND a {backlog}-message backlog, then a single message every "
+                 f"{LOAD_INTERVAL} s while it is processed (at most {samples})")
         raws = [make_referral(i, self.run_id)[1] for i in range(first, first + backlog)]
         listener = IdleListener(self.dovecot)
-        pipeline_ms: list[float] = []
-        notify_ms: list[float] = []
+        stop = threading.Event()
+        poller = threading.Thread(target=self.poll, args=(stop,), name="ack-poller", daemon=True)
         try:
             with self.dovecot.client(timeout=30) as appender:
                 exists = int(appender.folder_status("INBOX", ["MESSAGES"])[b"MESSAGES"])
                 self.dovecot.append_many(raws, folder="INBOX")
                 exists += backlog
-                goal = first + backlog  # inbound rows once the backlog is all stored
+                poller.start()
+                rng = random.Random(11)
                 for k in range(samples):
-                    if k and self.db.counts()["done"] >= goal:
+                    if self.db.counts()["done"] >= first + backlog:
                         break  # the backlog is done: what follows would be a quiet sample
-                    listener.drain()
                     mid, raw = make_referral(first + backlog + k, self.run_id)
                     appender.append("INBOX", raw)
-                    appended = time.monotonic()
                     exists += 1
-                    self.wait_acked(mid, k)
-                    pipeline_ms.append((time.monotonic() - appended) * 1000)
-                    notify_ms.append((listener.next_exists(exists, timeout=60) - appended) * 1000)
+                    with self.lock:
+                        self.appended[mid] = (time.monotonic(), exists)
+                    time.sleep(LOAD_INTERVAL * rng.uniform(0.5, 1.5))
+            self.wait_all_acked()
         finally:
+            stop.set()
             listener.close()
-        progress(f"(e) {len(pipeline_ms)} samples under load; backlog processed: "
-                 f"{self.db.counts()['done'] - first}/{backlog} when the last was acknowledged")
-        return {**latency_figures(pipeline_ms, notify_ms), "backlog": backlog}
+        return self.figures(listener, first, backlog)
 
-    def wait_acked(self, message_id: str, k: int) -> None:
+    def wait_all_acked(self) -> None:
         deadline = time.monotonic() + STALL_SECONDS * 5
-        while not self.acked(message_id):
+        while True:
+            with self.lock:
+                left = len(self.appended) - len(self.acked)
+            if not left:
+                return
             if not self.child.alive():
                 raise Broken(f"pipeline process exited with {self.child.proc.returncode}{self.child.log_tail()}")
             if time.monotonic() > deadline:
-                raise Broken(f"load sample {k}: no acknowledgement queued within {STALL_SECONDS * 5:.0f} s"
+                raise Broken(f"load phase: {left} single messages not acknowledged within {STALL_SECONDS * 5:.0f} s"
                              f"{self.child.log_tail()}")
-            time.sleep(0.002)
+            time.sleep(0.05)
+
+    def figures(self, listener: IdleListener, first: int, backlog: int) -> dict[str, Any]:
+        events: list[tuple[float, int]] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                events.append(listener.exists.get_nowait())
+        pipeline_ms, notify_ms = [], []
+        for mid, (at, count) in self.appended.items():
+            announced = next((t for t, c in events if c >= count and t >= at - 1.0), None)
+            if announced is None:
+                raise Broken(f"load phase: Dovecot announced no EXISTS {count} to the IDLE listener")
+            pipeline_ms.append((self.acked[mid] - at) * 1000)
+            notify_ms.append((announced - at) * 1000)
+        if not pipeline_ms:
+            raise Broken("load phase: the backlog was done before the first single message")
+        progress(f"(e) {len(pipeline_ms)} samples under load: p99 append->ack {percentile(pipeline_ms, 99):.0f} ms, "
+                 f"append->EXISTS {percentile(notify_ms, 99):.0f} ms")
+        return {**latency_figures(pipeline_ms, notify_ms), "backlog": backlog}
 
 
 def run_pipeline(args: argparse.Namespace, dovecot: DovecotServer, relay: TimedRelay, tmp: Path,
