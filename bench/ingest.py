@@ -71,10 +71,17 @@ if TYPE_CHECKING:
 TARGET_RATIO = 0.7
 TARGET_LATENCY_MARGIN_MS = 50.0
 TARGET_RSS_MIB = 100.0
+TARGET_CPU_MS = 6.0
+TARGET_EQUAL_RATIO = 0.5
+TARGET_PEER_RATIO = 3.0
+TARGET_BYTES_PER_CASE = 8 * 1024
+#: Seconds between single messages APPENDed while a backlog is processed (jittered +-50 %).
+LOAD_INTERVAL = 0.25
 
 ACK_TEMPLATE = "referral_acknowledged"
 MAILBOX = "chscp@hackney.gov.uk"
 BASELINE_FOLDER = "Baseline"
+EQUAL_FOLDER = "Equal"
 PROTOCOL_PREFIX = "BENCH "
 FETCH_BATCH = 100
 #: The pipeline is "stalled" (broken) when none of its counters moves for this long.
@@ -327,6 +334,21 @@ def max_rss_kib() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
 
 
+def current_rss_kib() -> int:
+    """This process's resident set now (VmRSS), 0 where /proc is missing."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process so far (getrusage: independent of what else the machine runs)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def child_baseline(cfg: dict[str, Any]) -> None:
     """(b) The raw baseline: fetch, parse, insert, reply, with nothing but the libraries."""
     import email
@@ -344,7 +366,7 @@ def child_baseline(cfg: dict[str, Any]) -> None:
     reply.set_content("Thank you. Your referral has been received and will be acknowledged with a reference.\n")
     fixed = reply.as_bytes(policy=email.policy.SMTP)
 
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), cpu_seconds()
     imap = IMAPClient(cfg["host"], cfg["port"], ssl=False, timeout=30)
     imap.login(cfg["user"], cfg["password"])
     uidvalidity = int(imap.select_folder(cfg["folder"], readonly=True)[b"UIDVALIDITY"])
@@ -374,10 +396,10 @@ def child_baseline(cfg: dict[str, Any]) -> None:
             sent += 1
     smtp.quit()
     imap.logout()
-    t1 = time.monotonic()
+    t1, cpu = time.monotonic(), cpu_seconds() - cpu0
     stored = int(db.execute("SELECT count(*) FROM message").fetchone()[0])
     db.close()
-    emit("result", t0=t0, t1=t1, fetched=len(uids), stored=stored, sent=sent, maxrss_kib=max_rss_kib(),
+    emit("result", t0=t0, t1=t1, cpu_s=cpu, fetched=len(uids), stored=stored, sent=sent, maxrss_kib=max_rss_kib(),
          ru_maxrss_kib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
@@ -426,11 +448,11 @@ def child_pipeline(cfg: dict[str, Any]) -> None:
     if not started.wait(60):
         emit("error", message="service did not start within 60 s")
         return
-    emit("started", t0=t0, smtp_port=app.smtp_port)
+    emit("started", t0=t0, smtp_port=app.smtp_port, cpu_s=cpu_seconds())
     for line in sys.stdin:
         command = line.strip()
         if command == "rss":
-            emit("rss", maxrss_kib=max_rss_kib())
+            emit("rss", maxrss_kib=max_rss_kib(), cpu_s=cpu_seconds(), rss_kib=current_rss_kib())
         elif command == "stop":
             break
     stop.set()
@@ -554,6 +576,11 @@ class Results:
     latency: dict[str, Any] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    equal: dict[str, Any] = field(default_factory=dict)
+    snapshot_rows: dict[str, int] = field(default_factory=dict)
+    database_size: dict[str, Any] = field(default_factory=dict)
+    latency_load: dict[str, Any] = field(default_factory=dict)
+    peer: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ---- phases ------------------------------------------------------------------------------------
@@ -579,6 +606,7 @@ def run_baseline(dovecot: DovecotServer, relay: TimedRelay, tmp: Path, n: int) -
                      f"{result['stored']}, sent {result['sent']}, relay captured {replies}")
     elapsed = result["t1"] - result["t0"]
     out = {"seconds": elapsed, "msgs_per_s": n / elapsed, "maxrss_kib": result["maxrss_kib"],
+           "cpu_s": result["cpu_s"], "cpu_ms_per_referral": result["cpu_s"] * 1000 / n,
            "ru_maxrss_kib": result["ru_maxrss_kib"]}
     progress(f"(b) baseline: {n} in {elapsed:.2f} s = {n / elapsed:.0f} msgs/s")
     return out
@@ -769,9 +797,13 @@ def run_latency(dovecot: DovecotServer, db: DbWatch, relay: TimedRelay, relay_ba
                              f"append->EXISTS {notify_ms[-1]:.1f} ms")
     finally:
         listener.close()
+    return latency_figures(pipeline_ms, notify_ms)
+
+
+def latency_figures(pipeline_ms: list[float], notify_ms: list[float]) -> dict[str, Any]:
     diffs = [p - q for p, q in zip(pipeline_ms, notify_ms, strict=True)]
     return {
-        "samples": samples,
+        "samples": len(pipeline_ms),
         "append_to_ack_queued_ms": {"p50": percentile(pipeline_ms, 50), "p99": percentile(pipeline_ms, 99),
                                     "max": max(pipeline_ms), "mean": statistics.fmean(pipeline_ms)},
         "append_to_exists_ms": {"p50": percentile(notify_ms, 50), "p99": percentile(notify_ms, 99),
@@ -780,9 +812,111 @@ def run_latency(dovecot: DovecotServer, db: DbWatch, relay: TimedRelay, relay_ba
     }
 
 
+class LoadPhase:
+    """(e) IDLE latency while a backlog is being processed: after APPENDing the backlog, single
+    referrals are APPENDed every ``LOAD_INTERVAL`` s until it is done; a poller thread notes when each
+    one's own acknowledgement row appears (found by its Message-ID), the IDLE listener when Dovecot
+    announced it."""
+
+    def __init__(self, dovecot: DovecotServer, db: DbWatch, relay: TimedRelay, relay_base: int, child: Child,
+                 run_id: str) -> None:
+        self.dovecot, self.db, self.relay, self.relay_base = dovecot, db, relay, relay_base
+        self.child, self.run_id = child, run_id
+        self.lock = threading.Lock()
+        self.appended: dict[str, tuple[float, int]] = {}  # Message-ID -> (APPEND returned, EXISTS count)
+        self.acked: dict[str, float] = {}
+
+    def acked_now(self, ids: list[str]) -> set[str]:
+        marks = {f"m{i}": f"<{m}>" for i, m in enumerate(ids)} | {f"b{i}": m for i, m in enumerate(ids)}
+        rows = self.db.rows(
+            'SELECT c.origin_message_id FROM outbox o JOIN "case" c ON o.case_id = c.id WHERE o.template = :t '
+            f"AND c.origin_message_id IN ({', '.join(':' + k for k in marks)})", t=f"{ACK_TEMPLATE}.txt.j2", **marks)
+        return {str(r[0]).strip("<>") for r in rows}
+
+    def poll(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            with self.lock:
+                waiting = [m for m in self.appended if m not in self.acked]
+            if waiting:
+                seen_at = time.monotonic()
+                found = self.acked_now(waiting)
+                with self.lock:
+                    for m in found:
+                        self.acked.setdefault(m, seen_at)
+            time.sleep(0.002)
+
+    def run(self, first: int, backlog: int, samples: int) -> dict[str, Any]:
+        progress(f"(e) latency under load: APPEND a {backlog}-message backlog, then a single message every "
+                 f"{LOAD_INTERVAL} s while it is processed (at most {samples})")
+        raws = [make_referral(i, self.run_id)[1] for i in range(first, first + backlog)]
+        listener = IdleListener(self.dovecot)
+        stop = threading.Event()
+        poller = threading.Thread(target=self.poll, args=(stop,), name="ack-poller", daemon=True)
+        try:
+            with self.dovecot.client(timeout=30) as appender:
+                exists = int(appender.folder_status("INBOX", ["MESSAGES"])[b"MESSAGES"])
+                self.dovecot.append_many(raws, folder="INBOX")
+                exists += backlog
+                poller.start()
+                rng = random.Random(11)
+                for k in range(samples):
+                    if k and self.db.counts()["done"] >= first + backlog:
+                        break  # the backlog is done: what follows would be a quiet sample (the first always runs)
+                    mid, raw = make_referral(first + backlog + k, self.run_id)
+                    appender.append("INBOX", raw)
+                    exists += 1
+                    with self.lock:
+                        self.appended[mid] = (time.monotonic(), exists)
+                    time.sleep(LOAD_INTERVAL * rng.uniform(0.5, 1.5))
+            self.wait_all_acked()
+            events = self.announcements(listener, exists)
+        finally:
+            stop.set()
+            listener.close()
+        return self.figures(events, backlog)
+
+    @staticmethod
+    def announcements(listener: IdleListener, last: int) -> list[tuple[float, int]]:
+        """Every EXISTS the listener saw, once it has seen ``last`` (it may come after the ack)."""
+        events: list[tuple[float, int]] = []
+        deadline = time.monotonic() + 30
+        while not events or events[-1][1] < last:
+            if time.monotonic() > deadline:
+                raise Broken(f"load phase: Dovecot announced no EXISTS {last} to the IDLE listener")
+            with contextlib.suppress(queue.Empty):
+                events.append(listener.exists.get(timeout=0.2))
+        return events
+
+    def wait_all_acked(self) -> None:
+        deadline = time.monotonic() + STALL_SECONDS * 5
+        while True:
+            with self.lock:
+                left = len(self.appended) - len(self.acked)
+            if not left:
+                return
+            if not self.child.alive():
+                raise Broken(f"pipeline process exited with {self.child.proc.returncode}{self.child.log_tail()}")
+            if time.monotonic() > deadline:
+                raise Broken(f"load phase: {left} single messages not acknowledged within {STALL_SECONDS * 5:.0f} s"
+                             f"{self.child.log_tail()}")
+            time.sleep(0.05)
+
+    def figures(self, events: list[tuple[float, int]], backlog: int) -> dict[str, Any]:
+        pipeline_ms, notify_ms = [], []
+        for mid, (at, count) in self.appended.items():
+            announced = next((t for t, c in events if c >= count and t >= at - 1.0), None)
+            if announced is None:
+                raise Broken(f"load phase: Dovecot announced no EXISTS {count} to the IDLE listener")
+            pipeline_ms.append((self.acked[mid] - at) * 1000)
+            notify_ms.append((announced - at) * 1000)
+        progress(f"(e) {len(pipeline_ms)} samples under load: p99 append->ack {percentile(pipeline_ms, 99):.0f} ms, "
+                 f"append->EXISTS {percentile(notify_ms, 99):.0f} ms")
+        return {**latency_figures(pipeline_ms, notify_ms), "backlog": backlog}
+
+
 def run_pipeline(args: argparse.Namespace, dovecot: DovecotServer, relay: TimedRelay, tmp: Path,
                  database_url: str, run_id: str, expected_ids: Sequence[str], results: Results) -> None:
-    n, samples = args.n, args.latency_samples
+    n = args.n
     mailbox = dovecot.mailbox_settings(
         name="bench", after_store=args.after_store,
         # production values, not the short test timeouts of mailbox_settings()
@@ -801,26 +935,30 @@ def run_pipeline(args: argparse.Namespace, dovecot: DovecotServer, relay: TimedR
     db: DbWatch | None = None
     try:
         started = child.expect("started", timeout=120)
-        t0 = float(started["t0"])
+        t0, cpu0 = float(started["t0"]), float(started["cpu_s"])
         db = DbWatch(database_url)
         caught = wait_catch_up(child, db, relay, n, t0)
         elapsed = caught.pop("nth_ack_at") - t0
         drained = wait_drained(db, relay, relay_before, timeout=max(60.0, n * 0.2))
         drained_s = time.monotonic() - t0
         child.send("rss")
-        rss_catch_up = int(child.expect("rss", timeout=30)["maxrss_kib"])
+        after = child.expect("rss", timeout=30)
+        rss_catch_up, cpu = int(after["maxrss_kib"]), float(after["cpu_s"]) - cpu0
         progress(f"(a) pipeline: {n} acknowledged in {elapsed:.2f} s = {n / elapsed:.1f} msgs/s; "
-                 f"all {drained['outbox']} outgoing mails sent at {drained_s:.1f} s")
+                 f"all {drained['outbox']} outgoing mails sent at {drained_s:.1f} s; "
+                 f"{cpu * 1000 / n:.1f} ms CPU per referral")
         results.pipeline = {"seconds": elapsed, "msgs_per_s": n / elapsed, **caught,
                             "outbox_drained_s": drained_s, "outgoing_mails": drained["outbox"],
-                            "maxrss_kib_after_catch_up": rss_catch_up}
+                            "maxrss_kib_after_catch_up": rss_catch_up, "cpu_s": cpu,
+                            "cpu_ms_per_referral": cpu * 1000 / n}
         results.checks["after_catch_up"] = check_state(db, relay, relay_before, n, expected_ids, drained)
-        if samples > 0:
-            latency_ids = [f"bench-{run_id}-{i}@bench.example.org" for i in range(n, n + samples)]
-            results.latency = run_latency(dovecot, db, relay, relay_before, child, run_id, n, samples)
-            final = wait_drained(db, relay, relay_before, timeout=60)
-            results.checks["final"] = check_state(db, relay, relay_before, n + samples,
-                                                  [*expected_ids, *latency_ids], final)
+        results.database_size = database_size(database_url, n)
+        if sqlite_path(database_url) is not None:
+            mails = [(m.mail_from, m.rcpt_tos, m.raw) for m in relay.capture.messages[relay_before:]]
+            results.snapshot_rows = snapshot_pipeline(sqlite_path(database_url), mails, tmp / "snapshot.pickle")
+        latency_phases(args, dovecot, db, relay, relay_before, child, run_id, expected_ids, results)
+        child.send("rss")
+        idle = child.expect("rss", timeout=30)
         child.send("stop")
         result = child.expect("result", timeout=60)
         # max(): Linux syncs per-thread RSS counters lazily, so VmHWM read later may be a little lower
@@ -828,12 +966,92 @@ def run_pipeline(args: argparse.Namespace, dovecot: DovecotServer, relay: TimedR
         results.pipeline["ru_maxrss_kib"] = int(result["ru_maxrss_kib"])
         if not result.get("stopped"):
             raise Broken(f"the service did not stop within 30 s of being asked{child.log_tail()}")
+        results.pipeline["idle_rss_kib_after_work"] = int(idle.get("rss_kib", 0))
     finally:
         if db is not None:
             db.dispose()
         child.close()
     if child.proc.returncode != 0:
         raise Broken(f"pipeline process exited with {child.proc.returncode}{child.log_tail()}")
+
+
+def latency_phases(args: argparse.Namespace, dovecot: DovecotServer, db: DbWatch, relay: TimedRelay,
+                   relay_before: int, child: Child, run_id: str, expected_ids: Sequence[str],
+                   results: Results) -> None:
+    """(d) quiet and (e) under-load latency, the service still running; then every check again."""
+    n = total = args.n
+    if args.latency_samples > 0:
+        results.latency = run_latency(dovecot, db, relay, relay_before, child, run_id, n, args.latency_samples)
+        total += args.latency_samples
+    if args.load_backlog > 0 and args.load_samples > 0:
+        load = LoadPhase(dovecot, db, relay, relay_before, child, run_id)
+        results.latency_load = load.run(total, args.load_backlog, args.load_samples)
+        total += args.load_backlog + results.latency_load["samples"]
+    if total > n:
+        final = wait_drained(db, relay, relay_before, timeout=max(60.0, (total - n) * 0.2))
+        ids = [f"bench-{run_id}-{i}@bench.example.org" for i in range(n, total)]
+        results.checks["final"] = check_state(db, relay, relay_before, total, [*expected_ids, *ids], final)
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    from escalations.private import sqlite_path as path_of
+
+    return path_of(database_url)
+
+
+def database_size(database_url: str, cases: int) -> dict[str, Any]:
+    """Bytes the database uses (pages in use, WAL included) per case, and the largest tables (dbstat)."""
+    import sqlite3
+
+    path = sqlite_path(database_url)
+    if path is None or cases <= 0:
+        return {}
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+        used = (int(db.execute("PRAGMA page_count").fetchone()[0])
+                - int(db.execute("PRAGMA freelist_count").fetchone()[0])) * page_size
+        tables: dict[str, int] = {}
+        with contextlib.suppress(sqlite3.DatabaseError):  # dbstat is optional in SQLite builds
+            tables = {str(name): int(size) for name, size in db.execute(
+                "SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC LIMIT 8")}
+    return {"bytes": used, "cases": cases, "bytes_per_case": used / cases,
+            "largest": {k: v / cases for k, v in tables.items()}}
+
+
+def snapshot_pipeline(path: Path | None, mails: list[tuple[str, list[str], bytes]], out: Path) -> dict[str, int]:
+    from equal_baseline import snapshot
+
+    assert path is not None
+    return snapshot(path, mails, out)
+
+
+def run_equal(dovecot: DovecotServer, relay: TimedRelay, tmp: Path, n: int, results: Results) -> dict[str, Any]:
+    """(c) the equal-work raw baseline on the same messages (folder Equal), after the pipeline."""
+    rows = sum(results.snapshot_rows.values())
+    mails = results.pipeline["outgoing_mails"]
+    progress(f"(c) equal-work baseline: {n} messages, {rows} rows by executemany, {mails} mails on one connection")
+    before = relay.count()
+    child = Child("equal", {
+        "host": dovecot.host, "port": dovecot.port, "user": dovecot.user, "password": dovecot.password,
+        "folder": EQUAL_FOLDER, "relay_port": relay.port, "sqlite_path": str(tmp / "equal.sqlite3"),
+        "batch": FETCH_BATCH, "n": n, "snapshot": str(tmp / "snapshot.pickle"),
+    }, tmp / "equal.log")
+    try:
+        result = child.expect("result", timeout=max(120.0, n * 0.2))
+    finally:
+        child.close()
+    if child.proc.returncode != 0:
+        raise Broken(f"equal-work baseline exited with {child.proc.returncode}{child.log_tail()}")
+    captured = relay.count() - before
+    if not (result["fetched"] == n and result["rows"] == rows and result["sent"] == captured == mails):
+        raise Broken(f"equal-work baseline did not do the same work: fetched {result['fetched']}/{n}, rows "
+                     f"{result['rows']}/{rows}, mails sent {result['sent']}, captured {captured}, expected {mails}")
+    elapsed = result["t1"] - result["t0"]
+    progress(f"(c) equal-work baseline: {n} in {elapsed:.2f} s = {n / elapsed:.0f} msgs/s, "
+             f"{result['cpu_s'] * 1000 / n:.2f} ms CPU per referral")
+    return {"seconds": elapsed, "msgs_per_s": n / elapsed, "cpu_s": result["cpu_s"],
+            "cpu_ms_per_referral": result["cpu_s"] * 1000 / n, "rows": rows, "rows_per_referral": rows / n,
+            "statements": result["statements"], "mails": mails, "maxrss_kib": result["maxrss_kib"]}
 
 
 def check_state(db: DbWatch, relay: TimedRelay, relay_before: int, n: int, expected_ids: Sequence[str],
@@ -880,6 +1098,18 @@ def mib(kib: float) -> float:
     return kib / 1024.0
 
 
+def run_peer_here(python: Path, tmp: Path, dovecot: DovecotServer, relay: TimedRelay,
+                  raws: list[bytes]) -> dict[str, Any]:
+    """django-helpdesk on the same referrals, in this run's Dovecot (a folder of its own: it deletes)."""
+    from peer_helpdesk import PeerBroken, run_peer
+
+    progress(f"(p) peer: django-helpdesk get_email on the same {len(raws)} referrals")
+    try:
+        return run_peer(python, tmp / "peer", dovecot, relay, raws, MAILBOX, "Peer").as_dict()
+    except PeerBroken as exc:
+        raise Broken(f"peer: {exc}") from exc
+
+
 def evaluate(results: Results) -> None:
     p, b, lat = results.pipeline, results.baseline, results.latency
     ratio = p["msgs_per_s"] / b["msgs_per_s"]
@@ -887,10 +1117,23 @@ def evaluate(results: Results) -> None:
                                            "met": ratio >= TARGET_RATIO}
     rss = mib(p["maxrss_kib"])
     results.targets["peak_rss_mib"] = {"value": rss, "target": f"< {TARGET_RSS_MIB:.0f}", "met": rss < TARGET_RSS_MIB}
-    if lat:
-        margin = lat["append_to_ack_queued_ms"]["p99"] - lat["append_to_exists_ms"]["p99"]
-        results.targets["p99_latency_over_server_ms"] = {
-            "value": margin, "target": f"<= {TARGET_LATENCY_MARGIN_MS:.0f}", "met": margin <= TARGET_LATENCY_MARGIN_MS}
+    for name, figures in (("p99_latency_over_server_ms", lat), ("p99_latency_over_server_under_load_ms",
+                                                                  results.latency_load)):
+        if figures:
+            margin = figures["append_to_ack_queued_ms"]["p99"] - figures["append_to_exists_ms"]["p99"]
+            results.targets[name] = {"value": margin, "target": f"<= {TARGET_LATENCY_MARGIN_MS:.0f}",
+                                     "met": margin <= TARGET_LATENCY_MARGIN_MS}
+    cpu = p["cpu_ms_per_referral"]
+    results.targets["cpu_ms_per_referral"] = {"value": cpu, "target": f"<= {TARGET_CPU_MS:.0f}",
+                                              "met": cpu <= TARGET_CPU_MS}
+    if results.equal:
+        eq = p["msgs_per_s"] / results.equal["msgs_per_s"]
+        results.targets["equal_work_ratio"] = {"value": eq, "target": f">= {TARGET_EQUAL_RATIO}",
+                                               "met": eq >= TARGET_EQUAL_RATIO}
+    if results.database_size:
+        per_case = results.database_size["bytes_per_case"]
+        results.targets["bytes_per_case"] = {"value": per_case, "target": f"<= {TARGET_BYTES_PER_CASE}",
+                                             "met": per_case <= TARGET_BYTES_PER_CASE}
 
 
 def report(results: Results) -> str:
@@ -898,7 +1141,7 @@ def report(results: Results) -> str:
     lines = [
         f"escalations ingest benchmark: N={results.n} City & Hackney referrals, database {results.database}, "
         f"Dovecot {results.dovecot_version} on loopback",
-        f"  appended 2 x {results.n} messages in {results.append_seconds:.1f} s (setup, not measured)",
+        f"  appended 3 x {results.n} messages in {results.append_seconds:.1f} s (setup, not measured)",
         "",
         f"(b) baseline   {b['msgs_per_s']:9.1f} msgs/s   {results.n} in {b['seconds']:.2f} s "
         f"(IMAPClient FETCH RFC822 x{FETCH_BATCH} + email parse + sqlite3 + 1 SMTP connection); "
@@ -914,11 +1157,17 @@ def report(results: Results) -> str:
         f"(VmHWM; after catch-up {mib(p['maxrss_kib_after_catch_up']):.1f} MiB)   (target < {TARGET_RSS_MIB:.0f} MiB): "
         f"{verdict(t['peak_rss_mib']['met'])}",
     ]
-    if lat:
-        a, e, d = lat["append_to_ack_queued_ms"], lat["append_to_exists_ms"], lat["paired_difference_ms"]
-        m = t["p99_latency_over_server_ms"]
+    lines += cpu_lines(results)
+    for key, title, figures in (("p99_latency_over_server_ms", "(d) IDLE latency, quiet", lat),
+                                ("p99_latency_over_server_under_load_ms",
+                                 f"(e) IDLE latency while a {results.latency_load.get('backlog', 0)}-message "
+                                 "backlog is processed", results.latency_load)):
+        if not figures:
+            continue
+        a, e, d = figures["append_to_ack_queued_ms"], figures["append_to_exists_ms"], figures["paired_difference_ms"]
+        m = t[key]
         lines += [
-            f"(d) IDLE latency over {lat['samples']} single messages (APPEND returned -> ...):",
+            f"{title}, {figures['samples']} single messages (APPEND returned -> ...):",
             f"      ack queued (outbox row)      p50 {a['p50']:7.1f} ms   p99 {a['p99']:7.1f} ms   max {a['max']:7.1f} ms",
             f"      EXISTS to another IDLE client p50 {e['p50']:7.1f} ms   p99 {e['p99']:7.1f} ms   max {e['max']:7.1f} ms"
             "  (the server's own notification delay)",
@@ -931,6 +1180,31 @@ def report(results: Results) -> str:
                   f"{checks.get('outgoing')} outgoing mails each captured once ({checks.get('deferred')} deferred "
                   "to later by the outbox); no duplicates, nothing quarantined"]
     return "\n".join(lines)
+
+
+def cpu_lines(results: Results) -> list[str]:
+    """CPU per referral (getrusage of each child), the equal-work baseline, the database size."""
+    p, b, eq, t = results.pipeline, results.baseline, results.equal, results.targets
+    c = t["cpu_ms_per_referral"]
+    lines = [f"    CPU per referral (getrusage, catch-up until every mail sent) {c['value']:.2f} ms   "
+             f"(target <= {TARGET_CPU_MS:.0f} ms): {verdict(c['met'])}; bench baseline "
+             f"{b['cpu_ms_per_referral']:.2f} ms"]
+    if eq:
+        r = t["equal_work_ratio"]
+        lines += [
+            f"(c) equal-work {eq['msgs_per_s']:9.1f} msgs/s   {results.n} in {eq['seconds']:.2f} s: the pipeline's "
+            f"{eq['rows_per_referral']:.1f} rows per referral by sqlite3 executemany ({eq['statements']} statements) "
+            f"and its {eq['mails']} mails on one SMTP connection; {eq['cpu_ms_per_referral']:.2f} ms CPU per referral",
+            f"    ratio pipeline/equal-work {r['value']:.3f}   (target >= {TARGET_EQUAL_RATIO}): {verdict(r['met'])}; "
+            f"CPU ratio {p['cpu_ms_per_referral'] / max(eq['cpu_ms_per_referral'], 1e-9):.1f}x",
+        ]
+    size = results.database_size
+    if size:
+        largest = ", ".join(f"{k} {v / 1024:.1f}" for k, v in list(size["largest"].items())[:5])
+        lines.append(f"    database {size['bytes_per_case'] / 1024:.1f} KiB per case (pages in use / cases; "
+                     f"target <= {TARGET_BYTES_PER_CASE // 1024} KiB: {verdict(t['bytes_per_case']['met'])})"
+                     + (f"; KiB per case by table/index: {largest}" if largest else ""))
+    return lines
 
 
 def _s(value: float | None) -> str:
@@ -963,21 +1237,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=2000, help="referrals to catch up on (default 2000)")
     parser.add_argument("--latency-samples", type=int, default=200,
                         help="single messages for the IDLE latency figures (default 200; 0 skips)")
-    parser.add_argument("--smoke", action="store_true", help="CI mode: --n 50 --latency-samples 10")
+    parser.add_argument("--load-backlog", type=int, default=1000,
+                        help="backlog APPENDed for the latency-under-load figures (default 1000; 0 skips)")
+    parser.add_argument("--load-samples", type=int, default=100,
+                        help="single messages timed while that backlog is processed (default at most 100)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="CI mode: --n 50 --latency-samples 10 --load-backlog 30 --load-samples 5")
     parser.add_argument("--database-url", default=None,
                         help="service database (default: a temp SQLite file; a PostgreSQL URL gets a fresh schema)")
     parser.add_argument("--after-store", choices=("none", "seen"), default="none",
                         help="what the watcher does after storing (default none, as the baseline)")
+    parser.add_argument("--peer", action="store_true",
+                        help="also run django-helpdesk 2.6.1's get_email on the same backlog after ours, each round "
+                             "(installs it once into ~/.cache/escalations-bench; see bench/peer_helpdesk.py)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="with --peer: rounds of (ours, peer), interleaved (default 2; latency in the first only)")
+    parser.add_argument("--peer-cache", default=None, help="where the django-helpdesk venv is kept")
     parser.add_argument("--json", action="store_true", help="also print a JSON summary")
+    parser.add_argument("--json-out", metavar="FILE", default=None, help="write the JSON summary to FILE")
     parser.add_argument("--profile", metavar="FILE.prof", default=None,
                         help="profile the service's threads with cProfile (slows it down) and print hot spots")
     parser.add_argument("--keep", action="store_true", help="keep the temp directory (logs, databases)")
-    parser.add_argument("--child", choices=("pipeline", "baseline"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("pipeline", "baseline", "equal"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.smoke:
-        args.n, args.latency_samples = 50, 10
-    if args.n < 1 or args.latency_samples < 0:
-        parser.error("--n must be >= 1 and --latency-samples >= 0")
+        args.n, args.latency_samples, args.load_backlog, args.load_samples = 50, 10, 30, 5
+    if args.n < 1 or args.latency_samples < 0 or args.rounds < 1:
+        parser.error("--n and --rounds must be >= 1 and --latency-samples >= 0")
+    if args.smoke and args.peer:
+        parser.error("--peer installs and runs django-helpdesk: not part of --smoke")
     return args
 
 
@@ -988,7 +1276,7 @@ def dovecot_version(binary: str) -> str:
         return "?"
 
 
-def run(args: argparse.Namespace) -> Results:
+def run(args: argparse.Namespace, peer_python: Path | None = None) -> Results:
     from tests.servers.dovecot import DOVECOT, DovecotServer
 
     run_id = uuid.uuid4().hex[:8]
@@ -1017,13 +1305,18 @@ def run(args: argparse.Namespace) -> Results:
         t = time.monotonic()
         dovecot.append_many(raws, folder="INBOX")
         dovecot.append_many(raws, folder=BASELINE_FOLDER)
+        dovecot.append_many(raws, folder=EQUAL_FOLDER)
         results.append_seconds = time.monotonic() - t
         if len(dovecot.uids("INBOX")) != args.n or len(dovecot.uids(BASELINE_FOLDER)) != args.n:
             raise Broken("APPEND did not leave N messages in each folder")
-        del referrals, raws
+        del referrals
 
         results.baseline = run_baseline(dovecot, relay, tmp, args.n)
         run_pipeline(args, dovecot, relay, tmp, database_url, run_id, expected_ids, results)
+        if results.snapshot_rows:
+            results.equal = run_equal(dovecot, relay, tmp, args.n, results)
+        if peer_python is not None:
+            results.peer.append(run_peer_here(peer_python, tmp, dovecot, relay, raws))
         evaluate(results)
         return results
     raise AssertionError("unreachable")
@@ -1033,6 +1326,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         cfg = json.loads(sys.stdin.readline())
+        if args.child == "equal":
+            from equal_baseline import child_equal
+
+            child_equal(cfg, emit, cpu_seconds, max_rss_kib)
+            return 0
         child: Callable[[dict[str, Any]], None] = child_pipeline if args.child == "pipeline" else child_baseline
         child(cfg)
         return 0
@@ -1048,22 +1346,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     started = time.monotonic()
     try:
-        results = run(args)
+        rounds = run_rounds(args)
     except Broken as exc:
         print(f"BROKEN: {exc}", file=sys.stderr)
         return 1
-    print(report(results))
+    print(report(rounds[0]))
+    if args.peer:
+        print(peer_report(rounds))
     if args.profile:
         print_profile(str(Path(args.profile).resolve()))
     print(f"\n(total wall time {time.monotonic() - started:.1f} s)")
-    if args.json:
-        print(json.dumps({
-            "n": results.n, "latency_samples": results.samples, "database": results.database,
-            "dovecot": results.dovecot_version, "append_seconds": results.append_seconds,
-            "baseline": results.baseline, "pipeline": results.pipeline, "latency": results.latency,
-            "targets": results.targets, "checks": results.checks,
-        }, indent=2, default=str))
+    if args.json or args.json_out:
+        blob = json.dumps([as_json(r) for r in rounds] if args.peer else as_json(rounds[0]), indent=2, default=str)
+        if args.json:
+            print(blob)
+        if args.json_out:
+            Path(args.json_out).write_text(blob + "\n", encoding="utf-8")
     return 0
+
+
+def as_json(results: Results) -> dict[str, Any]:
+    return {
+        "n": results.n, "latency_samples": results.samples, "database": results.database,
+        "dovecot": results.dovecot_version, "append_seconds": results.append_seconds,
+        "baseline": results.baseline, "pipeline": results.pipeline, "latency": results.latency,
+        "latency_load": results.latency_load, "equal": results.equal, "database_size": results.database_size,
+        "snapshot_rows": results.snapshot_rows, "peer": results.peer,
+        "targets": results.targets, "checks": results.checks,
+    }
+
+
+def run_rounds(args: argparse.Namespace) -> list[Results]:
+    """One run; with --peer, ``--rounds`` runs of (ours, then the peer), latency in the first only."""
+    if not args.peer:
+        return [run(args)]
+    from peer_helpdesk import PeerBroken, cache_root, ensure_venv
+
+    try:
+        python = ensure_venv(cache_root(args.peer_cache))
+    except PeerBroken as exc:
+        raise Broken(str(exc)) from exc
+    out = []
+    for r in range(args.rounds):
+        progress(f"round {r + 1}/{args.rounds}: ours, then django-helpdesk, on the same {args.n} referrals")
+        round_args = argparse.Namespace(**vars(args))
+        if r:
+            round_args.latency_samples = round_args.load_backlog = 0
+        out.append(run(round_args, python))
+    return out
+
+
+def peer_report(rounds: list[Results]) -> str:
+    lines = ["", f"ours vs django-helpdesk 2.6.1 get_email, {len(rounds)} interleaved rounds on the same referrals:"]
+    for i, r in enumerate(rounds, 1):
+        p, peer = r.pipeline, r.peer[0]
+        lines.append(
+            f"  round {i}: ours {p['msgs_per_s']:6.1f} msg/s {p['cpu_ms_per_referral']:6.2f} ms CPU/referral | "
+            f"peer {peer['msgs_per_s']:6.1f} msg/s {peer['cpu_ms_per_msg']:6.2f} ms CPU/msg "
+            f"({peer['gross_cpu_ms_per_msg']:.2f} with its start-up) | throughput ratio "
+            f"{p['msgs_per_s'] / peer['msgs_per_s']:.2f}x (target >= {TARGET_PEER_RATIO:.0f}x), CPU ratio "
+            f"{p['cpu_ms_per_referral'] / peer['cpu_ms_per_msg']:.2f}; peer peak RSS {peer['maxrss_kib'] / 1024:.0f} MiB")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

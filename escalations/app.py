@@ -146,7 +146,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSen
     already (nothing is created); otherwise an empty database is created at it. Either way a
     database at another revision raises :class:`SchemaError` naming ``escalations db upgrade``."""
     clock = clock or SystemClock()
-    config = config or load_config(settings.config_dir)
+    config = config or load_config(settings.config_dir, cache_dir=settings.data_dir)
     from escalations.policy_files.labels import load_labels
 
     labels = load_labels(settings.config_dir)  # <config dir>/labels.yaml over the shipped vocabulary

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from escalations.policy_files.cache import cache_key, read_cached, write_cached
 from escalations.policy_files.checks import check_partnership, provisional_readings
 from escalations.policy_files.yamlfile import ConfigError, ConfigIssue, Loc, Source, read_yaml, shared_values
 from escalations.routing.policy.model import AgencyDirectory, Partnership, PolicyConfig
@@ -58,8 +59,23 @@ def _validation_issues(src: Source, exc: ValidationError, prefix: Loc = ()) -> l
 Directories = dict[str, list[tuple[Source, AgencyDirectory]]]
 
 
-def load_config(config_dir: Path) -> PolicyConfig:
-    """Load and validate every partnership and agencies directory under ``config_dir``."""
+def load_config(config_dir: Path, *, cache_dir: Path | None = None) -> PolicyConfig:
+    """Load and validate every partnership and agencies directory under ``config_dir``.
+
+    ``cache_dir`` (the data directory): reuse the validated configuration cached there while no
+    config file (and no configuration code) has changed since; see :mod:`.cache`.
+    """
+    if cache_dir is None:
+        return _load_config(config_dir)
+    key = cache_key(config_dir)  # before reading: an edit made while loading invalidates the entry
+    cfg = read_cached(cache_dir, key)
+    if cfg is None:
+        cfg = _load_config(config_dir)
+        write_cached(cache_dir, key, cfg)
+    return cfg
+
+
+def _load_config(config_dir: Path) -> PolicyConfig:
     issues: list[ConfigIssue] = []
     warnings: list[ConfigIssue] = []
     pdir = config_dir / "partnerships"
