@@ -61,50 +61,97 @@ def _split(raw: bytes) -> tuple[list[bytes], bytes]:
     return head.split(b"\n"), body if sep else b""
 
 
+Mail = tuple[list[bytes], bytes]  # header lines, body
+
+
+def _dup_header(lines: list[bytes], body: bytes, rng: random.Random) -> Mail | None:
+    if not lines:
+        return None
+    lines.insert(rng.randrange(len(lines) + 1), rng.choice(lines))
+    return lines, body
+
+
+def _drop_header(lines: list[bytes], body: bytes, rng: random.Random) -> Mail | None:
+    if not lines:
+        return None
+    lines.pop(rng.randrange(len(lines)))
+    return lines, body
+
+
+def _other_from(lines: list[bytes], body: bytes, rng: random.Random) -> Mail | None:
+    lines = [ln for ln in lines if not ln.lower().startswith(b"from:")]
+    lines.insert(0, b"From: " + rng.choice(FROMS).encode("utf-8", "surrogateescape"))
+    return lines, body
+
+
+def _odd_header(lines: list[bytes], body: bytes, rng: random.Random) -> Mail | None:
+    h = rng.choice(HEADERS)
+    lines.append(h % rng.choice(CHARSETS).encode("latin-1", "replace") if b"%s" in h else h)
+    return lines, body
+
+
+def _truncate(lines: list[bytes], body: bytes, rng: random.Random) -> Mail | None:
+    return (lines, body[:rng.randrange(len(body))]) if body else None
+
+
+def _flip_bytes(lines: list[bytes], body: bytes, rng: random.Random) -> Mail | None:
+    if not body:
+        return None
+    b = bytearray(body)
+    for _ in range(rng.randint(1, 20)):
+        b[rng.randrange(len(b))] = rng.randrange(256)
+    return lines, bytes(b)
+
+
+def _nul_tail(lines: list[bytes], body: bytes, rng: random.Random) -> Mail | None:
+    return lines, body + b"\x00" * rng.randint(1, 50)
+
+
+def _deep_nesting(lines: list[bytes], body: bytes, rng: random.Random) -> Mail | None:
+    depth = rng.choice([5, 50, 300])
+    nested = b"".join(b"--b%d\nContent-Type: multipart/mixed; boundary=\"b%d\"\n\n" % (i, i + 1)
+                      for i in range(depth))
+    lines = [ln for ln in lines if not ln.lower().startswith(b"content-type")]
+    lines.append(b"Content-Type: multipart/mixed; boundary=\"b0\"")
+    return lines, nested + body
+
+
+def _many_parts(lines: list[bytes], body: bytes, rng: random.Random) -> Mail | None:
+    parts = rng.choice([10, 200, 2000])
+    lines = [ln for ln in lines if not ln.lower().startswith(b"content-type")]
+    lines.append(b"Content-Type: multipart/mixed; boundary=\"p\"")
+    return lines, b"".join(b"--p\nContent-Type: text/plain\n\nline %d\n" % i for i in range(parts)) + \
+        b"--p\n\n" + body + b"\n--p--\n"
+
+
+def _long_header(lines: list[bytes], body: bytes, rng: random.Random) -> Mail | None:
+    lines.append(b"X-Long: " + b"a" * rng.choice([998, 5000, 100_000]))
+    return lines, body
+
+
+def _bad_bytes_in_header(lines: list[bytes], body: bytes, rng: random.Random) -> Mail | None:
+    if not lines:
+        return None
+    i = rng.randrange(len(lines))
+    lines[i] = lines[i] + b"\xff\xfe\x80"
+    return lines, body
+
+
+def _line_ends(lines: list[bytes], body: bytes, rng: random.Random) -> Mail:
+    return lines, body.replace(b"\n", b"\r\n") if rng.random() < 0.5 else body.replace(b"\n", b"\r")
+
+
+#: Drawn uniformly from 12: the last two (and any that does not apply) change the line ends.
+MUTATIONS = (_dup_header, _drop_header, _other_from, _odd_header, _truncate, _flip_bytes, _nul_tail,
+             _deep_nesting, _many_parts, _long_header, _bad_bytes_in_header, _line_ends)
+
+
 def mutate(raw: bytes, rng: random.Random) -> bytes:
     lines, body = _split(raw)
     for _ in range(rng.randint(1, 4)):
         op = rng.randrange(12)
-        if op == 0 and lines:
-            lines.insert(rng.randrange(len(lines) + 1), rng.choice(lines))  # duplicate a header
-        elif op == 1 and lines:
-            lines.pop(rng.randrange(len(lines)))
-        elif op == 2:
-            lines = [ln for ln in lines if not ln.lower().startswith(b"from:")]
-            lines.insert(0, b"From: " + rng.choice(FROMS).encode("utf-8", "surrogateescape"))
-        elif op == 3:
-            h = rng.choice(HEADERS)
-            lines.append(h % rng.choice(CHARSETS).encode("latin-1", "replace") if b"%s" in h else h)
-        elif op == 4 and body:
-            cut = rng.randrange(len(body))
-            body = body[:cut]
-        elif op == 5 and body:
-            b = bytearray(body)
-            for _ in range(rng.randint(1, 20)):
-                b[rng.randrange(len(b))] = rng.randrange(256)
-            body = bytes(b)
-        elif op == 6:
-            body = body + b"\x00" * rng.randint(1, 50)
-        elif op == 7:
-            depth = rng.choice([5, 50, 300])
-            nested = b"".join(b"--b%d\nContent-Type: multipart/mixed; boundary=\"b%d\"\n\n" % (i, i + 1)
-                              for i in range(depth))
-            lines = [ln for ln in lines if not ln.lower().startswith(b"content-type")]
-            lines.append(b"Content-Type: multipart/mixed; boundary=\"b0\"")
-            body = nested + body
-        elif op == 8:
-            parts = rng.choice([10, 200, 2000])
-            lines = [ln for ln in lines if not ln.lower().startswith(b"content-type")]
-            lines.append(b"Content-Type: multipart/mixed; boundary=\"p\"")
-            body = b"".join(b"--p\nContent-Type: text/plain\n\nline %d\n" % i for i in range(parts)) + \
-                b"--p\n\n" + body + b"\n--p--\n"
-        elif op == 9:
-            lines.append(b"X-Long: " + b"a" * rng.choice([998, 5000, 100_000]))
-        elif op == 10 and lines:
-            i = rng.randrange(len(lines))
-            lines[i] = lines[i] + b"\xff\xfe\x80"
-        else:
-            body = body.replace(b"\n", b"\r\n") if rng.random() < 0.5 else body.replace(b"\n", b"\r")
+        changed = MUTATIONS[op](lines, body, rng) if op < len(MUTATIONS) else None
+        lines, body = changed if changed is not None else _line_ends(lines, body, rng)
     return b"\n".join(lines) + b"\n\n" + body
 
 
