@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,6 +11,8 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -39,6 +42,24 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class CompressedBytes(TypeDecorator[bytes]):
+    """Bytes stored deflated (a BLOB/bytea like any other): outgoing mail is mostly text, and a row
+    that stays under half a page keeps the database at a few KB per case. Values written before it
+    (no marker) are read as they are; a mail never starts with the marker's NUL byte."""
+
+    impl = LargeBinary
+    cache_ok = True
+    _MARK = b"\x00z"
+
+    def process_bind_param(self, value: bytes | None, dialect: Dialect) -> bytes | None:
+        return None if value is None else self._MARK + zlib.compress(value, 6)
+
+    def process_result_value(self, value: bytes | None, dialect: Dialect) -> bytes | None:
+        if value is None or not value.startswith(self._MARK):
+            return value
+        return zlib.decompress(value[len(self._MARK):])
 
 
 def utc_column(*, nullable: bool = False, index: bool = False) -> Any:
@@ -140,13 +161,31 @@ class Case(SQLModel, table=True):
     #: The referral as understood (contains personal data: stays in the database, never in logs).
     fields: dict[str, Any] = json_column(dict)
     missing: list[str] = json_column(list)
+    #: The fingerprint (Partnership.policy_version) of the policy the case was opened under.
     policy_version: str | None = Field(default=None, sa_column=Column(String(128)))
-    #: The partnership policy as it was when the case opened (a later YAML edit does not move deadlines).
-    policy_snapshot: dict[str, Any] = json_column(dict)
+    #: That policy as it was when the case opened, stored once for all its cases (a later YAML edit
+    #: does not move a running case's deadlines).
+    policy_version_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("policy_version.id"), nullable=True, index=True))
     #: Addresses from the referral's text that partnership staff confirmed may be mailed.
     confirmed_addresses: list[str] = json_column(list, server_default="[]")  # for rows older than it
     origin_inbound_id: int | None = None  # no FK: inbound_message already references case
     origin_message_id: str | None = Field(default=None, sa_column=Column(String(998)))
+
+
+class PolicyVersion(SQLModel, table=True):
+    """One partnership policy as it was in effect, once per distinct fingerprint: the cases opened
+    under it refer to it, and are evaluated against it for as long as they run."""
+
+    __tablename__ = "policy_version"
+
+    id: int | None = Field(default=None, primary_key=True)
+    #: Partnership.policy_version: "<policy.version>+<hash of the whole effective config>".
+    fingerprint: str = Field(sa_column=Column(String(128), nullable=False, unique=True))
+    partnership: str = Field(sa_column=Column(String(64), nullable=False, index=True))
+    #: Partnership.model_dump(mode="json").
+    policy: dict[str, Any] = json_column(dict)
+    created_at: datetime = utc_column()
 
 
 class CaseEvent(SQLModel, table=True):
@@ -188,7 +227,7 @@ class OutboxMessage(SQLModel, table=True):
     sender: str = Field(sa_column=Column(String(320), nullable=False))
     recipients: list[str] = json_column(list)
     subject: str = Field(sa_column=Column(String(998), nullable=False))
-    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    raw: bytes = Field(sa_column=Column(CompressedBytes(), nullable=False))
     #: pending | sending | sent | failed
     status: str = Field(default="pending", sa_column=Column(String(16), nullable=False, index=True))
     #: Lower goes first: case mail before notices (ARCHITECTURE: outbox).
@@ -210,6 +249,8 @@ class Timer(SQLModel, table=True):
     """
 
     __tablename__ = "timer"
+    #: The tick's due query: pending (or firing) timers by due time, whatever the number of open cases.
+    __table_args__ = (Index("ix_timer_status_due_at", "status", "due_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(sa_column=Column(String(255), nullable=False, unique=True))

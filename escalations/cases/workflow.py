@@ -5,7 +5,7 @@ caller's transaction. ``tick`` fires due timers, each in its own transaction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,6 +13,7 @@ import structlog
 from sqlmodel import Session
 
 from escalations.cases.models import Case, CaseEvent, CoordinatorNotice, InboundMessage, Timer
+from escalations.cases.policies import PolicyVersions
 from escalations.cases.store import Store
 from escalations.mailer.outbox import Renderer, enqueue
 from escalations.parsers.fields import ReferralFields
@@ -58,21 +59,6 @@ def case_state(case: Case) -> CaseState:
     )
 
 
-def policy_of(case: Case, config: PolicyConfig) -> Partnership:
-    """The policy the case was opened under (its snapshot), so YAML edits don't move running deadlines."""
-    live = config.partnerships.get(case.partnership)
-    if live is not None and case.policy_version and live.policy_version == case.policy_version:
-        # The version fingerprints the whole effective policy: same version, same content, and no
-        # need to re-validate the snapshot (which checks every address) on each event.
-        return live
-    if case.policy_snapshot:
-        try:
-            return Partnership.model_validate(case.policy_snapshot)
-        except Exception:  # an old snapshot no longer valid under a newer schema
-            log.warning("workflow.snapshot_invalid", case=case.reference)
-    return config.partnerships[case.partnership]
-
-
 @dataclass
 class Workflow:
     store: Store
@@ -81,6 +67,10 @@ class Workflow:
     secret: bytes
     message_id_domain: str
     subaddressing: bool = True
+    versions: PolicyVersions = field(default_factory=PolicyVersions)
+
+    def policy_of(self, s: Session, case: Case) -> Partnership:
+        return self.versions.policy_of(s, case, self.config)
 
     def apply(self, s: Session, case: Case, step: Step, partnership: Partnership, now: datetime,
               inbound: InboundMessage | None = None) -> None:
@@ -153,7 +143,7 @@ class Workflow:
 
     def handle(self, s: Session, case: Case, event: WorkflowEvent, now: datetime,
                inbound: InboundMessage | None = None) -> Step:
-        partnership = policy_of(case, self.config)
+        partnership = self.policy_of(s, case)
         step = transition(case_state(case), event, partnership, now)
         self.apply(s, case, step, partnership, now, inbound)
         return step
