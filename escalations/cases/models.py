@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
+
+from escalations.cases.deflate import deflate, inflate
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -45,21 +46,18 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class CompressedBytes(TypeDecorator[bytes]):
-    """Bytes stored deflated (a BLOB/bytea like any other): outgoing mail is mostly text, and a row
-    that stays under half a page keeps the database at a few KB per case. Values written before it
-    (no marker) are read as they are; a mail never starts with the marker's NUL byte."""
+    """Bytes stored deflated (a BLOB/bytea like any other; see :mod:`escalations.cases.deflate`):
+    mail is mostly text, outgoing mail mostly our own, and small rows keep the database at a few KB
+    per case. Lossless: the raw mail read back is byte for byte what was stored."""
 
     impl = LargeBinary
     cache_ok = True
-    _MARK = b"\x00z"
 
     def process_bind_param(self, value: bytes | None, dialect: Dialect) -> bytes | None:
-        return None if value is None else self._MARK + zlib.compress(value, 6)
+        return None if value is None else deflate(value)
 
     def process_result_value(self, value: bytes | None, dialect: Dialect) -> bytes | None:
-        if value is None or not value.startswith(self._MARK):
-            return value
-        return zlib.decompress(value[len(self._MARK):])
+        return None if value is None else inflate(value)
 
 
 def utc_column(*, nullable: bool = False, index: bool = False) -> Any:
@@ -91,7 +89,7 @@ class InboundMessage(SQLModel, table=True):
     message_id: str | None = Field(default=None, sa_column=Column(String(998), index=True))
     envelope_sender: str | None = Field(default=None, sa_column=Column(String(998)))
     envelope_recipients: list[str] = json_column(list)
-    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    raw: bytes = Field(sa_column=Column(CompressedBytes(), nullable=False))
     size: int = 0
     received_at: datetime = utc_column(index=True)
     #: pending -> done | quarantined ; claimed_at marks work in progress (stale claims are retaken).
@@ -260,7 +258,7 @@ class Timer(SQLModel, table=True):
     kind: str = Field(sa_column=Column(String(32), nullable=False))
     due_at: datetime = utc_column(index=True)
     #: pending | firing | done | cancelled
-    status: str = Field(default="pending", sa_column=Column(String(16), nullable=False, index=True))
+    status: str = Field(default="pending", sa_column=Column(String(16), nullable=False))  # see __table_args__
     created_at: datetime = utc_column()
     fired_at: datetime | None = nullable_utc()
     claimed_at: datetime | None = nullable_utc()

@@ -6,6 +6,7 @@ Every public method commits before it returns; nothing here decides what a messa
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -51,13 +52,18 @@ _FINGERPRINT_HEADERS = (b"message-id", b"from", b"date", b"subject")
 READ_ONLY = "escalations_read_only"
 
 
+def _compact_json(value: Any) -> str:
+    # no spaces after separators: JSON columns are a good part of every case's rows
+    return json.dumps(value, separators=(",", ":"))
+
+
 def make_engine(url: str) -> Engine:
     """An engine for SQLite (WAL, busy timeout, usable across threads) or PostgreSQL (psycopg 3)."""
     if url.startswith("sqlite"):
         kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
         if url in ("sqlite://", "sqlite:///:memory:"):
             kwargs["poolclass"] = StaticPool
-        engine = create_engine(url, hide_parameters=True, **kwargs)
+        engine = create_engine(url, hide_parameters=True, json_serializer=_compact_json, **kwargs)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -81,7 +87,7 @@ def make_engine(url: str) -> Engine:
 
         return engine
     # hide_parameters: a database error must never echo a message body (child data) into a log.
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True, json_serializer=_compact_json)
 
 
 

@@ -1,5 +1,5 @@
 """Policy versions stored once: a case refers to the policy it was opened under instead of carrying
-its own copy; the timers' due query gets its (status, due_at) index.
+its own copy; the timers' due query gets its (status, due_at) index, which replaces ix_timer_status.
 
 Every case's ``policy_snapshot`` becomes a ``policy_version`` row, one per distinct fingerprint
 (the case's ``policy_version``, or for a case without one a hash of its snapshot), and the column
@@ -70,6 +70,7 @@ def upgrade() -> None:
     else:
         op.drop_column("case", "policy_snapshot")
     op.create_index("ix_timer_status_due_at", "timer", ["status", "due_at"], unique=False)
+    op.drop_index("ix_timer_status", table_name="timer")  # the new index's first column
 
 
 def _snapshots_to_versions(conn: sa.Connection) -> None:
@@ -103,6 +104,7 @@ def _version_for(conn: sa.Connection, known: dict[str, int], fingerprint: str, r
 
 
 def downgrade() -> None:
+    op.create_index("ix_timer_status", "timer", ["status"], unique=False)
     op.drop_index("ix_timer_status_due_at", table_name="timer")
     # plain ALTERs on SQLite too (see upgrade); its DROP COLUMN takes a column-level REFERENCES with it
     op.add_column("case", sa.Column("policy_snapshot", sa.JSON(), server_default="{}", nullable=False))
