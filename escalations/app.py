@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
-from apscheduler.schedulers.background import BackgroundScheduler
 
 from escalations.cases import schema
 from escalations.cases.operations import Operations
-from escalations.cases.store import HEARTBEAT_INTERVAL_SECONDS, Store, StoredInbound, content_key, make_engine
+from escalations.cases.store import Store, StoredInbound, content_key, make_engine
 from escalations.cases.workflow import Workflow
 from escalations.clock import Clock, SystemClock
 from escalations.mailer.outbox import OutboxDispatcher, Renderer
@@ -25,7 +23,7 @@ from escalations.parsers.attachments import with_attachment_texts
 from escalations.parsers.limits import Limits
 from escalations.parsers.message import parse_message
 from escalations.policy_files import load_config
-from escalations.private import make_private, private_umask
+from escalations.private import make_private
 from escalations.processor import Outcome, Processor
 from escalations.routing.policy.model import PolicyConfig
 from escalations.sandbox import BoundedParser
@@ -70,11 +68,10 @@ class App:
 
     def ingest(self, raw: bytes, *, received_at: datetime | None = None) -> StoredInbound:
         """Store a saved message exactly as if it had arrived (``escalations ingest``)."""
-        stored = self.store.store_inbound(raw, source="cli", idempotency_key=content_key(raw),
-                                          received_at=received_at)
-        if stored.created:
-            self.on_stored(stored.id)
-        return stored
+        from escalations.mailer.intake import Arrival, RawMailSink
+
+        return RawMailSink(self.store, self.on_stored).accept(
+            Arrival(raw, source="cli", idempotency_key=content_key(raw), received_at=received_at))
 
     def process_pending(self) -> list[Outcome]:
         stopping = self._stopping
@@ -106,92 +103,24 @@ class App:
         return {"now": now.isoformat(), "processed": len(processed), "timers_fired": len(fired),
                 "fired": fired, "digests": digests, "mailbox_alerts": alerts, "daily_digests": daily, "sent": sent}
 
-    # ---- the service ---------------------------------------------------------------------
+    # ---- the service (escalations/service.py runs the threads) ------------------------------
 
-    def run(self, stop: threading.Event, *, on_started: Callable[[App], None] | None = None) -> None:
-        """Run every component until ``stop`` is set, with umask 077. Each loop survives its own errors."""
-        previous_umask = private_umask()
-        try:
-            self._run(stop, on_started)
-        finally:
-            os.umask(previous_umask)
+    def run(self, stop: threading.Event, *, on_started: Callable[[App], None] | None = None,
+            components: dict[str, Callable[[threading.Event], None]] | None = None) -> None:
+        """Run the service until ``stop`` is set, with ``components`` (name -> run(stop), e.g. the web
+        server) in threads beside it (see :class:`escalations.service.Service`)."""
+        from escalations.service import Service
 
-    def _run(self, stop: threading.Event, on_started: Callable[[App], None] | None) -> None:
-        from escalations.mailer.imap_watcher import ImapWatcher
-        from escalations.mailer.smtp_intake import start_smtp_intake
-
-        s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True)
-        make_private(s.data_dir, s.effective_database_url)
-        # Registered before any loop claims: from now on this process's claims carry a live owner,
-        # and a dead predecessor's claims are free to the first claim below.
-        self.store.heartbeat()
-        threads: list[threading.Thread] = [
-            threading.Thread(target=self._heartbeat, args=(stop,), name="heartbeat", daemon=True)]
-        controller = None
-        if s.smtp_intake_enabled:
-            controller = start_smtp_intake(self.store, self.accepts, host=s.smtp_listen_host,
-                                           port=s.smtp_listen_port, max_size=s.smtp_max_message_size,
-                                           on_stored=self.on_stored)
-            self.smtp_port = controller.port
-        for mb in s.mailboxes:
-            watcher = ImapWatcher(mb, self.store, on_stored=self.on_stored)
-            threads.append(threading.Thread(target=watcher.run, args=(stop,), name=f"imap-{mb.name}", daemon=True))
-        self.outbox.stopping = stop
-        self._stopping = stop
-        threads.append(threading.Thread(target=self._loop, args=(stop, self.wake_processor,
-                                        s.process_interval_seconds, self.process_pending, "processor"),
-                                        name="processor", daemon=True))
-        threads.append(threading.Thread(target=self._loop, args=(stop, self.wake_outbox, 2.0, self.send_outbox,
-                                        "outbox"), name="outbox", daemon=True))
-        scheduler = BackgroundScheduler(timezone="UTC")
-        # The first tick at once: timers a dead predecessor was firing go now, not a tick interval later.
-        scheduler.add_job(lambda: self._safely("tick", self.tick), "interval", seconds=s.tick_interval_seconds,
-                          id="tick", max_instances=1, coalesce=True, next_run_time=datetime.now(UTC))
-        scheduler.add_job(lambda: self._safely("secret_expiry", self.warn_expiring_secrets), "interval", days=1,
-                          id="secret_expiry", next_run_time=datetime.now(UTC), coalesce=True)
-        for t in threads:
-            t.start()
-        scheduler.start()
-        log.info("service.started", smtp_port=self.smtp_port, mailboxes=[m.name for m in s.mailboxes],
-                 database=s.effective_database_url.split("@")[-1], relay=bool(s.relay))
-        self.wake_processor.set()
-        self.wake_outbox.set()  # mail committed before a restart goes out now, not at the next poll
-        try:
-            if on_started is not None:
-                on_started(self)
-            stop.wait()
-        finally:
-            log.info("service.stopping")
-            if controller is not None:
-                controller.stop()
-            self.wake_processor.set()
-            self.wake_outbox.set()
-            for t in threads:
-                t.join(timeout=10)
-            scheduler.shutdown(wait=True)  # a tick under way finishes its timer (each stops early)
-            busy = [t.name for t in threads if t.is_alive()]
-            if not busy:  # a thread still working keeps its claims and worker row: the next start takes them back
-                self._safely("retire", self.store.retire)
-            self.close()
-            log.info("service.stopped", still_busy=busy)
+        Service(self, components).run(stop, on_started=on_started)
 
     @contextmanager
     def keep_alive(self) -> Iterator[None]:
         """Beat while a one-off command works, so a running service never takes its claims for a dead
         process's, however long one message or one send takes."""
-        stop = threading.Event()
-        self.store.heartbeat()
-        beating = threading.Thread(target=self._heartbeat, args=(stop,), name="heartbeat", daemon=True)
-        beating.start()
-        try:
-            yield
-        finally:
-            stop.set()
+        from escalations.service import beating
 
-    def _heartbeat(self, stop: threading.Event) -> None:
-        while not stop.wait(HEARTBEAT_INTERVAL_SECONDS):
-            self._safely("heartbeat", self.store.heartbeat)
+        with beating(self.store):
+            yield
 
     def warn_expiring_secrets(self) -> int:
         """Warn about client secrets and certificates that expire within 30 days (daily while running)."""
@@ -202,22 +131,6 @@ class App:
         if self.settings.relay is not None:
             accounts.append((self.settings.relay.auth, "relay"))
         return sum(warn_if_secret_expiring(auth, name, today) for auth, name in accounts)
-
-    @staticmethod
-    def _safely(name: str, fn: Callable[[], object]) -> None:
-        try:
-            fn()
-        except Exception:
-            log.exception(f"{name}.failed")
-
-    def _loop(self, stop: threading.Event, wake: threading.Event, interval: float,
-              fn: Callable[[], object], name: str) -> None:
-        while not stop.is_set():
-            wake.wait(timeout=interval)
-            wake.clear()
-            if stop.is_set():
-                break
-            self._safely(name, fn)
 
 
 def mail_sender_for(settings: Settings) -> MailSender:

@@ -5,6 +5,19 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
+from zoneinfo import ZoneInfo
+
+#: Times shown to people (tables, CLI); mail uses each partnership's own time zone.
+LONDON = ZoneInfo("Europe/London")
+
+
+def iso(dt: datetime | None) -> str | None:
+    return dt.isoformat() if dt else None
+
+
+def local(dt: datetime | None) -> str:
+    """A UTC time as London local time for a table, e.g. "Tue 01 Dec 2026 13:00"; "-" for none."""
+    return dt.astimezone(LONDON).strftime("%a %d %b %Y %H:%M") if dt else "-"
 
 
 class Clock(Protocol):

@@ -49,7 +49,7 @@ def test_header_values_are_hashed_in_log_lines(caplog: pytest.LogCaptureFixture)
 
 
 def test_the_demo_file_log_keeps_frames_not_exception_text(tmp_path: Path) -> None:
-    from escalations.cli import _log_to_file
+    from escalations.cli.run import _log_to_file
 
     path = tmp_path / "escalations.log"
     _log_to_file(path)

@@ -19,10 +19,10 @@ from sqlmodel import Session, col, select
 from escalations.cases.models import Case, CaseEvent, InboundMessage, MailboxHealth
 from escalations.cases.store import Store
 from escalations.mailer.outbox import Renderer, enqueue
-from escalations.routing.decide import OutgoingMail
 from escalations.routing.policy.model import PolicyConfig
 from escalations.routing.redact import Redactor
 from escalations.routing.workflow.operations import DailyDigest, compose_daily_digest, compose_mailbox_alert
+from escalations.routing.workflow.state import OutgoingMail
 
 log = structlog.get_logger("escalations.operations")
 

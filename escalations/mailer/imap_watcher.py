@@ -34,6 +34,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
 from escalations.cases.store import Store, imap_key, message_id_of
+from escalations.mailer.intake import Arrival, RawMailSink
 from escalations.mailer.oauth import TokenError, TokenProvider, provider_for
 from escalations.settings import MailboxSettings
 
@@ -71,13 +72,17 @@ class ImapWatcher:
         self.tokens = tokens if tokens is not None else provider_for(mailbox.auth, mailbox.username,
                                                                      account=mailbox.name)
         self.store = store
-        self.on_stored = on_stored
+        self.sink = RawMailSink(store, on_stored)
         base = logger if logger is not None else structlog.get_logger("escalations.imap")
         self.log = base.bind(account=mailbox.name, folder=mailbox.folder)
         self._move_target: str | None = None  # move_to in the server's naming, once per connection
         self._random = random.Random()
 
     # ---- public ---------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return f"imap-{self.mailbox.name}"
 
     def catch_up(self) -> int:
         """Connect once, store everything not yet stored, disconnect. Returns how many rows were created."""
@@ -262,25 +267,15 @@ class ImapWatcher:
         m = self.mailbox
         raw = bytes(item[b"BODY[]"] or b"")
         received_at = _as_utc(item.get(b"INTERNALDATE")) or self.store.clock.now()
+        arrival = Arrival(raw, source="imap", idempotency_key=imap_key(m.name, m.folder, uidvalidity, uid),
+                          account=m.name, folder=m.folder, received_at=received_at,
+                          imap_cursor=(uidvalidity, uid))
         try:
-            result = self.store.store_inbound(
-                raw,
-                source="imap",
-                idempotency_key=imap_key(m.name, m.folder, uidvalidity, uid),
-                account=m.name,
-                folder=m.folder,
-                received_at=received_at,
-                imap_cursor=(uidvalidity, uid),
-            )
+            result = self.sink.accept(arrival)
         except Exception as exc:
             raise StoreFailed(uid) from exc
         self.log.info("imap.stored", uid=uid, inbound_id=result.id, created=result.created,
                       message_id=message_id_of(raw), size=len(raw))
-        if result.created:
-            try:
-                self.on_stored(result.id)
-            except Exception:  # the row is committed; a failing wake-up must not refetch it
-                self.log.exception("imap.on_stored_failed", inbound_id=result.id)
         return result.created
 
     # ---- after store: flag or move ----------------------------------------------------------

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from escalations.cases.store import Store, content_key
+from escalations.cases.store import Store, StoredInbound, content_key
+from escalations.mailer.intake import Arrival, RawMailSink
 
 log = structlog.get_logger("escalations.smtp_intake")
 
@@ -25,9 +25,8 @@ class IntakeHandler:
         accepts: Callable[[str], bool],
         on_stored: Callable[[int], None] = lambda _id: None,
     ) -> None:
-        self.store = store
+        self.sink = RawMailSink(store, on_stored)
         self.accepts = accepts
-        self.on_stored = on_stored
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -50,18 +49,12 @@ class IntakeHandler:
             log.exception("smtp.store_failed", peer=str(session.peer[0]) if session.peer else None)
             return "451 4.3.0 Could not store the message; please try again later"
         log.info("smtp.stored", inbound_id=stored.id, created=stored.created, size=len(raw))
-        if stored.created:
-            self.on_stored(stored.id)
         return "250 2.0.0 Message accepted for delivery"
 
-    def _store(self, raw: bytes, envelope: Envelope) -> Any:
-        return self.store.store_inbound(
-            raw,
-            source="smtp",
-            idempotency_key=content_key(raw),
-            envelope_sender=envelope.mail_from,
-            envelope_recipients=[str(r) for r in envelope.rcpt_tos],
-        )
+    def _store(self, raw: bytes, envelope: Envelope) -> StoredInbound:
+        return self.sink.accept(Arrival(raw, source="smtp", idempotency_key=content_key(raw),
+                                        envelope_sender=envelope.mail_from,
+                                        envelope_recipients=[str(r) for r in envelope.rcpt_tos]))
 
 
 def start_smtp_intake(

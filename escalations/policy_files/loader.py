@@ -2,8 +2,9 @@
 
 Layout on disk (``config_dir``)::
 
-    partnerships/<id>.yaml   one partnership: mailboxes, calendar, roles, routes (ladders), immediate risk
-    agencies/<id>.yaml       that partnership's agencies directory: names, aliases, contacts by role
+    partnerships/<id>.yaml   the rules: mailboxes, calendar, roles, routes (ladders), immediate risk
+    agencies/<id>.yaml       the people: agencies (names, aliases, domains, contacts by role), the
+                             contacts of the partnership's own roles, the Resolution Panel pool
 
 ``load_config(config_dir)`` validates everything once at startup and raises :class:`ConfigError`
 (every :class:`ConfigIssue` names file, line and field). The checks beyond the schema are
@@ -12,6 +13,8 @@ Layout on disk (``config_dir``)::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -118,6 +121,10 @@ def _load_partnership(src: Source, directories: Directories, broken_directories:
     inline = list(data.get("agencies") or [])
     pid = str(data.get("id", ""))
     data["agencies"] = inline + [a.model_dump(mode="json") for _, d in directories.get(pid, []) for a in d.agencies]
+    for dsrc, d in directories.get(pid, []):
+        issues.extend(_merge_people(data, src, dsrc, d))
+    data["rules_version"] = _content_hash(src.data)
+    data["directory_version"] = _content_hash([d.model_dump(mode="json") for _, d in directories.get(pid, [])])
     try:
         p = Partnership.model_validate(data)
     except ValidationError as exc:
@@ -139,6 +146,59 @@ def _load_partnership(src: Source, directories: Directories, broken_directories:
         issues.extend(check_partnership(p, src, agency_sources))
     warnings.extend(provisional_readings(p, src))
     return p
+
+
+def _content_hash(value: Any) -> str:
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
+
+
+def _merge_people(data: dict[str, Any], src: Source, dsrc: Source, d: AgencyDirectory) -> list[ConfigIssue]:
+    """Put the directory's role contacts and panel pool into the partnership's rules (``data``)."""
+    issues = []
+    roles = dict(data.get("roles") or {})
+    for role_id, held in d.roles.items():
+        role = roles.get(role_id)
+        if not isinstance(role, dict):
+            issues.append(dsrc.issue(("roles", role_id), f"no role {role_id!r} in {src.path.name} "
+                                                         f"(its roles: {', '.join(sorted(roles)) or 'none'})"))
+            continue
+        if role.get("contacts"):
+            issues.append(src.issue(("roles", role_id, "contacts"), f"the contacts of role {role_id!r} are also in "
+                                    f"{dsrc.path.name}: keep people in the agencies file only"))
+            continue
+        roles[role_id] = {**role, "contacts": [c.model_dump(mode="json", exclude_none=True) for c in held.contacts]}
+    data["roles"] = roles
+    if d.panel_pool:
+        pool = [m.model_dump(mode="json", exclude_none=True) for m in d.panel_pool]
+        for loc, panel in _panels(data):
+            if panel.get("pool"):
+                issues.append(src.issue((*loc, "pool"), f"this panel has its own pool and {dsrc.path.name} has "
+                                                        "panel_pool: keep people in the agencies file only"))
+            else:
+                panel["pool"] = pool
+    return issues
+
+
+def _panels(data: dict[str, Any]) -> list[tuple[Loc, dict[str, Any]]]:
+    """Every Resolution Panel in the routes (copied so the caller may fill it in)."""
+    out: list[tuple[Loc, dict[str, Any]]] = []
+    routes = data.get("routes")
+    if not isinstance(routes, list):
+        return out
+    data["routes"] = routes = [dict(r) if isinstance(r, dict) else r for r in routes]
+    for ri, route in enumerate(routes):
+        stages = route.get("stages") if isinstance(route, dict) else None
+        if not isinstance(stages, list):
+            continue
+        route["stages"] = stages = [dict(st) if isinstance(st, dict) else st for st in stages]
+        for si, stage in enumerate(stages):
+            dm = stage.get("decision_maker") if isinstance(stage, dict) else None
+            if isinstance(dm, dict) and isinstance(dm.get("panel"), dict):
+                stage["decision_maker"] = dm = dict(dm)
+                dm["panel"] = panel = dict(dm["panel"])
+                out.append((("routes", ri, "stages", si, "decision_maker", "panel"), panel))
+    return out
 
 
 def _across_partnerships(cfg: PolicyConfig, sources: dict[str, Source]) -> list[ConfigIssue]:

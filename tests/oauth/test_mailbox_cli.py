@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from escalations.cases import schema
 from escalations.cases.store import Store, make_engine
 from escalations.clock import SystemClock
 from escalations.mailer.imap_watcher import ImapWatcher
@@ -65,9 +66,13 @@ def test_signed_in_shows_folder_idle_and_backlog(oauth_dovecot: DovecotServer, o
     assert "folder INBOX: 3 message(s), 3 to fetch; IDLE supported" in result.stdout
     assert "token valid until" in result.stdout
     assert "app-secret-1" not in result.stdout + result.stderr
+    assert not (tmp_path / "var" / "escalations.sqlite3").exists()  # a check creates no database
 
     # Once the watcher has stored them, only newer mail is still to fetch.
-    store = Store(make_engine(f"sqlite:///{tmp_path / 'var' / 'escalations.sqlite3'}"), SystemClock())
+    (tmp_path / "var").mkdir(exist_ok=True)
+    engine = make_engine(f"sqlite:///{tmp_path / 'var' / 'escalations.sqlite3'}")
+    schema.upgrade(engine)
+    store = Store(engine, SystemClock())
     assert ImapWatcher(mailbox, store).catch_up() == 3
     store.engine.dispose()
     oauth_dovecot.append(referral(9))

@@ -5,25 +5,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from escalations.policy_cli import config_app, policy_app
+from escalations.cli import app
 from escalations.policy_files import ConfigError, load_config
 
 from .conftest import CONFIG_DIR, FIXTURES
 
 runner = CliRunner()
-app = typer.Typer()
-app.add_typer(config_app, name="config")
-app.add_typer(policy_app, name="policy")
 
 
 def run(config_dir: Path, *args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args), obj=SimpleNamespace(config_dir=config_dir), env={"COLUMNS": "300"})
+    result = runner.invoke(app, ["--config", str(config_dir), *args], env={"COLUMNS": "300"})
     return result.exit_code, result.output
 
 
@@ -196,3 +191,50 @@ def test_shipped_resolution_values() -> None:
         window = p.resolution.confirm_within
         assert (window.amount, window.unit) == (2, "working_days")
         assert window.interpretation is not None
+
+
+def test_shipped_people_live_in_the_agencies_files() -> None:
+    """Rules in partnerships/, people in agencies/: no shipped partnership file names a person."""
+    for path in sorted((CONFIG_DIR / "partnerships").glob("*.yaml")):
+        assert "@example." not in path.read_text(), path
+    cfg = load_config(CONFIG_DIR)
+    for p in cfg.partnerships.values():
+        assert all(role.contacts for role in p.roles.values()), p.id  # merged in from agencies/<id>.yaml
+        assert p.rules_version and p.directory_version and p.rules_version != p.directory_version
+
+
+def _people_moved(tmp_path: Path) -> tuple[Path, Path]:
+    """The valid fixture with its chair's contact moved to the agencies file."""
+    import shutil
+
+    shutil.copytree(FIXTURES / "valid", tmp_path / "config")
+    demo = tmp_path / "config" / "partnerships" / "demo.yaml"
+    agencies = tmp_path / "config" / "agencies" / "demo.yaml"
+    demo.write_text(demo.read_text().replace(
+        "    contacts:\n      - name: Chair\n        email: demo.chair@example.org\n", ""))
+    agencies.write_text(agencies.read_text() + "roles:\n  chair:\n    contacts:\n"
+                        "      - name: Chair\n        email: demo.chair@example.org\n")
+    return demo, agencies
+
+
+def test_role_contacts_in_the_agencies_file_change_the_directory_version_only(tmp_path: Path) -> None:
+    demo, agencies = _people_moved(tmp_path)
+    before = load_config(tmp_path / "config").partnerships["demo"]
+    assert [c.email for c in before.roles["chair"].contacts] == ["demo.chair@example.org"]
+    assert before.policy_version == load_config(FIXTURES / "valid").partnerships["demo"].policy_version
+    agencies.write_text(agencies.read_text().replace("demo.chair@", "demo.new-chair@"))
+    after = load_config(tmp_path / "config").partnerships["demo"]
+    assert after.rules_version == before.rules_version
+    assert after.directory_version != before.directory_version
+    assert after.policy_version != before.policy_version  # a new case gets the new chair
+
+
+def test_people_in_both_files_or_for_an_unknown_role_are_errors(tmp_path: Path) -> None:
+    demo, agencies = _people_moved(tmp_path)
+    agencies.write_text(agencies.read_text() + "  treasurer:\n    contacts:\n"
+                        "      - name: T\n        email: demo.t@example.org\n"
+                        "  business_unit:\n    contacts:\n      - name: B\n        email: demo.b@example.org\n")
+    code, out = run(tmp_path / "config", "config", "check")
+    assert code == 1, out
+    assert "agencies/demo.yaml" in out and "roles.treasurer: no role 'treasurer' in demo.yaml" in out
+    assert "roles.business_unit.contacts: the contacts of role 'business_unit' are also in demo.yaml" in out

@@ -349,11 +349,21 @@ class Agency(_Model):
     contacts: dict[str, Contact] = Field(default_factory=dict)
 
 
+class DirectoryRole(_Model):
+    """Who holds one of the partnership's own roles (the role itself is defined in the partnership file)."""
+
+    contacts: list[Contact] = Field(default_factory=list)
+
+
 class AgencyDirectory(_Model):
-    """``config/agencies/<partnership>.yaml``."""
+    """``config/agencies/<partnership>.yaml``: the people. The rules are in ``config/partnerships/``."""
 
     partnership: str
     agencies: list[Agency] = Field(default_factory=list)
+    #: Contacts of the partnership's own roles (business unit, chair, ...), by role id.
+    roles: dict[str, DirectoryRole] = Field(default_factory=dict)
+    #: The senior officers a Resolution Panel is drawn from (C&H 2.14, Havering 2.12).
+    panel_pool: list[PanelMember] = Field(default_factory=list)
 
 
 class Partnership(_Model):
@@ -383,6 +393,10 @@ class Partnership(_Model):
     resolution: Resolution
     #: Declared policy version + hash of everything else; filled in when empty.
     policy_version: str = ""
+    #: Hashes of the two halves as written: the rules (partnership file) and the people (agencies
+    #: file). Filled in by the loader; each changes only when its own file's content does.
+    rules_version: str = ""
+    directory_version: str = ""
 
     _calendar: WorkingCalendar = PrivateAttr()
 
@@ -392,7 +406,7 @@ class Partnership(_Model):
             object.__setattr__(self, "policy_version", f"{self.policy.version}+{self.fingerprint()}")
 
     def fingerprint(self) -> str:
-        dump = self.model_dump(mode="json", exclude={"policy_version"})
+        dump = self.model_dump(mode="json", exclude={"policy_version", "rules_version", "directory_version"})
         blob = json.dumps(dump, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
 
-    from escalations.routing.decide import OutgoingMail
     from escalations.routing.policy.model import Partnership
+    from escalations.routing.workflow.state import OutgoingMail
 
 __all__ = ["DailyDigest", "compose_daily_digest", "compose_mailbox_alert"]
 
@@ -31,7 +31,7 @@ def compose_mailbox_alert(*, mailbox: str, admins: Sequence[str], down: bool, la
     """One alert when a mailbox stops answering (``down``), one when it recovers. ``incident``
     identifies the incident, so the dedupe key makes each mail once-only."""
     from escalations.routing.calendar import format_local
-    from escalations.routing.decide import OutgoingMail
+    from escalations.routing.workflow.state import OutgoingMail
 
     ctx = {"mailbox": mailbox, "down": down, "last_ok": format_local(last_ok_at, tz) if last_ok_at else None,
            "since": format_local(since, tz), "error_code": error_code, "now": format_local(now, tz)}
@@ -62,7 +62,7 @@ class DailyDigest:
 def compose_daily_digest(p: Partnership, digest: DailyDigest, now: datetime) -> list[OutgoingMail]:
     """The coordinator's morning list; nothing when nothing needs a person."""
     from escalations.routing.calendar import format_local
-    from escalations.routing.decide import FIELD_LABELS, OutgoingMail
+    from escalations.routing.workflow.state import FIELD_LABELS, OutgoingMail
 
     if not digest:
         return []

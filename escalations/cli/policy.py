@@ -1,14 +1,11 @@
-"""Administrators' tools: ``escalations config check`` and ``escalations policy show / timeline``.
-
-The root CLI (escalations/cli.py) mounts :data:`config_app` and :data:`policy_app` and sets
-``ctx.obj`` to an object with a ``config_dir`` attribute.
-"""
+"""Administrators' tools: ``escalations config check`` and ``escalations policy show / timeline``."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,27 +14,27 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from escalations.cli.base import JsonOpt, SettingsNotValid, app
 from escalations.policy_files import ConfigError, ConfigIssue, load_config
 from escalations.routing.policy.model import CHILD_STATUSES, Partnership, PolicyConfig, Stage, Timescale
 from escalations.routing.policy.plan import StagePlan, timeline
+from escalations.settings import Settings, default_config_dir
 
 config_app = typer.Typer(help="Check the partnership configuration (YAML under config/).", no_args_is_help=True)
 policy_app = typer.Typer(help="Show a partnership's encoded escalation policy and preview its deadlines.",
                          no_args_is_help=True)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+app.add_typer(config_app, name="config")
+app.add_typer(policy_app, name="policy")
 
 
 def _config_dir(ctx: typer.Context) -> Path:
-    root = ctx.find_root()
-    for obj in (ctx.obj, root.obj):
-        value = getattr(obj, "config_dir", None)
-        if value is not None:
-            return Path(value)
-    env = os.environ.get("ESCALATIONS_CONFIG")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "config"
+    """The --config folder (or ESCALATIONS_CONFIG), also when other settings are not valid."""
+    obj = ctx.find_root().obj
+    if isinstance(obj, Settings):
+        return obj.config_dir
+    if isinstance(obj, SettingsNotValid) and obj.config_dir is not None:
+        return obj.config_dir
+    return default_config_dir()
 
 
 def _rel(path: str) -> str:
@@ -140,13 +137,32 @@ def _mail_warnings(settings: Any, cfg: PolicyConfig) -> list[str]:
     return out
 
 
-@config_app.command("check")
-def config_check(ctx: typer.Context, as_json: JsonOpt = False,
-                 strict: Annotated[bool, typer.Option("--strict", help="Warnings fail the check too.")] = False
-                 ) -> None:
-    """Validate partnerships, agencies, mailboxes and the relay together; errors name file, line and
-    field. Exit 2 when the settings are wrong, 1 when the configuration is (or, with --strict, has warnings)."""
-    out, err = Console(), Console(stderr=True)
+@dataclass
+class _Check:
+    """What `config check` found, before it is printed."""
+
+    config_dir: Path
+    setup_errors: list[Any]
+    issues: list[ConfigIssue]
+    cfg: PolicyConfig | None
+    warnings: list[ConfigIssue]
+    mail_notes: list[str]
+    mail: dict[str, Any] | None
+
+    def failed(self, strict: bool) -> bool:
+        return bool(self.setup_errors or self.issues or (strict and (self.warnings or self.mail_notes)))
+
+
+def _mail_settings(settings: Any) -> dict[str, Any]:
+    r = settings.relay
+    return {"relay": {"host": r.host, "port": r.port, "security": r.security, "auth": r.auth.method.value}
+            if r else None, "sent_dir": None if r else str(settings.sent_dir),
+            "mailboxes": [{"name": m.name, "host": m.host, "port": m.port, "username": m.username,
+                           "folder": m.folder, "auth": m.auth.method.value} for m in settings.mailboxes],
+            "mailboxes_file": str(settings.mailboxes_file) if settings.mailboxes_file else None}
+
+
+def _run_check(ctx: typer.Context) -> _Check:
     settings, setup_errors = _settings_of(ctx)
     if settings is not None:
         setup_errors = _secret_errors(settings)
@@ -159,57 +175,71 @@ def config_check(ctx: typer.Context, as_json: JsonOpt = False,
         issues = exc.issues
     warnings = [*(cfg.warnings if cfg else []), *placeholder_warnings(config_dir)]
     mail_notes = _mail_warnings(settings, cfg) if settings is not None and cfg is not None else []
-    mail: dict[str, Any] | None = None
-    if settings is not None:
-        r = settings.relay
-        mail = {"relay": {"host": r.host, "port": r.port, "security": r.security, "auth": r.auth.method.value}
-                if r else None, "sent_dir": None if r else str(settings.sent_dir),
-                "mailboxes": [{"name": m.name, "host": m.host, "port": m.port, "username": m.username,
-                               "folder": m.folder, "auth": m.auth.method.value} for m in settings.mailboxes],
-                "mailboxes_file": str(settings.mailboxes_file) if settings.mailboxes_file else None}
-    failed = bool(setup_errors or issues or (strict and (warnings or mail_notes)))
+    mail = _mail_settings(settings) if settings is not None else None
+    return _Check(config_dir, setup_errors, issues, cfg, warnings, mail_notes, mail)
+
+
+def _check_json(c: _Check, strict: bool) -> str:
+    return json.dumps({
+        "ok": not c.failed(strict),
+        "settings_errors": [{"setting": e.setting, "message": e.message} for e in c.setup_errors],
+        "errors": [_issue_json(i) for i in c.issues],
+        "partnerships": {pid: {"policy_version": p.policy_version, "rules_version": p.rules_version,
+                               "directory_version": p.directory_version, "mailboxes": p.mailboxes,
+                               "routes": [r.id for r in p.routes], "agencies": len(p.agencies)}
+                         for pid, p in (c.cfg.partnerships.items() if c.cfg else [])},
+        "mail": c.mail,
+        "warnings": [_issue_json(w) for w in c.warnings] + [{"message": n} for n in c.mail_notes],
+    })
+
+
+def _print_check(c: _Check, out: Console, err: Console) -> None:
+    def say(console: Console, text: str) -> None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    for e in c.setup_errors:
+        say(err, f"error: {e.setting}: {e.message}")
+    for i in c.issues:
+        say(err, _issue_text(i))
+    if c.cfg is not None:
+        table = Table(title=f"Configuration OK: {c.config_dir}")
+        for col in ("Partnership", "Mailbox", "Policy version", "Routes", "Stages", "Agencies"):
+            table.add_column(col)
+        for p in c.cfg.partnerships.values():
+            table.add_row(p.id, ", ".join(p.mailboxes), p.policy_version, ", ".join(r.id for r in p.routes),
+                          str(sum(len(r.stages) for r in p.routes)), str(len(p.agencies)))
+        out.print(table)
+    if c.mail is not None:
+        relay = c.mail["relay"]
+        say(out, f"outgoing mail: relay {relay['host']}:{relay['port']} ({relay['security']})" if relay
+            else f"outgoing mail: no relay: written to {c.mail['sent_dir']}")
+        say(out, "mailboxes: " + (", ".join(f"{m['name']} ({m['username']} on {m['host']}:{m['port']})"
+                                            for m in c.mail["mailboxes"]) or "none"))
+    for w in c.warnings:
+        say(out, f"warning: {_issue_text(w)}")
+    for n in c.mail_notes:
+        say(out, f"warning: {n}")
+    if c.setup_errors:
+        err.print(f"{len(c.setup_errors)} settings error(s).")
+    if c.issues:
+        err.print(f"{len(c.issues)} configuration error(s).")
+
+
+@config_app.command("check")
+def config_check(ctx: typer.Context, as_json: JsonOpt = False,
+                 strict: Annotated[bool, typer.Option("--strict", help="Warnings fail the check too.")] = False
+                 ) -> None:
+    """Validate partnerships, agencies, mailboxes and the relay together; errors name file, line and
+    field. Exit 2 when the settings are wrong, 1 when the configuration is (or, with --strict, has warnings)."""
+    out, err = Console(), Console(stderr=True)
+    c = _run_check(ctx)
     if as_json:
-        out.print_json(json.dumps({
-            "ok": not failed,
-            "settings_errors": [{"setting": e.setting, "message": e.message} for e in setup_errors],
-            "errors": [_issue_json(i) for i in issues],
-            "partnerships": {pid: {"policy_version": p.policy_version, "mailboxes": p.mailboxes,
-                                   "routes": [r.id for r in p.routes], "agencies": len(p.agencies)}
-                             for pid, p in (cfg.partnerships.items() if cfg else [])},
-            "mail": mail,
-            "warnings": [_issue_json(w) for w in warnings] + [{"message": n} for n in mail_notes],
-        }))
+        out.print_json(_check_json(c, strict))
     else:
-        for e in setup_errors:
-            err.print(f"error: {e.setting}: {e.message}", markup=False, highlight=False, soft_wrap=True)
-        for i in issues:
-            err.print(_issue_text(i), markup=False, highlight=False, soft_wrap=True)
-        if cfg is not None:
-            table = Table(title=f"Configuration OK: {config_dir}")
-            for col in ("Partnership", "Mailbox", "Policy version", "Routes", "Stages", "Agencies"):
-                table.add_column(col)
-            for p in cfg.partnerships.values():
-                table.add_row(p.id, ", ".join(p.mailboxes), p.policy_version, ", ".join(r.id for r in p.routes),
-                              str(sum(len(r.stages) for r in p.routes)), str(len(p.agencies)))
-            out.print(table)
-        if mail is not None:
-            relay = mail["relay"]
-            out.print(f"outgoing mail: relay {relay['host']}:{relay['port']} ({relay['security']})" if relay
-                      else f"outgoing mail: no relay: written to {mail['sent_dir']}", markup=False, highlight=False)
-            out.print("mailboxes: " + (", ".join(f"{m['name']} ({m['username']} on {m['host']}:{m['port']})"
-                                                 for m in mail["mailboxes"]) or "none"),
-                      markup=False, highlight=False, soft_wrap=True)
-        for w in warnings:
-            out.print(f"warning: {_issue_text(w)}", markup=False, highlight=False, soft_wrap=True)
-        for n in mail_notes:
-            out.print(f"warning: {n}", markup=False, highlight=False, soft_wrap=True)
-        if setup_errors:
-            err.print(f"{len(setup_errors)} settings error(s).")
-        if issues:
-            err.print(f"{len(issues)} configuration error(s).")
-    if setup_errors:
+        _print_check(c, out, err)
+    if c.setup_errors:
         raise typer.Exit(2)
-    if failed:
+    if c.failed(strict):
         raise typer.Exit(1)
 
 
@@ -244,6 +274,7 @@ def policy_show(
         ir = p.immediate_risk
         out.print_json(json.dumps({
             "partnership": p.id, "name": p.name, "policy_version": p.policy_version,
+            "rules_version": p.rules_version, "directory_version": p.directory_version,
             "policy": p.policy.model_dump(mode="json"), "mailboxes": p.mailboxes,
             "secure_mail": p.secure_mail.model_dump(mode="json") if p.secure_mail else None,
             "secure_route": p.secure_route.model_dump(mode="json") if p.secure_route else None,
@@ -256,7 +287,7 @@ def policy_show(
         return
     date_text = f", {p.policy.date:%B %Y}" if p.policy.date else ""
     out.print(f"[bold]{p.name}[/bold] — {p.policy.title} ({p.policy.version}{date_text})")
-    out.print(f"Policy version {p.policy_version}; mailbox {', '.join(p.mailboxes)}; "
+    out.print(f"Policy version {p.policy_version} (rules {p.rules_version}, people {p.directory_version}); mailbox {', '.join(p.mailboxes)}; "
               f"working day ends {p.working_day_end:%H:%M} ({p.bank_holidays} bank holidays)")
     if p.secure_mail:
         out.print(f"Secure mail: {p.secure_mail.means} [{p.secure_mail.clause}]")

@@ -1,0 +1,136 @@
+"""The root command: global options, settings, the one set-up error printer, shared helpers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+from rich.console import Console
+from typer.core import TyperGroup
+
+from escalations.clock import LONDON, iso, local
+from escalations.errors import EXIT_SETUP, SetupError, as_setup_errors, report
+from escalations.logs import configure_logging
+from escalations.private import private_umask
+from escalations.settings import Settings
+
+
+class _SetupErrorsAsSentences(TyperGroup):
+    """The one error printer: every command's set-up mistakes become a sentence and exit 2."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except Exception as exc:
+            errors = as_setup_errors(exc)
+            if errors is None or ctx.meta.get("escalations.debug"):
+                raise
+            report(errors, lambda line: err.print(line, markup=False, highlight=False, soft_wrap=True))
+            ctx.exit(EXIT_SETUP)
+
+
+
+app = typer.Typer(help="Resolving professional differences: the partnership escalation service.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, cls=_SetupErrorsAsSentences)
+
+console = Console()
+err = Console(stderr=True)
+
+__all__ = ["LONDON", "JsonOpt", "app", "build", "console", "err", "get_settings", "iso", "local", "local_iso",
+           "parse_when", "print_json", "schema_refused"]
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="ESCALATIONS_DATA_DIR",
+                        help="SQLite database and captured mail [default: ./var]")] = None,
+    config: Annotated[Path | None, typer.Option("--config", envvar="ESCALATIONS_CONFIG",
+                      help="Configuration folder [default: the repository's config/]")] = None,
+    database_url: Annotated[str | None, typer.Option("--database-url", envvar="ESCALATIONS_DATABASE_URL",
+                            help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db [default: SQLite]")] = None,
+    debug: Annotated[bool, typer.Option("--debug", envvar="ESCALATIONS_DEBUG",
+                     help="Show the full traceback of set-up errors.")] = False,
+) -> None:
+    private_umask()  # raw mail and children's details: nothing any command writes is for other users
+    ctx.meta["escalations.debug"] = debug
+    overrides: dict[str, Any] = {}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if config is not None:
+        overrides["config_dir"] = config
+    if database_url is not None:
+        overrides["database_url"] = database_url
+    try:
+        ctx.obj = Settings(**overrides)
+    except (ValidationError, SetupError, SettingsError) as exc:
+        # field and reason only: pydantic's own text repeats the input, which may be a secret
+        errors = as_setup_errors(exc) or [SetupError("ESCALATIONS_*", "not valid")]
+        if ctx.invoked_subcommand == "config":  # config check reports them with everything else
+            ctx.obj = SettingsNotValid(overrides.get("config_dir"), errors)
+            return
+        if debug:
+            raise
+        raise SetupError.of(errors) from None
+
+
+@dataclass
+class SettingsNotValid:
+    """What `config check` gets when the settings themselves are wrong."""
+
+    config_dir: Path | None
+    errors: list[SetupError]
+
+
+def get_settings(ctx: typer.Context) -> Settings:
+    obj = ctx.find_root().obj
+    if isinstance(obj, SettingsNotValid):
+        raise SetupError.of(obj.errors)
+    assert isinstance(obj, Settings)
+    return obj
+
+
+def build(ctx: typer.Context, log_format: str = "console", level: int = logging.WARNING, *,
+           read_only: bool = False) -> Any:
+    """``read_only`` commands never create or alter a schema: they need one at this release's head."""
+    from escalations.app import build_app
+
+    configure_logging("json" if log_format == "json" else "console", level)
+    # ConfigError, SchemaError and the like: printed as sentences by _SetupErrorsAsSentences
+    return build_app(get_settings(ctx), read_only=read_only)
+
+
+def schema_refused(exc: Exception) -> NoReturn:
+    err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
+def local_iso(value: str | None) -> str:
+    return local(datetime.fromisoformat(value)) if value else "-"
+
+
+def parse_when(value: str) -> datetime:
+    """ISO date/time; a naive one is Europe/London local time."""
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not an ISO date/time: {value!r}") from exc
+    return (dt.replace(tzinfo=LONDON) if dt.tzinfo is None else dt).astimezone(UTC)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
