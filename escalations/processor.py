@@ -17,9 +17,9 @@ from sqlalchemy import func
 from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
 
+from escalations.cases.dispatcher import Workflow
 from escalations.cases.models import Case, CaseEvent, InboundMessage
 from escalations.cases.store import Store
-from escalations.cases.workflow import Workflow
 from escalations.clock import Clock
 from escalations.mailer.outbox import Renderer
 from escalations.parsers.authresults import sender_fails_dmarc, trusted_verdict
