@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
+from sqlalchemy import insert
 from sqlmodel import Session
 
 from escalations.cases.mapping import TimerStatus, apply_change, case_state
@@ -70,9 +71,9 @@ class Workflow:
         if step.cancel_timers:
             Store.cancel_timers(s, case.id or 0)
             s.flush()
-        for t in step.timers:
-            Store.schedule_timer(s, case_id=case.id or 0, stage=t.stage_index, kind=t.kind, due_at=t.due_at,
-                                 now=now, key=f"{case.id}:{t.stage_index}:{t.kind}:{t.due_at.isoformat()}")
+        Store.schedule_timers(s, [{"key": f"{case.id}:{t.stage_index}:{t.kind}:{t.due_at.isoformat()}",
+                                   "case_id": case.id or 0, "stage": t.stage_index, "kind": t.kind,
+                                   "due_at": t.due_at, "created_at": now} for t in step.timers])
         if mails:
             redactor = redactor_for(ReferralFields.from_json(case.fields), partnership)
             for mail in mails:
@@ -81,12 +82,17 @@ class Workflow:
     @staticmethod
     def _record(s: Session, case: Case, events: Sequence[EventRecord], notices: Sequence[Notice], now: datetime,
                 inbound: InboundMessage | None) -> None:
-        for e in events:
-            s.add(CaseEvent(case_id=case.id or 0, at=now, kind=e.kind, actor=e.actor,
-                            inbound_id=inbound.id if inbound else None, clause=e.clause, detail=dict(e.detail)))
-        for n in notices:
-            s.add(CoordinatorNotice(partnership=case.partnership, case_id=case.id, kind=n.kind,
-                                    detail=dict(n.detail), created_at=now))
+        """The step's events and notices, each kind in one statement (they are only ever appended)."""
+        conn = s.connection()
+        if events:
+            conn.execute(insert(CaseEvent), [
+                {"case_id": case.id or 0, "at": now, "kind": e.kind, "actor": e.actor,
+                 "inbound_id": inbound.id if inbound else None, "clause": e.clause, "detail": dict(e.detail)}
+                for e in events])
+        if notices:
+            conn.execute(insert(CoordinatorNotice), [
+                {"partnership": case.partnership, "case_id": case.id, "kind": n.kind, "detail": dict(n.detail),
+                 "created_at": now} for n in notices])
 
     def _enqueue(self, s: Session, case: Case, mail: OutgoingMail, partnership: Partnership, redactor: Redactor,
                  now: datetime) -> None:

@@ -4,11 +4,14 @@ a ``Session`` work in the caller's transaction; the others open their own. Mixed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from escalations.cases.models import Case, CaseEvent, OutboxMessage, ReferenceCounter, Timer
@@ -33,18 +36,19 @@ class Records(SessionSource):
 
     @staticmethod
     def allocate_reference(s: Session, prefix: str, year: int) -> str:
-        """Next reference such as CH-2026-0001, inside the caller's transaction."""
-        counter = s.exec(
-            select(ReferenceCounter)
-            .where(ReferenceCounter.prefix == prefix, ReferenceCounter.year == year)
-            .with_for_update()
-        ).first()
-        if counter is None:
-            counter = ReferenceCounter(prefix=prefix, year=year, last=0)
-            s.add(counter)
-        counter.last += 1
-        s.flush()
-        return f"{prefix}-{year}-{counter.last:04d}"
+        """Next reference such as CH-2026-0001, inside the caller's transaction: one atomic increment
+        (the year's first referral, in two processes at once, makes its counter once)."""
+        conn = s.connection()
+        match = (col(ReferenceCounter.prefix) == prefix, col(ReferenceCounter.year) == year)
+        bump = update(ReferenceCounter).where(*match).values(last=ReferenceCounter.last + 1) \
+            .returning(col(ReferenceCounter.last))
+        last = conn.execute(bump).scalar()
+        if last is None:
+            insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            conn.execute(insert(ReferenceCounter).values(prefix=prefix, year=year, last=0)
+                         .on_conflict_do_nothing(index_elements=["prefix", "year"]))
+            last = conn.execute(bump).scalar_one()
+        return f"{prefix}-{year}-{last:04d}"
 
     def list_cases(self, partnership: str | None = None, status: str | None = None) -> list[Case]:
         with self.reading() as s:
@@ -83,13 +87,26 @@ class Records(SessionSource):
         with self.reading() as s:
             return s.get(OutboxMessage, outbox_id)
 
+    def get_outboxes(self, outbox_ids: Sequence[int]) -> list[OutboxMessage]:
+        """The rows, in the order asked (those that exist)."""
+        if not outbox_ids:
+            return []
+        with self.reading() as s:
+            found = {r.id: r for r in s.exec(select(OutboxMessage).where(col(OutboxMessage.id).in_(list(outbox_ids))))}
+        return [found[i] for i in outbox_ids if i in found]
+
     def mark_outbox_sent(self, outbox_id: int) -> None:
+        self.mark_outboxes_sent([outbox_id])
+
+    def mark_outboxes_sent(self, outbox_ids: Sequence[int]) -> None:
+        """Sent, all in one update (a batch sent over one connection)."""
+        if not outbox_ids:
+            return
         with self.session() as s:
-            row = s.get(OutboxMessage, outbox_id)
-            if row is not None:
-                row.status, row.sent_at, row.last_error = "sent", self.clock.now(), None
-                row.attempts += 1
-                s.commit()
+            s.exec(update(OutboxMessage).where(col(OutboxMessage.id).in_(list(outbox_ids)))
+                   .values(status="sent", sent_at=self.clock.now(), last_error=None,
+                           attempts=OutboxMessage.attempts + 1))
+            s.commit()
 
     def mark_outbox_failed(self, outbox_id: int, error: str, retry_at: datetime | None) -> None:
         with self.session() as s:
@@ -120,14 +137,22 @@ class Records(SessionSource):
 
     @staticmethod
     def schedule_timer(s: Session, *, case_id: int, stage: int | None, kind: str, due_at: datetime,
-                       now: datetime, key: str | None = None) -> Timer | None:
-        """Add a timer in the caller's transaction unless one with the same key exists."""
-        key = key or f"{case_id}:{stage}:{kind}"
-        if s.exec(select(Timer.id).where(Timer.key == key)).first() is not None:
-            return None
-        timer = Timer(key=key, case_id=case_id, stage=stage, kind=kind, due_at=due_at, created_at=now)
-        s.add(timer)
-        return timer
+                       now: datetime, key: str | None = None) -> bool:
+        """Add a timer in the caller's transaction unless one with the same key exists (True: added)."""
+        row = {"key": key or f"{case_id}:{stage}:{kind}", "case_id": case_id, "stage": stage, "kind": kind,
+               "due_at": due_at, "created_at": now}
+        return Records.schedule_timers(s, [row]) == 1
+
+    @staticmethod
+    def schedule_timers(s: Session, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Add these timers (key, case_id, stage, kind, due_at, created_at) in one statement, those whose
+        key exists left as they are; returns how many were added."""
+        if not rows:
+            return 0
+        insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+        statement = insert(Timer).values([{**r, "status": "pending"} for r in rows])
+        result = s.connection().execute(statement.on_conflict_do_nothing(index_elements=["key"]))
+        return int(result.rowcount or 0)
 
     @staticmethod
     def cancel_timers(s: Session, case_id: int, *, kinds: Sequence[str] | None = None) -> int:

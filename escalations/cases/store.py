@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 from sqlalchemy import ColumnElement, and_, delete, event, or_, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import defer
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, col, create_engine, select
@@ -58,6 +59,65 @@ log = structlog.get_logger("escalations.store")
 READ_ONLY = "escalations_read_only"
 
 
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not pysqlite, issue BEGIN, so "BEGIN IMMEDIATE" below takes effect.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+#: One write lock per SQLite database in this process, shared by every engine on it.
+_WRITE_LOCKS: dict[str, threading.Lock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+#: How long a writer waits for its turn (SQLite's own busy timeout is the same).
+WRITE_WAIT_SECONDS = 30.0
+_HOLDS_WRITE_LOCK = "escalations_holds_write_lock"
+
+
+def _write_lock_for(url: str) -> threading.Lock:
+    with _WRITE_LOCKS_GUARD:
+        return _WRITE_LOCKS.setdefault(url, threading.Lock())
+
+
+def _serialise_writers(engine: Engine, lock: threading.Lock) -> None:
+    """Writers take their turn on a lock in this process before BEGIN IMMEDIATE. Without it the
+    threads met in SQLite's busy handler, which sleeps and retries: the outbox waited most of its
+    time there, and new mail could lose the race to backlog traffic again and again. A waiter on a
+    lock is woken when it is released. Pure reads (Store.reading) take neither (WAL)."""
+
+    def begin(conn: Any) -> None:
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+            return
+        if not lock.acquire(timeout=WRITE_WAIT_SECONDS):
+            raise OperationalError("BEGIN IMMEDIATE", None, Exception("database is locked (write lock)"))
+        conn.info[_HOLDS_WRITE_LOCK] = True
+        try:
+            # Writers serialise at BEGIN instead of failing on lock upgrade mid-transaction.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            release(conn)
+            raise
+
+    def release(conn: Any, *_args: Any) -> None:
+        if conn.info.pop(_HOLDS_WRITE_LOCK, False):
+            lock.release()
+
+    def reset(_dbapi_conn: Any, record: Any, _reset_state: Any) -> None:
+        # a connection given back to the pool without a rollback of ours (e.g. a session left to the GC)
+        if record.info.pop(_HOLDS_WRITE_LOCK, False):
+            lock.release()
+
+    event.listen(engine, "begin", begin)
+    event.listen(engine, "commit", release)
+    event.listen(engine, "rollback", release)
+    event.listen(engine.pool, "reset", reset)
+
+
 def _compact_json(value: Any) -> str:
     # no spaces after separators: JSON columns are a good part of every case's rows
     return json.dumps(value, separators=(",", ":"))
@@ -70,27 +130,8 @@ def make_engine(url: str) -> Engine:
         if url in ("sqlite://", "sqlite:///:memory:"):
             kwargs["poolclass"] = StaticPool
         engine = create_engine(url, hide_parameters=True, json_serializer=_compact_json, **kwargs)
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # Let SQLAlchemy, not pysqlite, issue BEGIN, so "BEGIN IMMEDIATE" below takes effect.
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Any) -> None:
-            # Writers serialise at BEGIN instead of failing on lock upgrade mid-transaction; pure
-            # reads (Store.reading) take no write lock, so they never wait behind a writer (WAL).
-            if conn.get_execution_options().get(READ_ONLY):
-                conn.exec_driver_sql("BEGIN")
-            else:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-
+        event.listen(engine, "connect", _sqlite_pragmas)
+        _serialise_writers(engine, _write_lock_for(url))
         return engine
     # hide_parameters: a database error must never echo a message body (child data) into a log.
     return create_engine(url, pool_pre_ping=True, hide_parameters=True, json_serializer=_compact_json)
@@ -215,6 +256,19 @@ _TIMER = _Claimable(
 )
 
 
+def _first_per_group(rows: Sequence[Any], limit: int) -> list[Any]:
+    """Up to ``limit`` ids of (id, group) rows, the first of each group, in order."""
+    wanted: list[Any] = []
+    seen: set[Any] = set()
+    for rid, key in rows:
+        if len(wanted) == limit:
+            break
+        if key not in seen:
+            seen.add(key)
+            wanted.append(rid)
+    return wanted
+
+
 class Store(InboundRecords, Records):
     def __init__(self, engine: Engine, clock: Clock, *, lease_clock: Clock | None = None,
                  worker: WorkerId | None = None, heartbeat_stale_after: timedelta = HEARTBEAT_STALE) -> None:
@@ -330,35 +384,37 @@ class Store(InboundRecords, Records):
         :meth:`_dead_owners`) or a claim older than ``stale_after`` (the lease, whoever holds it).
         ``now`` is the deadline clock's time (a timer's tick); by default the store's clock after the lock.
         """
-        s.connection()
+        conn = s.connection()
         lease_now = self.lease_clock.now()
         due_now = now if now is not None else self.clock.now()
         self._beat(s, lease_now)
+        takeable = self._takeable(s, what, lease_now=lease_now, due_now=due_now, stale_after=stale_after)
+        # a few more candidates than wanted: one another claimer takes meanwhile is skipped, not the end
+        group = what.one_per if what.one_per is not None else what.id
+        candidates = select(what.id, group).where(takeable).order_by(*what.order_by).limit(limit + 4)
+        if conn.dialect.name == "postgresql":
+            # rows another claimer is taking right now are passed over, not waited for
+            candidates = candidates.with_for_update(skip_locked=True)
+        wanted = _first_per_group(conn.execute(candidates).all(), limit)
+        if not wanted:
+            return []
+        # The same condition again: under READ COMMITTED (PostgreSQL) a second claimer that waited on a
+        # row re-checks it after the first commits, and must not take it too.
+        taken = set(conn.execute(update(what.table).where(what.id.in_(wanted), takeable)
+                                 .values(claimed_by=self.owner, **what.values(lease_now))
+                                 .returning(what.id)).scalars())
+        return [int(i) for i in wanted if i in taken]
+
+    def _takeable(self, s: Session, what: _Claimable, *, lease_now: datetime, due_now: datetime,
+                  stale_after: timedelta) -> ColumnElement[bool]:
+        """Rows free to take: ready ones, and held ones whose holder is dead or whose lease is over."""
         abandoned: ColumnElement[bool] = what.held_since < lease_now - stale_after
         holders = s.exec(select(what.claimed_by).where(what.held(due_now), what.claimed_by.is_not(None))
                          .distinct()).all()
         dead = self._dead_owners(s, lease_now, [h for h in holders if h and h != self.owner])
         if dead:
             abandoned = or_(abandoned, what.claimed_by.in_(dead))
-        takeable = or_(what.ready(due_now), and_(what.held(due_now), abandoned))
-        # a few more candidates than wanted: one another claimer takes meanwhile is skipped, not the end
-        group = what.one_per if what.one_per is not None else what.id
-        rows = s.exec(select(what.id, group).where(takeable).order_by(*what.order_by).limit(limit + 4)).all()
-        claimed: list[int] = []
-        seen: set[Any] = set()
-        for rid, key in rows:
-            if len(claimed) == limit:
-                break
-            if key in seen:
-                continue
-            seen.add(key)
-            # The same condition again: under READ COMMITTED (PostgreSQL) a second claimer that waited
-            # on this row re-checks it after the first commits, and must not take it too.
-            res = s.exec(update(what.table).where(what.id == rid, takeable)
-                         .values(claimed_by=self.owner, **what.values(lease_now)))
-            if res.rowcount == 1:
-                claimed.append(int(rid))
-        return claimed
+        return or_(what.ready(due_now), and_(what.held(due_now), abandoned))
 
     def _dead_owners(self, s: Session, lease_now: datetime, owners: Sequence[str]) -> list[str]:
         """Those of ``owners`` whose claims are free now: their heartbeat is older than

@@ -23,7 +23,7 @@ from sqlmodel import Session, col, select
 
 from escalations.cases.models import OutboxMessage
 from escalations.cases.store import Store
-from escalations.mailer.smtp_sender import DeliveryError, MailSender
+from escalations.mailer.smtp_sender import DeliveryError, MailSender, batch_of
 from escalations.routing.policy.model import SecureRoute
 from escalations.routing.redact import Redactor
 from escalations.routing.workflow.state import OutgoingMail
@@ -112,7 +112,7 @@ def enqueue(
     birth or ID), whatever the template's context quoted, unless every recipient is on the
     partnership's ``secure_route``. The footer's reply-code line is added after redaction.
     """
-    existing = session.exec(select(OutboxMessage).where(OutboxMessage.dedupe_key == mail.dedupe_key)).first()
+    existing = session.exec(select(OutboxMessage.id).where(OutboxMessage.dedupe_key == mail.dedupe_key)).first()
     if existing is not None:
         return None
     message_id = message_id or new_message_id(message_id_domain)
@@ -246,40 +246,49 @@ class OutboxDispatcher:
                 return sent
 
     def _send_batch(self, batch: list[int]) -> int:
-        sent = 0
-        for i, oid in enumerate(batch):
-            if self.stopping.is_set():
-                released = self.store.release_outbox(batch[i:])
-                log.info("outbox.released_at_stop", count=released)
-                break
-            row = self.store.get_outbox(oid)
-            if row is None:
-                continue
-            until = self.cap_deferral(list(row.recipients), self.store.clock.now())
-            if until is not None:
-                self._defer(oid, until)
-                log.warning("outbox.deferred", outbox_id=oid, message_id=row.message_id, until=until.isoformat(),
-                            reason="per-address hourly cap")
-                continue
-            try:
-                self.sender.send(row.sender, list(row.recipients), row.raw, name_hint=f"{row.id:06d}-{row.message_id}")
-            except DeliveryError as exc:
-                attempts = row.attempts + 1
-                final = exc.permanent or attempts >= self.max_attempts
-                retry_at = None if final else self.store.clock.now() + self.retry_delay(attempts)
-                self.store.mark_outbox_failed(oid, str(exc), retry_at)
-                log.warning("outbox.send_failed", outbox_id=oid, message_id=row.message_id, attempts=attempts,
-                            permanent=exc.permanent, final=final, error=str(exc))
-                continue
-            except Exception as exc:  # never lose the row to an unexpected error
-                attempts = row.attempts + 1
-                self.store.mark_outbox_failed(oid, f"{type(exc).__name__}: {exc}",
-                                              self.store.clock.now() + self.retry_delay(attempts))
-                log.exception("outbox.send_error", outbox_id=oid, message_id=row.message_id)
-                continue
-            self.store.mark_outbox_sent(oid)
-            self._count_sent(list(row.recipients), self.store.clock.now())
-            sent += 1
-            log.info("outbox.sent", outbox_id=oid, message_id=row.message_id, template=row.template,
-                     case_id=row.case_id)
-        return sent
+        """Send the claimed rows over one connection; those sent are marked sent in one update (also
+        when stopping or on an unexpected error), the others each as they fail."""
+        rows = self.store.get_outboxes(batch)
+        sent: list[OutboxMessage] = []
+        try:
+            with batch_of(self.sender) as connection:
+                for i, row in enumerate(rows):
+                    if self.stopping.is_set():
+                        released = self.store.release_outbox([r.id or 0 for r in rows[i:]])
+                        log.info("outbox.released_at_stop", count=released)
+                        break
+                    if self._send_one(connection, row):
+                        sent.append(row)
+        finally:
+            self.store.mark_outboxes_sent([r.id or 0 for r in sent])
+        if sent:
+            log.info("outbox.sent", count=len(sent), outbox_ids=[r.id for r in sent])
+        return len(sent)
+
+    def _send_one(self, connection: MailSender, row: OutboxMessage) -> bool:
+        oid = row.id or 0
+        until = self.cap_deferral(list(row.recipients), self.store.clock.now())
+        if until is not None:
+            self._defer(oid, until)
+            log.warning("outbox.deferred", outbox_id=oid, message_id=row.message_id, until=until.isoformat(),
+                        reason="per-address hourly cap")
+            return False
+        try:
+            connection.send(row.sender, list(row.recipients), row.raw, name_hint=f"{oid:06d}-{row.message_id}")
+        except DeliveryError as exc:
+            attempts = row.attempts + 1
+            final = exc.permanent or attempts >= self.max_attempts
+            retry_at = None if final else self.store.clock.now() + self.retry_delay(attempts)
+            self.store.mark_outbox_failed(oid, str(exc), retry_at)
+            log.warning("outbox.send_failed", outbox_id=oid, message_id=row.message_id, attempts=attempts,
+                        permanent=exc.permanent, final=final, error=str(exc))
+            return False
+        except Exception as exc:  # never lose the row to an unexpected error
+            attempts = row.attempts + 1
+            self.store.mark_outbox_failed(oid, f"{type(exc).__name__}: {exc}",
+                                          self.store.clock.now() + self.retry_delay(attempts))
+            log.exception("outbox.send_error", outbox_id=oid, message_id=row.message_id)
+            return False
+        # counted at once: the next row of this batch may be one mail too many for the same address
+        self._count_sent(list(row.recipients), self.store.clock.now())
+        return True
