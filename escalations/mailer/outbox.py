@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from escalations.cases.models import OutboxMessage
@@ -172,8 +173,15 @@ def enqueue(
         next_attempt_at=now,
         created_at=now,
     )
-    session.add(row)
+    # a Core insert, not the ORM's unit of work: the row is only ever written once, here
+    values = {c: getattr(row, c) for c in _OUTBOX_COLUMNS}
+    row.id = session.connection().execute(insert(OutboxMessage).values(values)
+                                          .returning(col(OutboxMessage.id))).scalar_one()
     return row
+
+
+_OUTBOX_COLUMNS = ("dedupe_key", "message_id", "case_id", "template", "sender", "recipients", "subject", "raw",
+                   "status", "priority", "attempts", "next_attempt_at", "created_at")
 
 
 #: Rows claimed at a time; send_due keeps claiming until a batch comes back short.
