@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import ColumnElement, and_, delete, event, or_, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import defer
 from sqlalchemy.pool import StaticPool
@@ -388,14 +388,9 @@ class Store(InboundRecords, Records):
         lease_now = self.lease_clock.now()
         due_now = now if now is not None else self.clock.now()
         self._beat(s, lease_now)
-        takeable = self._takeable(s, what, lease_now=lease_now, due_now=due_now, stale_after=stale_after)
-        # a few more candidates than wanted: one another claimer takes meanwhile is skipped, not the end
-        group = what.one_per if what.one_per is not None else what.id
-        candidates = select(what.id, group).where(takeable).order_by(*what.order_by).limit(limit + 4)
-        if conn.dialect.name == "postgresql":
-            # rows another claimer is taking right now are passed over, not waited for
-            candidates = candidates.with_for_update(skip_locked=True)
-        wanted = _first_per_group(conn.execute(candidates).all(), limit)
+        ready, abandoned = self._takeable(s, what, lease_now=lease_now, due_now=due_now, stale_after=stale_after)
+        takeable = or_(ready, abandoned)
+        wanted = _first_per_group(self._candidates(conn, what, (ready, abandoned), limit), limit)
         if not wanted:
             return []
         # The same condition again: under READ COMMITTED (PostgreSQL) a second claimer that waited on a
@@ -406,7 +401,7 @@ class Store(InboundRecords, Records):
         return [int(i) for i in wanted if i in taken]
 
     def _takeable(self, s: Session, what: _Claimable, *, lease_now: datetime, due_now: datetime,
-                  stale_after: timedelta) -> ColumnElement[bool]:
+                  stale_after: timedelta) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
         """Rows free to take: ready ones, and held ones whose holder is dead or whose lease is over."""
         abandoned: ColumnElement[bool] = what.held_since < lease_now - stale_after
         holders = s.exec(select(what.claimed_by).where(what.held(due_now), what.claimed_by.is_not(None))
@@ -414,7 +409,25 @@ class Store(InboundRecords, Records):
         dead = self._dead_owners(s, lease_now, [h for h in holders if h and h != self.owner])
         if dead:
             abandoned = or_(abandoned, what.claimed_by.in_(dead))
-        return or_(what.ready(due_now), and_(what.held(due_now), abandoned))
+        return what.ready(due_now), and_(what.held(due_now), abandoned)
+
+    @staticmethod
+    def _candidates(conn: Connection, what: _Claimable, conditions: Sequence[ColumnElement[bool]],
+                    limit: int) -> list[Any]:
+        """(id, group) of the first rows meeting each condition, in claim order. One query per
+        condition, not one with OR: each is an index range (status first), where an OR read the whole
+        table in due order to find nothing due."""
+        group = what.one_per if what.one_per is not None else what.id
+        found: list[Any] = []
+        for condition in conditions:
+            # a few more candidates than wanted: one another claimer takes meanwhile is skipped, not the end
+            q = select(what.id, group, *what.order_by).where(condition).order_by(*what.order_by).limit(limit + 4)
+            if conn.dialect.name == "postgresql":
+                # rows another claimer is taking right now are passed over, not waited for
+                q = q.with_for_update(skip_locked=True)
+            found += conn.execute(q).all()
+        found.sort(key=lambda row: tuple(row[2:]))
+        return [(row[0], row[1]) for row in found]
 
     def _dead_owners(self, s: Session, lease_now: datetime, owners: Sequence[str]) -> list[str]:
         """Those of ``owners`` whose claims are free now: their heartbeat is older than
