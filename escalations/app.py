@@ -159,7 +159,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSen
         store.engine.dispose()
         raise
     make_private(settings.data_dir, settings.effective_database_url)
-    renderer = Renderer()
+    renderer = Renderer(settings.web.public_url)
     app_ref: list[App] = []
     workflow = Workflow(store, config, renderer, settings.token_secret(),
                         settings.message_id_domain, subaddressing=settings.reply_subaddressing)

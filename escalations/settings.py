@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from escalations.web.roles import Role
 
 Security = Literal["ssl", "starttls", "none"]
 
@@ -191,6 +193,102 @@ def _password(inline: SecretStr | None, auth: AuthSettings, what: str) -> str:
     return inline.get_secret_value() if inline is not None else ""
 
 
+class OidcSettings(BaseModel):
+    """Sign-in with the council's OpenID Connect provider (Microsoft Entra ID, Google)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    #: The issuer; its discovery document is ``<issuer>/.well-known/openid-configuration``
+    #: (Entra ID: https://login.microsoftonline.com/<tenant>/v2.0, Google: https://accounts.google.com).
+    issuer: str
+    client_id: str
+    client_secret_env: str | None = None
+    client_secret_file: Path | None = None
+    #: The button's words: "Sign in with <name>".
+    name: str = "your organisation's account"
+    scope: str = "openid email profile"
+    #: Claims holding app roles or group ids (Entra ID: ``roles``, ``groups``).
+    claims: list[str] = Field(default_factory=lambda: ["roles", "groups"])
+    #: A claim value (an app role's value or a group's object id) -> the role it gives.
+    #: The highest role any value gives is the person's role; none: sign-in is refused.
+    role_claims: dict[str, Role] = Field(default_factory=dict)
+    #: A claim value -> a partnership id it gives access to.
+    partnership_claims: dict[str, str] = Field(default_factory=dict)
+    #: Partnerships everyone signing in this way sees (a deployment serving one partnership).
+    partnerships: list[str] = Field(default_factory=list)
+    #: Only ``email_verified`` addresses in these domains (empty: any verified address).
+    allowed_domains: list[str] = Field(default_factory=list)
+
+    def client_secret(self) -> str:
+        if not (self.client_secret_env or self.client_secret_file):
+            return ""
+        return read_secret(self.client_secret_env, self.client_secret_file, "web.oidc client secret")
+
+
+class WebSettings(BaseModel):
+    """The staff web interface (``escalations run`` serves it beside the mail service)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    enabled: bool = True
+    #: host:port to listen on (behind a TLS-terminating reverse proxy in production).
+    bind: str = "127.0.0.1:8080"
+    #: The address people use (https://escalations.example.gov.uk): links in mail, the OIDC
+    #: redirect, and Secure cookies when it is https. Unset: http://<bind>.
+    public_url: str | None = None
+    oidc: OidcSettings | None = None
+    #: Local accounts (password + TOTP); off where everyone signs in through OIDC.
+    local_accounts: bool = True
+    session_idle_minutes: float = 30.0
+    session_absolute_hours: float = 12.0
+    #: Wrong passwords or codes for one address within ``lockout_window_minutes`` that lock it...
+    lockout_failures: int = 5
+    lockout_window_minutes: float = 15.0
+    #: ... for this long (from the last failure).
+    lockout_minutes: float = 15.0
+    #: Failed sign-ins from one address (IP) within the window before it is refused.
+    max_failures_per_ip: int = 50
+    #: How long a practitioner's mailed sign-in link works (once).
+    sign_in_link_minutes: float = 60.0
+    #: Access log lines (route templates, status, time; never query strings).
+    access_log: bool = True
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"must be host:port, for example 127.0.0.1:8080 (not {value!r})")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        url = urlsplit(value) if value is not None else None
+        if url is not None and (url.scheme not in ("http", "https") or not url.netloc or url.path not in ("", "/")
+                                or url.query):
+            raise ValueError("must be the site's address with no path, for example https://escalations.council.example")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.bind.rpartition(":")[0] or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return int(self.bind.rpartition(":")[2])
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.bind}").rstrip("/")
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.base_url.startswith("https://")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ESCALATIONS_", env_nested_delimiter="__", extra="ignore",
                                       hide_input_in_errors=True)
@@ -256,6 +354,8 @@ class Settings(BaseSettings):
     mailbox_alert_after_minutes: float = 15.0
     #: Local time (each partnership's time zone) of the coordinator's daily digest of what needs a person.
     daily_digest_at: time = time(8, 0)
+    #: The staff web interface (ESCALATIONS_WEB__BIND, ESCALATIONS_WEB__PUBLIC_URL, ...).
+    web: WebSettings = Field(default_factory=WebSettings)
 
     model_config["populate_by_name"] = True
 

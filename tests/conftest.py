@@ -23,6 +23,10 @@ hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
     hypothesis_settings.load_profile("ci")
 
+# A service a test starts (`escalations run` in a subprocess too) serves its web interface on a free
+# port, never on the default 8080 another run on this machine may hold.
+os.environ.setdefault("ESCALATIONS_WEB__BIND", "127.0.0.1:0")
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "config"
 MAIL_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mail"

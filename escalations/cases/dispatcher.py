@@ -14,8 +14,9 @@ import structlog
 from sqlalchemy import insert
 from sqlmodel import Session
 
+from escalations.cases.holds import set_legal_hold
 from escalations.cases.mapping import TimerStatus, apply_change, case_state
-from escalations.cases.models import Case, CaseEvent, CoordinatorNotice, InboundMessage, Timer
+from escalations.cases.models import Case, CaseEvent, CoordinatorNotice, InboundMessage, OutboxMessage, Timer
 from escalations.cases.policies import PolicyVersions
 from escalations.cases.store import Store
 from escalations.mailer.outbox import Renderer, enqueue
@@ -65,6 +66,8 @@ class Workflow:
         """Perform the step on the case in the caller's transaction: its columns, events, notices,
         timers and outgoing mail."""
         apply_change(case, step.change, now)
+        if step.change.legal_hold is not None:
+            set_legal_hold(s, case, step.change.legal_hold, step, now)
         s.add(case)
         mails, refused = _deliverable(step.mails)
         self._record(s, case, (*step.events, *refused), step.notices, now, inbound)
@@ -74,10 +77,15 @@ class Workflow:
         Store.schedule_timers(s, [{"key": f"{case.id}:{t.stage_index}:{t.kind}:{t.due_at.isoformat()}",
                                    "case_id": case.id or 0, "stage": t.stage_index, "kind": t.kind,
                                    "due_at": t.due_at, "created_at": now} for t in step.timers])
-        if mails:
-            redactor = redactor_for(ReferralFields.from_json(case.fields), partnership)
-            for mail in mails:
-                self._enqueue(s, case, mail, partnership, redactor, now)
+        redactor = redactor_for(ReferralFields.from_json(case.fields), partnership)
+        # the partnership's forms: attached on a secure route, else offered to staff (records/attach.py)
+        from escalations.records.attach import plan_forms
+
+        forms = plan_forms(s, case, step, mails, partnership, now)
+        mails.extend(forms.copies)
+        for mail in mails:
+            row = self._enqueue(s, case, mail, partnership, redactor, now, **forms.extras(mail))
+            forms.enqueued(s, mail, row, now)
 
     @staticmethod
     def _record(s: Session, case: Case, events: Sequence[EventRecord], notices: Sequence[Notice], now: datetime,
@@ -95,7 +103,7 @@ class Workflow:
                  "created_at": now} for n in notices])
 
     def _enqueue(self, s: Session, case: Case, mail: OutgoingMail, partnership: Partnership, redactor: Redactor,
-                 now: datetime) -> None:
+                 now: datetime, **extras: Any) -> OutboxMessage | None:
         """One outgoing mail as an outbox row; a mail that asks for an answer carries a reply token."""
         reply_to, footer, message_id = None, "", None
         if mail.token_stage is not None:
@@ -108,9 +116,10 @@ class Workflow:
                     reply_to = plus_address(partnership.primary_mailbox, token)
                 except ValueError:
                     reply_to = None
-        enqueue(s, mail, renderer=self.renderer, redactor=redactor, secure_route=partnership.secure_route,
-                from_address=partnership.primary_mailbox, from_name=partnership.name, case_id=case.id, now=now,
-                message_id_domain=self.message_id_domain, reply_to=reply_to, footer=footer, message_id=message_id)
+        return enqueue(s, mail, renderer=self.renderer, redactor=redactor, secure_route=partnership.secure_route,
+                       from_address=partnership.primary_mailbox, from_name=partnership.name, case_id=case.id,
+                       now=now, message_id_domain=self.message_id_domain, reply_to=reply_to, footer=footer,
+                       message_id=message_id, **extras)
 
     def handle(self, s: Session, case: Case, event: WorkflowEvent, now: datetime,
                inbound: InboundMessage | None = None) -> Step:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
+from escalations.cases.holds import on_legal_hold
 from escalations.cases.models import Case
 from escalations.parsers.fields import ReferralFields
 from escalations.routing.workflow.state import CaseChange, CaseState, CaseStatus, Party, PendingResolution
@@ -51,6 +52,7 @@ def case_state(case: Case) -> CaseState:
         parties=tuple(Party.from_json(p) for p in case.parties),
         resolution=PendingResolution.from_json(case.resolution or {}),
         confirmed_addresses=tuple(case.confirmed_addresses or ()),
+        legal_hold=on_legal_hold(case),
     )
 
 

@@ -28,6 +28,8 @@ from sqlmodel import SQLModel
 
 from escalations.cases import models as _models  # noqa: F401  (the tables SQLModel.metadata holds)
 from escalations.private import sqlite_path
+from escalations.records import models as _records_models  # noqa: F401  (legal holds, form copies, purges)
+from escalations.web import models as _web_models  # noqa: F401  (the web interface's tables)
 
 log = structlog.get_logger("escalations.schema")
 

@@ -10,7 +10,7 @@ import importlib
 from escalations.cli.base import app
 from escalations.private import private_umask
 
-COMMAND_MODULES = ("run", "messages", "cases", "queues", "health", "db", "policy")
+COMMAND_MODULES = ("run", "messages", "cases", "records", "queues", "health", "db", "policy", "web")
 for _module in COMMAND_MODULES:
     importlib.import_module(f"escalations.cli.{_module}")
 

@@ -30,7 +30,7 @@ def run(
     demo: Annotated[bool, typer.Option("--demo", help="Submit each partnership's sample referral and show cases.")] = False,
     smtp_port: Annotated[int | None, typer.Option("--smtp-port", help="SMTP intake port [default: 8025]")] = None,
 ) -> None:
-    """Run the service: IMAP watchers, SMTP intake, processor, outbox sender, scheduler."""
+    """Run the service: IMAP watchers, SMTP intake, processor, outbox sender, scheduler, web interface."""
     settings = get_settings(ctx)
     if smtp_port is not None:
         settings.smtp_listen_port = smtp_port
@@ -43,6 +43,9 @@ def run(
     from escalations.app import build_app
 
     application = build_app(settings)
+    from escalations.cli.web import DEMO_EMAIL, demo_account, web_lines, web_server
+
+    server = web_server(application) if settings.web.enabled else None
     stop = threading.Event()
 
     def _stop(_signum: int, _frame: Any) -> None:
@@ -53,12 +56,16 @@ def run(
     drive = _demo_driver(stop) if demo else None
 
     def on_started(started: Any) -> None:
-        for line in startup_lines(started):
+        for line in [*startup_lines(started), *(web_lines(server) if server is not None else [])]:
             err.print(line, markup=False, highlight=False, soft_wrap=True)
+        if demo and server is not None:
+            console.print(f"demo sign-in: {server.url}/sign-in as {DEMO_EMAIL} with password {demo_account(started)} "
+                          "(the first sign-in sets up an authenticator app)", markup=False, highlight=False,
+                          soft_wrap=True)
         if drive is not None:
             drive(started)
 
-    application.run(stop, on_started=on_started)
+    application.run(stop, on_started=on_started, components={"web": server.run} if server is not None else None)
 
 
 def startup_lines(application: Any) -> list[str]:

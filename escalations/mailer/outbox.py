@@ -12,13 +12,13 @@ import re
 import threading
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from email import quoprimime
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, formataddr
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -32,13 +32,16 @@ from escalations.routing.policy.model import SecureRoute
 from escalations.routing.redact import Redactor
 from escalations.routing.workflow.state import OutgoingMail
 
+if TYPE_CHECKING:
+    from escalations.records.attach import Attachment
+
 log = structlog.get_logger("escalations.outbox")
 
 
 class Renderer:
     """Jinja2 mail bodies under escalations/templates; undefined variables are errors, not blanks."""
 
-    def __init__(self) -> None:
+    def __init__(self, case_page_base: str | None = None) -> None:
         self.env = Environment(
             loader=PackageLoader("escalations", "templates"),
             undefined=StrictUndefined,
@@ -49,6 +52,8 @@ class Renderer:
             # restart) must not meet code that gives them a different context.
             auto_reload=False,
         )
+        # web.public_url: every case mail's footer links to the case page (the reference only).
+        self.env.globals["case_page_base"] = (case_page_base or "").rstrip("/")
 
     def render(self, template: str, context: Mapping[str, Any]) -> str:
         return self.env.get_template(template).render(**context)
@@ -70,15 +75,18 @@ def build_message(
     message_id: str,
     date: datetime,
     reply_to: str | None = None,
+    attachments: Sequence[Attachment] = (),
 ) -> bytes:
     headers = _headers(mail, from_address=from_address, from_name=from_name, message_id=message_id, date=date,
                        reply_to=reply_to)
-    if all(_plain_header(v) for _, v in headers):
+    if not attachments and all(_plain_header(v) for _, v in headers):
         return _plain_message(headers, body)
     msg = EmailMessage()
     for name, value in headers:
         msg[name] = value
     msg.set_content(body, charset="utf-8", cte="quoted-printable")
+    for a in attachments:  # forms, only on a secure route (records/attach.py decides)
+        msg.add_attachment(a.data, maintype=a.maintype, subtype=a.subtype, filename=a.filename)
     # CRLF line ends, as sent on the wire. Headers fold at 200, not 78: Python folds a 70-odd
     # character subject onto a continuation line of its own, which some readers show with a
     # leading space; RFC 5322 2.1.1 allows up to 998 (78 is a SHOULD for display).
@@ -140,12 +148,16 @@ def enqueue(
     reply_to: str | None = None,
     footer: str = "",
     message_id: str | None = None,
+    attachments: Sequence[Attachment] = (),
+    note: str = "",
 ) -> OutboxMessage | None:
     """Add the row to the caller's transaction. Returns None if this dedupe key was queued before.
 
     The rendered body is redacted with ``redactor`` (the case's children as initials, no date of
     birth or ID), whatever the template's context quoted, unless every recipient is on the
-    partnership's ``secure_route``. The footer's reply-code line is added after redaction.
+    partnership's ``secure_route``. The footer's reply-code line is added after redaction, and so is
+    ``note`` (about the forms: fixed wording, no case details). ``attachments`` go with the message as
+    they are: the caller attaches only what the recipients may receive.
     """
     existing = session.exec(select(OutboxMessage.id).where(OutboxMessage.dedupe_key == mail.dedupe_key)).first()
     if existing is not None:
@@ -156,10 +168,12 @@ def enqueue(
     body = renderer.render(mail.template, {**mail.context, "full_details": full_details})
     if not full_details:
         body = redactor.redact(body)
+    if note:
+        body = body.rstrip("\n") + "\n\n" + note + "\n"
     if footer:
         body = body.rstrip("\n") + "\n" + footer + "\n"
     raw = build_message(mail=mail, body=body, from_address=from_address, from_name=from_name,
-                        message_id=message_id, date=now, reply_to=reply_to)
+                        message_id=message_id, date=now, reply_to=reply_to, attachments=attachments)
     row = OutboxMessage(
         dedupe_key=mail.dedupe_key,
         message_id=message_id,

@@ -9,7 +9,9 @@ import sqlalchemy as sa
 from alembic import context
 from sqlmodel import SQLModel
 
-import escalations.cases.models  # noqa: F401  (registers the tables autogenerate compares with)
+import escalations.cases.models
+import escalations.records.models  # noqa: F401  (and the records package's)
+from escalations.web import models as _web_models  # noqa: F401  (the web interface's tables)
 
 
 def render_item(type_: str, obj: Any, autogen_context: Any) -> str | Literal[False]:

@@ -33,6 +33,10 @@ VOCABULARY: tuple[Word, ...] = (
     Word("INFO", (), "INFO", "answer a request for missing information: one 'Label: value' per line"),
     Word("CONFIRM", (), "CONFIRM <address>",
          "partnership staff: confirm an address written in the referral may be mailed"),
+    Word("LEARNING", ("LESSON",), "LEARNING <text>", "add a learning point for the partnership's learning log"),
+    Word("THEME", (), "THEME <theme>",
+         "tag what the disagreement is about: levels of need, roles and responsibilities, need for action, "
+         "communication"),
 )
 
 

@@ -218,7 +218,7 @@ def _people_moved(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_role_contacts_in_the_agencies_file_change_the_directory_version_only(tmp_path: Path) -> None:
-    demo, agencies = _people_moved(tmp_path)
+    _demo, agencies = _people_moved(tmp_path)
     before = load_config(tmp_path / "config").partnerships["demo"]
     assert [c.email for c in before.roles["chair"].contacts] == ["demo.chair@example.org"]
     assert before.policy_version == load_config(FIXTURES / "valid").partnerships["demo"].policy_version
@@ -230,7 +230,7 @@ def test_role_contacts_in_the_agencies_file_change_the_directory_version_only(tm
 
 
 def test_people_in_both_files_or_for_an_unknown_role_are_errors(tmp_path: Path) -> None:
-    demo, agencies = _people_moved(tmp_path)
+    _demo, agencies = _people_moved(tmp_path)
     agencies.write_text(agencies.read_text() + "  treasurer:\n    contacts:\n"
                         "      - name: T\n        email: demo.t@example.org\n"
                         "  business_unit:\n    contacts:\n      - name: B\n        email: demo.b@example.org\n")

@@ -34,13 +34,14 @@ def test_who_may_give_each_command() -> None:
 
 
 def test_order_of_checks() -> None:
-    """Finished cases first; NOTE/CONFIRM before the notified refusal; WITHDRAW/INFO/URGENT before the
+    """LEARNING/THEME on any case, finished ones included; then finished cases refuse; NOTE/CONFIRM before the notified refusal; WITHDRAW/INFO/URGENT before the
     waiting-status refusal; the rest only on an open case or one awaiting confirmation."""
     phases = {name: c.phase for name, c in commands.COMMANDS.items()}
     assert phases == {"NOTE": "any_sender", "CONFIRM": "any_sender", "WITHDRAW": "any_status",
                       "INFO": "any_status", "URGENT": "any_status", "ESCALATE": "at_stage",
-                      "RESOLVED": "at_stage", "ACCEPT": "at_stage"}
-    assert len(commands.CHECKS) == 6
+                      "RESOLVED": "at_stage", "ACCEPT": "at_stage", "LEARNING": "any_time", "THEME": "any_time"}
+    assert len(commands.CHECKS) == 7
+    assert commands.COMMANDS["LEARNING"].statuses == commands.COMMANDS["THEME"].statuses == set(CaseStatus)
     for name in ("ESCALATE", "RESOLVED", "ACCEPT"):
         assert commands.COMMANDS[name].statuses == {CaseStatus.OPEN, CaseStatus.AWAITING_CONFIRMATION}
     assert commands.NO_COMMAND.phase is commands.Phase.AT_STAGE

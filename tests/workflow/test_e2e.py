@@ -18,6 +18,7 @@ import pytest
 from tests.servers.smtp import Captured
 from tests.workflow.conftest import CHILD, Harness, HarnessFactory, out_of_office, referral, reply
 from tests.workflow.profiles import CH, OPENED, PROFILES, SUTTON, Profile, at
+from tests.workflow.test_wording import OTHER_AGENCY_TOLD
 
 pytestmark = pytest.mark.servers
 
@@ -119,7 +120,8 @@ def test_resolved_at_stage_one(harness: Harness, p: Profile) -> None:
     if CONFIRMED_BY[p.id] == "accept":
         h.send(reply(confirm, p.other_practitioner_email, "ACCEPT Agreed. The assessment starts on Monday.",
                      style="gt"), at_time=at(5, 15))
-        how, closed_at = "confirmed in writing by " + p.other_practitioner_email, at(5, 15)
+        # Named by name and role, not by address.
+        how, closed_at = f"confirmed in writing by {p.other_practitioner}, Practitioner (other agency)", at(5, 15)
         time_taken = "2 days 5 hours"
     else:
         # Nobody confirms: a reminder after one working day, the case closes after two (the stage's
@@ -269,7 +271,19 @@ def climb_by_escalate_replies(h: Harness, p: Profile) -> None:
     assert p.raiser in h.recipients(since=mark) and p.decision_maker in h.recipients(since=mark)
     assert f"Resolved at:      stage {final.number}" in body(closing[0])
     assert "convene a strategy discussion today" in body(closing[0])
-    assert len(closing) == len(set(h.recipients(since=mark)))
+    # besides the closing record, only Tri-borough's Monitoring Form copy to the LSCB team (Appendix A)
+    copies = h.mails("forms/form_copy", since=mark)
+    assert [c.rcpt_tos for c in copies] == ([["triborough-lscb.manager@example.org"]] if p.id == "tri-borough" else [])
+    told = set(h.recipients(since=mark, template="case_closed"))
+    assert len(closing) == len(told)
+    assert len(closing) + len(copies) == len(h.mails(since=mark))
+    # Both agencies get the final decision (Wiltshire Stage Three "communicated to all parties", Sutton
+    # 7.4/7.6, C&H/Havering 3.1, Tri-borough Appendix A), and the closing record says who was told.
+    for address in OTHER_AGENCY_TOLD[p.id]:
+        told_mail = h.one("case_closed", address, since=mark)
+        assert "convene a strategy discussion today" in body(told_mail) and "Sent to:" in body(told_mail)
+    assert {t["email"].lower() for t in closed.detail["told"]} == told
+    assert "outcome_shared" in h.event_kinds(case)
     assert_mail_hygiene(h, ref, p)
 
 

@@ -219,7 +219,8 @@ def test_final_stage_resolution_is_confirmed_by_the_decision_maker(config: Polic
     assert to(step, "resolution_confirm_request.txt.j2") == ["chscp.icsc@example.org"]
     step = run.reply("chscp.icsc@example.org", "ACCEPT", "recorded", authority="decision_maker", side="partnership")
     assert run.state.status == "closed"
-    assert step.events[-1].detail["how"].startswith("resolved by " + CH.raiser)
+    # People are named by name and role in the record, never by bare address.
+    assert step.events[-1].detail["how"].startswith(f"resolved by {CH.raiser_name}, the practitioner who raised")
 
 
 def test_timers_for_another_stage_or_a_closed_case_do_nothing(config: PolicyConfig) -> None:

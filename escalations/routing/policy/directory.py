@@ -6,6 +6,7 @@ a stage's parties into :class:`Recipient` rows with them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -120,6 +121,38 @@ def panel_members(p: Partnership, panel: ResolutionPanel, raising: Agency | None
     return recips, ("; ".join(shortfall) or None)
 
 
+def _names(a: Agency) -> tuple[str, ...]:
+    return (a.name, *a.aliases)
+
+
+def _pick(cands: list[Agency], b: Borough | None) -> Agency | None:
+    """The one agency among ``cands``; with several, the only one in borough ``b``; else None."""
+    uniq = list({a.id: a for a in cands}.values())
+    if len(uniq) == 1:
+        return uniq[0]
+    local = [a for a in uniq if b is not None and a.borough == b.id]
+    return local[0] if len(local) == 1 else None
+
+
+def _exact(pool: Iterable[Agency], wanted: str) -> list[Agency]:
+    return [a for a in pool if wanted in {norm_name(n) for n in (a.id, *_names(a))}]
+
+
+def _longest_inside(pool: Iterable[Agency], wanted: str) -> list[Agency]:
+    """The agencies whose longest name or alias appears as whole words inside ``wanted``."""
+    hay = f" {wanted} "
+    found = [(len(nn), a) for a in pool for nn in map(norm_name, _names(a)) if nn and f" {nn} " in hay]
+    best = max((n for n, _ in found), default=0)
+    return [a for n, a in found if n == best]
+
+
+def _containing(pool: Iterable[Agency], wanted: str) -> list[Agency]:
+    """The agencies one of whose names contains ``wanted`` as whole words (texts of 4+ characters)."""
+    if len(wanted) < 4:
+        return []
+    return [a for a in pool if any(f" {wanted} " in f" {norm_name(n)} " for n in _names(a))]
+
+
 def find_agency(p: Partnership, text: str | None, borough: str | None = None) -> Agency | None:
     """The agency a practitioner means by ``text`` ("Hackney CSC", "Met Police"), or None.
 
@@ -131,39 +164,12 @@ def find_agency(p: Partnership, text: str | None, borough: str | None = None) ->
         return None
     wanted = norm_name(text)
     b = find_borough(p, borough) if borough else None
-    pool = p.agencies
-
-    def pick(cands: list[Agency]) -> Agency | None:
-        uniq = list({a.id: a for a in cands}.values())
-        if len(uniq) == 1:
-            return uniq[0]
-        if b is not None:
-            local = [a for a in uniq if a.borough == b.id]
-            if len(local) == 1:
-                return local[0]
-        return None
-
-    exact = [a for a in pool if wanted in {norm_name(n) for n in (a.id, a.name, *a.aliases)}]
-    if exact:
-        return pick(exact)
-    hay = f" {wanted} "
-    best_len = 0
-    best: list[Agency] = []
-    for a in pool:
-        for n in (a.name, *a.aliases):
-            nn = norm_name(n)
-            if nn and f" {nn} " in hay:
-                if len(nn) > best_len:
-                    best_len, best = len(nn), [a]
-                elif len(nn) == best_len:
-                    best.append(a)
-    if best:
-        return pick(best)
-    if len(wanted) >= 4:
-        inside = [a for a in pool if any(f" {wanted} " in f" {norm_name(n)} " for n in (a.name, *a.aliases))]
-        if inside:
-            return pick(inside)
+    for matcher in (_exact, _longest_inside, _containing):
+        cands = matcher(p.agencies, wanted)
+        if cands:
+            return _pick(cands, b)
     return None
+
 
 def find_borough(p: Partnership, text: str | None) -> Borough | None:
     if not text:

@@ -161,6 +161,10 @@ class Notification(_Model):
     #: Only when immediate risk is (True) / is not (False) flagged; None means either.
     when_immediate_risk: bool | None = None
     reason: str
+    #: What the policy expects of those told, in words addressed to them; empty: for information only.
+    expects: str = ""
+    #: Those told hold responsibility for the child (a CP Chair, an IRO), not only for the case.
+    responsible_for_child: bool = False
     clause: Clause
 
 
@@ -176,6 +180,47 @@ class FormRequirement(_Model):
     send_to: PartyRef | None = None
     note: str = ""
     clause: Clause
+
+
+FormName = Literal["tri-borough-monitoring", "sutton-referral", "wiltshire-notification", "case-record"]
+
+
+class FormUse(_Model):
+    """When one of the service's generated forms (escalations/records/forms.py) goes out with a mail.
+
+    ``stage_request``: with the requests of the listed stages (``stages``), or of every stage from
+    ``from_stage`` on; ``closing_record``: with the closing record of a resolved case, to everyone it
+    goes to or only to the one who resolved it (``recipients: resolver``); ``completion_copy``: a mail
+    of its own to ``send_to`` when the case is resolved (with ``from_stage``: once it got that far). Attached only where every recipient is on the
+    partnership's secure route; elsewhere the mail says staff can download it.
+    """
+
+    form: FormName
+    name: str
+    attach_to: Literal["stage_request", "closing_record", "completion_copy"]
+    stages: list[Slug] = Field(default_factory=list)
+    from_stage: Slug | None = None
+    recipients: Literal["all", "resolver"] = "all"
+    send_to: PartyRef | None = None
+    note: str = ""
+    clause: Clause
+
+
+class Retention(_Model):
+    """How long each class of record is kept, in months after the case closed (raw mail and outgoing
+    mail that belong to no case: after they were received or created). docs/operations.md, "Retention"."""
+
+    raw_mail_months: int = Field(default=12, ge=1)
+    case_record_months: int = Field(default=72, ge=1)
+    forms_months: int = Field(default=72, ge=1)
+    outgoing_mail_months: int = Field(default=12, ge=1)
+    clause: str = ""
+    note: str = ""
+
+
+class Records(_Model):
+    forms: list[FormUse] = Field(default_factory=list)
+    retention: Retention = Field(default_factory=Retention)
 
 
 class PanelMember(_Model):
@@ -200,6 +245,18 @@ class DecisionMaker(_Model):
     panel: ResolutionPanel | None = None
     decision_within: Timescale | None = None
     note: str = ""
+    #: What the decision maker is asked, in words addressed to them (the stage's ``action`` describes
+    #: the stage for everyone else, e.g. "the concerned agency refers the matter to ...").
+    asked: str = ""
+    clause: Clause
+
+
+class OutcomeNotice(_Model):
+    """Who else gets the final decision or confirmed resolution of a case closed at this stage, besides
+    everyone on the stage and the raiser (Wiltshire Stage Three: "communicated to all parties")."""
+
+    parties: list[PartyRef] = Field(min_length=1)
+    reason: str
     clause: Clause
 
 
@@ -220,6 +277,7 @@ class Stage(_Model):
     suggested_actions: list[SuggestedAction] = Field(default_factory=list)
     forms: list[FormRequirement] = Field(default_factory=list)
     decision_maker: DecisionMaker | None = None
+    outcome_to: OutcomeNotice | None = None
     interpretation: Interpretation | None = None
 
 
@@ -237,7 +295,10 @@ class Route(_Model):
 
 
 class ImmediateRisk(_Model):
+    #: Addressed to the practitioner who raised the concern.
     action: str
+    #: What those the step asks (a safeguarding lead, a manager) are asked, addressed to them.
+    asked_action: str = ""
     asked: list[PartyRef] = Field(min_length=1)
     timescale: Timescale
     clause: Clause
@@ -391,6 +452,8 @@ class Partnership(_Model):
     immediate_risk: ImmediateRisk | None = None
     #: Required: every partnership says where its record of a resolution is required.
     resolution: Resolution
+    #: Its forms (which, and when they go out) and how long records are kept.
+    records: Records = Field(default_factory=Records)
     #: Declared policy version + hash of everything else; filled in when empty.
     policy_version: str = ""
     #: Hashes of the two halves as written: the rules (partnership file) and the people (agencies

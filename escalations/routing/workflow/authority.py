@@ -187,6 +187,6 @@ def authority(state: CaseState, facts: ReplyFacts, p: Partnership, command: str 
     answers_info = command == "INFO" or state.status in ("awaiting_information", "needs_routing")
     if facts.token_stage_index != state.stage_index and not answers_info and role is not Authority.STAFF:
         return Verdict(role, side, Refusal.EARLIER_STAGE)
-    if command in (None, "NOTE") and facts.notes_today >= facts.note_limit:
+    if command in (None, "NOTE", "LEARNING", "THEME") and facts.notes_today >= facts.note_limit:
         return Verdict(role, side, Refusal.NOTE_LIMIT)
     return Verdict(role, side)

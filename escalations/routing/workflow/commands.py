@@ -3,7 +3,8 @@ applies, where in the order of checks it is dispatched, and its handler. Its wor
 in ``parsers/commands_vocabulary.py`` (the parser reads them there; the registry must cover exactly
 those words, checked at import).
 
-The order of the checks is :data:`CHECKS`: a finished case refuses everything; NOTE and CONFIRM come
+The order of the checks is :data:`CHECKS`: LEARNING and THEME are kept whatever the case's status; a
+finished case refuses everything else; NOTE and CONFIRM come
 before the refusal of those told for information (a CP Chair's comment is kept); WITHDRAW, INFO and
 URGENT before the refusal of a case still waiting for information or routing; the rest (ESCALATE,
 RESOLVED, ACCEPT, a reply with no command) only on an open case or one awaiting confirmation.
@@ -16,6 +17,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from escalations.parsers.commands_vocabulary import VOCABULARY, Word
+from escalations.routing.workflow.audience import AUTHORITY, Audience, StageKind
 from escalations.routing.workflow.authority import Authority, acts_as
 from escalations.routing.workflow.immediate import bypass, immediate_step
 from escalations.routing.workflow.mail import (
@@ -29,7 +31,13 @@ from escalations.routing.workflow.mail import (
 )
 from escalations.routing.workflow.opening import initial_step
 from escalations.routing.workflow.reply import Reply
-from escalations.routing.workflow.resolution import close, confirming, on_accept, on_resolved
+from escalations.routing.workflow.resolution import (
+    close,
+    confirming,
+    is_decision_maker_of,
+    on_accept,
+    on_resolved,
+)
 from escalations.routing.workflow.stages import (
     escalate,
     other_practitioner,
@@ -46,19 +54,36 @@ from escalations.routing.workflow.state import (
     OutgoingMail,
     Step,
 )
+from escalations.routing.workflow.wording import display_name
 
-__all__ = ["CHECKS", "COMMANDS", "NO_COMMAND", "Command", "Phase", "on_verified_reply"]
+__all__ = ["CHECKS", "COMMANDS", "NO_COMMAND", "Command", "Offer", "Phase", "help_lines", "on_verified_reply"]
 
 
 class Phase(StrEnum):
     """Where in :data:`CHECKS` a command is dispatched."""
 
+    #: Before anything else: learning and themes are kept on a finished case too (learning is drawn
+    #: after resolution: Sutton 7.5, Tri-borough Appendix A "monitor the effectiveness").
+    ANY_TIME = "any_time"
     ANY_SENDER = "any_sender"  # before the refusal of those told for information
     ANY_STATUS = "any_status"  # before the refusal of a case waiting for information or routing
     AT_STAGE = "at_stage"  # an open case, or one awaiting confirmation of a resolution
 
 
 Handler = Callable[[Reply], Step]
+
+_EVERY_STAGE = frozenset(StageKind)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A line of a mail's "How to reply" list: to whom, at which kind of stage, in which words
+    (empty: the vocabulary's usage and help text)."""
+
+    to: frozenset[Audience]
+    at: frozenset[StageKind] = _EVERY_STAGE
+    usage: str = ""
+    text: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,6 +95,8 @@ class Command:
     phase: Phase
     handler: Handler
     refused: str = ""
+    #: Whom the mails offer it to; the first offer that fits a recipient gives its line.
+    offers: tuple[Offer, ...] = ()
 
     @property
     def name(self) -> str:
@@ -124,13 +151,15 @@ def _on_confirm(reply: Reply) -> Step:
     ctx["due_local"] = local(state.due_at, p)
     request = mail("stage_request.txt.j2", address, stage_subject(state, plan), ctx,
                    f"{state.reference}:s{state.stage_index}:request:{address}", plan.clause,
-                   token_stage=state.stage_index, recipient_name=party.name, role=party.role_name)
+                   token_stage=state.stage_index, recipient_name=party.name, role=party.role_name,
+                   audience=Audience.ASKED)
     return Step(change=replace(change, parties=(*state.parties, party)), events=events, mails=(request,))
 
 
 def _on_withdraw(reply: Reply) -> Step:
     return reply.done(close(reply.state, reply.p, reply.now, outcome=reply.event.argument or "withdrawn by the "
-                            "referrer", how=f"withdrawn by {reply.sender}", by=reply.sender,
+                            "referrer", how=f"withdrawn by {display_name(reply.state, reply.p, reply.sender)}",
+                            by=reply.sender,
                             status=CaseStatus.WITHDRAWN))
 
 
@@ -183,7 +212,8 @@ def _on_urgent(reply: Reply) -> Step:
         if step is None:
             return reply.recorded()  # already on the immediate-risk route
         return reply.done(replace(step, change=replace(step.change, immediate_risk=True)))
-    because = f"{reply.sender} said URGENT: {reply.event.argument or 'the child is at immediate risk'}"
+    because = (f"{display_name(state, p, reply.sender)} said URGENT: "
+               f"{reply.event.argument or 'the child is at immediate risk'}")
     return reply.done(immediate_step(replace(state, immediate_risk=True), p, now, because))
 
 
@@ -193,11 +223,36 @@ def _on_escalate(reply: Reply) -> Step:
     if state.status == CaseStatus.AWAITING_CONFIRMATION and (res.side if res else None) == r.side and \
             not any(r.sender.lower() in acts_as(x) for x in confirming(state)):
         return reply.illegal("a resolution was recorded on your side; the other side has been asked to confirm it")
-    escalated = escalate(state, reply.p, reply.now,
-                         f"{r.sender} asked to escalate: {r.argument or 'no reason given'}", None)
+    escalated = escalate(state, reply.p, reply.now, f"{display_name(state, reply.p, r.sender)} asked to "
+                                                     f"escalate: {r.argument or 'no reason given'}", None)
     if escalated is None:
+        if is_decision_maker_of(state, reply.p, reply.now, r.sender):
+            return reply.illegal("this is the final stage: there is no stage to escalate to, and your written "
+                                 "decision (reply RESOLVED with it) closes the case")
         return reply.illegal("this is the final stage: the decision maker's written decision closes the case")
     return reply.done(escalated)
+
+
+def _on_learning(reply: Reply) -> Step:
+    """A learning point for the partnership's learning log (the report lists them by theme)."""
+    text = reply.event.argument.strip()
+    if not text:
+        return Step(events=(reply.record,), mails=(help_mail(reply.state, reply.p, reply.sender, reply.now,
+                                                             "LEARNING needs the learning point after it"),))
+    return reply.done(Step(events=(EventRecord("learning", {"text": text}, actor=reply.sender),)))
+
+
+def _on_theme(reply: Reply) -> Step:
+    """Tag the case with one of the seeds' themes of disagreement."""
+    from escalations.records.themes import THEME_CLAUSE, Theme, theme_of
+
+    theme = theme_of(reply.event.argument)
+    if theme is None:
+        names = ", ".join(t.label.lower() for t in Theme)
+        return Step(events=(reply.record,), mails=(help_mail(reply.state, reply.p, reply.sender, reply.now,
+                                                             f"THEME needs one of: {names}"),))
+    return reply.done(Step(events=(EventRecord("theme", {"theme": str(theme)}, clause=THEME_CLAUSE,
+                                               actor=reply.sender),)))
 
 
 def _on_no_command(reply: Reply) -> Step:
@@ -210,18 +265,88 @@ def _on_no_command(reply: Reply) -> Step:
 
 _WORDS = {w.name: w for w in VOCABULARY}
 
+_A = Audience
+_PARTIES = frozenset({_A.RAISER, _A.ASKED})
+_LADDER = frozenset({StageKind.LADDER})
+_FINAL = frozenset({StageKind.FINAL})
+_WAITING_KIND = frozenset({StageKind.WAITING})
+
+#: Who is offered what. A final stage's decision maker decides: RESOLVED is their decision and there is
+#: no next stage (C&H 2.12, Havering 2.10, Wiltshire Stage Three, Tri-borough §2 Process ¶6, Sutton 7.4).
+_OFFERS: Mapping[str, tuple[Offer, ...]] = {
+    "RESOLVED": (
+        Offer(frozenset({_A.DECISION_MAKER}), usage="RESOLVED <your decision>",
+              text="your written decision: it closes the case and is sent to every party"),
+        Offer(frozenset({_A.STAFF}), usage="RESOLVED <outcome or decision>",
+              text="record the agreed outcome or the decision maker's decision: it closes the case and is "
+                   "sent to every party"),
+        Offer(_PARTIES, _FINAL, text="the disagreement is resolved; say what was agreed and how outstanding "
+                                     "issues will be pursued (the decision maker is asked to confirm)"),
+        Offer(_PARTIES, _LADDER),
+    ),
+    "ACCEPT": (
+        Offer(frozenset({_A.DECISION_MAKER}),
+              text="confirm a resolution the parties have recorded: it closes the case"),
+        Offer(_PARTIES),
+    ),
+    "ESCALATE": (Offer(frozenset({*_PARTIES, _A.STAFF}), _LADDER),),
+    "NOTE": (Offer(frozenset(Audience)),),
+    "URGENT": (Offer(frozenset({*_PARTIES, _A.STAFF})),),
+    "WITHDRAW": (
+        Offer(frozenset({_A.RAISER}), text="withdraw your escalation: it closes the case"),
+        Offer(frozenset({_A.STAFF}), text="withdraw the escalation on the referrer's behalf: it closes the case"),
+    ),
+    "INFO": (Offer(frozenset({_A.RAISER, _A.STAFF}), _WAITING_KIND),),
+    "CONFIRM": (Offer(frozenset({_A.STAFF}),
+                      text="confirm an address written in the referral may be mailed"),),
+    # For the partnership's learning (Tri-borough monitoring; Sutton 7.5), also once a case is closed.
+    "LEARNING": (Offer(frozenset({*_PARTIES, _A.DECISION_MAKER, _A.STAFF})),),
+    "THEME": (Offer(frozenset({_A.STAFF})),),
+}
+
+
+def _command(name: str, who: frozenset[Authority], statuses: frozenset[CaseStatus], phase: Phase,
+             handler: Handler, refused: str = "") -> Command:
+    return Command(_WORDS[name], who, statuses, phase, handler, refused, _OFFERS.get(name, ()))
+
+
 COMMANDS: Mapping[str, Command] = {c.name: c for c in (
-    Command(_WORDS["NOTE"], _ANYONE, _LIVE, Phase.ANY_SENDER, _on_note),
-    Command(_WORDS["CONFIRM"], frozenset({Authority.STAFF}), _LIVE, Phase.ANY_SENDER, _on_confirm,
-            refused="only partnership staff can confirm an address"),
-    Command(_WORDS["WITHDRAW"], frozenset({Authority.RAISER, Authority.STAFF}), _LIVE, Phase.ANY_STATUS,
-            _on_withdraw, refused="only the practitioner who raised the concern can withdraw it"),
-    Command(_WORDS["INFO"], _ANYONE, _LIVE, Phase.ANY_STATUS, _on_info),
-    Command(_WORDS["URGENT"], _ANYONE, _LIVE, Phase.ANY_STATUS, _on_urgent),
-    Command(_WORDS["ESCALATE"], _ANYONE, _AT_STAGE, Phase.AT_STAGE, _on_escalate),
-    Command(_WORDS["RESOLVED"], _ANYONE, _AT_STAGE, Phase.AT_STAGE, on_resolved),
-    Command(_WORDS["ACCEPT"], _ANYONE, _AT_STAGE, Phase.AT_STAGE, on_accept),
+    _command("NOTE", _ANYONE, _LIVE, Phase.ANY_SENDER, _on_note),
+    _command("CONFIRM", frozenset({Authority.STAFF}), _LIVE, Phase.ANY_SENDER, _on_confirm,
+             refused="only partnership staff can confirm an address"),
+    _command("WITHDRAW", frozenset({Authority.RAISER, Authority.STAFF}), _LIVE, Phase.ANY_STATUS,
+             _on_withdraw, refused="only the practitioner who raised the concern can withdraw it"),
+    _command("INFO", _ANYONE, _LIVE, Phase.ANY_STATUS, _on_info),
+    _command("URGENT", _ANYONE, _LIVE, Phase.ANY_STATUS, _on_urgent),
+    _command("ESCALATE", _ANYONE, _AT_STAGE, Phase.AT_STAGE, _on_escalate),
+    _command("RESOLVED", _ANYONE, _AT_STAGE, Phase.AT_STAGE, on_resolved),
+    _command("ACCEPT", _ANYONE, _AT_STAGE, Phase.AT_STAGE, on_accept),
+    _command("LEARNING", _ANYONE, frozenset(CaseStatus), Phase.ANY_TIME, _on_learning),
+    _command("THEME", _ANYONE, frozenset(CaseStatus), Phase.ANY_TIME, _on_theme),
 )}
+
+
+def may_use(command: Command, who: Authority) -> bool:
+    """Would :data:`CHECKS` let ``who`` give ``command`` (on a case in one of its statuses)?"""
+    return who in command.who and (command.phase is Phase.ANY_SENDER or who is not Authority.NOTIFIED)
+
+
+def help_lines(audience: Audience, at: StageKind) -> tuple[tuple[str, str], ...]:
+    """The "How to reply" list for one kind of recipient at one kind of stage (``_commands.txt.j2``)."""
+    lines: list[tuple[str, str]] = []
+    for c in (COMMANDS[w.name] for w in VOCABULARY):
+        if at is StageKind.WAITING and not c.statuses & _WAITING:
+            continue  # refused while the case waits (_refuse_status)
+        offer = next((o for o in c.offers if audience in o.to and at in o.at), None)
+        if offer is not None:
+            lines.append((offer.usage or c.word.usage, offer.text or c.word.help_text))
+    return tuple(lines)
+
+
+_offered_beyond_authority = sorted(f"{c.name} to {a}" for c in COMMANDS.values() for o in c.offers for a in o.to
+                                   if not may_use(c, AUTHORITY[a]))
+if _offered_beyond_authority:  # the help never offers what the checks would refuse
+    raise RuntimeError(f"commands offered to those who may not give them: {_offered_beyond_authority}")
 
 #: A reply whose first line is no command (or an unknown word).
 NO_COMMAND = Command(Word("", (), "", ""), _ANYONE, _AT_STAGE, Phase.AT_STAGE, _on_no_command)
@@ -276,6 +401,7 @@ def _dispatch(phase: Phase) -> Check:
 
 
 CHECKS: tuple[Check, ...] = (
+    _dispatch(Phase.ANY_TIME),
     _refuse_finished,
     _dispatch(Phase.ANY_SENDER),
     _refuse_notified,

@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from escalations.routing.workflow.audience import audience_of
 from escalations.routing.workflow.mail import answer, case_subject, local, mail, stage_context, stage_number
 from escalations.routing.workflow.resolution import ask_confirmation, confirming
 from escalations.routing.workflow.stages import current_plan
@@ -20,6 +21,7 @@ from escalations.routing.workflow.state import (
     Party,
     Step,
 )
+from escalations.routing.workflow.wording import action_for
 
 if TYPE_CHECKING:
     from escalations.routing.policy.model import Partnership
@@ -57,7 +59,8 @@ def on_automated(state: CaseState, a: Automated, p: Partnership, now: datetime) 
 def _tell_coordinator(state: CaseState, a: Automated, p: Partnership, party: Party, takes_over: bool,
                       deputy_away: bool) -> list[OutgoingMail]:
     ctx = {"address": a.address, "kind": a.kind, "role": party.role_name,
-           "deputy": party.deputy_email if takes_over else "", "deputy_away": deputy_away,
+           "deputy": (f"{party.deputy_name} <{party.deputy_email}>" if party.deputy_name else party.deputy_email or "")
+                     if takes_over else "", "deputy_away": deputy_away,
            "original": party.email if deputy_away else "", "stage_number": stage_number(state),
            "recipient_name": "", "recipient_role": ""}
     return [answer(state, p, c.email, "deputy_takeover.txt.j2",
@@ -75,13 +78,15 @@ def _deputy_takes_over(state: CaseState, a: Automated, p: Partnership, now: date
     if plan is not None:
         ctx = stage_context(state, p, plan)
         ctx["due_local"] = local(state.due_at, p)
-        ctx["because"] = f"{party.name or party.email} is unavailable ({a.kind.replace('_', ' ')}); you are " \
+        audience = audience_of(party, plan)
+        ctx["stage_action"], ctx["stage_clause"] = action_for(p, plan, audience)
+        ctx["because"] = f"{party.name or party.role_name} is unavailable ({a.kind.replace('_', ' ')}); you are " \
                          f"their deputy"
         mails.append(mail("stage_request.txt.j2", deputy.active_email,
                           case_subject(state.reference, f"Stage {plan.number}: {plan.name} (as deputy)"), ctx,
                           f"{state.reference}:s{state.stage_index}:request:{deputy.active_email}", plan.clause,
                           token_stage=state.stage_index, recipient_name=deputy.active_name,
-                          role=party.role_name))
+                          role=party.role_name, audience=audience))
     if state.status == CaseStatus.AWAITING_CONFIRMATION and party in confirming(state):
         # They were asked to confirm a resolution: the deputy is asked instead.
         ask = ask_confirmation(replace(state, parties=parties), p, now)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from escalations.routing.workflow.authority import REFUSAL_TEXT, Refusal
+from escalations.routing.workflow.authority import REFUSAL_TEXT, Refusal, config_addresses
+from escalations.routing.workflow.lookalike import resembles
 
 if TYPE_CHECKING:
     from escalations.routing.policy.model import Partnership
@@ -46,17 +47,26 @@ def _what(item: DigestItem) -> str:
     return _KIND_TEXT.get(item.kind, item.kind.replace("_", " "))
 
 
+def _known_domains(p: Partnership) -> set[str]:
+    """The domains the partnership's people write from: its agencies' and every configured contact's."""
+    from escalations.routing.workflow.recipients import agency_domains
+
+    return agency_domains(p) | {a.rpartition("@")[2] for a in config_addresses(p)}
+
+
 def compose_digest(p: Partnership, items: Sequence[DigestItem], now: datetime) -> list[OutgoingMail]:
     from escalations.routing.calendar import format_local
     from escalations.routing.workflow.state import NOTICE_MAIL, OutgoingMail
 
     if not items:
         return []
+    known = _known_domains(p)
     lines = [{"when": format_local(i.at, p.tz), "reference": i.reference, "what": _what(i),
-              "sender": str(i.detail.get("from") or "")} for i in items[:MAX_LINES]]
+              "sender": str(i.detail.get("from") or ""),
+              "lookalike": resembles(str(i.detail.get("from") or ""), known) or ""} for i in items[:MAX_LINES]]
     if len(items) > MAX_LINES:
         lines.append({"when": "", "reference": "", "what": f"... and {len(items) - MAX_LINES} more",
-                      "sender": ""})
+                      "sender": "", "lookalike": ""})
     ctx = {"notices": lines, "partnership_name": p.name, "mailbox": p.primary_mailbox}
     stamp = now.strftime("%Y%m%dT%H%M%S")
     return [OutgoingMail(template="coordinator_digest.txt.j2", to=(c.email,),

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from escalations.parsers.fields import ReferralFields
     from escalations.routing.workflow.authority import ReplyFacts
 
-__all__ = ["Automated", "Opened", "Replied", "TimerFired", "WorkflowEvent"]
+__all__ = ["Automated", "Opened", "Replied", "StaffAction", "TimerFired", "WorkflowEvent"]
 
 
 @dataclass(frozen=True)
@@ -50,4 +51,18 @@ class Automated:
     verified: bool = True
 
 
-WorkflowEvent = Opened | Replied | TimerFired | Automated
+@dataclass(frozen=True)
+class StaffAction:
+    """A signed-in member of staff acting on a case from the web interface (handled in ``staff.py``).
+
+    ``role`` is the web role (viewer, coordinator, admin, practitioner): whether it may act is decided
+    by ``transition``, not by the page that sent it."""
+
+    who: str
+    role: str
+    action: str  # a staff.Action value
+    reason: str
+    arguments: Mapping[str, str] = field(default_factory=dict)
+
+
+WorkflowEvent = Opened | Replied | TimerFired | Automated | StaffAction

@@ -7,9 +7,11 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from escalations.routing.workflow.audience import Audience
 from escalations.routing.workflow.mail import mail, stage_context, stage_subject
 from escalations.routing.workflow.stages import open_stage, plan_for, side_of
 from escalations.routing.workflow.state import CaseChange, CaseState, EventRecord, OutgoingMail, Party, Step
+from escalations.routing.workflow.wording import action_for, display_name
 
 if TYPE_CHECKING:
     from escalations.routing.policy.model import Partnership
@@ -85,28 +87,37 @@ def _alongside(state: CaseState, stage_state: CaseState, p: Partnership, ir_plan
     ctx = stage_context(stage_state, p, ir_plan)
     ctx["because"] = because
     ctx["bypass"] = _bypass_text(p)
-    # Someone asked both at the stage and by the immediate step gets one mail that says both.
-    immediate_note = f"{ir_plan.action} ({ir_plan.clause}); by {ctx['due_local']}."
+    # Someone asked both at the stage and by the immediate step gets one mail that says both, in the
+    # words addressed to them (the raiser is told what to do; a safeguarding lead what is asked of them).
+    raiser = (state.raiser or "").lower()
+    due = ctx["due_local"]
+    note_for = {aud: f"{action_for(p, ir_plan, aud)[0]} ({ir_plan.clause}); by {due}."
+                for aud in (Audience.RAISER, Audience.ASKED)}
     both = {r.email.lower() for r in ir_plan.asked}
     mails: list[OutgoingMail] = [
-        replace(m, context={**m.context, "immediate_note": immediate_note, "bypass": ctx["bypass"]})
-        if m.to[0].lower() in both or m.to[0].lower() == (state.raiser or "").lower() else m
+        replace(m, context={**m.context, "bypass": ctx["bypass"],
+                            "immediate_note": note_for[Audience.RAISER if m.to[0].lower() == raiser
+                                                       else Audience.ASKED]})
+        if m.to[0].lower() in both or m.to[0].lower() == raiser else m
         for m in base.mails]
     subject = stage_subject(state, ir_plan)
+    asked_ctx = {**ctx, "stage_action": action_for(p, ir_plan, Audience.ASKED)[0]}
     for r in ir_plan.asked:
         if r.email.lower() in already:
             continue  # asked at the stage itself: one mail, whose "why now" says the child is at risk
         parties.append(Party(email=r.email, name=r.name, role_name=r.role_name, party=r.party,
                              side=side_of(r.party), deputy_email=r.deputy_email, deputy_name=r.deputy_name,
                              immediate=True))
-        mails.append(mail("stage_request.txt.j2", r.email, subject, ctx,
+        mails.append(mail("stage_request.txt.j2", r.email, subject, asked_ctx,
                           f"{state.reference}:immediate:request:{r.email}", ir_plan.clause,
-                          token_stage=stage_index, recipient_name=r.name, role=r.role_name))
+                          token_stage=stage_index, recipient_name=r.name, role=r.role_name,
+                          audience=Audience.ASKED))
     if state.raiser and base.change.parties is None:  # the raiser is copied on every step
-        mails.append(mail("stage_copy.txt.j2", state.raiser, subject, ctx,
+        mails.append(mail("stage_copy.txt.j2", state.raiser, subject,
+                          {**ctx, "asked_roles": [r.role_name for r in ir_plan.asked]},
                           f"{state.reference}:immediate:copy:{state.raiser}", "copy the raiser",
                           token_stage=stage_index, recipient_name=state.fields.raised_by_name or "",
-                          role="Practitioner who raised the concern"))
+                          role="Practitioner who raised the concern", audience=Audience.RAISER))
     return replace(base, change=replace(base.change, parties=tuple(parties)), mails=tuple(mails))
 
 
@@ -122,7 +133,8 @@ def bypass(state: CaseState, p: Partnership, now: datetime, sender: str) -> Step
         return None
     moved = replace(state, route=route.id)
     plan = plan_for(moved, p, target, now, previous_due=state.due_at)
-    because = f"{sender} asked to bypass to the senior officer: {ir.bypass_note or 'the risks are immediate'}"
+    because = (f"{display_name(state, p, sender)} asked to bypass to the senior officer: "
+               f"{ir.bypass_note or 'the risks are immediate'}")
     return open_stage(moved, p, plan, now, because=because,
                       extra_events=(EventRecord("bypassed", {"from_stage_index": state.stage_index,
                                                              "to_stage": plan.number, "by": sender},

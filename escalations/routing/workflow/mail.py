@@ -11,18 +11,40 @@ from typing import TYPE_CHECKING, Any
 
 from escalations.parsers.commands_vocabulary import VOCABULARY
 from escalations.routing.redact import initials
-from escalations.routing.workflow.state import ACK_TOKEN_STAGE, CaseState, OutgoingMail
+from escalations.routing.workflow.audience import Audience, StageKind, audience_for_address
+from escalations.routing.workflow.state import ACK_TOKEN_STAGE, CaseState, CaseStatus, OutgoingMail
 
 if TYPE_CHECKING:
     from escalations.parsers.fields import ReferralFields
     from escalations.routing.policy.model import Partnership
     from escalations.routing.policy.plan import StagePlan
 
-__all__ = ["COMMANDS_HELP", "answer", "base_context", "case_subject", "duration", "help_mail",
-           "local", "mail", "stage_context", "stage_number", "stage_subject", "summarise"]
+__all__ = [
+    "COMMANDS_HELP",
+    "answer",
+    "base_context",
+    "case_subject",
+    "commands_for",
+    "duration",
+    "help_mail",
+    "local",
+    "mail",
+    "stage_context",
+    "stage_number",
+    "stage_subject",
+    "summarise",
+]
 
-#: The "How to reply" list in every case mail (``templates/_commands.txt.j2``).
+#: Every command with its vocabulary line; a mail shows :func:`commands_for` its recipient instead.
 COMMANDS_HELP: tuple[tuple[str, str], ...] = tuple((w.usage, w.help_text) for w in VOCABULARY)
+
+
+def commands_for(audience: Audience, final: bool, waiting: bool = False) -> tuple[tuple[str, str], ...]:
+    """The "How to reply" list (``templates/_commands.txt.j2``) for this kind of recipient and stage."""
+    from escalations.routing.workflow.commands import help_lines  # the registry builds on this module
+
+    kind = StageKind.WAITING if waiting else StageKind.FINAL if final else StageKind.LADDER
+    return help_lines(audience, kind)
 
 def summarise(text: str | None, limit: int = 240) -> str:
     if not text:
@@ -80,8 +102,9 @@ def summary_context(reference: str, f: ReferralFields, p: Partnership, *, immedi
 def base_context(state: CaseState, p: Partnership) -> dict[str, Any]:
     return {
         **summary_context(state.reference, state.fields, p, immediate_risk=state.immediate_risk),
-        "commands": COMMANDS_HELP,
+        "commands": (),
         "secure_mail": p.secure_mail.means if p.secure_mail else "",
+        "secure_clause": p.secure_mail.clause if p.secure_mail else "",
         "record_clause": p.resolution.record_clause,
     }
 
@@ -115,16 +138,31 @@ def stage_context(state: CaseState, p: Partnership, plan: StagePlan) -> dict[str
 
 
 def mail(template: str, to: str, subject: str, ctx: Mapping[str, Any], key: str, reason: str,
-         *, token_stage: int | None = None, recipient_name: str = "", role: str = "") -> OutgoingMail:
+         *, token_stage: int | None = None, recipient_name: str = "", role: str = "",
+         audience: Audience | None = None) -> OutgoingMail:
+    """One recipient's mail; ``audience`` (the kind of recipient) picks the reply commands it offers."""
     context = dict(ctx)
     context.update({"recipient_name": recipient_name, "recipient_role": role})
+    if audience is not None:
+        context.update({"audience": str(audience), "commands": commands_for(audience, bool(ctx.get("is_final")))})
     return OutgoingMail(template=template, to=(to,), subject=subject, context=context, dedupe_key=key,
                         reason=reason, token_stage=token_stage)
 
 
 def answer(state: CaseState, p: Partnership, to: str, template: str, key: str, extra: Mapping[str, Any],
            subject: str) -> OutgoingMail:
+    from escalations.routing.workflow.stages import current_plan  # stages composes mail with this module
+
     ctx = base_context(state, p)
+    try:
+        plan = current_plan(state, p, state.opened_at)
+    except (KeyError, IndexError, ValueError):
+        plan = None
+    audience = audience_for_address(state, p, plan, to)
+    waiting = state.status in (CaseStatus.AWAITING_INFORMATION, CaseStatus.NEEDS_ROUTING)
+    ctx.update({"audience": str(audience),
+                "commands": commands_for(audience, bool(plan and plan.is_final), waiting),
+                "is_final": bool(plan and plan.is_final)})
     ctx.update(extra)
     # With a reply code for the current stage: an answer tells people how to reply, so they can.
     return OutgoingMail(template=template, to=(to,), subject=case_subject(state.reference, subject), context=ctx,

@@ -10,8 +10,9 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from escalations.routing.workflow.audience import Audience, audience_of
 from escalations.routing.workflow.mail import (
     base_context,
     case_subject,
@@ -33,13 +34,14 @@ from escalations.routing.workflow.state import (
     TimerKind,
     TimerSpec,
 )
+from escalations.routing.workflow.wording import action_for, notification_context
 
 if TYPE_CHECKING:
     from escalations.routing.policy.model import Partnership
     from escalations.routing.policy.plan import StagePlan
 
 __all__ = ["asked_at_stage", "escalate", "next_day_end", "open_stage", "other_practitioner", "plan_for",
-           "side_of", "stage_parties"]
+           "referral_practitioner", "side_of", "stage_parties"]
 
 
 def plan_for(state: CaseState, p: Partnership, index: int, at: datetime,
@@ -92,7 +94,7 @@ def next_day_end(p: Partnership, t: datetime) -> datetime:
 _EMAIL_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 
 
-def _referral_practitioner(text: str | None) -> tuple[str, str] | None:
+def referral_practitioner(text: str | None) -> tuple[str, str] | None:
     """(name, address) of the other practitioner when the referral gives their e-mail address."""
     if not text:
         return None
@@ -109,7 +111,7 @@ def other_practitioner(state: CaseState, p: Partnership, plan: StagePlan) -> tup
     gives an address the service may write to (an agency's domain, or confirmed by the coordinator)."""
     if "receiving.practitioner" not in plan.from_referral:
         return None
-    other = _referral_practitioner(state.fields.other_practitioner)
+    other = referral_practitioner(state.fields.other_practitioner)
     if other is None:
         return None
     address = mailable(other[1], p, state.confirmed_addresses)
@@ -127,7 +129,7 @@ def _unconfirmed_practitioner(state: CaseState, p: Partnership, plan: StagePlan)
     """The other worker's address as written, when the stage would ask them but it may not be mailed yet."""
     if "receiving.practitioner" not in plan.from_referral:
         return None
-    other = _referral_practitioner(state.fields.other_practitioner)
+    other = referral_practitioner(state.fields.other_practitioner)
     if other is None or other_practitioner(state, p, plan) is not None:
         return None
     return other[1] if mailable(other[1], p, state.confirmed_addresses) is None else None
@@ -157,32 +159,55 @@ def stage_parties(state: CaseState, p: Partnership, plan: StagePlan) -> list[Par
     return parties
 
 
+def _recipient_context(state: CaseState, p: Partnership, plan: StagePlan, ctx: dict[str, Any], party: Party,
+                       audience: Audience) -> dict[str, Any]:
+    """The stage's context as it is true for one recipient: what is asked of them, why they are told."""
+    own = dict(ctx)
+    own["stage_action"], own["stage_clause"] = action_for(p, plan, audience)
+    if audience is Audience.NOTIFIED:
+        own.update(notification_context(p, plan, party.party))
+    return own
+
+
+def _notification_subject(state: CaseState, plan: StagePlan, ctx: dict[str, Any]) -> str:
+    where = f"stage {plan.number}" if plan.number else "the immediate-risk step"
+    if ctx.get("responsible_for_child"):
+        return case_subject(state.reference, f"For information: escalation about a child you are responsible "
+                                             f"for, at {where}")
+    if ctx.get("told_expects"):
+        return case_subject(state.reference, f"Your part: escalation at {where}")
+    return case_subject(state.reference, f"For information: escalation at {where}")
+
+
 def _party_mails(state: CaseState, p: Partnership, plan: StagePlan, parties: Sequence[Party],
                  because: str) -> list[OutgoingMail]:
     """The stage's request to those asked, a copy to the raiser, a notification to those told."""
     ctx = stage_context(state, p, plan)
     ctx["because"] = because
+    ctx["asked_roles"] = [x.role_name for x in parties if x.asked and x.party != "raiser"]
     idx = plan.stage_index
     subject = stage_subject(state, plan)
     raiser_asked = "raising.practitioner" in plan.from_referral
     mails: list[OutgoingMail] = []
     for party in parties:
+        audience = audience_of(party, plan)
+        own = _recipient_context(state, p, plan, ctx, party, audience)
         if party.party == "raiser":
             mails.append(mail("stage_request.txt.j2" if raiser_asked else "stage_copy.txt.j2", party.email,
-                              subject, ctx, f"{state.reference}:s{idx}:copy:{party.email}",
+                              subject, own, f"{state.reference}:s{idx}:copy:{party.email}",
                               f"copy the raiser ({p.resolution.record_clause})", token_stage=idx,
-                              recipient_name=party.name, role=party.role_name))
+                              recipient_name=party.name, role=party.role_name, audience=audience))
         elif party.asked:
-            mails.append(mail("stage_request.txt.j2", party.active_email, subject, ctx,
+            mails.append(mail("stage_request.txt.j2", party.active_email, subject, own,
                               f"{state.reference}:s{idx}:request:{party.active_email}", plan.clause,
-                              token_stage=idx, recipient_name=party.active_name, role=party.role_name))
+                              token_stage=idx, recipient_name=party.active_name, role=party.role_name,
+                              audience=audience))
         else:
             mails.append(mail("stage_notification.txt.j2", party.active_email,
-                              case_subject(state.reference, "For information: escalation involving a child "
-                                                            "you are responsible for"),
-                              ctx, f"{state.reference}:s{idx}:notify:{party.active_email}",
+                              _notification_subject(state, plan, own),
+                              own, f"{state.reference}:s{idx}:notify:{party.active_email}",
                               "; ".join(plan.notification_clauses), token_stage=idx,
-                              recipient_name=party.active_name, role=party.role_name))
+                              recipient_name=party.active_name, role=party.role_name, audience=audience))
     return mails
 
 

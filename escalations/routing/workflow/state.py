@@ -197,6 +197,8 @@ class CaseState:
     resolution: PendingResolution | None = None
     #: Addresses from the referral's text that the coordinator confirmed may be mailed.
     confirmed_addresses: tuple[str, ...] = ()
+    #: Kept past its retention period until staff lift the hold.
+    legal_hold: bool = False
 
     def party_for(self, address: str) -> Party | None:
         a = address.lower()
@@ -232,6 +234,7 @@ class CaseChange:
     other_agency: str | None = None
     closed_at: datetime | None = None
     confirmed_addresses: tuple[str, ...] | None = None
+    legal_hold: bool | None = None
 
 
 @dataclass(frozen=True)

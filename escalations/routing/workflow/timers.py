@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from escalations.routing.workflow.audience import audience_of
 from escalations.routing.workflow.mail import answer, case_subject, local, mail, stage_context
 from escalations.routing.workflow.resolution import ask_confirmation, close_unconfirmed
 from escalations.routing.workflow.stages import asked_at_stage, current_plan, escalate, next_day_end
@@ -20,6 +21,7 @@ from escalations.routing.workflow.state import (
     TimerKind,
     TimerSpec,
 )
+from escalations.routing.workflow.wording import action_for
 
 if TYPE_CHECKING:
     from escalations.routing.policy.model import Partnership
@@ -44,10 +46,13 @@ def _reminder(state: CaseState, p: Partnership, kind: str, now: datetime) -> Ste
         template = "escalation_confirm_request.txt.j2" if (kind == TimerKind.REMIND_DUE and x.party == "raiser"
                                                             and not p.auto_escalate and not plan.is_final) \
             else "reminder.txt.j2"
-        mails.append(mail(template, x.active_email, subject, ctx,
+        audience = audience_of(x, plan)
+        own = {**ctx, "immediate_note": ""}
+        own["stage_action"], own["stage_clause"] = action_for(p, plan, audience)
+        mails.append(mail(template, x.active_email, subject, own,
                           f"{state.reference}:s{state.stage_index}:{kind}:{x.active_email}",
                           plan.due_clause or plan.clause, token_stage=state.stage_index,
-                          recipient_name=x.active_name, role=x.role_name))
+                          recipient_name=x.active_name, role=x.role_name, audience=audience))
     return Step(events=(EventRecord("reminder_sent", {"kind": kind, "to": [m.to[0] for m in mails]},
                                     clause=plan.due_clause),), mails=tuple(mails))
 

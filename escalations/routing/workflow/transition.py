@@ -12,10 +12,18 @@ from typing import TYPE_CHECKING, Any
 from escalations.routing.workflow.authority import authority
 from escalations.routing.workflow.commands import on_verified_reply
 from escalations.routing.workflow.deputies import on_automated
-from escalations.routing.workflow.events import Automated, Opened, Replied, TimerFired, WorkflowEvent
+from escalations.routing.workflow.events import (
+    Automated,
+    Opened,
+    Replied,
+    StaffAction,
+    TimerFired,
+    WorkflowEvent,
+)
 from escalations.routing.workflow.opening import initial_step
 from escalations.routing.workflow.refusals import refused
 from escalations.routing.workflow.reply import Reply
+from escalations.routing.workflow.staff import on_staff_action
 from escalations.routing.workflow.state import CaseState, Step
 from escalations.routing.workflow.timers import on_timer
 
@@ -46,6 +54,7 @@ HANDLERS: Mapping[type, Callable[[CaseState, Any, Partnership, datetime], Step]]
     Replied: _on_reply,
     TimerFired: on_timer,
     Automated: on_automated,
+    StaffAction: on_staff_action,
 }
 
 

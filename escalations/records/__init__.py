@@ -1,0 +1,1 @@
+"""Records of cases: the partnerships' forms, exports, reports, the learning log and retention."""
