@@ -17,9 +17,9 @@ from sqlalchemy import func
 from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
 
+from escalations.cases.dispatcher import Workflow
 from escalations.cases.models import Case, CaseEvent, InboundMessage
 from escalations.cases.store import Store
-from escalations.cases.workflow import Workflow, policy_of
 from escalations.clock import Clock
 from escalations.mailer.outbox import Renderer
 from escalations.parsers.authresults import sender_fails_dmarc, trusted_verdict
@@ -262,7 +262,7 @@ class Processor:
             [msg.from_address] if msg.from_address else []
         if not addresses:
             self.workflow.apply(s, case, Step(events=(EventRecord(kind, {"reason": automated.reason}),)),
-                                policy_of(case, self.config), now, row)
+                                self.workflow.policy_of(s, case), now, row)
         token = token_from_message_ids([i for i in (automated.original_message_id, *msg.in_reply_to,
                                                     *msg.references) if i])
         for address in addresses:
@@ -395,8 +395,8 @@ class Processor:
             immediate_risk=bool(f.immediate_risk),
             fields=f.to_json(),
             missing=list(parse.missing),
-            policy_version=str(getattr(partnership, "policy_version", "") or "") or None,
-            policy_snapshot=partnership.model_dump(mode="json"),
+            policy_version=partnership.policy_version or None,
+            policy_version_id=self.workflow.versions.id_for(s, partnership, now),
             origin_inbound_id=row.id,
             origin_message_id=msg.message_id,
         )

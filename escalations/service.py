@@ -78,13 +78,17 @@ class Service:
             os.umask(previous_umask)
 
     def _threads(self, stop: threading.Event) -> list[threading.Thread]:
+        from escalations.cases.leases import run_exclusively
         from escalations.mailer.imap_watcher import ImapWatcher
 
         app, s = self.app, self.app.settings
         threads = [threading.Thread(target=heartbeat_loop, args=(app.store, stop), name="heartbeat", daemon=True)]
         for mb in s.mailboxes:
             watcher = ImapWatcher(mb, app.store, on_stored=app.on_stored)
-            threads.append(threading.Thread(target=watcher.run, args=(stop,), name=f"imap-{mb.name}", daemon=True))
+            # one watcher per mailbox among the processes sharing a database (PostgreSQL)
+            threads.append(threading.Thread(target=run_exclusively, args=(app.store.engine, f"imap:{mb.name}",
+                                                                          watcher.run, stop),
+                                            name=f"imap-{mb.name}", daemon=True))
         threads.append(threading.Thread(target=wake_loop, args=(stop, app.wake_processor,
                                         s.process_interval_seconds, app.process_pending, "processor"),
                                         name="processor", daemon=True))

@@ -10,6 +10,8 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -19,6 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
+
+from escalations.cases.deflate import deflate, inflate
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -39,6 +43,21 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class CompressedBytes(TypeDecorator[bytes]):
+    """Bytes stored deflated (a BLOB/bytea like any other; see :mod:`escalations.cases.deflate`):
+    mail is mostly text, outgoing mail mostly our own, and small rows keep the database at a few KB
+    per case. Lossless: the raw mail read back is byte for byte what was stored."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def process_bind_param(self, value: bytes | None, dialect: Dialect) -> bytes | None:
+        return None if value is None else deflate(value)
+
+    def process_result_value(self, value: bytes | None, dialect: Dialect) -> bytes | None:
+        return None if value is None else inflate(value)
 
 
 def utc_column(*, nullable: bool = False, index: bool = False) -> Any:
@@ -70,7 +89,7 @@ class InboundMessage(SQLModel, table=True):
     message_id: str | None = Field(default=None, sa_column=Column(String(998), index=True))
     envelope_sender: str | None = Field(default=None, sa_column=Column(String(998)))
     envelope_recipients: list[str] = json_column(list)
-    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    raw: bytes = Field(sa_column=Column(CompressedBytes(), nullable=False))
     size: int = 0
     received_at: datetime = utc_column(index=True)
     #: pending -> done | quarantined ; claimed_at marks work in progress (stale claims are retaken).
@@ -140,13 +159,31 @@ class Case(SQLModel, table=True):
     #: The referral as understood (contains personal data: stays in the database, never in logs).
     fields: dict[str, Any] = json_column(dict)
     missing: list[str] = json_column(list)
+    #: The fingerprint (Partnership.policy_version) of the policy the case was opened under.
     policy_version: str | None = Field(default=None, sa_column=Column(String(128)))
-    #: The partnership policy as it was when the case opened (a later YAML edit does not move deadlines).
-    policy_snapshot: dict[str, Any] = json_column(dict)
+    #: That policy as it was when the case opened, stored once for all its cases (a later YAML edit
+    #: does not move a running case's deadlines).
+    policy_version_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("policy_version.id"), nullable=True, index=True))
     #: Addresses from the referral's text that partnership staff confirmed may be mailed.
     confirmed_addresses: list[str] = json_column(list, server_default="[]")  # for rows older than it
     origin_inbound_id: int | None = None  # no FK: inbound_message already references case
     origin_message_id: str | None = Field(default=None, sa_column=Column(String(998)))
+
+
+class PolicyVersion(SQLModel, table=True):
+    """One partnership policy as it was in effect, once per distinct fingerprint: the cases opened
+    under it refer to it, and are evaluated against it for as long as they run."""
+
+    __tablename__ = "policy_version"
+
+    id: int | None = Field(default=None, primary_key=True)
+    #: Partnership.policy_version: "<policy.version>+<hash of the whole effective config>".
+    fingerprint: str = Field(sa_column=Column(String(128), nullable=False, unique=True))
+    partnership: str = Field(sa_column=Column(String(64), nullable=False, index=True))
+    #: Partnership.model_dump(mode="json").
+    policy: dict[str, Any] = json_column(dict)
+    created_at: datetime = utc_column()
 
 
 class CaseEvent(SQLModel, table=True):
@@ -188,7 +225,7 @@ class OutboxMessage(SQLModel, table=True):
     sender: str = Field(sa_column=Column(String(320), nullable=False))
     recipients: list[str] = json_column(list)
     subject: str = Field(sa_column=Column(String(998), nullable=False))
-    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    raw: bytes = Field(sa_column=Column(CompressedBytes(), nullable=False))
     #: pending | sending | sent | failed
     status: str = Field(default="pending", sa_column=Column(String(16), nullable=False, index=True))
     #: Lower goes first: case mail before notices (ARCHITECTURE: outbox).
@@ -210,6 +247,8 @@ class Timer(SQLModel, table=True):
     """
 
     __tablename__ = "timer"
+    #: The tick's due query: pending (or firing) timers by due time, whatever the number of open cases.
+    __table_args__ = (Index("ix_timer_status_due_at", "status", "due_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(sa_column=Column(String(255), nullable=False, unique=True))
@@ -219,7 +258,7 @@ class Timer(SQLModel, table=True):
     kind: str = Field(sa_column=Column(String(32), nullable=False))
     due_at: datetime = utc_column(index=True)
     #: pending | firing | done | cancelled
-    status: str = Field(default="pending", sa_column=Column(String(16), nullable=False, index=True))
+    status: str = Field(default="pending", sa_column=Column(String(16), nullable=False))  # see __table_args__
     created_at: datetime = utc_column()
     fired_at: datetime | None = nullable_utc()
     claimed_at: datetime | None = nullable_utc()

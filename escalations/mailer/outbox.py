@@ -6,12 +6,15 @@ message, which the recipient's client shows once.
 
 from __future__ import annotations
 
+import email.policy
 import random
+import re
 import threading
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from email import quoprimime
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, formataddr
@@ -19,11 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from escalations.cases.models import OutboxMessage
 from escalations.cases.store import Store
-from escalations.mailer.smtp_sender import DeliveryError, MailSender
+from escalations.mailer.smtp_sender import DeliveryError, MailSender, batch_of
 from escalations.routing.policy.model import SecureRoute
 from escalations.routing.redact import Redactor
 from escalations.routing.workflow.state import OutgoingMail
@@ -73,22 +77,13 @@ def build_message(
     reply_to: str | None = None,
     attachments: Sequence[Attachment] = (),
 ) -> bytes:
+    headers = _headers(mail, from_address=from_address, from_name=from_name, message_id=message_id, date=date,
+                       reply_to=reply_to)
+    if not attachments and all(_plain_header(v) for _, v in headers):
+        return _plain_message(headers, body)
     msg = EmailMessage()
-    msg["From"] = formataddr((from_name, from_address))
-    msg["To"] = ", ".join(mail.to)
-    if mail.cc:
-        msg["Cc"] = ", ".join(mail.cc)
-    if reply_to:
-        msg["Reply-To"] = reply_to
-    msg["Subject"] = mail.subject
-    msg["Date"] = format_datetime(date)
-    msg["Message-ID"] = f"<{message_id}>"
-    if mail.in_reply_to:
-        msg["In-Reply-To"] = f"<{mail.in_reply_to}>"
-        msg["References"] = f"<{mail.in_reply_to}>"
-    # RFC 3834: mark our mail so well-behaved responders do not answer it.
-    msg["Auto-Submitted"] = mail.auto_submitted
-    msg["X-Escalations-Template"] = mail.template.removesuffix(".txt.j2")
+    for name, value in headers:
+        msg[name] = value
     msg.set_content(body, charset="utf-8", cte="quoted-printable")
     for a in attachments:  # forms, only on a secure route (records/attach.py decides)
         msg.add_attachment(a.data, maintype=a.maintype, subtype=a.subtype, filename=a.filename)
@@ -96,6 +91,46 @@ def build_message(
     # character subject onto a continuation line of its own, which some readers show with a
     # leading space; RFC 5322 2.1.1 allows up to 998 (78 is a SHOULD for display).
     return msg.as_bytes(policy=_WIRE)
+
+
+def _headers(mail: OutgoingMail, *, from_address: str, from_name: str, message_id: str, date: datetime,
+             reply_to: str | None) -> list[tuple[str, str]]:
+    headers = [("From", formataddr((from_name, from_address))), ("To", ", ".join(mail.to))]
+    if mail.cc:
+        headers.append(("Cc", ", ".join(mail.cc)))
+    if reply_to:
+        headers.append(("Reply-To", reply_to))
+    headers += [("Subject", mail.subject), ("Date", format_datetime(date)), ("Message-ID", f"<{message_id}>")]
+    if mail.in_reply_to:
+        headers += [("In-Reply-To", f"<{mail.in_reply_to}>"), ("References", f"<{mail.in_reply_to}>")]
+    # RFC 3834: mark our mail so well-behaved responders do not answer it.
+    headers += [("Auto-Submitted", mail.auto_submitted),
+                ("X-Escalations-Template", mail.template.removesuffix(".txt.j2"))]
+    return headers
+
+
+#: A header value the stdlib would write out exactly as it is: printable ASCII, single spaces, short.
+_PLAIN_VALUE = re.compile(r"[!-~]+(?: [!-~]+)*")
+
+
+def _plain_header(value: str) -> bool:
+    return len(value) <= 150 and _PLAIN_VALUE.fullmatch(value) is not None and '"' not in value \
+        and "=?" not in value
+
+
+def _plain_message(headers: list[tuple[str, str]], body: str) -> bytes:
+    """What ``EmailMessage`` + ``set_content(cte="quoted-printable")`` + ``as_bytes(policy=_WIRE)`` make
+    of headers that need no encoding or folding, without building the objects (most of a mail's cost)."""
+    lines = b"\n".join(body.encode("utf-8").splitlines()) + b"\n"
+    encoded = quoprimime.body_encode(lines.decode("latin-1"), _BODY_LINE_LENGTH)
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return (head + _CONTENT_HEADERS + encoded.replace("\n", "\r\n")).encode("ascii")
+
+
+_CONTENT_HEADERS = ('Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n'
+                    "MIME-Version: 1.0\r\n\r\n")
+#: set_content encodes the body under the message's own policy (email.policy.default).
+_BODY_LINE_LENGTH = email.policy.default.max_line_length or 78
 
 
 def enqueue(
@@ -124,7 +159,7 @@ def enqueue(
     ``note`` (about the forms: fixed wording, no case details). ``attachments`` go with the message as
     they are: the caller attaches only what the recipients may receive.
     """
-    existing = session.exec(select(OutboxMessage).where(OutboxMessage.dedupe_key == mail.dedupe_key)).first()
+    existing = session.exec(select(OutboxMessage.id).where(OutboxMessage.dedupe_key == mail.dedupe_key)).first()
     if existing is not None:
         return None
     message_id = message_id or new_message_id(message_id_domain)
@@ -152,8 +187,15 @@ def enqueue(
         next_attempt_at=now,
         created_at=now,
     )
-    session.add(row)
+    # a Core insert, not the ORM's unit of work: the row is only ever written once, here
+    values = {c: getattr(row, c) for c in _OUTBOX_COLUMNS}
+    row.id = session.connection().execute(insert(OutboxMessage).values(values)
+                                          .returning(col(OutboxMessage.id))).scalar_one()
     return row
+
+
+_OUTBOX_COLUMNS = ("dedupe_key", "message_id", "case_id", "template", "sender", "recipients", "subject", "raw",
+                   "status", "priority", "attempts", "next_attempt_at", "created_at")
 
 
 #: Rows claimed at a time; send_due keeps claiming until a batch comes back short.
@@ -260,40 +302,49 @@ class OutboxDispatcher:
                 return sent
 
     def _send_batch(self, batch: list[int]) -> int:
-        sent = 0
-        for i, oid in enumerate(batch):
-            if self.stopping.is_set():
-                released = self.store.release_outbox(batch[i:])
-                log.info("outbox.released_at_stop", count=released)
-                break
-            row = self.store.get_outbox(oid)
-            if row is None:
-                continue
-            until = self.cap_deferral(list(row.recipients), self.store.clock.now())
-            if until is not None:
-                self._defer(oid, until)
-                log.warning("outbox.deferred", outbox_id=oid, message_id=row.message_id, until=until.isoformat(),
-                            reason="per-address hourly cap")
-                continue
-            try:
-                self.sender.send(row.sender, list(row.recipients), row.raw, name_hint=f"{row.id:06d}-{row.message_id}")
-            except DeliveryError as exc:
-                attempts = row.attempts + 1
-                final = exc.permanent or attempts >= self.max_attempts
-                retry_at = None if final else self.store.clock.now() + self.retry_delay(attempts)
-                self.store.mark_outbox_failed(oid, str(exc), retry_at)
-                log.warning("outbox.send_failed", outbox_id=oid, message_id=row.message_id, attempts=attempts,
-                            permanent=exc.permanent, final=final, error=str(exc))
-                continue
-            except Exception as exc:  # never lose the row to an unexpected error
-                attempts = row.attempts + 1
-                self.store.mark_outbox_failed(oid, f"{type(exc).__name__}: {exc}",
-                                              self.store.clock.now() + self.retry_delay(attempts))
-                log.exception("outbox.send_error", outbox_id=oid, message_id=row.message_id)
-                continue
-            self.store.mark_outbox_sent(oid)
-            self._count_sent(list(row.recipients), self.store.clock.now())
-            sent += 1
-            log.info("outbox.sent", outbox_id=oid, message_id=row.message_id, template=row.template,
-                     case_id=row.case_id)
-        return sent
+        """Send the claimed rows over one connection; those sent are marked sent in one update (also
+        when stopping or on an unexpected error), the others each as they fail."""
+        rows = self.store.get_outboxes(batch)
+        sent: list[OutboxMessage] = []
+        try:
+            with batch_of(self.sender) as connection:
+                for i, row in enumerate(rows):
+                    if self.stopping.is_set():
+                        released = self.store.release_outbox([r.id or 0 for r in rows[i:]])
+                        log.info("outbox.released_at_stop", count=released)
+                        break
+                    if self._send_one(connection, row):
+                        sent.append(row)
+        finally:
+            self.store.mark_outboxes_sent([r.id or 0 for r in sent])
+        if sent:
+            log.info("outbox.sent", count=len(sent), outbox_ids=[r.id for r in sent])
+        return len(sent)
+
+    def _send_one(self, connection: MailSender, row: OutboxMessage) -> bool:
+        oid = row.id or 0
+        until = self.cap_deferral(list(row.recipients), self.store.clock.now())
+        if until is not None:
+            self._defer(oid, until)
+            log.warning("outbox.deferred", outbox_id=oid, message_id=row.message_id, until=until.isoformat(),
+                        reason="per-address hourly cap")
+            return False
+        try:
+            connection.send(row.sender, list(row.recipients), row.raw, name_hint=f"{oid:06d}-{row.message_id}")
+        except DeliveryError as exc:
+            attempts = row.attempts + 1
+            final = exc.permanent or attempts >= self.max_attempts
+            retry_at = None if final else self.store.clock.now() + self.retry_delay(attempts)
+            self.store.mark_outbox_failed(oid, str(exc), retry_at)
+            log.warning("outbox.send_failed", outbox_id=oid, message_id=row.message_id, attempts=attempts,
+                        permanent=exc.permanent, final=final, error=str(exc))
+            return False
+        except Exception as exc:  # never lose the row to an unexpected error
+            attempts = row.attempts + 1
+            self.store.mark_outbox_failed(oid, f"{type(exc).__name__}: {exc}",
+                                          self.store.clock.now() + self.retry_delay(attempts))
+            log.exception("outbox.send_error", outbox_id=oid, message_id=row.message_id)
+            return False
+        # counted at once: the next row of this batch may be one mail too many for the same address
+        self._count_sent(list(row.recipients), self.store.clock.now())
+        return True

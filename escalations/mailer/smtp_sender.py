@@ -6,6 +6,8 @@ import os
 import re
 import smtplib
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -23,6 +25,18 @@ class DeliveryError(Exception):
 
 class MailSender(Protocol):
     def send(self, sender: str, recipients: list[str], raw: bytes, *, name_hint: str) -> None: ...
+
+
+@contextmanager
+def batch_of(sender: MailSender) -> Iterator[MailSender]:
+    """A sender for several mails in a row: the same connection for all of them where the sender
+    keeps one (the SMTP relay), the sender itself otherwise."""
+    batch = getattr(sender, "batch", None)
+    if batch is None:
+        yield sender
+        return
+    with batch() as connected:
+        yield connected
 
 
 class FileSender:
@@ -61,38 +75,38 @@ class SmtpRelaySender:
         return ctx
 
     def send(self, sender: str, recipients: list[str], raw: bytes, *, name_hint: str) -> None:
-        r = self.relay
+        with self.batch() as connected:
+            connected.send(sender, recipients, raw, name_hint=name_hint)
+
+    @contextmanager
+    def batch(self) -> Iterator[_Connection]:
+        """Sends over one connection, opened at the first send and again after a failure."""
+        connection = _Connection(self)
         try:
-            client: smtplib.SMTP
-            if r.security == "ssl":
-                client = smtplib.SMTP_SSL(r.host, r.port, timeout=r.timeout_seconds, context=self._context())
-            else:
-                client = smtplib.SMTP(r.host, r.port, timeout=r.timeout_seconds)
-            with client:
+            yield connection
+        finally:
+            connection.close()
+
+    def connect(self) -> smtplib.SMTP:
+        r = self.relay
+        client: smtplib.SMTP
+        if r.security == "ssl":
+            client = smtplib.SMTP_SSL(r.host, r.port, timeout=r.timeout_seconds, context=self._context())
+        else:
+            client = smtplib.SMTP(r.host, r.port, timeout=r.timeout_seconds)
+        try:
+            client.ehlo()
+            if r.security == "starttls":
+                client.starttls(context=self._context())
                 client.ehlo()
-                if r.security == "starttls":
-                    client.starttls(context=self._context())
-                    client.ehlo()
-                if self.tokens is not None:
-                    self._xoauth2(client)
-                elif r.username:
-                    client.login(r.username, r.login_password())
-                refused = client.sendmail(sender, recipients, raw)
-                if refused:
-                    # Partial refusal: the accepted ones have it; retrying would send twice to them.
-                    codes = {addr: code for addr, (code, _msg) in refused.items()}
-                    raise DeliveryError(f"recipients refused: {codes}", permanent=True)
-        except smtplib.SMTPRecipientsRefused as exc:
-            permanent = all(code >= 500 for code, _ in exc.recipients.values())
-            raise DeliveryError(f"all recipients refused: {sorted(exc.recipients)}", permanent=permanent) from exc
-        except smtplib.SMTPResponseException as exc:
-            raise DeliveryError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", permanent=exc.smtp_code >= 500) from exc
-        except (OSError, smtplib.SMTPException) as exc:
-            raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
-        except TokenError as exc:  # retried with backoff: the administrator may be fixing the app
-            raise DeliveryError(f"no OAuth2 token: {exc.code}") from exc
-        except ValueError as exc:  # a secret's variable or file is missing
-            raise DeliveryError(f"relay credentials: {exc}") from exc
+            if self.tokens is not None:
+                self._xoauth2(client)
+            elif r.username:
+                client.login(r.username, r.login_password())
+        except BaseException:
+            client.close()
+            raise
+        return client
 
     def _xoauth2(self, client: smtplib.SMTP) -> None:
         assert self.tokens is not None
@@ -114,3 +128,53 @@ def _auth_xoauth2(client: smtplib.SMTP, user: str, token: str) -> None:
     # and the server then gives the 535 (the SASL XOAUTH2 exchange).
     client.auth("XOAUTH2", lambda challenge=None: xoauth2_string(user, token) if challenge is None else "",
                 initial_response_ok=True)
+
+
+class _Connection:
+    """One relay connection for a batch of sends. Any failure but a refusal of recipients drops it
+    (the next send connects again): its state after an error is not worth guessing."""
+
+    def __init__(self, relay: SmtpRelaySender) -> None:
+        self.relay = relay
+        self.client: smtplib.SMTP | None = None
+
+    def send(self, sender: str, recipients: list[str], raw: bytes, *, name_hint: str) -> None:
+        try:
+            if self.client is None:
+                self.client = self.relay.connect()
+            refused = self.client.sendmail(sender, recipients, raw)
+        except smtplib.SMTPRecipientsRefused as exc:
+            permanent = all(code >= 500 for code, _ in exc.recipients.values())
+            raise DeliveryError(f"all recipients refused: {sorted(exc.recipients)}", permanent=permanent) from exc
+        except Exception as exc:
+            self.close()
+            error = _delivery_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        if refused:
+            # Partial refusal: the accepted ones have it; retrying would send twice to them.
+            codes = {addr: code for addr, (code, _msg) in refused.items()}
+            raise DeliveryError(f"recipients refused: {codes}", permanent=True)
+
+    def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            try:
+                client.quit()
+            except (OSError, smtplib.SMTPException):
+                client.close()
+
+
+def _delivery_error(exc: Exception) -> Exception:
+    """What a failed send is, for the outbox: a DeliveryError (retried unless permanent), or the
+    exception itself if it is none of ours to judge."""
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return DeliveryError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", permanent=exc.smtp_code >= 500)
+    if isinstance(exc, (OSError, smtplib.SMTPException)):
+        return DeliveryError(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, TokenError):  # retried with backoff: the administrator may be fixing the app
+        return DeliveryError(f"no OAuth2 token: {exc.code}")
+    if isinstance(exc, ValueError):  # a secret's variable or file is missing
+        return DeliveryError(f"relay credentials: {exc}")
+    return exc

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from escalations.cases.models import Case, CaseEvent, OutboxMessage
+from escalations.cases.models import Case, CaseEvent, OutboxMessage, PolicyVersion
 from escalations.cases.store import Store
 from escalations.parsers.fields import ReferralFields
 from escalations.records.models import LegalHold
@@ -111,13 +111,14 @@ class CaseRecord:
         return tuple(e for e in self.events if e.kind in kinds)
 
 
-def _record(case: Case, events: Sequence[CaseEvent], mailed: Iterable[str], held: bool) -> CaseRecord:
+def _record(case: Case, events: Sequence[CaseEvent], mailed: Iterable[str], held: bool,
+            policy: Mapping[str, Any]) -> CaseRecord:
     return CaseRecord(
         id=case.id or 0, reference=case.reference, partnership=case.partnership, status=case.status,
         stage=case.stage, route=case.route, opened_at=case.opened_at, closed_at=case.closed_at, due_at=case.due_at,
         raising_agency=case.raising_agency, other_agency=case.other_agency, raised_by_email=case.raised_by_email,
         immediate_risk=case.immediate_risk, fields=ReferralFields.from_json(case.fields),
-        parties=tuple(case.parties), policy_snapshot=case.policy_snapshot or {},
+        parties=tuple(case.parties), policy_snapshot=policy,
         events=tuple(EventView(e.at, e.kind, e.actor, e.clause, dict(e.detail)) for e in events),
         mailed=tuple(sorted(set(mailed))), legal_hold=held)
 
@@ -167,7 +168,12 @@ def _load(s: Session, partnership: str | None, opened_from: datetime | None, ope
                                   .where(col(OutboxMessage.case_id).in_(chunk))).all():
             mailed[cid or 0].update(recips)
         held.update(s.exec(select(LegalHold.case_id).where(col(LegalHold.case_id).in_(chunk))).all())
-    return [_record(c, events[c.id or 0], mailed[c.id or 0], (c.id or 0) in held) for c in cases]
+    # each policy version once, however many cases were opened under it
+    version_ids = list({c.policy_version_id for c in cases if c.policy_version_id is not None})
+    policies = dict(s.exec(select(PolicyVersion.id, PolicyVersion.policy)
+                           .where(col(PolicyVersion.id).in_(version_ids))).all()) if version_ids else {}
+    return [_record(c, events[c.id or 0], mailed[c.id or 0], (c.id or 0) in held,
+                    policies.get(c.policy_version_id) or {}) for c in cases]
 
 
 def load_record(store: Store, reference: str) -> CaseRecord | None:

@@ -4,6 +4,7 @@ an empty database is created without `escalations db upgrade`."""
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -322,3 +323,65 @@ def test_db_commands_have_help() -> None:
     for args in (["db", "--help"], ["db", "upgrade", "--help"], ["db", "current", "--help"]):
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 0 and "Usage" in result.stdout, args
+
+
+# ---- revision 0004: policy versions stored once ----------------------------------------------------
+
+
+def fill_revision_3_cases(engine: Engine) -> dict[str, object]:
+    """Cases as revision 0003 wrote them, each with its own copy of the policy: two opened under one
+    version, one under another, one from before versions were recorded, one with no copy at all."""
+    when = T0 if engine.dialect.name == "postgresql" else T0.replace(tzinfo=None)
+    policy_a = {"id": "city-and-hackney", "name": "A", "stages": [1, 2, 3]}
+    policy_b = {"id": "city-and-hackney", "name": "B", "stages": [1, 2]}
+    unversioned = {"id": "havering", "name": "old"}
+    meta = sa.MetaData()
+    meta.reflect(engine)
+    t = meta.tables
+    rows = [(1, "v1+aaa", policy_a), (2, "v1+aaa", policy_a), (3, "v2+bbb", policy_b), (4, None, unversioned),
+            (5, None, {})]
+    with engine.begin() as conn:
+        for case_id, version, snapshot in rows:
+            conn.execute(t["case"].insert(), {
+                "id": case_id, "reference": f"CH-2026-000{case_id}", "partnership": snapshot.get("id", "sutton"),
+                "status": "open", "parties": [], "resolution": {}, "opened_at": when, "updated_at": when,
+                "immediate_risk": False, "fields": {}, "missing": [], "policy_version": version,
+                "policy_snapshot": snapshot, "confirmed_addresses": []})
+        # rows that refer to the cases: the upgrade must not rebuild the table under them
+        conn.execute(t["case_event"].insert(), [{"case_id": i, "at": when, "kind": "case_opened", "detail": {}}
+                                                 for i, _, _ in rows])
+    return {"a": policy_a, "b": policy_b, "unversioned": unversioned}
+
+
+def test_revision_4_stores_each_policy_once_and_back(engine: Engine) -> None:
+    with engine.begin() as conn:
+        command.upgrade(schema._config(conn), "0003")
+    policies = fill_revision_3_cases(engine)
+    schema.upgrade(engine)
+    assert diff_with_models(engine) == []
+    with engine.connect() as conn:
+        versions = {r.fingerprint: r for r in conn.execute(sa.text(
+            "SELECT id, fingerprint, partnership, policy FROM policy_version")).all()}
+        refs = dict(conn.execute(sa.text('SELECT id, policy_version_id FROM "case"')).all())
+        events = conn.execute(sa.text("SELECT count(*) FROM case_event")).scalar_one()
+    assert events == 5
+    hashed = [f for f in versions if f.startswith("snapshot+")]
+    assert sorted(versions) == sorted(["v1+aaa", "v2+bbb", *hashed]) and len(hashed) == 1
+
+    def policy(fp: str) -> object:
+        value = versions[fp].policy
+        return json.loads(value) if isinstance(value, str) else value
+
+    assert (policy("v1+aaa"), policy("v2+bbb"), policy(hashed[0])) == \
+        (policies["a"], policies["b"], policies["unversioned"])
+    assert refs == {1: versions["v1+aaa"].id, 2: versions["v1+aaa"].id, 3: versions["v2+bbb"].id,
+                    4: versions[hashed[0]].id, 5: None}
+    assert versions[hashed[0]].partnership == "havering"
+
+    with engine.begin() as conn:
+        command.downgrade(schema._config(conn), "0003")
+    with engine.connect() as conn:
+        snapshots = {i: json.loads(s) if isinstance(s, str) else s for i, s in conn.execute(
+            sa.text('SELECT id, policy_snapshot FROM "case"')).all()}
+        assert "policy_version" not in sa.inspect(conn).get_table_names()
+    assert snapshots == {1: policies["a"], 2: policies["a"], 3: policies["b"], 4: policies["unversioned"], 5: {}}

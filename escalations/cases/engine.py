@@ -1,0 +1,95 @@
+"""The database engine: SQLite (WAL, busy timeout, writers queued fairly in this process, usable
+across threads) or PostgreSQL (psycopg 3); JSON written compactly."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import StaticPool
+from sqlmodel import create_engine
+
+#: Execution option marking a read-only transaction (plain BEGIN on SQLite).
+READ_ONLY = "escalations_read_only"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not pysqlite, issue BEGIN, so "BEGIN IMMEDIATE" below takes effect.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+#: One write lock per SQLite database in this process, shared by every engine on it.
+_WRITE_LOCKS: dict[str, threading.Lock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+#: How long a writer waits for its turn (SQLite's own busy timeout is the same).
+WRITE_WAIT_SECONDS = 30.0
+_HOLDS_WRITE_LOCK = "escalations_holds_write_lock"
+
+
+def _write_lock_for(url: str) -> threading.Lock:
+    with _WRITE_LOCKS_GUARD:
+        return _WRITE_LOCKS.setdefault(url, threading.Lock())
+
+
+def _serialise_writers(engine: Engine, lock: threading.Lock) -> None:
+    """Writers take their turn on a lock in this process before BEGIN IMMEDIATE. Without it the
+    threads met in SQLite's busy handler, which sleeps and retries: the outbox waited most of its
+    time there, and new mail could lose the race to backlog traffic again and again. A waiter on a
+    lock is woken when it is released. Pure reads (Store.reading) take neither (WAL)."""
+
+    def begin(conn: Any) -> None:
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+            return
+        if not lock.acquire(timeout=WRITE_WAIT_SECONDS):
+            raise OperationalError("BEGIN IMMEDIATE", None, Exception("database is locked (write lock)"))
+        conn.info[_HOLDS_WRITE_LOCK] = True
+        try:
+            # Writers serialise at BEGIN instead of failing on lock upgrade mid-transaction.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            release(conn)
+            raise
+
+    def release(conn: Any, *_args: Any) -> None:
+        if conn.info.pop(_HOLDS_WRITE_LOCK, False):
+            lock.release()
+
+    def reset(_dbapi_conn: Any, record: Any, _reset_state: Any) -> None:
+        # a connection given back to the pool without a rollback of ours (e.g. a session left to the GC)
+        if record.info.pop(_HOLDS_WRITE_LOCK, False):
+            lock.release()
+
+    event.listen(engine, "begin", begin)
+    event.listen(engine, "commit", release)
+    event.listen(engine, "rollback", release)
+    event.listen(engine.pool, "reset", reset)
+
+
+def _compact_json(value: Any) -> str:
+    # no spaces after separators: JSON columns are a good part of every case's rows
+    return json.dumps(value, separators=(",", ":"))
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for SQLite (WAL, busy timeout, usable across threads) or PostgreSQL (psycopg 3)."""
+    if url.startswith("sqlite"):
+        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+        if url in ("sqlite://", "sqlite:///:memory:"):
+            kwargs["poolclass"] = StaticPool
+        engine = create_engine(url, hide_parameters=True, json_serializer=_compact_json, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        _serialise_writers(engine, _write_lock_for(url))
+        return engine
+    # hide_parameters: a database error must never echo a message body (child data) into a log.
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True, json_serializer=_compact_json)

@@ -1,0 +1,244 @@
+"""Raw inbound mail: its identity (keys, fingerprints), storing it once, IMAP cursors, quarantine,
+and each mailbox's health. Mixed into :class:`~escalations.cases.store.Store`."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from escalations.cases.models import ImapCursor, InboundAlias, InboundMessage, MailboxHealth
+from escalations.cases.repository import SessionSource
+
+log = structlog.get_logger("escalations.store")
+
+_HEADER_SPLIT = re.compile(rb"\r?\n\r?\n")
+_FINGERPRINT_HEADERS = (b"message-id", b"from", b"date", b"subject")
+
+
+def split_raw(raw: bytes) -> tuple[bytes, bytes]:
+    parts = _HEADER_SPLIT.split(raw, maxsplit=1)
+    return (parts[0], parts[1] if len(parts) > 1 else b"")
+
+
+def _header_values(header_block: bytes) -> dict[bytes, bytes]:
+    found: dict[bytes, bytes] = {}
+    current: bytes | None = None
+    for line in header_block.splitlines():
+        if line[:1] in (b" ", b"\t") and current is not None:
+            found[current] += b" " + line.strip()
+            continue
+        name, sep, value = line.partition(b":")
+        current = None
+        if sep:
+            key = name.strip().lower()
+            if key in _FINGERPRINT_HEADERS and key not in found:
+                found[key] = value.strip()
+                current = key
+    return found
+
+
+def fingerprint(raw: bytes) -> str:
+    """Identity of a message independent of transit headers and line-ending changes."""
+    header_block, body = split_raw(raw)
+    values = _header_values(header_block)
+    h = hashlib.sha256()
+    if not values:  # not a recognisable message: only its exact bytes identify it
+        h.update(b"raw=" + raw)
+    for name in _FINGERPRINT_HEADERS:
+        h.update(name + b"=" + b" ".join(values.get(name, b"").split()) + b"\n")
+    h.update(b"\n".join(line.rstrip() for line in body.replace(b"\r\n", b"\n").split(b"\n")).rstrip())
+    return h.hexdigest()
+
+
+def message_id_of(raw: bytes) -> str | None:
+    mid = _header_values(split_raw(raw)[0]).get(b"message-id")
+    if not mid:
+        return None
+    return mid.decode("ascii", "replace").strip().strip("<>").strip() or None
+
+
+def content_key(raw: bytes) -> str:
+    """Idempotency key for mail that did not come from IMAP: SHA-256 of the bytes plus Message-ID."""
+    return f"sha256:{hashlib.sha256(raw).hexdigest()}|mid:{message_id_of(raw) or '-'}"
+
+
+def imap_key(account: str, folder: str, uidvalidity: int, uid: int) -> str:
+    return f"imap:{account}:{folder}:{uidvalidity}:{uid}"
+
+
+@dataclass(frozen=True)
+class StoredInbound:
+    id: int
+    created: bool
+
+
+#: The fallback lease: a claim this old is free whoever holds it (an owner on another host that
+
+
+class InboundRecords(SessionSource):
+    def store_inbound(
+        self,
+        raw: bytes,
+        *,
+        source: str,
+        idempotency_key: str | None = None,
+        account: str | None = None,
+        folder: str | None = None,
+        envelope_sender: str | None = None,
+        envelope_recipients: Sequence[str] = (),
+        received_at: datetime | None = None,
+        imap_cursor: tuple[int, int] | None = None,
+    ) -> StoredInbound:
+        """Commit the raw bytes once. Returns the existing row for a key or fingerprint seen before.
+
+        ``imap_cursor=(uidvalidity, uid)`` advances the folder's cursor in the same transaction.
+        """
+        key = idempotency_key or content_key(raw)
+        fp = fingerprint(raw)
+        for _attempt in range(5):
+            try:
+                with self.session() as s:
+                    existing = self._find_inbound(s, key, fp)
+                    if existing is not None:
+                        if existing.idempotency_key != key and s.get(InboundAlias, key) is None:
+                            s.add(InboundAlias(idempotency_key=key, inbound_id=existing.id or 0,
+                                               created_at=self.clock.now()))
+                        if imap_cursor and account and folder:
+                            self._advance_cursor(s, account, folder, *imap_cursor)
+                        s.commit()
+                        return StoredInbound(existing.id or 0, False)
+                    row = InboundMessage(
+                        source=source,
+                        idempotency_key=key,
+                        fingerprint=fp,
+                        account=account,
+                        folder=folder,
+                        message_id=message_id_of(raw),
+                        envelope_sender=envelope_sender,
+                        envelope_recipients=list(envelope_recipients),
+                        raw=raw,
+                        size=len(raw),
+                        received_at=received_at or self.clock.now(),
+                    )
+                    s.add(row)
+                    if imap_cursor and account and folder:
+                        self._advance_cursor(s, account, folder, *imap_cursor)
+                    s.commit()
+                    return StoredInbound(row.id or 0, True)
+            except IntegrityError:
+                continue  # a concurrent writer stored it first: look again
+        raise RuntimeError("could not store inbound message after concurrent conflicts")
+
+    @staticmethod
+    def _find_inbound(s: Session, key: str, fp: str) -> InboundMessage | None:
+        row = s.exec(select(InboundMessage).where(InboundMessage.idempotency_key == key)).first()
+        if row is not None:
+            return row
+        alias = s.get(InboundAlias, key)
+        if alias is not None:
+            return s.get(InboundMessage, alias.inbound_id)
+        return s.exec(select(InboundMessage).where(InboundMessage.fingerprint == fp)).first()
+
+    def has_inbound_key(self, key: str) -> bool:
+        with self.reading() as s:
+            if s.exec(select(InboundMessage.id).where(InboundMessage.idempotency_key == key)).first():
+                return True
+            return s.get(InboundAlias, key) is not None
+
+    def stored_imap_uids(self, account: str, folder: str, uidvalidity: int, uids: Sequence[int]) -> set[int]:
+        """Which of these UIDs of a folder are stored (under their own key or as an alias)."""
+        found: set[int] = set()
+        uid_list = list(uids)
+        with self.reading() as s:
+            for start in range(0, len(uid_list), 500):
+                keys = {imap_key(account, folder, uidvalidity, u): u for u in uid_list[start:start + 500]}
+                hits = [*s.exec(select(InboundMessage.idempotency_key)
+                                .where(col(InboundMessage.idempotency_key).in_(list(keys)))).all(),
+                        *s.exec(select(InboundAlias.idempotency_key)
+                                .where(col(InboundAlias.idempotency_key).in_(list(keys)))).all()]
+                found.update(keys[k] for k in hits)
+        return found
+
+    def _advance_cursor(self, s: Session, account: str, folder: str, uidvalidity: int, uid: int) -> None:
+        cur = s.exec(select(ImapCursor).where(ImapCursor.account == account, ImapCursor.folder == folder)).first()
+        now = self.clock.now()
+        if cur is None:
+            s.add(ImapCursor(account=account, folder=folder, uidvalidity=uidvalidity, last_uid=uid, updated_at=now))
+        elif cur.uidvalidity != uidvalidity:
+            cur.uidvalidity, cur.last_uid, cur.updated_at = uidvalidity, uid, now
+        elif uid > cur.last_uid:
+            cur.last_uid, cur.updated_at = uid, now
+
+    def imap_cursor(self, account: str, folder: str) -> tuple[int, int] | None:
+        with self.reading() as s:
+            cur = s.exec(
+                select(ImapCursor).where(ImapCursor.account == account, ImapCursor.folder == folder)
+            ).first()
+            return (cur.uidvalidity, cur.last_uid) if cur else None
+
+    def reset_imap_cursor(self, account: str, folder: str, uidvalidity: int) -> None:
+        """UIDVALIDITY changed: start the folder again; fingerprints stop re-stored mail duplicating."""
+        with self.session() as s:
+            cur = s.exec(
+                select(ImapCursor).where(ImapCursor.account == account, ImapCursor.folder == folder)
+            ).first()
+            if cur is None:
+                s.add(ImapCursor(account=account, folder=folder, uidvalidity=uidvalidity, last_uid=0,
+                                 updated_at=self.clock.now()))
+            else:
+                cur.uidvalidity, cur.last_uid, cur.updated_at = uidvalidity, 0, self.clock.now()
+            s.commit()
+
+    def record_mailbox_contact(self, name: str, *, idle: bool | None = None, error_code: str | None = None) -> None:
+        """A watcher's successful contact (``error_code`` None) or failure, for status and alerts."""
+        now = self.lease_clock.now()  # about the process and the server, not a case's deadlines
+        for _ in range(2):  # a concurrent first insert: update the row it made
+            with self.session() as s:
+                row = s.get(MailboxHealth, name)
+                if row is None:
+                    row = MailboxHealth(name=name, since_at=now)
+                if error_code is None:
+                    row.last_ok_at, row.idle = now, idle
+                else:
+                    row.last_error_at, row.last_error_code = now, error_code[:64]
+                s.add(row)
+                try:
+                    s.commit()
+                    return
+                except IntegrityError:
+                    s.rollback()
+
+    def pending_inbound_count(self) -> int:
+        with self.reading() as s:
+            return s.exec(
+                select(func.count()).select_from(InboundMessage).where(InboundMessage.status == "pending")
+            ).one()
+
+    def quarantine(self, inbound_id: int, error: str) -> None:
+        with self.session() as s:
+            row = s.get(InboundMessage, inbound_id)
+            if row is None:
+                return
+            row.status, row.error, row.claimed_at, row.claimed_by = "quarantined", error, None, None
+            row.processed_at = self.clock.now()
+            s.commit()
+
+    def list_inbound(self, status: str | None = None) -> list[InboundMessage]:
+        with self.reading() as s:
+            q = select(InboundMessage).order_by(col(InboundMessage.id))
+            if status:
+                q = q.where(InboundMessage.status == status)
+            return list(s.exec(q).all())
+
+    def get_inbound(self, inbound_id: int) -> InboundMessage | None:
+        with self.reading() as s:
+            return s.get(InboundMessage, inbound_id)
+

@@ -1,0 +1,184 @@
+"""Queries and writes of cases, their events, outgoing mail rows and timers. The functions that take
+a ``Session`` work in the caller's transaction; the others open their own. Mixed into
+:class:`~escalations.cases.store.Store`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session, col, select
+
+from escalations.cases.models import Case, CaseEvent, OutboxMessage, ReferenceCounter, Timer
+from escalations.clock import Clock
+
+
+class SessionSource:
+    """What the record mixins need of the store: its clocks and its two kinds of session."""
+
+    clock: Clock
+    lease_clock: Clock
+
+    def session(self) -> AbstractContextManager[Session]:
+        raise NotImplementedError
+
+    def reading(self) -> AbstractContextManager[Session]:
+        raise NotImplementedError
+
+
+class Records(SessionSource):
+    # ---- cases -----------------------------------------------------------------------------
+
+    @staticmethod
+    def allocate_reference(s: Session, prefix: str, year: int) -> str:
+        """Next reference such as CH-2026-0001, inside the caller's transaction: one atomic increment
+        (the year's first referral, in two processes at once, makes its counter once)."""
+        conn = s.connection()
+        match = (col(ReferenceCounter.prefix) == prefix, col(ReferenceCounter.year) == year)
+        bump = update(ReferenceCounter).where(*match).values(last=ReferenceCounter.last + 1) \
+            .returning(col(ReferenceCounter.last))
+        last = conn.execute(bump).scalar()
+        if last is None:
+            insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            conn.execute(insert(ReferenceCounter).values(prefix=prefix, year=year, last=0)
+                         .on_conflict_do_nothing(index_elements=["prefix", "year"]))
+            last = conn.execute(bump).scalar_one()
+        return f"{prefix}-{year}-{last:04d}"
+
+    def list_cases(self, partnership: str | None = None, status: str | None = None) -> list[Case]:
+        with self.reading() as s:
+            q = select(Case).order_by(col(Case.id))
+            if partnership:
+                q = q.where(Case.partnership == partnership)
+            if status:
+                q = q.where(Case.status == status)
+            return list(s.exec(q).all())
+
+    def case_by_reference(self, reference: str) -> Case | None:
+        with self.reading() as s:
+            return s.exec(select(Case).where(func.upper(Case.reference) == reference.upper())).first()
+
+    def case_events(self, case_id: int) -> list[CaseEvent]:
+        with self.reading() as s:
+            return list(s.exec(select(CaseEvent).where(CaseEvent.case_id == case_id)
+                               .order_by(col(CaseEvent.at), col(CaseEvent.id))).all())
+
+    @staticmethod
+    def case_for_message_ids(s: Session, message_ids: Sequence[str]) -> Case | None:
+        """The case one of our sent messages (or the referral itself) belongs to."""
+        ids = [m for m in message_ids if m]
+        if not ids:
+            return None
+        out = s.exec(select(OutboxMessage).where(col(OutboxMessage.message_id).in_(ids),
+                                                 col(OutboxMessage.case_id).is_not(None))).first()
+        if out is not None and out.case_id is not None:
+            return s.get(Case, out.case_id)
+        return s.exec(select(Case).where(col(Case.origin_message_id).in_(ids))).first()
+
+
+    # ---- outbox ----------------------------------------------------------------------------
+
+    def get_outbox(self, outbox_id: int) -> OutboxMessage | None:
+        with self.reading() as s:
+            return s.get(OutboxMessage, outbox_id)
+
+    def get_outboxes(self, outbox_ids: Sequence[int]) -> list[OutboxMessage]:
+        """The rows, in the order asked (those that exist)."""
+        if not outbox_ids:
+            return []
+        with self.reading() as s:
+            found = {r.id: r for r in s.exec(select(OutboxMessage).where(col(OutboxMessage.id).in_(list(outbox_ids))))}
+        return [found[i] for i in outbox_ids if i in found]
+
+    def mark_outbox_sent(self, outbox_id: int) -> None:
+        self.mark_outboxes_sent([outbox_id])
+
+    def mark_outboxes_sent(self, outbox_ids: Sequence[int]) -> None:
+        """Sent, all in one update (a batch sent over one connection)."""
+        if not outbox_ids:
+            return
+        with self.session() as s:
+            s.exec(update(OutboxMessage).where(col(OutboxMessage.id).in_(list(outbox_ids)))
+                   .values(status="sent", sent_at=self.clock.now(), last_error=None,
+                           attempts=OutboxMessage.attempts + 1))
+            s.commit()
+
+    def mark_outbox_failed(self, outbox_id: int, error: str, retry_at: datetime | None) -> None:
+        with self.session() as s:
+            row = s.get(OutboxMessage, outbox_id)
+            if row is not None:
+                row.attempts += 1
+                row.last_error = error
+                if retry_at is None:
+                    row.status = "failed"
+                else:
+                    row.status, row.next_attempt_at = "pending", retry_at
+                s.commit()
+
+    def list_outbox(self, status: str | None = None) -> list[OutboxMessage]:
+        with self.reading() as s:
+            q = select(OutboxMessage).order_by(col(OutboxMessage.id))
+            if status:
+                q = q.where(OutboxMessage.status == status)
+            return list(s.exec(q).all())
+
+    def next_outbox_due(self) -> datetime | None:
+        with self.reading() as s:
+            return s.exec(
+                select(func.min(OutboxMessage.next_attempt_at)).where(OutboxMessage.status == "pending")
+            ).one()
+
+    # ---- timers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def schedule_timer(s: Session, *, case_id: int, stage: int | None, kind: str, due_at: datetime,
+                       now: datetime, key: str | None = None) -> bool:
+        """Add a timer in the caller's transaction unless one with the same key exists (True: added)."""
+        row = {"key": key or f"{case_id}:{stage}:{kind}", "case_id": case_id, "stage": stage, "kind": kind,
+               "due_at": due_at, "created_at": now}
+        return Records.schedule_timers(s, [row]) == 1
+
+    @staticmethod
+    def schedule_timers(s: Session, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Add these timers (key, case_id, stage, kind, due_at, created_at) in one statement, those whose
+        key exists left as they are; returns how many were added."""
+        if not rows:
+            return 0
+        insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+        statement = insert(Timer).values([{**r, "status": "pending"} for r in rows])
+        result = s.connection().execute(statement.on_conflict_do_nothing(index_elements=["key"]))
+        return int(result.rowcount or 0)
+
+    @staticmethod
+    def cancel_timers(s: Session, case_id: int, *, kinds: Sequence[str] | None = None) -> int:
+        q = update(Timer).where(col(Timer.case_id) == case_id, col(Timer.status) == "pending")
+        if kinds:
+            q = q.where(col(Timer.kind).in_(list(kinds)))
+        result = s.exec(q.values(status="cancelled"))
+        return int(result.rowcount or 0)
+
+    def list_timers(self, case_id: int | None = None, status: str | None = None) -> list[Timer]:
+        with self.reading() as s:
+            q = select(Timer).order_by(col(Timer.due_at), col(Timer.id))
+            if case_id is not None:
+                q = q.where(Timer.case_id == case_id)
+            if status:
+                q = q.where(Timer.status == status)
+            return list(s.exec(q).all())
+
+    def retry_timer(self, timer_id: int) -> bool:
+        """Put a failed timer back to pending (after the cause is fixed); the next tick fires it."""
+        with self.session() as s:
+            res = s.exec(
+                update(Timer)
+                .where(col(Timer.id) == timer_id, col(Timer.status) == "failed")
+                .values(status="pending", claimed_at=None, claimed_by=None, fired_at=None)
+            )
+            s.commit()
+            return bool(res.rowcount == 1)
+

@@ -1,0 +1,97 @@
+"""A batch of outgoing mail goes over one SMTP connection and is marked sent together; a failure in
+the middle of it is that row's alone (the connection is opened again for the rest)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from escalations.cases.store import Store, make_engine
+from escalations.clock import FakeClock
+from escalations.mailer.outbox import OutboxDispatcher, Renderer, enqueue
+from escalations.mailer.smtp_sender import SmtpRelaySender
+from escalations.routing.redact import Redactor
+from escalations.routing.workflow.state import OutgoingMail
+from escalations.settings import RelaySettings
+from tests.servers import free_port
+
+pytestmark = pytest.mark.servers
+
+
+class SessionCounting:
+    """Records which connection each mail came over; fails the DATA of the subjects it is told to."""
+
+    def __init__(self, fail_subjects: frozenset[str] = frozenset()) -> None:
+        self.lock = threading.Lock()
+        self.mails: list[tuple[int, bytes]] = []
+        self.fail_subjects = fail_subjects
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        if any(s.encode() in raw for s in self.fail_subjects):
+            return "451 4.3.0 Try again later"
+        with self.lock:
+            self.mails.append((id(session), raw))
+        return "250 OK"
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: FakeClock) -> Store:
+    s = Store(make_engine(f"sqlite:///{tmp_path / 'o.sqlite3'}"), clock)
+    s.create_schema()
+    return s
+
+
+def queue(store: Store, clock: FakeClock, n: int) -> None:
+    with store.session() as s:
+        for i in range(n):
+            mail = OutgoingMail(template="reply_help.txt.j2", to=(f"p{i}@example.org",), subject=f"[CH-2026-0001] m{i}",
+                                context={"reference": "CH-2026-0001", "partnership_name": "P", "mailbox": "m@x",
+                                         "note": "n", "commands": (), "recipient_name": ""},
+                                dedupe_key=f"batch:{i}", reason="test")
+            enqueue(s, mail, renderer=Renderer(), redactor=Redactor.identity(), from_address="chscp@hackney.gov.uk",
+                    from_name="CHSCP", case_id=None, now=clock.now(), message_id_domain="test.invalid")
+        s.commit()
+
+
+def relay(handler: SessionCounting) -> Controller:
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), decode_data=False)
+    controller.start()
+    return controller
+
+
+def test_a_batch_goes_over_one_connection(store: Store, clock: FakeClock) -> None:
+    handler = SessionCounting()
+    controller = relay(handler)
+    try:
+        queue(store, clock, 6)
+        sender = SmtpRelaySender(RelaySettings(host="127.0.0.1", port=controller.port, security="none"))
+        assert OutboxDispatcher(store, sender).send_due() == 6
+    finally:
+        controller.stop()
+    assert len(handler.mails) == 6 and len({session for session, _ in handler.mails}) == 1
+    rows = store.list_outbox()
+    assert {r.status for r in rows} == {"sent"} and {r.attempts for r in rows} == {1}
+    assert all(r.sent_at == clock.now() for r in rows)
+
+
+def test_a_failure_in_a_batch_is_that_rows_alone(store: Store, clock: FakeClock) -> None:
+    handler = SessionCounting(frozenset({"[CH-2026-0001] m2"}))
+    controller = relay(handler)
+    try:
+        queue(store, clock, 5)
+        sender = SmtpRelaySender(RelaySettings(host="127.0.0.1", port=controller.port, security="none"))
+        assert OutboxDispatcher(store, sender, backoff_initial=60).send_due() == 4
+    finally:
+        controller.stop()
+    assert len(handler.mails) == 4
+    # the connection after the failure is a new one: its state after an error is not guessed at
+    assert len({session for session, _ in handler.mails}) == 2
+    by_subject = {r.subject: r for r in store.list_outbox()}
+    failed = by_subject.pop("[CH-2026-0001] m2")
+    assert failed.status == "pending" and failed.attempts == 1 and "451" in (failed.last_error or "")
+    assert {r.status for r in by_subject.values()} == {"sent"}
