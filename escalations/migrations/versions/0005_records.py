@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0005'
-down_revision = '0004'  # after the policy versions (re-chained at the merge of store)
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 

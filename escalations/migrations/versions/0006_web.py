@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0006'
-down_revision = '0005'  # chained after records' 0005 in this branch (the lead re-chains at merge)
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 
