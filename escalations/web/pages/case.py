@@ -15,11 +15,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from escalations.pageviews import CaseRecord, case_record
+from escalations import views
 from escalations.parsers.fields import ReferralFields
 from escalations.routing.policy.model import Partnership
 from escalations.routing.policy.plan import StagePlan, timeline
 from escalations.routing.workflow.state import FIELD_LABELS, TERMINAL
+from escalations.views.pages import CaseRecord, case_record
 from escalations.web import audit
 from escalations.web.auth import check_csrf, require_case
 from escalations.web.context import application
@@ -81,7 +82,7 @@ def render_case(request: Request, record: CaseRecord, *, personal: bool = False,
                 errors: list[tuple[str, str]] | None = None, open_action: str | None = None,
                 status_code: int = 200) -> Response:
     app = application(request)
-    p = app.config.partnerships.get(record.row.partnership)
+    p = views.case_policy(app, record.id)
     now: datetime = app.clock.now()
     return page(request, "pages/case.html.j2", "cases", {
         "case": record, "personal": personal, "open_rows": field_rows(record.fields, OPEN_FIELDS),

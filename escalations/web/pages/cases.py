@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from escalations.pageviews import SORTS, CaseFilter, case_list
+from escalations.views.pages import SORTS, CaseFilter, case_list
 from escalations.web import audit
 from escalations.web.auth import STAFF, Role, StaffUser, require
 from escalations.web.context import application

@@ -10,11 +10,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from escalations.pageviews import CaseRecord
+from escalations import views
 from escalations.records.export import ExportFormat, export_case, forms_of
 from escalations.records.forms import FormKind
 from escalations.records.read import load_records
 from escalations.routing.policy.model import Partnership
+from escalations.views.pages import CaseRecord
 from escalations.web import audit
 from escalations.web.auth import CaseNotFound
 from escalations.web.context import application
@@ -49,7 +50,7 @@ def form_download(request: Request) -> Response:
 
     record, user = load(request)
     app = application(request)
-    p = app.config.partnerships.get(record.row.partnership)
+    p = views.case_policy(app, record.id)
     kind = request.path_params["kind"]
     if p is None or kind not in {str(k) for k in forms_of(p)}:
         raise CaseNotFound()

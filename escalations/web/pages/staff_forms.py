@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from escalations.pageviews import CaseRecord
 from escalations.routing.workflow.staff import ACTIONS, CORRECTABLE, Action
 from escalations.routing.workflow.state import FIELD_LABELS
+from escalations.views.pages import CaseRecord
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from escalations.pageviews import today
+from escalations.views.pages import today
 from escalations.web.auth import current_user, require
 from escalations.web.context import application
 from escalations.web.pages.common import LONDON, flash, page, staff_roles

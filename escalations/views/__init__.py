@@ -6,7 +6,7 @@ a row is for a table (then local London time).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, inspect
 from sqlmodel import col, select
@@ -17,6 +17,10 @@ from escalations.cases.store import Store, make_engine
 from escalations.clock import SystemClock, iso, local
 from escalations.errors import SetupError
 from escalations.settings import Settings
+
+if TYPE_CHECKING:
+    from escalations.app import App
+    from escalations.routing.policy.model import Partnership
 
 
 def case_rows(store: Store) -> list[tuple[str, ...]]:
@@ -181,3 +185,14 @@ def health(settings: Settings, now: datetime) -> dict[str, Any]:
     }
 
 
+
+
+def case_policy(app: App, case_id: int) -> Partnership | None:
+    """The policy the case runs under (its stored version; a later YAML edit applies to new cases only),
+    or None when its partnership is no longer configured."""
+    try:
+        with app.store.reading() as s:
+            case = s.get(Case, case_id)
+            return app.workflow.policy_of(s, case) if case is not None else None
+    except KeyError:
+        return None
