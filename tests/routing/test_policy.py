@@ -199,6 +199,8 @@ def test_every_rule_cites_a_clause_of_its_own_policy(shipped: PolicyConfig) -> N
         clauses = re.findall(r"clause: (.+)", dump)
         assert clauses
         for c in clauses:
+            if c == "null":  # a value the policy does not set (e.g. retention): its note says whose it is
+                continue
             assert c.strip("'\"").startswith(prefix[pid]), (pid, c)
 
 

@@ -204,11 +204,15 @@ service stats {{
     def start(self, timeout: float = 15.0) -> None:
         if self.running:
             return
-        self.process = subprocess.Popen(
-            [DOVECOT, "-F", "-c", str(self.conf_path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True,  # its own process group, so kill() takes every child with it
-        )
+        previous = os.umask(0o022)  # Dovecot's sockets and files, for its unprivileged processes
+        try:
+            self.process = subprocess.Popen(
+                [DOVECOT, "-F", "-c", str(self.conf_path)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                start_new_session=True,  # its own process group, so kill() takes every child with it
+            )
+        finally:
+            os.umask(previous)
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
         while time.monotonic() < deadline:
@@ -434,9 +438,15 @@ def dovecot_factory() -> Iterator[Callable[..., DovecotServer]]:
     def factory(**kwargs: Any) -> DovecotServer:
         if kwargs.get("tls") and shutil.which("openssl") is None:
             unavailable("openssl not installed (a dependency of dovecot-core)")
-        server = DovecotServer(**kwargs)
-        servers.append(server)
-        server.start()
+        # Files Dovecot's unprivileged processes read are written with the usual umask, whatever this
+        # process's is now (a service running in-process for other tests holds umask 077 meanwhile).
+        previous = os.umask(0o022)
+        try:
+            server = DovecotServer(**kwargs)
+            servers.append(server)
+            server.start()
+        finally:
+            os.umask(previous)
         return server
 
     try:

@@ -214,7 +214,8 @@ class Retention(_Model):
     case_record_months: int = Field(default=72, ge=1)
     forms_months: int = Field(default=72, ge=1)
     outgoing_mail_months: int = Field(default=12, ge=1)
-    clause: str = ""
+    #: None where the policy states no retention period (then ``note`` says whose default applies).
+    clause: Clause | None = None
     note: str = ""
 
 
