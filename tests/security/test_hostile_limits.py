@@ -118,9 +118,11 @@ def test_bomb_past_the_zip_checks_is_stopped_by_the_worker_memory_limit(
 
 def test_docx_that_takes_too_long_is_killed_and_the_mail_still_used(make_app: AppFactory,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
-    # 1.2 to 4.5 s of reading (and the worker's start): a 1 s limit stops it every time
-    app = make_app(docx_max_elements=10**9, parse_timeout_seconds=1)
-    app.ingest(with_attachment(paragraphs_docx(800_000)))
+    # 1.8 s of reading on a quiet machine, more when it is busy (about 640 MiB at the end, hence the
+    # larger worker): a 1 s limit stops it every time
+    app = make_app(docx_max_elements=10**9, attachment_max_decompressed_bytes=10**9, parse_timeout_seconds=1,
+                   parse_memory_bytes=1536 * MIB)
+    app.ingest(with_attachment(paragraphs_docx(1_600_000)))
     (outcome,) = app.process_pending()
     assert (outcome.status, outcome.kind) == ("done", "referral")
     assert_case_with(app, "extraction_timeout")
@@ -152,11 +154,11 @@ def smtp_data(app: App, raw: bytes) -> int:
 
 @pytest.fixture
 def slow_parse_service(make_app: AppFactory) -> Iterator[tuple[App, threading.Event, threading.Event, list[bool]]]:
-    # The Word reader takes 2.5 to 5 s over the 1,600,000-paragraph bomb (most of it python-docx's parse,
-    # about 600 MiB at the end, hence the larger worker): a 2 s limit stops it every time and still
-    # leaves a plain referral (with a fresh worker's start, about 0.5 s) ample room.
+    # The Word reader takes 2.7 s over the 2,400,000-paragraph bomb on a quiet machine, more when it is
+    # busy (about 940 MiB at the end, hence the larger worker): a 2 s limit stops it every time and
+    # still leaves a plain referral (with a fresh worker's start, about 0.5 s) ample room.
     app = make_app(docx_max_elements=10**9, attachment_max_decompressed_bytes=10**9, parse_timeout_seconds=2,
-                   parse_memory_bytes=1536 * MIB)
+                   parse_memory_bytes=2560 * MIB)
     real = app.processor.parser
     started, accepted = threading.Event(), threading.Event()
     accepted_during_parse: list[bool] = []
@@ -186,7 +188,7 @@ def test_smtp_intake_answers_while_a_bomb_is_being_parsed(
         slow_parse_service: tuple[App, threading.Event, threading.Event, list[bool]],
         caplog: pytest.LogCaptureFixture) -> None:
     app, started, accepted, accepted_during_parse = slow_parse_service
-    assert smtp_data(app, with_attachment(paragraphs_docx(1_600_000))) == 250
+    assert smtp_data(app, with_attachment(paragraphs_docx(2_400_000))) == 250
     assert started.wait(30), "the processor never picked up the bomb"
     assert smtp_data(app, normal_referral()) == 250
     accepted.set()
