@@ -14,6 +14,7 @@ import structlog
 
 from escalations.cases import schema
 from escalations.cases.operations import Operations
+from escalations.cases.processor import Outcome, Processor
 from escalations.cases.store import Store, StoredInbound, content_key, make_engine
 from escalations.cases.workflow import Workflow
 from escalations.clock import Clock, SystemClock
@@ -24,7 +25,6 @@ from escalations.parsers.limits import Limits
 from escalations.parsers.message import parse_message
 from escalations.policy_files import load_config
 from escalations.private import make_private
-from escalations.processor import Outcome, Processor
 from escalations.routing.policy.model import PolicyConfig
 from escalations.sandbox import BoundedParser
 from escalations.settings import Settings

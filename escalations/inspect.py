@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from escalations.cases.processor import partnership_for
 from escalations.parsers.auto_reply import detect_automated
 from escalations.parsers.classify import MailFacts, MailKind, classify
 from escalations.parsers.fields import FIELD_NAMES, ReferralFields
@@ -12,7 +13,6 @@ from escalations.parsers.labels import LabelTable
 from escalations.parsers.message import MessageParseError, parse_message
 from escalations.parsers.referral import extract_referral
 from escalations.parsers.reply import find_reference
-from escalations.processor import partnership_for
 from escalations.routing.policy.model import BASE_REQUIRED_FIELDS, PolicyConfig
 
 

@@ -130,7 +130,7 @@ def test_a_crash_is_quarantined_without_the_data_in_its_message(make_app: AppFac
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     """An exception whose text quotes the message (here the child's name) must not carry it into
     the quarantine record or the log; the loop goes on and replay works once the bug is gone."""
-    import escalations.processor as processor
+    import escalations.cases.processor as processor
     from tests.intake.test_service_smtp import CHILD, referral
 
     real = processor.extract_referral

@@ -46,7 +46,7 @@ from escalations.routing.workflow.events import Automated, NewReferral, Opened, 
 from escalations.routing.workflow.recipients import mailable
 from escalations.routing.workflow.state import EventRecord, Step
 
-log = structlog.get_logger("escalations.processor")
+log = structlog.get_logger("escalations.cases.processor")
 
 __all__ = ["MIN_LABELLED_FIELDS", "Outcome", "Processor", "Unprocessable", "partnership_for", "step_result"]
 
