@@ -5,6 +5,7 @@ a row is for a table (then local London time).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -109,10 +110,19 @@ def quarantine_rows(store: Store) -> list[dict[str, Any]]:
              "reason": (r.error or "").split("\n", 1)[0]} for r in store.list_inbound("quarantined")]
 
 
-def health(settings: Settings, now: datetime) -> dict[str, Any]:
-    """Health for people and monitoring, read without writing anything (no schema, no claims)."""
-    from escalations.mailer.oauth import secret_expiry_note
+@dataclass(frozen=True)
+class _Counts:
+    """What ``status`` reads from the database, in one reading session."""
 
+    health: dict[str, MailboxHealth]
+    waiting: dict[str | None, int]
+    quarantined: list[str | None]
+    outbox: dict[str, int]
+    timers: dict[str, int]
+    next_timers: list[tuple[datetime, str, str]]
+
+
+def _read_counts(settings: Settings) -> _Counts:
     url = settings.effective_database_url
     if url.startswith("sqlite:///") and not settings.database_url and \
             not (settings.data_dir / "escalations.sqlite3").exists():
@@ -121,53 +131,71 @@ def health(settings: Settings, now: datetime) -> dict[str, Any]:
     engine = make_engine(url)
     try:
         tables = set(inspect(engine).get_table_names())
-        store = Store(engine, SystemClock())
-        alert_after = settings.mailbox_alert_after_minutes * 60
-        with store.reading() as s:
-            health = {h.name: h for h in s.exec(select(MailboxHealth)).all()} if "mailbox_health" in tables else {}
-            waiting = dict(s.exec(select(InboundMessage.account, func.count()).where(
-                InboundMessage.status == "pending").group_by(InboundMessage.account)).all())
-            quarantined = s.exec(select(InboundMessage.error).where(InboundMessage.status == "quarantined")).all()
-            outbox = dict(s.exec(select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status)).all())
-            timer_counts = dict(s.exec(select(Timer.status, func.count()).group_by(Timer.status)).all())
-            next_timers = s.exec(select(Timer.due_at, Timer.kind, Case.reference).join(Case, col(Case.id) == col(Timer.case_id))
-                                 .where(Timer.status == "pending").order_by(col(Timer.due_at)).limit(5)).all()
+        with Store(engine, SystemClock()).reading() as s:
+            return _Counts(
+                {h.name: h for h in s.exec(select(MailboxHealth)).all()} if "mailbox_health" in tables else {},
+                dict(s.exec(select(InboundMessage.account, func.count()).where(
+                    InboundMessage.status == "pending").group_by(InboundMessage.account)).all()),
+                list(s.exec(select(InboundMessage.error).where(InboundMessage.status == "quarantined")).all()),
+                dict(s.exec(select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status)).all()),
+                dict(s.exec(select(Timer.status, func.count()).group_by(Timer.status)).all()),
+                [(due, kind, ref) for due, kind, ref in s.exec(
+                    select(Timer.due_at, Timer.kind, Case.reference).join(Case, col(Case.id) == col(Timer.case_id))
+                    .where(Timer.status == "pending").order_by(col(Timer.due_at)).limit(5)).all()])
     finally:
         engine.dispose()
-    mailboxes = []
-    problems = []
+
+
+def _mailbox_rows(settings: Settings, c: _Counts, now: datetime, problems: list[str]) -> list[dict[str, Any]]:
+    alert_after = settings.mailbox_alert_after_minutes * 60
+    rows = []
     for m in settings.mailboxes:
-        h = health.get(m.name)
+        h = c.health.get(m.name)
         last_ok = h.last_ok_at if h else None
         silent = (now - (last_ok or h.since_at)).total_seconds() if h else None
         alerting = bool(h and h.down_alerted_at) or (silent is not None and silent >= alert_after)
-        mailboxes.append({"name": m.name, "host": m.host, "folder": m.folder, "last_ok_at": iso(last_ok),
-                          "seconds_since_ok": round(silent) if silent is not None and last_ok else None,
-                          "mode": None if not h or h.idle is None else ("idle" if h.idle else "polling"),
-                          "last_error_code": h.last_error_code if h else None,
-                          "last_error_at": iso(h.last_error_at) if h else None,
-                          "waiting": int(waiting.get(m.name, 0)), "no_contact_alert": alerting})
+        rows.append({"name": m.name, "host": m.host, "folder": m.folder, "last_ok_at": iso(last_ok),
+                     "seconds_since_ok": round(silent) if silent is not None and last_ok else None,
+                     "mode": None if not h or h.idle is None else ("idle" if h.idle else "polling"),
+                     "last_error_code": h.last_error_code if h else None,
+                     "last_error_at": iso(h.last_error_at) if h else None,
+                     "waiting": int(c.waiting.get(m.name, 0)), "no_contact_alert": alerting})
         if alerting:
             problems.append(f"mailbox {m.name}: no successful contact for over "
                             f"{settings.mailbox_alert_after_minutes:g} minutes")
-    by_code: dict[str, int] = {}
-    for error in quarantined:
-        code = quarantine_code(error)
-        by_code[code] = by_code.get(code, 0) + 1
+    return rows
+
+
+def _secret_rows(settings: Settings, now: datetime, problems: list[str]) -> list[dict[str, Any]]:
+    from escalations.mailer.oauth import secret_expiry_note
+
     accounts = [(m.name, m.auth) for m in settings.mailboxes] + ([("relay", settings.relay.auth)]
                                                                   if settings.relay else [])
-    secrets = []
+    rows = []
     for name, auth in accounts:
         if auth.secret_expires_on is not None:
             note = secret_expiry_note(auth, now.date())
-            secrets.append({"account": name, "expires_on": auth.secret_expires_on.isoformat(),
-                            "days_left": (auth.secret_expires_on - now.date()).days, "warning": note})
+            rows.append({"account": name, "expires_on": auth.secret_expires_on.isoformat(),
+                         "days_left": (auth.secret_expires_on - now.date()).days, "warning": note})
             if note:
                 problems.append(f"{name}: {note}")
-    if outbox.get("failed"):
-        problems.append(f"outbox: {outbox['failed']} message(s) failed for good (escalations outbox list --status failed)")
-    if timer_counts.get("failed"):
-        problems.append(f"timers: {timer_counts['failed']} failed (escalations timers list --status failed)")
+    return rows
+
+
+def health(settings: Settings, now: datetime) -> dict[str, Any]:
+    """Health for people and monitoring, read without writing anything (no schema, no claims)."""
+    c = _read_counts(settings)
+    problems: list[str] = []
+    mailboxes = _mailbox_rows(settings, c, now, problems)
+    by_code: dict[str, int] = {}
+    for error in c.quarantined:
+        code = quarantine_code(error)
+        by_code[code] = by_code.get(code, 0) + 1
+    secrets = _secret_rows(settings, now, problems)
+    if c.outbox.get("failed"):
+        problems.append(f"outbox: {c.outbox['failed']} message(s) failed for good (escalations outbox list --status failed)")
+    if c.timers.get("failed"):
+        problems.append(f"timers: {c.timers['failed']} failed (escalations timers list --status failed)")
     r = settings.relay
     return {
         "now": now.isoformat(),
@@ -176,15 +204,13 @@ def health(settings: Settings, now: datetime) -> dict[str, Any]:
         "relay": {"host": r.host, "port": r.port, "security": r.security} if r else None,
         "sent_dir": None if r else str(settings.sent_dir),
         "mailboxes": mailboxes,
-        "inbound_waiting": int(sum(waiting.values())),
-        "quarantine": {"count": len(quarantined), "by_reason": dict(sorted(by_code.items()))},
-        "outbox": {k: int(outbox.get(k, 0)) for k in ("pending", "sending", "sent", "failed")},
-        "timers": {"pending": int(timer_counts.get("pending", 0)), "failed": int(timer_counts.get("failed", 0)),
-                   "next": [{"case": ref, "kind": kind, "due_at": iso(due)} for due, kind, ref in next_timers]},
+        "inbound_waiting": int(sum(c.waiting.values())),
+        "quarantine": {"count": len(c.quarantined), "by_reason": dict(sorted(by_code.items()))},
+        "outbox": {k: int(c.outbox.get(k, 0)) for k in ("pending", "sending", "sent", "failed")},
+        "timers": {"pending": int(c.timers.get("pending", 0)), "failed": int(c.timers.get("failed", 0)),
+                   "next": [{"case": ref, "kind": kind, "due_at": iso(due)} for due, kind, ref in c.next_timers]},
         "secrets": secrets,
     }
-
-
 
 
 def case_policy(app: App, case_id: int) -> Partnership | None:
