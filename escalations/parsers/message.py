@@ -194,13 +194,8 @@ def _walk(part: Message, depth: int, acc: _Acc, level: int = 0) -> None:
         _leaf(part, ctype, acc)
 
 
-def _from_message(msg: Message, depth: int, budget: Budget, level: int = 0) -> ParsedMessage:
-    defects: list[str] = []
-    try:
-        for d in msg.defects:
-            defects.append(type(d).__name__)
-    except Exception:  # pragma: no cover
-        pass
+def _header_list(msg: Message, defects: list[str]) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
+    """Every header decoded, in order, and the raw values by lower-case name (for address parsing)."""
     headers: list[tuple[str, str]] = []
     raw_by_name: dict[str, list[str]] = {}
     for name, raw in msg.raw_items():
@@ -208,6 +203,31 @@ def _from_message(msg: Message, depth: int, budget: Budget, level: int = 0) -> P
         raw_s = str(raw)
         raw_by_name.setdefault(key, []).append(raw_s)
         headers.append((key, decode_header_value(raw_s, defects)))
+    return headers, raw_by_name
+
+
+def _body_text(acc: _Acc, budget: Budget) -> tuple[str, str | None]:
+    """The message's text (its plain parts, else its HTML as text) and its HTML, if any."""
+    plain = "\n\n".join(t.strip("\r\n") for t in acc.plain if t.strip())
+    html = "\n".join(acc.html) if acc.html else None
+    text = plain
+    if not plain.strip() and html:
+        if len(html) > budget.limits.html_max_chars:
+            budget.hit(LimitHit.HTML_TOO_LARGE)
+            text = strip_tags(html)
+        else:
+            text = html_to_text(html)
+    return text.replace("\r\n", "\n").replace("\r", "\n"), html
+
+
+def _from_message(msg: Message, depth: int, budget: Budget, level: int = 0) -> ParsedMessage:
+    defects: list[str] = []
+    try:
+        for d in msg.defects:
+            defects.append(type(d).__name__)
+    except Exception:  # pragma: no cover
+        pass
+    headers, raw_by_name = _header_list(msg, defects)
 
     def first(name: str) -> str | None:
         for n, v in headers:
@@ -233,16 +253,7 @@ def _from_message(msg: Message, depth: int, budget: Budget, level: int = 0) -> P
     ctype = safe_ctype(msg)
     acc = _Acc(budget, defects=defects)
     _walk(msg, depth, acc, level)
-    plain = "\n\n".join(t.strip("\r\n") for t in acc.plain if t.strip())
-    html = "\n".join(acc.html) if acc.html else None
-    text = plain
-    if not plain.strip() and html:
-        if len(html) > budget.limits.html_max_chars:
-            budget.hit(LimitHit.HTML_TOO_LARGE)
-            text = strip_tags(html)
-        else:
-            text = html_to_text(html)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text, html = _body_text(acc, budget)
     report_type = param(msg, "report-type") if ctype == "multipart/report" else None
     return ParsedMessage(
         message_id=mids[0] if mids else ((first("message-id") or "").strip().strip("<>").strip() or None),
