@@ -47,7 +47,7 @@ def register(app: typer.Typer, cases_app: typer.Typer, build: Callable[..., Any]
     _register_retention(app, build)
 
 
-def _register_cases(cases_app: typer.Typer, build: Callable[..., Any]) -> None:
+def _register_export(cases_app: typer.Typer, build: Callable[..., Any]) -> None:
     @cases_app.command("export")
     def cases_export(
         ctx: typer.Context,
@@ -83,6 +83,10 @@ def _register_cases(cases_app: typer.Typer, build: Callable[..., Any]) -> None:
         target = out_file or Path(exported.filename)
         write_private(target, exported.data)
         out.print(f"{record.reference}: wrote {target} ({len(exported.data)} bytes)", markup=False, highlight=False)
+
+
+def _register_cases(cases_app: typer.Typer, build: Callable[..., Any]) -> None:
+    _register_export(cases_app, build)
 
     def _staff(ctx: typer.Context, reference: str, command: str, text: str, by: str | None, expect: str) -> None:
         from escalations.records.actions import ActionRefused, NoSuchCase, staff_command
