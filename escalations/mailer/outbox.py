@@ -302,21 +302,20 @@ class OutboxDispatcher:
                 return sent
 
     def _send_batch(self, batch: list[int]) -> int:
-        """Send the claimed rows over one connection; those sent are marked sent in one update (also
-        when stopping or on an unexpected error), the others each as they fail."""
+        """Send the claimed rows over one connection, each marked sent as soon as the relay took it (so
+        a crash re-sends at most the one mail under way, with its own Message-ID); the others are marked
+        each as they fail."""
         rows = self.store.get_outboxes(batch)
         sent: list[OutboxMessage] = []
-        try:
-            with batch_of(self.sender) as connection:
-                for i, row in enumerate(rows):
-                    if self.stopping.is_set():
-                        released = self.store.release_outbox([r.id or 0 for r in rows[i:]])
-                        log.info("outbox.released_at_stop", count=released)
-                        break
-                    if self._send_one(connection, row):
-                        sent.append(row)
-        finally:
-            self.store.mark_outboxes_sent([r.id or 0 for r in sent])
+        with batch_of(self.sender) as connection:
+            for i, row in enumerate(rows):
+                if self.stopping.is_set():
+                    released = self.store.release_outbox([r.id or 0 for r in rows[i:]])
+                    log.info("outbox.released_at_stop", count=released)
+                    break
+                if self._send_one(connection, row):
+                    self.store.mark_outboxes_sent([row.id or 0])
+                    sent.append(row)
         if sent:
             log.info("outbox.sent", count=len(sent), outbox_ids=[r.id for r in sent])
         return len(sent)

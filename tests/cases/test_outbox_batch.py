@@ -1,4 +1,4 @@
-"""A batch of outgoing mail goes over one SMTP connection and is marked sent together; a failure in
+"""A batch of outgoing mail goes over one SMTP connection, each mail marked sent as the relay takes it; a failure in
 the middle of it is that row's alone (the connection is opened again for the rest)."""
 
 from __future__ import annotations
@@ -95,3 +95,31 @@ def test_a_failure_in_a_batch_is_that_rows_alone(store: Store, clock: FakeClock)
     failed = by_subject.pop("[CH-2026-0001] m2")
     assert failed.status == "pending" and failed.attempts == 1 and "451" in (failed.last_error or "")
     assert {r.status for r in by_subject.values()} == {"sent"}
+
+
+class _Crash(BaseException):
+    """The process dying in the middle of a batch (not an error the outbox may catch)."""
+
+
+def test_a_crash_in_a_batch_leaves_only_the_mail_under_way_to_send_again(store: Store, clock: FakeClock) -> None:
+    """What is on disk while the third mail is with the relay is what a SIGKILL then would leave."""
+    handler = SessionCounting()
+    controller = relay(handler)
+    seen: list[list[str]] = []
+    try:
+        queue(store, clock, 5)
+        real = SmtpRelaySender(RelaySettings(host="127.0.0.1", port=controller.port, security="none"))
+
+        class DiesOnTheThird:
+            def send(self, sender: str, recipients: list[str], raw: bytes, *, name_hint: str = "") -> None:
+                real.send(sender, recipients, raw, name_hint=name_hint)
+                if len(handler.mails) == 3:  # the relay has the third mail; we die before recording it
+                    seen.append([r.status for r in sorted(store.list_outbox(), key=lambda r: r.id or 0)])
+                    raise _Crash
+
+        with pytest.raises(_Crash):
+            OutboxDispatcher(store, DiesOnTheThird()).send_due()  # type: ignore[arg-type]
+    finally:
+        controller.stop()
+    # the first two were recorded as sent before the third went: a restart re-sends only the third
+    assert seen == [["sent", "sent", "sending", "sending", "sending"]]
