@@ -5,11 +5,12 @@ no pyplot state, safe in a web server's threads). A suppressed count is drawn as
 from __future__ import annotations
 
 import io
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from escalations.records.report.model import Report, Table
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["CHARTED", "chart_png"]
 
@@ -28,6 +29,10 @@ def _figure(t: Table, threshold: int) -> Figure:
     shown = t.shown(threshold)
     labels = [label for label, _ in shown]
     vertical = t.name == "per_month"
+    # matplotlib only when a chart is drawn: it is most of a running service's memory otherwise
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(8, max(2.5, 0.45 * len(labels) + 1)) if not vertical else (9, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
