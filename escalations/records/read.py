@@ -18,20 +18,12 @@ from escalations.cases.models import Case, CaseEvent, OutboxMessage, PolicyVersi
 from escalations.cases.store import Store
 from escalations.parsers.fields import ReferralFields
 from escalations.records.models import LegalHold
+from escalations.views.pages import EventView, event_view
 
 __all__ = ["CaseRecord", "EventView", "StageView", "load_record", "load_records"]
 
 #: Event kinds that end a case.
 ENDINGS = ("closed", "withdrawn")
-
-
-@dataclass(frozen=True)
-class EventView:
-    at: datetime
-    kind: str
-    actor: str | None
-    clause: str | None
-    detail: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -119,7 +111,7 @@ def _record(case: Case, events: Sequence[CaseEvent], mailed: Iterable[str], held
         raising_agency=case.raising_agency, other_agency=case.other_agency, raised_by_email=case.raised_by_email,
         immediate_risk=case.immediate_risk, fields=ReferralFields.from_json(case.fields),
         parties=tuple(case.parties), policy_snapshot=policy,
-        events=tuple(EventView(e.at, e.kind, e.actor, e.clause, dict(e.detail)) for e in events),
+        events=tuple(event_view(e) for e in events),
         mailed=tuple(sorted(set(mailed))), legal_hold=held)
 
 

@@ -298,6 +298,8 @@ class StageView:
 
 @dataclass(frozen=True)
 class EventView:
+    """One case event as people read it (the case page, the forms and the report)."""
+
     at: datetime
     kind: str
     actor: str | None
@@ -370,7 +372,7 @@ def _body(raw: bytes) -> str:
         return ""
 
 
-def _view(e: CaseEvent) -> EventView:
+def event_view(e: CaseEvent) -> EventView:
     return EventView(at=e.at, kind=e.kind, actor=e.actor, clause=e.clause, detail=dict(e.detail))
 
 
@@ -385,7 +387,7 @@ def case_record(store: Store, reference: str, now: datetime) -> CaseRecord | Non
                              .order_by(col(OutboxMessage.created_at), col(OutboxMessage.id))).all())
         mails = tuple(MailView(at=o.created_at, to=tuple(o.recipients), subject=o.subject, template=o.template,
                                status=o.status, sent_at=o.sent_at, body=_body(o.raw)) for o in outbox)
-        views = tuple(_view(e) for e in events)
+        views = tuple(event_view(e) for e in events)
         return CaseRecord(
             row=CaseRow.of(case), id=case.id, route=case.route, stage_index=case.stage_index,
             stage_opened_at=case.stage_opened_at, raiser=case.raised_by_email, parties=tuple(case.parties),
