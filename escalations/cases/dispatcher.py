@@ -62,16 +62,17 @@ class Workflow:
         return self.versions.policy_of(s, case, self.config)
 
     def apply(self, s: Session, case: Case, step: Step, partnership: Partnership, now: datetime,
-              inbound: InboundMessage | None = None) -> None:
+              inbound: InboundMessage | None = None, *, new: bool = False) -> None:
         """Perform the step on the case in the caller's transaction: its columns, events, notices,
-        timers and outgoing mail."""
+        timers and outgoing mail. ``new``: the case row was made in this transaction (it has no timers
+        to cancel)."""
         apply_change(case, step.change, now)
         if step.change.legal_hold is not None:
             set_legal_hold(s, case, step.change.legal_hold, step, now)
         s.add(case)
         mails, refused = _deliverable(step.mails)
         self._record(s, case, (*step.events, *refused), step.notices, now, inbound)
-        if step.cancel_timers:
+        if step.cancel_timers and not new:
             Store.cancel_timers(s, case.id or 0)
             s.flush()
         Store.schedule_timers(s, [{"key": f"{case.id}:{t.stage_index}:{t.kind}:{t.due_at.isoformat()}",
@@ -122,10 +123,11 @@ class Workflow:
                        message_id=message_id, **extras)
 
     def handle(self, s: Session, case: Case, event: WorkflowEvent, now: datetime,
-               inbound: InboundMessage | None = None) -> Step:
+               inbound: InboundMessage | None = None, *, new: bool = False) -> Step:
+        """``new``: the case row was made in this transaction (see :meth:`apply`)."""
         partnership = self.policy_of(s, case)
-        step = transition(case_state(case), event, partnership, now)
-        self.apply(s, case, step, partnership, now, inbound)
+        step = transition(case_state(case, new=new), event, partnership, now)
+        self.apply(s, case, step, partnership, now, inbound, new=new)
         return step
 
     # ---- the coordinator's digest -----------------------------------------------------------------

@@ -34,7 +34,9 @@ class TimerStatus(StrEnum):
     FAILED = "failed"
 
 
-def case_state(case: Case) -> CaseState:
+def case_state(case: Case, *, new: bool = False) -> CaseState:
+    """The workflow's view of the row; ``new``: the case was created in this transaction (nothing can
+    hold it yet, so its legal hold is not looked up)."""
     return CaseState(
         id=case.id or 0,
         reference=case.reference,
@@ -52,7 +54,7 @@ def case_state(case: Case) -> CaseState:
         parties=tuple(Party.from_json(p) for p in case.parties),
         resolution=PendingResolution.from_json(case.resolution or {}),
         confirmed_addresses=tuple(case.confirmed_addresses or ()),
-        legal_hold=on_legal_hold(case),
+        legal_hold=False if new else on_legal_hold(case),
     )
 
 

@@ -405,5 +405,5 @@ class Processor:
         intake = NewReferral(parse=parse, sender=sender.address, origin_message_id=msg.message_id,
                         may_answer=must_not_answer(msg, row.envelope_sender) is None, practitioner=practitioner,
                         sender_problem=sender.problem.value if sender.problem else None)
-        self.workflow.handle(s, case, Opened(intake), now, row)
+        self.workflow.handle(s, case, Opened(intake), now, row, new=True)
         return case

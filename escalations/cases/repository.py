@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import bindparam, func, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
@@ -103,9 +103,7 @@ class Records(SessionSource):
         if not outbox_ids:
             return
         with self.session() as s:
-            s.exec(update(OutboxMessage).where(col(OutboxMessage.id).in_(list(outbox_ids)))
-                   .values(status="sent", sent_at=self.clock.now(), last_error=None,
-                           attempts=OutboxMessage.attempts + 1))
+            s.connection().execute(_MARK_SENT, {"ids": list(outbox_ids), "sent_now": self.clock.now()})
             s.commit()
 
     def mark_outbox_failed(self, outbox_id: int, error: str, retry_at: datetime | None) -> None:
@@ -156,9 +154,10 @@ class Records(SessionSource):
 
     @staticmethod
     def cancel_timers(s: Session, case_id: int, *, kinds: Sequence[str] | None = None) -> int:
-        q = update(Timer).where(col(Timer.case_id) == case_id, col(Timer.status) == "pending")
-        if kinds:
-            q = q.where(col(Timer.kind).in_(list(kinds)))
+        if not kinds:
+            return int(s.connection().execute(_CANCEL_TIMERS, {"of_case": case_id}).rowcount or 0)
+        q = update(Timer).where(col(Timer.case_id) == case_id, col(Timer.status) == "pending",
+                                col(Timer.kind).in_(list(kinds)))
         result = s.exec(q.values(status="cancelled"))
         return int(result.rowcount or 0)
 
@@ -182,3 +181,10 @@ class Records(SessionSource):
             s.commit()
             return bool(res.rowcount == 1)
 
+
+
+# Statements of the hot path, built once (building one costs more than running it).
+_MARK_SENT = update(OutboxMessage).where(col(OutboxMessage.id).in_(bindparam("ids", expanding=True))) \
+    .values(status="sent", sent_at=bindparam("sent_now"), last_error=None, attempts=OutboxMessage.attempts + 1)
+_CANCEL_TIMERS = update(Timer).where(col(Timer.case_id) == bindparam("of_case"), col(Timer.status) == "pending") \
+    .values(status="cancelled")

@@ -7,6 +7,7 @@ message, which the recipient's client shows once.
 from __future__ import annotations
 
 import email.policy
+import functools
 import random
 import re
 import threading
@@ -22,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from jinja2 import Environment, PackageLoader, StrictUndefined
-from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from escalations.cases.models import OutboxMessage
@@ -159,9 +159,6 @@ def enqueue(
     ``note`` (about the forms: fixed wording, no case details). ``attachments`` go with the message as
     they are: the caller attaches only what the recipients may receive.
     """
-    existing = session.exec(select(OutboxMessage.id).where(OutboxMessage.dedupe_key == mail.dedupe_key)).first()
-    if existing is not None:
-        return None
     message_id = message_id or new_message_id(message_id_domain)
     full_details = secure_route is not None and secure_route.covers([*mail.to, *mail.cc])
     # The footer (in every template) says which of the two the body is.
@@ -187,15 +184,30 @@ def enqueue(
         next_attempt_at=now,
         created_at=now,
     )
-    # a Core insert, not the ORM's unit of work: the row is only ever written once, here
+    # A Core insert, not the ORM's unit of work (the row is only ever written once, here), built once
+    # per dialect; a dedupe key queued before (the same step retried) inserts nothing.
+    conn = session.connection()
     values = {c: getattr(row, c) for c in _OUTBOX_COLUMNS}
-    row.id = session.connection().execute(insert(OutboxMessage).values(values)
-                                          .returning(col(OutboxMessage.id))).scalar_one()
+    new_id = conn.execute(_insert_outbox(conn.dialect.name), values).scalar()
+    if new_id is None:
+        return None
+    row.id = int(new_id)
     return row
 
 
 _OUTBOX_COLUMNS = ("dedupe_key", "message_id", "case_id", "template", "sender", "recipients", "subject", "raw",
                    "status", "priority", "attempts", "next_attempt_at", "created_at")
+
+
+@functools.cache
+def _insert_outbox(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, for this dialect."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return insert(OutboxMessage).on_conflict_do_nothing(index_elements=["dedupe_key"]) \
+        .returning(col(OutboxMessage.id))
 
 
 #: Rows claimed at a time; send_due keeps claiming until a batch comes back short.

@@ -10,6 +10,7 @@ directory are :mod:`.directory`; the engine is :mod:`.plan`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -541,8 +542,10 @@ class Partnership(_Model):
         return list(role.contacts) if role else []
 
 
+@functools.lru_cache(maxsize=8192)
 def norm_name(text: str) -> str:
-    """A name as compared: lower case, "&" as "and", punctuation and possessive apostrophes dropped."""
+    """A name as compared: lower case, "&" as "and", punctuation and possessive apostrophes dropped.
+    Cached: every routing decision compares the text with every agency's names and aliases."""
     t = text.lower().replace("’", "'").replace("&", " and ")
     t = re.sub(r"[^a-z0-9']+", " ", t)
     t = t.replace("'s ", "s ").replace("'", "")
