@@ -8,9 +8,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Protocol
 
 import structlog
-from sqlalchemy import func
+from sqlalchemy import bindparam, func, literal, union_all
+from sqlalchemy import select as core_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -83,6 +85,29 @@ class StoredInbound:
 #: The fallback lease: a claim this old is free whoever holds it (an owner on another host that
 
 
+class InboundArrival(Protocol):
+    """What :meth:`InboundRecords.store_inbound_many` needs of each message (an intake Arrival)."""
+
+    @property
+    def raw(self) -> bytes: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def idempotency_key(self) -> str: ...
+    @property
+    def received_at(self) -> datetime | None: ...
+    @property
+    def account(self) -> str | None: ...
+    @property
+    def folder(self) -> str | None: ...
+    @property
+    def envelope_sender(self) -> str | None: ...
+    @property
+    def envelope_recipients(self) -> Sequence[str]: ...
+    @property
+    def imap_cursor(self) -> tuple[int, int] | None: ...
+
+
 class InboundRecords(SessionSource):
     def store_inbound(
         self,
@@ -108,26 +133,17 @@ class InboundRecords(SessionSource):
                 with self.session() as s:
                     existing = self._find_inbound(s, key, fp)
                     if existing is not None:
-                        if existing.idempotency_key != key and s.get(InboundAlias, key) is None:
-                            s.add(InboundAlias(idempotency_key=key, inbound_id=existing.id or 0,
+                        existing_id, existing_key = existing
+                        if existing_key != key and s.get(InboundAlias, key) is None:
+                            s.add(InboundAlias(idempotency_key=key, inbound_id=existing_id,
                                                created_at=self.clock.now()))
                         if imap_cursor and account and folder:
                             self._advance_cursor(s, account, folder, *imap_cursor)
                         s.commit()
-                        return StoredInbound(existing.id or 0, False)
-                    row = InboundMessage(
-                        source=source,
-                        idempotency_key=key,
-                        fingerprint=fp,
-                        account=account,
-                        folder=folder,
-                        message_id=message_id_of(raw),
-                        envelope_sender=envelope_sender,
-                        envelope_recipients=list(envelope_recipients),
-                        raw=raw,
-                        size=len(raw),
-                        received_at=received_at or self.clock.now(),
-                    )
+                        return StoredInbound(existing_id, False)
+                    row = self._new_row(raw, key, fp, source=source, account=account, folder=folder,
+                                        envelope_sender=envelope_sender, envelope_recipients=envelope_recipients,
+                                        received_at=received_at)
                     s.add(row)
                     if imap_cursor and account and folder:
                         self._advance_cursor(s, account, folder, *imap_cursor)
@@ -137,15 +153,66 @@ class InboundRecords(SessionSource):
                 continue  # a concurrent writer stored it first: look again
         raise RuntimeError("could not store inbound message after concurrent conflicts")
 
+    def store_inbound_many(self, arrivals: Sequence[InboundArrival]) -> list[StoredInbound]:
+        """Commit several messages in one transaction (an IMAP fetch batch), each as
+        :meth:`store_inbound` would, in order; an IMAP cursor advances to the last one's. If a
+        concurrent writer stored one of them first, the batch is stored one by one instead."""
+        if not arrivals:
+            return []
+        try:
+            with self.session() as s:
+                results: list[StoredInbound] = []
+                cursor: tuple[str, str, int, int] | None = None
+                for a in arrivals:
+                    key = a.idempotency_key or content_key(a.raw)
+                    fp = fingerprint(a.raw)
+                    existing = self._find_inbound(s, key, fp)
+                    if existing is not None:
+                        existing_id, existing_key = existing
+                        if existing_key != key and s.get(InboundAlias, key) is None:
+                            s.add(InboundAlias(idempotency_key=key, inbound_id=existing_id,
+                                               created_at=self.clock.now()))
+                            s.flush()
+                        results.append(StoredInbound(existing_id, False))
+                    else:
+                        row = self._new_row(a.raw, key, fp, source=a.source, account=a.account, folder=a.folder,
+                                            envelope_sender=a.envelope_sender,
+                                            envelope_recipients=a.envelope_recipients, received_at=a.received_at)
+                        s.add(row)
+                        s.flush()  # the next one's lookup sees it (the same message twice in a folder)
+                        results.append(StoredInbound(row.id or 0, True))
+                    if a.imap_cursor and a.account and a.folder:
+                        cursor = (a.account, a.folder, *a.imap_cursor)
+                if cursor is not None:
+                    self._advance_cursor(s, *cursor)
+                s.commit()
+                return results
+        except IntegrityError:
+            return [self._store_arrival(a) for a in arrivals]
+
+    def _store_arrival(self, a: InboundArrival) -> StoredInbound:
+        return self.store_inbound(a.raw, source=a.source, idempotency_key=a.idempotency_key, account=a.account,
+                                  folder=a.folder, envelope_sender=a.envelope_sender,
+                                  envelope_recipients=a.envelope_recipients, received_at=a.received_at,
+                                  imap_cursor=a.imap_cursor)
+
+    def _new_row(self, raw: bytes, key: str, fp: str, *, source: str, account: str | None, folder: str | None,
+                 envelope_sender: str | None, envelope_recipients: Sequence[str],
+                 received_at: datetime | None) -> InboundMessage:
+        return InboundMessage(source=source, idempotency_key=key, fingerprint=fp, account=account, folder=folder,
+                              message_id=message_id_of(raw), envelope_sender=envelope_sender,
+                              envelope_recipients=list(envelope_recipients), raw=raw, size=len(raw),
+                              received_at=received_at or self.clock.now())
+
     @staticmethod
-    def _find_inbound(s: Session, key: str, fp: str) -> InboundMessage | None:
-        row = s.exec(select(InboundMessage).where(InboundMessage.idempotency_key == key)).first()
-        if row is not None:
-            return row
-        alias = s.get(InboundAlias, key)
-        if alias is not None:
-            return s.get(InboundMessage, alias.inbound_id)
-        return s.exec(select(InboundMessage).where(InboundMessage.fingerprint == fp)).first()
+    def _find_inbound(s: Session, key: str, fp: str) -> tuple[int, str] | None:
+        """(id, idempotency key) of the row stored under this key, an alias of it, or this fingerprint:
+        one query, ids and keys only (never the raw bytes)."""
+        found: list[Any] = list(s.connection().execute(_FIND_INBOUND, {"key": key, "fp": fp}).all())
+        if not found:
+            return None
+        best = min(found)
+        return int(best[1]), str(best[2])
 
     def has_inbound_key(self, key: str) -> bool:
         with self.reading() as s:
@@ -242,3 +309,15 @@ class InboundRecords(SessionSource):
         with self.reading() as s:
             return s.get(InboundMessage, inbound_id)
 
+
+
+#: Key first, then an alias of the key, then the fingerprint (rank 0, 1, 2); built once.
+_FIND_INBOUND = union_all(
+    core_select(literal(0).label("rank"), col(InboundMessage.id), col(InboundMessage.idempotency_key))
+    .where(col(InboundMessage.idempotency_key) == bindparam("key")),
+    core_select(literal(1), col(InboundMessage.id), col(InboundMessage.idempotency_key))
+    .join(InboundAlias, col(InboundAlias.inbound_id) == col(InboundMessage.id))
+    .where(col(InboundAlias.idempotency_key) == bindparam("key")),
+    core_select(literal(2), col(InboundMessage.id), col(InboundMessage.idempotency_key))
+    .where(col(InboundMessage.fingerprint) == bindparam("fp")),
+)

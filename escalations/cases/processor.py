@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import func
-from sqlalchemy.orm import defer
+from sqlalchemy import Integer, String, bindparam, func, update
 from sqlmodel import Session, col, select
 
 from escalations.cases.dispatcher import Workflow
 from escalations.cases.models import Case, CaseEvent, InboundMessage
-from escalations.cases.store import Store
+from escalations.cases.store import INBOUND_BATCH, Store
 from escalations.clock import Clock
 from escalations.mailer.outbox import Renderer
 from escalations.parsers.authresults import sender_fails_dmarc, trusted_verdict
@@ -152,12 +151,23 @@ class Processor:
     # ---- loop --------------------------------------------------------------------------
 
     def process_pending(self, limit: int | None = None) -> list[Outcome]:
+        """Process pending mail, oldest first, claimed a batch at a time (one transaction claims the
+        batch; each message is then processed in its own). Claims not begun when this stops early (an
+        exception, a shutdown) are handed back at once."""
         outcomes: list[Outcome] = []
         while limit is None or len(outcomes) < limit:
-            inbound_id = self.store.claim_next_inbound()
-            if inbound_id is None:
+            want = INBOUND_BATCH if limit is None else min(INBOUND_BATCH, limit - len(outcomes))
+            batch = self.store.claim_inbound_batch(want)
+            if not batch:
                 break
-            outcomes.append(self.process_one(inbound_id))
+            done = 0
+            try:
+                for inbound_id in batch:
+                    done += 1
+                    outcomes.append(self.process_one(inbound_id))
+            finally:
+                # the one under way when an exception escaped stays claimed: it counts as an attempt
+                self.store.release_inbound(batch[done:])
         return outcomes
 
     def process_one(self, inbound_id: int) -> Outcome:
@@ -182,13 +192,16 @@ class Processor:
     # ---- one message -------------------------------------------------------------------
 
     def _process(self, inbound_id: int) -> Outcome:
-        # Parse before the write transaction: on SQLite that lock is the whole database's.
+        # Read and parse before the write transaction: on SQLite that lock is the whole database's. The
+        # row is read once, here; the write transaction only ever updates it (see _finish), and this
+        # worker's claim keeps every other processor off it meanwhile.
         with self.store.reading() as r:
-            found = r.exec(select(InboundMessage.raw, InboundMessage.received_at)
-                           .where(InboundMessage.id == inbound_id)).first()
-        if found is None:
+            row = r.get(InboundMessage, inbound_id)
+        if row is None:
             raise Unprocessable("inbound_vanished")
-        raw, received_at = found
+        if row.status != "pending":
+            return Outcome(inbound_id, row.kind or "unknown", row.status)
+        raw, received_at = row.raw, row.received_at
         # Every event happens at its own time: the message's when the partnership received it (never
         # later than now: a server clock ahead of ours must not put mail and deadlines in the future).
         now = min(received_at, self.clock.now()) if received_at else self.clock.now()
@@ -198,13 +211,6 @@ class Processor:
             raise Unprocessable("not_email") from exc
         sender = strict_sender(raw_header_values(raw, "from"), raw_header_values(raw, "sender"))
         with self.store.session() as s, _limits_noted(msg.limits_hit):
-            # the raw bytes were read above; don't load them (possibly megabytes) a second time
-            row = s.get(InboundMessage, inbound_id, options=[defer(InboundMessage.raw)])  # type: ignore[arg-type]  # sqlmodel types columns as values
-            if row is None:
-                raise Unprocessable("inbound_vanished")
-            if row.status != "pending":
-                return Outcome(inbound_id, row.kind or "unknown", row.status)
-
             partnership = partnership_for(msg, row.envelope_recipients, self.config)
             if partnership is None:
                 raise Unprocessable("no_partnership_mailbox")
@@ -242,13 +248,20 @@ class Processor:
 
     def _finish(self, s: Session, row: InboundMessage, kind: str, case: Case | None, now: datetime,
                 detail: str) -> Outcome:
-        # processed_at is when we did it (the event itself happened at the received time).
-        row.kind, row.status, row.processed_at, row.claimed_at = kind, "done", self.clock.now(), None
-        row.error = None
+        # processed_at is when we did it (the event itself happened at the received time). Only a row
+        # still pending is finished: one quarantined or replayed meanwhile keeps what was done to it.
+        done = s.connection().execute(_FINISH, {
+            "inbound": row.id, "kind_now": kind, "processed_now": self.clock.now(),
+            "partnership_now": row.partnership, "case_now": case.id if case is not None else None})
+        if done.rowcount != 1:
+            s.rollback()
+            with self.store.reading() as r:
+                status = r.exec(select(InboundMessage.status).where(InboundMessage.id == row.id)).first()
+            return Outcome(row.id or 0, kind, status or "vanished")
+        s.commit()
+        row.kind, row.status, row.processed_at, row.claimed_at, row.error = kind, "done", self.clock.now(), None, None
         if case is not None:
             row.case_id = case.id
-        s.add(row)
-        s.commit()
         return Outcome(row.id or 0, kind, "done", case.reference if case else None, detail)
 
     def _automated(self, s: Session, row: InboundMessage, msg: ParsedMessage, automated: AutomatedInfo,
@@ -407,3 +420,11 @@ class Processor:
                         sender_problem=sender.problem.value if sender.problem else None)
         self.workflow.handle(s, case, Opened(intake), now, row, new=True)
         return case
+
+
+#: How a processed message is marked done, built once (the hot path's last statement).
+_FINISH = update(InboundMessage).where(col(InboundMessage.id) == bindparam("inbound"),
+                                       col(InboundMessage.status) == "pending") \
+    .values(kind=bindparam("kind_now"), status="done", processed_at=bindparam("processed_now"), claimed_at=None,
+            error=None, partnership=bindparam("partnership_now", type_=String),
+            case_id=func.coalesce(bindparam("case_now", type_=Integer), InboundMessage.case_id))

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
 from escalations.cases.models import Case, CaseEvent, OutboxMessage, ReferenceCounter, Timer
@@ -28,6 +29,10 @@ class SessionSource:
         raise NotImplementedError
 
     def reading(self) -> AbstractContextManager[Session]:
+        raise NotImplementedError
+
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """A write transaction on a plain connection (no ORM session), committed on exit."""
         raise NotImplementedError
 
 
@@ -102,9 +107,8 @@ class Records(SessionSource):
         """Sent, all in one update (a batch sent over one connection)."""
         if not outbox_ids:
             return
-        with self.session() as s:
-            s.connection().execute(_MARK_SENT, {"ids": list(outbox_ids), "sent_now": self.clock.now()})
-            s.commit()
+        with self.transaction() as conn:
+            conn.execute(_MARK_SENT, {"ids": list(outbox_ids), "sent_now": self.clock.now()})
 
     def mark_outbox_failed(self, outbox_id: int, error: str, retry_at: datetime | None) -> None:
         with self.session() as s:

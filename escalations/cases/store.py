@@ -13,7 +13,7 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -67,6 +67,8 @@ WORKER_RETENTION = timedelta(days=1)
 #: Processing attempts of one inbound message that may go unfinished (crash, kill, timeout)
 #: before it is quarantined instead of tried again (ARCHITECTURE: poison mail).
 MAX_UNFINISHED_ATTEMPTS = 3
+#: Fresh messages claimed in one transaction by the processor.
+INBOUND_BATCH = 16
 TOO_MANY_ATTEMPTS = "too_many_attempts"
 
 
@@ -174,6 +176,21 @@ _TIMER = _Claimable(
 )
 
 
+def _fresh_run(candidates: Sequence[tuple[Any, Any, int]]) -> list[tuple[Any, Any, int]]:
+    """The first candidate alone if it is taken back (condition 1), else the ready ones before the
+    first taken-back one."""
+    if not candidates:
+        return []
+    if candidates[0][2] != 0:
+        return [candidates[0]]
+    run: list[tuple[Any, Any, int]] = []
+    for c in candidates:
+        if c[2] != 0:
+            break
+        run.append(c)
+    return run
+
+
 def _first_per_group(rows: Sequence[Any], limit: int) -> list[Any]:
     """Up to ``limit`` ids of (id, group) rows, the first of each group, in order."""
     wanted: list[Any] = []
@@ -215,6 +232,9 @@ class Store(InboundRecords, Records):
         with Session(self.engine, expire_on_commit=False) as session:
             yield session
 
+    def transaction(self) -> AbstractContextManager[Connection]:
+        return self.engine.begin()
+
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """A session for queries only (no write lock on SQLite); never commit in it."""
@@ -229,23 +249,55 @@ class Store(InboundRecords, Records):
         MAX_UNFINISHED_ATTEMPTS attempts never finished (each one killed the process, or hung) is
         quarantined instead, and the next one is looked at.
         """
+        ids = self.claim_inbound_batch(1, stale_after=stale_after)
+        return ids[0] if ids else None
+
+    def claim_inbound_batch(self, limit: int = INBOUND_BATCH, stale_after: timedelta = LEASE) -> list[int]:
+        """Claim up to ``limit`` pending messages, oldest first, in one transaction; their ids in order.
+
+        Each claimed message has its attempt counted, as in :meth:`claim_next_inbound`. A batch holds
+        only fresh mail: a message taken back from a worker that died (or whose lease ran out) is
+        claimed alone, so that a message that kills the process counts its attempts against nobody
+        else, and only it reaches MAX_UNFINISHED_ATTEMPTS. Claimed messages the caller does not get
+        to are handed back with :meth:`release_inbound`; a crash leaves them to the next claimer.
+        """
         self._ensure_registered()
         with self.session() as s:
             while True:
-                ids = self._claim(s, _INBOUND, limit=1, stale_after=stale_after)
+                ids = self._claim(s, _INBOUND, limit=limit, stale_after=stale_after, taken_back_alone=True)
                 if not ids:
                     s.commit()
-                    return None
-                attempts = s.exec(select(InboundMessage.attempts).where(InboundMessage.id == ids[0])).one()
-                if attempts <= MAX_UNFINISHED_ATTEMPTS:
+                    return []
+                attempts = dict(s.exec(select(InboundMessage.id, InboundMessage.attempts)
+                                       .where(col(InboundMessage.id).in_(ids))).all())
+                spent = [i for i in ids if attempts.get(i, 0) > MAX_UNFINISHED_ATTEMPTS]
+                if not spent:
                     s.commit()
-                    return ids[0]
-                # this claim is not an attempt: it never starts
-                s.exec(update(InboundMessage).where(col(InboundMessage.id) == ids[0])
-                       .values(status="quarantined", error=TOO_MANY_ATTEMPTS, claimed_at=None, claimed_by=None,
-                               attempts=attempts - 1, processed_at=self.clock.now()))
-                log.warning("inbound.quarantined", inbound_id=ids[0], reason=TOO_MANY_ATTEMPTS,
-                            attempts=attempts - 1)
+                    return ids
+                for inbound_id in spent:
+                    # this claim is not an attempt: it never starts
+                    s.exec(update(InboundMessage).where(col(InboundMessage.id) == inbound_id)
+                           .values(status="quarantined", error=TOO_MANY_ATTEMPTS, claimed_at=None, claimed_by=None,
+                                   attempts=attempts[inbound_id] - 1, processed_at=self.clock.now()))
+                    log.warning("inbound.quarantined", inbound_id=inbound_id, reason=TOO_MANY_ATTEMPTS,
+                                attempts=attempts[inbound_id] - 1)
+                ids = [i for i in ids if i not in spent]
+                if ids:
+                    s.commit()
+                    return ids
+
+    def release_inbound(self, inbound_ids: Sequence[int]) -> int:
+        """Hand back claimed messages this worker did not begin (it is stopping, or a batch was cut
+        short): pending again, their uncounted attempt taken off."""
+        if not inbound_ids:
+            return 0
+        with self.session() as s:
+            n = s.exec(update(InboundMessage).where(col(InboundMessage.id).in_(list(inbound_ids)),
+                                                    col(InboundMessage.claimed_by) == self.owner,
+                                                    col(InboundMessage.status) == "pending")
+                       .values(claimed_at=None, claimed_by=None, attempts=InboundMessage.attempts - 1)).rowcount
+            s.commit()
+        return int(n)
 
     def release_for_replay(self, inbound_id: int, *, claim: bool = False) -> bool:
         """Put a quarantined message back, its attempts count reset (the cause has been fixed).
@@ -293,7 +345,7 @@ class Store(InboundRecords, Records):
     # ---- claims and workers ----------------------------------------------------------------
 
     def _claim(self, s: Session, what: _Claimable, *, limit: int, stale_after: timedelta,
-               now: datetime | None = None) -> list[int]:
+               now: datetime | None = None, taken_back_alone: bool = False) -> list[int]:
         """The one claim rule, for inbound messages, outbox rows and timers, in the caller's transaction.
 
         Take the write lock first (BEGIN IMMEDIATE on SQLite), then read the clock: a "now" read before
@@ -301,6 +353,8 @@ class Store(InboundRecords, Records):
         look stale. A row is free when it is ready, or when its holder is gone: a dead worker (see
         :meth:`_dead_owners`) or a claim older than ``stale_after`` (the lease, whoever holds it).
         ``now`` is the deadline clock's time (a timer's tick); by default the store's clock after the lock.
+        ``taken_back_alone``: a row taken back from a holder that is gone is claimed by itself, and a
+        batch of ready rows stops before one (see :meth:`claim_inbound_batch`).
         """
         conn = s.connection()
         lease_now = self.lease_clock.now()
@@ -308,7 +362,10 @@ class Store(InboundRecords, Records):
         self._beat(s, lease_now)
         ready, abandoned = self._takeable(s, what, lease_now=lease_now, due_now=due_now, stale_after=stale_after)
         takeable = or_(ready, abandoned)
-        wanted = _first_per_group(self._candidates(conn, what, (ready, abandoned), limit), limit)
+        candidates = self._candidates(conn, what, (ready, abandoned), limit)
+        if taken_back_alone:
+            candidates = _fresh_run(candidates)
+        wanted = _first_per_group([(rid, group) for rid, group, _condition in candidates], limit)
         if not wanted:
             return []
         # The same condition again: under READ COMMITTED (PostgreSQL) a second claimer that waited on a
@@ -331,21 +388,21 @@ class Store(InboundRecords, Records):
 
     @staticmethod
     def _candidates(conn: Connection, what: _Claimable, conditions: Sequence[ColumnElement[bool]],
-                    limit: int) -> list[Any]:
-        """(id, group) of the first rows meeting each condition, in claim order. One query per
+                    limit: int) -> list[tuple[Any, Any, int]]:
+        """(id, group, which condition) of the first rows meeting each condition, in claim order. One query per
         condition, not one with OR: each is an index range (status first), where an OR read the whole
         table in due order to find nothing due."""
         group = what.one_per if what.one_per is not None else what.id
-        found: list[Any] = []
-        for condition in conditions:
+        found: list[tuple[Any, ...]] = []
+        for number, condition in enumerate(conditions):
             # a few more candidates than wanted: one another claimer takes meanwhile is skipped, not the end
             q = select(what.id, group, *what.order_by).where(condition).order_by(*what.order_by).limit(limit + 4)
             if conn.dialect.name == "postgresql":
                 # rows another claimer is taking right now are passed over, not waited for
                 q = q.with_for_update(skip_locked=True)
-            found += conn.execute(q).all()
-        found.sort(key=lambda row: tuple(row[2:]))
-        return [(row[0], row[1]) for row in found]
+            found += [(*row, number) for row in conn.execute(q).all()]
+        found.sort(key=lambda row: tuple(row[2:-1]))
+        return [(row[0], row[1], row[-1]) for row in found]
 
     def _dead_owners(self, s: Session, lease_now: datetime, owners: Sequence[str]) -> list[str]:
         """Those of ``owners`` whose claims are free now: their heartbeat is older than

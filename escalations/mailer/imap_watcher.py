@@ -53,6 +53,10 @@ MAX_CATCH_UP_ROUNDS = 10
 GOODBYE_TIMEOUT_SECONDS = 0.5
 
 
+#: Messages of a fetch batch committed per transaction (each transaction holds SQLite's write lock).
+STORE_BATCH = 20
+
+
 class StoreFailed(Exception):
     """store_inbound raised for one message; it stays on the server and is retried after backoff."""
 
@@ -248,35 +252,43 @@ class ImapWatcher:
             fetched = client.fetch(batch, ["BODY.PEEK[]", "INTERNALDATE"])
             done: list[int] = []
             try:
-                for uid in batch:  # UID order: a crash mid-batch resumes at the cursor
-                    if stop is not None and stop.is_set():
-                        break
+                present = []
+                for uid in batch:
                     item = fetched.get(uid)
                     if item is None or b"BODY[]" not in item:
                         self.log.info("imap.vanished", uid=uid)  # expunged between SEARCH and FETCH
                         continue
-                    if self._store_one(uid, uidvalidity, item):
-                        created += 1
-                    done.append(uid)
+                    present.append((uid, item))
+                # UID order, a few per transaction: a crash mid-batch resumes at the cursor, which moves
+                # in the same transaction as the rows.
+                for at in range(0, len(present), STORE_BATCH):
+                    if stop is not None and stop.is_set():
+                        break
+                    chunk = present[at:at + STORE_BATCH]
+                    created += self._store_chunk(uidvalidity, chunk)
+                    done.extend(uid for uid, _item in chunk)
             finally:
                 if done:  # only what is committed is flagged or moved
                     self._after_store(client, done)
         return created
 
-    def _store_one(self, uid: int, uidvalidity: int, item: dict[bytes, Any]) -> bool:
+    def _store_chunk(self, uidvalidity: int, chunk: Sequence[tuple[int, dict[bytes, Any]]]) -> int:
         m = self.mailbox
-        raw = bytes(item[b"BODY[]"] or b"")
-        received_at = _as_utc(item.get(b"INTERNALDATE")) or self.store.clock.now()
-        arrival = Arrival(raw, source="imap", idempotency_key=imap_key(m.name, m.folder, uidvalidity, uid),
-                          account=m.name, folder=m.folder, received_at=received_at,
-                          imap_cursor=(uidvalidity, uid))
+        arrivals = []
+        for uid, item in chunk:
+            raw = bytes(item[b"BODY[]"] or b"")
+            received_at = _as_utc(item.get(b"INTERNALDATE")) or self.store.clock.now()
+            arrivals.append(Arrival(raw, source="imap", idempotency_key=imap_key(m.name, m.folder, uidvalidity, uid),
+                                    account=m.name, folder=m.folder, received_at=received_at,
+                                    imap_cursor=(uidvalidity, uid)))
         try:
-            result = self.sink.accept(arrival)
+            results = self.sink.accept_many(arrivals)
         except Exception as exc:
-            raise StoreFailed(uid) from exc
-        self.log.info("imap.stored", uid=uid, inbound_id=result.id, created=result.created,
-                      message_id=message_id_of(raw), size=len(raw))
-        return result.created
+            raise StoreFailed(chunk[0][0]) from exc
+        for (uid, _item), arrival, result in zip(chunk, arrivals, results, strict=True):
+            self.log.info("imap.stored", uid=uid, inbound_id=result.id, created=result.created,
+                          message_id=message_id_of(arrival.raw), size=len(arrival.raw))
+        return sum(1 for r in results if r.created)
 
     # ---- after store: flag or move ----------------------------------------------------------
 

@@ -60,9 +60,19 @@ class RawMailSink:
             account=arrival.account, folder=arrival.folder, envelope_sender=arrival.envelope_sender,
             envelope_recipients=arrival.envelope_recipients, received_at=arrival.received_at,
             imap_cursor=arrival.imap_cursor)
-        if stored.created:
-            try:
-                self.on_stored(stored.id)
-            except Exception:  # the row is committed; a failing wake-up must not make anyone resend it
-                log.exception("intake.on_stored_failed", inbound_id=stored.id, source=arrival.source)
+        self._woken([stored], arrival.source)
         return stored
+
+    def accept_many(self, arrivals: Sequence[Arrival]) -> list[StoredInbound]:
+        """:meth:`accept` for several at once, committed in one transaction (an IMAP fetch batch)."""
+        stored = self.store.store_inbound_many(arrivals)
+        self._woken(stored, arrivals[0].source if arrivals else "")
+        return stored
+
+    def _woken(self, stored: Sequence[StoredInbound], source: str) -> None:
+        for one in stored:
+            if one.created:
+                try:
+                    self.on_stored(one.id)
+                except Exception:  # the row is committed; a failing wake-up must not make anyone resend it
+                    log.exception("intake.on_stored_failed", inbound_id=one.id, source=source)

@@ -313,3 +313,63 @@ def test_replay_for_immediate_processing_hands_the_message_over_claimed(store: S
     row = store.get_inbound(poison)
     assert row is not None and (row.status, row.attempts, row.claimed_by) == ("pending", 1, replayer.owner)
     assert store.claim_next_inbound() is None  # the replaying command is processing it
+
+
+# ---- batches ----------------------------------------------------------------------------------------
+
+
+def _raw(n: int) -> bytes:
+    return RAW.replace(b"m1@", f"m{n}@".encode()).replace(b"body line", f"body {n}".encode())
+
+
+def test_a_batch_claims_fresh_mail_in_order_and_hands_back_what_it_did_not_begin(store: Store) -> None:
+    ids = [store.store_inbound(_raw(n), source="smtp").id for n in range(5)]
+    assert store.claim_inbound_batch(3) == ids[:3]
+    assert store.claim_inbound_batch(10) == ids[3:]
+    assert store.release_inbound(ids[1:3]) == 2  # stopping: two of the first batch never began
+    rows = {i: store.get_inbound(i) for i in ids}
+    assert [(r.claimed_by, r.attempts) for r in rows.values() if r is not None] == \
+        [(store.owner, 1), (None, 0), (None, 0), (store.owner, 1), (store.owner, 1)]
+    assert store.claim_inbound_batch(10) == ids[1:3]  # at once, not after a lease
+    assert store.release_inbound(ids[1:2]) == 1
+    assert _other(store).release_inbound(ids[2:3]) == 0  # only the holder can hand a claim back
+
+
+def test_mail_taken_back_from_a_dead_worker_is_claimed_alone(store: Store) -> None:
+    """A batch's worker died (perhaps killed by one of its messages): each message it held comes back
+    on its own, so the one that kills the process reaches its last attempt alone."""
+    from escalations.cases.store import TOO_MANY_ATTEMPTS
+
+    ids = [store.store_inbound(_raw(n), source="smtp").id for n in range(4)]
+    assert _other(store).claim_inbound_batch(3) == ids[:3]  # ... and dies on ids[0]
+    poison = ids[0]
+    assert store.claim_inbound_batch(10) == [poison]  # taken back alone, not with fresh ids[3]
+    store.release_inbound([poison])
+    for _ in range(2):  # it kills two more workers
+        assert _other(store).claim_inbound_batch(10) == [poison]
+    assert store.claim_inbound_batch(10) == [ids[1]]  # the poison is quarantined, its neighbours go on
+    assert store.claim_inbound_batch(10) == [ids[2]]
+    assert store.claim_inbound_batch(10) == [ids[3]]  # fresh again: a batch
+    rows = [store.get_inbound(i) for i in ids]
+    assert [(r.status, r.attempts) for r in rows if r is not None] == \
+        [("quarantined", 3), ("pending", 2), ("pending", 2), ("pending", 1)]
+    first = rows[0]
+    assert first is not None and first.error == TOO_MANY_ATTEMPTS
+
+
+def test_a_fetch_batch_is_stored_in_one_transaction_as_one_by_one_would(store: Store) -> None:
+    from escalations.mailer.intake import Arrival
+
+    before = store.store_inbound(_raw(0), source="imap", idempotency_key=imap_key("h", "INBOX", 1, 1),
+                                 account="h", folder="INBOX", imap_cursor=(1, 1))
+    arrivals = [Arrival(raw, source="imap", idempotency_key=imap_key("h", "INBOX", 1, uid), account="h",
+                        folder="INBOX", imap_cursor=(1, uid))
+                for uid, raw in ((1, _raw(0)), (2, _raw(1)), (3, _raw(1)), (4, _raw(2)))]
+    stored = store.store_inbound_many(arrivals)
+    # uid 1 again: the row there; uid 3 is uid 2's message copied in the folder: an alias, not a row
+    assert [s.created for s in stored] == [False, True, False, True]
+    assert stored[0].id == before.id and stored[2].id == stored[1].id
+    assert len(store.list_inbound()) == 3
+    assert store.has_inbound_key(imap_key("h", "INBOX", 1, 3))
+    assert store.imap_cursor("h", "INBOX") == (1, 4)
+    assert store.store_inbound_many(arrivals) == [type(s)(s.id, False) for s in stored]  # again: nothing new

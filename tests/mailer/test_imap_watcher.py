@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import structlog
 
+from escalations.cases.inbound import InboundArrival
 from escalations.cases.store import Store, StoredInbound, imap_key, make_engine
 from escalations.clock import SystemClock
 from escalations.mailer.imap_watcher import ImapWatcher
@@ -369,6 +370,14 @@ class KickingStore(Store):
             self.server.kick()
         return result
 
+    def store_inbound_many(self, arrivals: Sequence[InboundArrival]) -> list[StoredInbound]:
+        """The watcher stores a fetch batch a few messages per transaction: kick after the one with the Nth."""
+        results = super().store_inbound_many(arrivals)
+        before, self.calls = self.calls, self.calls + len(arrivals)
+        if before < self.after <= self.calls:
+            self.server.kick()
+        return results
+
 
 class FailingOnceStore(Store):
     """store_inbound raises for the Nth message once (a database hiccup)."""
@@ -382,6 +391,14 @@ class FailingOnceStore(Store):
         if self.calls == self.after + 1:
             raise RuntimeError("database is locked")
         return super().store_inbound(raw, **kwargs)
+
+    def store_inbound_many(self, arrivals: Sequence[InboundArrival]) -> list[StoredInbound]:
+        """The transaction holding the (N+1)th message fails, once: none of its messages is stored."""
+        before = self.calls
+        self.calls += len(arrivals)
+        if before <= self.after < self.calls:
+            raise RuntimeError("database is locked")
+        return super().store_inbound_many(arrivals)
 
 
 def test_forced_disconnect_mid_fetch_leaves_no_duplicates(dovecot: DovecotServer, store: Store,
