@@ -4,6 +4,7 @@ a ``Session`` work in the caller's transaction; the others open their own. Mixed
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -44,15 +45,13 @@ class Records(SessionSource):
         """Next reference such as CH-2026-0001, inside the caller's transaction: one atomic increment
         (the year's first referral, in two processes at once, makes its counter once)."""
         conn = s.connection()
-        match = (col(ReferenceCounter.prefix) == prefix, col(ReferenceCounter.year) == year)
-        bump = update(ReferenceCounter).where(*match).values(last=ReferenceCounter.last + 1) \
-            .returning(col(ReferenceCounter.last))
-        last = conn.execute(bump).scalar()
+        which = {"of_prefix": prefix, "of_year": year}
+        last = conn.execute(_BUMP_REFERENCE, which).scalar()
         if last is None:
             insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
             conn.execute(insert(ReferenceCounter).values(prefix=prefix, year=year, last=0)
                          .on_conflict_do_nothing(index_elements=["prefix", "year"]))
-            last = conn.execute(bump).scalar_one()
+            last = conn.execute(_BUMP_REFERENCE, which).scalar_one()
         return f"{prefix}-{year}-{last:04d}"
 
     def list_cases(self, partnership: str | None = None, status: str | None = None) -> list[Case]:
@@ -151,10 +150,9 @@ class Records(SessionSource):
         key exists left as they are; returns how many were added."""
         if not rows:
             return 0
-        insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
-        statement = insert(Timer).values([{**r, "status": "pending"} for r in rows])
-        result = s.connection().execute(statement.on_conflict_do_nothing(index_elements=["key"]))
-        return int(result.rowcount or 0)
+        conn = s.connection()
+        added = conn.execute(_insert_timers(conn.dialect.name), [{**r, "status": "pending"} for r in rows]).all()
+        return len(added)
 
     @staticmethod
     def cancel_timers(s: Session, case_id: int, *, kinds: Sequence[str] | None = None) -> int:
@@ -188,7 +186,18 @@ class Records(SessionSource):
 
 
 # Statements of the hot path, built once (building one costs more than running it).
+_BUMP_REFERENCE = update(ReferenceCounter).where(col(ReferenceCounter.prefix) == bindparam("of_prefix"),
+                                                 col(ReferenceCounter.year) == bindparam("of_year")) \
+    .values(last=ReferenceCounter.last + 1).returning(col(ReferenceCounter.last))
 _MARK_SENT = update(OutboxMessage).where(col(OutboxMessage.id).in_(bindparam("ids", expanding=True))) \
     .values(status="sent", sent_at=bindparam("sent_now"), last_error=None, attempts=OutboxMessage.attempts + 1)
 _CANCEL_TIMERS = update(Timer).where(col(Timer.case_id) == bindparam("of_case"), col(Timer.status) == "pending") \
     .values(status="cancelled")
+
+
+@functools.cache
+def _insert_timers(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT (key) DO NOTHING RETURNING id, for this dialect (run with many rows: the
+    rows it returns are those added)."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return insert(Timer).on_conflict_do_nothing(index_elements=["key"]).returning(col(Timer.id))

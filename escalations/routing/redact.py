@@ -28,6 +28,7 @@ Pure: no I/O, no configuration.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -215,9 +216,18 @@ class Redactor:
 
 
 def redactor_for(fields: ReferralFields, partnership: Partnership) -> Redactor:
-    """The redactor for a case's outgoing mail, keeping the partnership's own name and mailboxes."""
-    return Redactor.for_case(fields.child_names, fields.child_dobs, fields.child_id,
-                             keep=[partnership.name, *partnership.mailboxes])
+    """The redactor for a case's outgoing mail, keeping the partnership's own name and mailboxes.
+
+    Kept for the case's next steps (a reply, a reminder, an escalation): compiling its pattern is most
+    of a redactor's cost, and a case's children change only when someone corrects them."""
+    return _cached_redactor(tuple(fields.child_names), tuple(str(d) for d in fields.child_dobs), fields.child_id,
+                            (partnership.name, *partnership.mailboxes))
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_redactor(names: tuple[str, ...], dobs: tuple[str, ...], child_id: str | None,
+                     keep: tuple[str, ...]) -> Redactor:
+    return Redactor.for_case(names, dobs, child_id, keep=keep)
 
 
 #: Capitalised words a quoted phrase keeps: they name days and months, never a person.
