@@ -487,6 +487,7 @@ def child_pipeline(cfg: dict[str, Any]) -> None:
         data_dir=Path(cfg["data_dir"]),
         config_dir=Path(cfg["config_dir"]),
         database_url=cfg["database_url"],
+        process_interval_seconds=float(cfg.get("process_interval_seconds") or 5.0),  # the default unless asked
         smtp_listen_port=0,
         relay=RelaySettings(host="127.0.0.1", port=cfg["relay_port"], security="none"),
         mailboxes=[MailboxSettings.model_validate(cfg["mailbox"])],
@@ -745,7 +746,8 @@ def wait_drained(db: DbWatch, relay: TimedRelay, relay_before: int, timeout: flo
         if c["pending"] == 0 and captured >= c["outbox_sent"]:
             settled = c["outbox_sent"] + c["outbox_failed"] == c["outbox"]
             due, deferred = (0, 0) if settled else outbox_waiting(db)
-            if due == 0:
+            # unsettled: the counts must still hold after that second look (a row sent in between)
+            if due == 0 and (settled or (db.counts() == c and relay.count() - relay_before == captured)):
                 return {**c, "captured": captured, "deferred": deferred}
         if time.monotonic() > deadline:
             raise Broken(f"outbox did not drain within {timeout:.0f} s: {c}, relay captured {captured}")

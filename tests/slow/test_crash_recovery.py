@@ -217,6 +217,8 @@ def service_env(tmp_path: Path, database_url: str, dovecot: DovecotServer, relay
         "ESCALATIONS_RELAY__PORT": str(relay_port),
         "ESCALATIONS_RELAY__SECURITY": "none",
         "ESCALATIONS_SMTP_LISTEN_PORT": str(smtp_port),
+        # the web interface on a free port (the default, 8080, may be anyone's on a shared machine)
+        "ESCALATIONS_WEB__BIND": "127.0.0.1:0",
         "ESCALATIONS_LOG_FORMAT": "json",
         # one practitioner's many referrals are acknowledged within the hour: lift the loop cap
         "ESCALATIONS_MAX_MAILS_PER_ADDRESS_PER_HOUR": "1000000",
