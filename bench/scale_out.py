@@ -8,9 +8,9 @@
 Each run gets a fresh PostgreSQL schema and a fresh Dovecot folder holding N City & Hackney
 referrals (new Message-IDs every run). P service processes (``bench/ingest.py``'s pipeline child:
 the real ``App.run`` with its IMAP watcher, processor, outbox and ticks, each with its own data
-directory) start on that one database. A process that did not fetch a message learns of it at its
-next processor poll (``process_interval_seconds``, 5 s by default; 0.2 s in ``--smoke``, so that 40
-referrals are enough for both to take part). One of them holds the mailbox's watcher lease (an advisory
+directory) start on that one database. A process that did not fetch a message is woken by the
+fetching one's notification (LISTEN/NOTIFY, ``escalations/cases/wakeups.py``), not at its next poll
+(``process_interval_seconds``, 5 s): with 40 referrals in ``--smoke``, both taking part shows it works. One of them holds the mailbox's watcher lease (an advisory
 lock) and fetches; all of them claim inbound mail, outgoing mail and timers with
 ``FOR UPDATE SKIP LOCKED``. Measured: first process started -> N-th acknowledgement captured by the
 relay, and every process's CPU (its own and its parse worker's). Checked, or the run is BROKEN:
@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     relay.start()
                     try:
                         runs.append(one_run(dovecot, relay, args.database_url, tmp, args.n, processes,
-                                            f"Scale{round_no}x{processes}", 0.2 if args.smoke else None))
+                                            f"Scale{round_no}x{processes}", None))
                     finally:
                         relay.stop()
         except ingest.Broken as exc:

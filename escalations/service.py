@@ -94,6 +94,13 @@ class Service:
                                         name="processor", daemon=True))
         threads.append(threading.Thread(target=wake_loop, args=(stop, app.wake_outbox, 2.0, app.send_outbox,
                                         "outbox"), name="outbox", daemon=True))
+        if app.store.engine.dialect.name == "postgresql":
+            # other processes on this database wake ours (mail they stored, mail they queued)
+            from escalations.cases import wakeups
+
+            threads.append(threading.Thread(target=wakeups.listen, args=(app.store.engine, {
+                wakeups.INBOUND: app.wake_processor, wakeups.OUTBOX: app.wake_outbox}, stop),
+                name="wakeups", daemon=True))
         for name, component in self.components.items():
             threads.append(threading.Thread(target=component, args=(stop,), name=name, daemon=True))
         return threads

@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 
 from escalations.cases.models import ImapCursor, InboundAlias, InboundMessage, MailboxHealth
 from escalations.cases.repository import SessionSource
+from escalations.cases.wakeups import INBOUND, announce
 
 log = structlog.get_logger("escalations.store")
 
@@ -147,6 +148,7 @@ class InboundRecords(SessionSource):
                     s.add(row)
                     if imap_cursor and account and folder:
                         self._advance_cursor(s, account, folder, *imap_cursor)
+                    announce(s.connection(), INBOUND)
                     s.commit()
                     return StoredInbound(row.id or 0, True)
             except IntegrityError:
@@ -185,6 +187,8 @@ class InboundRecords(SessionSource):
                         cursor = (a.account, a.folder, *a.imap_cursor)
                 if cursor is not None:
                     self._advance_cursor(s, *cursor)
+                if any(r.created for r in results):
+                    announce(s.connection(), INBOUND)
                 s.commit()
                 return results
         except IntegrityError:

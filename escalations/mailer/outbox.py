@@ -27,6 +27,7 @@ from sqlmodel import Session, col, select
 
 from escalations.cases.models import OutboxMessage
 from escalations.cases.store import Store
+from escalations.cases.wakeups import OUTBOX, announce
 from escalations.mailer.smtp_sender import DeliveryError, MailSender, batch_of
 from escalations.routing.policy.model import SecureRoute
 from escalations.routing.redact import Redactor
@@ -192,6 +193,7 @@ def enqueue(
     if new_id is None:
         return None
     row.id = int(new_id)
+    announce(conn, OUTBOX)  # other processes' outboxes, once this commits (PostgreSQL)
     return row
 
 
