@@ -74,13 +74,8 @@ class App:
             Arrival(raw, source="cli", idempotency_key=content_key(raw), received_at=received_at))
 
     def process_pending(self) -> list[Outcome]:
-        stopping = self._stopping
-        if stopping is None:
-            outcomes = self.processor.process_pending()
-        else:  # one at a time, so a stop waits for one message, not the whole backlog
-            outcomes = []
-            while not stopping.is_set() and (one := self.processor.process_pending(limit=1)):
-                outcomes.extend(one)
+        # a stop waits for the message under way, not the whole backlog (nor the rest of a batch)
+        outcomes = self.processor.process_pending(stop=self._stopping)
         if any(o.status == "done" for o in outcomes):
             self.wake_outbox.set()
         return outcomes

@@ -6,6 +6,7 @@ puts it back. Nothing here sends mail: decisions become outbox rows in the same 
 
 from __future__ import annotations
 
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -150,12 +151,13 @@ class Processor:
 
     # ---- loop --------------------------------------------------------------------------
 
-    def process_pending(self, limit: int | None = None) -> list[Outcome]:
+    def process_pending(self, limit: int | None = None, stop: threading.Event | None = None) -> list[Outcome]:
         """Process pending mail, oldest first, claimed a batch at a time (one transaction claims the
-        batch; each message is then processed in its own). Claims not begun when this stops early (an
-        exception, a shutdown) are handed back at once."""
+        batch; each message is then processed in its own), until none is left, ``limit`` are done or
+        ``stop`` is set (checked between messages). Claims not begun when this stops early (a stop, an
+        exception) are handed back at once."""
         outcomes: list[Outcome] = []
-        while limit is None or len(outcomes) < limit:
+        while (limit is None or len(outcomes) < limit) and not (stop is not None and stop.is_set()):
             want = INBOUND_BATCH if limit is None else min(INBOUND_BATCH, limit - len(outcomes))
             batch = self.store.claim_inbound_batch(want)
             if not batch:
@@ -163,6 +165,8 @@ class Processor:
             done = 0
             try:
                 for inbound_id in batch:
+                    if stop is not None and stop.is_set():
+                        break
                     done += 1
                     outcomes.append(self.process_one(inbound_id))
             finally:
