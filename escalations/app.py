@@ -2,9 +2,11 @@
 
 The parts that handle mail (processor, workflow, outbox, operations, the parse worker and their
 renderer) are made when first used, and their modules imported then: a read-only command
-(``cases list``, ``status``) opens the store and reads the configuration without importing the
-parsers, the outbox or the relay's sign-in. A build that may write makes every part at once, as
-the service needs them, so nothing is made later in a thread of its own.
+(``cases list``, ``status``) opens the store without importing the parsers, the outbox or the
+relay's sign-in. Its configuration too is loaded when first read, if the validated-config cache
+says it is valid already (a configuration with a mistake is never cached, so the mistake is still
+reported before anything else). A build that may write makes every part at once, as the service
+needs them, so nothing is made later in a thread of its own.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from escalations.cases import schema
 from escalations.cases.store import Store, StoredInbound, content_key, make_engine
 from escalations.clock import Clock, SystemClock
-from escalations.policy_files import load_config
 from escalations.private import make_private
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 class App:
     settings: Settings
     clock: Clock
-    config: PolicyConfig
     store: Store
     #: The relay (or the folder) the outbox sends through: None for the one the settings name.
     sender: MailSender | None = None
@@ -51,6 +51,10 @@ class App:
     _stopping: threading.Event | None = None
 
     # ---- the parts, each made (and its modules imported) when first used -----------------------
+
+    @functools.cached_property
+    def config(self) -> PolicyConfig:
+        return _load_config(self.settings)
 
     @functools.cached_property
     def labels(self) -> LabelTable:
@@ -223,8 +227,9 @@ def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSen
     A read-only build makes the parts that handle mail only if the command uses them; any other
     build makes them all before it returns."""
     clock = clock or SystemClock()
-    config = config or load_config(settings.config_dir, cache_dir=settings.data_dir)
-    labels = None if read_only else _load_labels(settings)  # a mistake in them before anything is created
+    if config is None and not (read_only and _config_cached(settings)):
+        config = _load_config(settings)  # a mistake in it before anything is opened or created
+    labels = None if read_only else _load_labels(settings)
     if not read_only:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(make_engine(settings.effective_database_url), clock, lease_clock=lease_clock)
@@ -237,11 +242,26 @@ def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSen
         store.engine.dispose()
         raise
     make_private(settings.data_dir, settings.effective_database_url)
-    app = App(settings=settings, clock=clock, config=config, store=store, sender=sender)
+    app = App(settings=settings, clock=clock, store=store, sender=sender)
+    if config is not None:
+        app.config = config
     if labels is not None:
         app.labels = labels
         app.make_parts()
     return app
+
+
+def _load_config(settings: Settings) -> PolicyConfig:
+    from escalations.policy_files import load_config
+
+    return load_config(settings.config_dir, cache_dir=settings.data_dir)
+
+
+def _config_cached(settings: Settings) -> bool:
+    """The configuration is cached, so it is valid: it can be loaded when first read."""
+    from escalations.policy_files import cache
+
+    return cache.is_current(settings.data_dir, cache.cache_key(settings.config_dir))
 
 
 def _load_labels(settings: Settings) -> LabelTable:
