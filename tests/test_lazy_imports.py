@@ -67,6 +67,7 @@ def test_cases_list_on_an_empty_database_imports_only_what_it_reads(tmp_path: Pa
         found = {m.split(".")[0] for m in modules}
         assert not found & set(NOT_FOR_CASES_LIST), sorted(found & set(NOT_FOR_CASES_LIST))
         assert "escalations.cases.store" in modules and "sqlalchemy" in found  # it did run
+        assert not modules & {"escalations.web.models", "escalations.records.models"}  # tables it never reads
         if run:  # the configuration is cached, so known valid, and cases list never reads it
             assert not modules & {"escalations.routing.policy.model", "holidays", "yaml"}, \
                 sorted(modules & {"escalations.routing.policy.model", "holidays", "yaml"})
@@ -88,6 +89,13 @@ def test_a_password_still_verifies_after_a_lazy_start() -> None:
     sealer = TotpSealer(b"k" * 32)
     assert sealer.unseal(sealer.seal("JBSWY3DPEHPK3PXP", 7), 7) == "JBSWY3DPEHPK3PXP"
     assert sealer.unseal(sealer.seal("JBSWY3DPEHPK3PXP", 7), 8) is None
+
+
+def test_all_models_holds_every_table_even_in_a_process_that_imported_only_the_schema() -> None:
+    code = "import json\nfrom escalations.cases import schema\nprint(json.dumps(sorted(schema.all_models().tables)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert {"case", "outbox", "legal_hold", "form_copy", "web_user", "web_session"} <= set(json.loads(done.stdout))
 
 
 def test_the_head_read_from_the_revision_files_is_alembics() -> None:

@@ -24,19 +24,27 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 import structlog
+from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlmodel import SQLModel
 
-from escalations.cases import models as _models  # noqa: F401  (the tables SQLModel.metadata holds)
+from escalations.cases import models as _models  # noqa: F401  (the case tables SQLModel.metadata holds)
 from escalations.private import sqlite_path
-from escalations.records import models as _records_models  # noqa: F401  (legal holds, form copies, purges)
-from escalations.web import models as _web_models  # noqa: F401  (the web interface's tables)
 
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
 log = structlog.get_logger("escalations.schema")
+
+
+def all_models() -> MetaData:
+    """SQLModel.metadata with every table of ours: the records' (legal holds, form copies, purges)
+    and the web interface's too, imported here rather than by every command that opens the store."""
+    from escalations.records import models as _records_models  # noqa: F401
+    from escalations.web import models as _web_models  # noqa: F401
+
+    return SQLModel.metadata
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 VERSION_TABLE = "alembic_version"
@@ -203,7 +211,7 @@ def status_of(connection: Connection) -> SchemaStatus:
     inspector = sa.inspect(connection)
     tables = set(inspector.get_table_names())
     tables.discard(VERSION_TABLE)  # the table with no row in it: go by the other tables
-    if not tables & set(SQLModel.metadata.tables):
+    if not tables & set(all_models().tables):
         return SchemaStatus(SchemaState.EMPTY, None, target)
     if tables >= FIRST_RELEASE_TABLES and not _has_later_additions(inspector, tables):
         return SchemaStatus(SchemaState.FIRST_RELEASE, None, target)
@@ -320,13 +328,14 @@ def differences(connection: Connection) -> list[object]:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    ours = SQLModel.metadata.tables
+    metadata = all_models()
+    ours = metadata.tables
 
     def include_name(name: str | None, type_: str, _parent: object) -> bool:
         return type_ != "table" or name in ours
 
     context = MigrationContext.configure(connection, opts={"compare_type": True, "include_name": include_name})
-    return list(compare_metadata(context, SQLModel.metadata))
+    return list(compare_metadata(context, metadata))
 
 
 def write_revision(engine: Engine, message: str) -> None:
