@@ -1,58 +1,135 @@
-"""The one composition root: ``build_app(settings) -> App``. Nothing else reads settings."""
+"""The one composition root: ``build_app(settings) -> App``. Nothing else reads settings.
+
+The parts that handle mail (processor, workflow, outbox, operations, the parse worker and their
+renderer) are made when first used, and their modules imported then: a read-only command
+(``cases list``, ``status``) opens the store without importing the parsers, the outbox or the
+relay's sign-in. Its configuration too is loaded when first read, if the validated-config cache
+says it is valid already (a configuration with a mistake is never cached, so the mistake is still
+reported before anything else). A build that may write makes every part at once, as the service
+needs them, so nothing is made later in a thread of its own.
+"""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
-
-import structlog
+from typing import TYPE_CHECKING, Any
 
 from escalations.cases import schema
-from escalations.cases.operations import Operations
-from escalations.cases.processor import Outcome, Processor
 from escalations.cases.store import Store, StoredInbound, content_key, make_engine
-from escalations.cases.workflow import Workflow
 from escalations.clock import Clock, SystemClock
-from escalations.mailer.outbox import OutboxDispatcher, Renderer
-from escalations.mailer.smtp_sender import FileSender, MailSender, SmtpRelaySender
-from escalations.parsers.attachments import with_attachment_texts
-from escalations.parsers.limits import Limits
-from escalations.parsers.message import parse_message
-from escalations.policy_files import load_config
 from escalations.private import make_private
-from escalations.routing.policy.model import PolicyConfig
-from escalations.sandbox import BoundedParser
-from escalations.settings import Settings
 
-log = structlog.get_logger("escalations.app")
+if TYPE_CHECKING:
+    from escalations.cases.operations import Operations
+    from escalations.cases.processor import Outcome, Processor
+    from escalations.cases.workflow import Workflow
+    from escalations.mailer.outbox import OutboxDispatcher, Renderer
+    from escalations.mailer.smtp_sender import MailSender
+    from escalations.parsers.labels import LabelTable
+    from escalations.parsers.limits import Limits
+    from escalations.routing.policy.model import PolicyConfig
+    from escalations.sandbox import BoundedParser
+    from escalations.settings import Settings
 
 
 @dataclass
 class App:
     settings: Settings
     clock: Clock
-    config: PolicyConfig
     store: Store
-    renderer: Renderer
-    processor: Processor
-    outbox: OutboxDispatcher
-    workflow: Workflow
+    #: The relay (or the folder) the outbox sends through: None for the one the settings name.
+    sender: MailSender | None = None
     wake_processor: threading.Event = field(default_factory=threading.Event)
     wake_outbox: threading.Event = field(default_factory=threading.Event)
     smtp_port: int | None = None
-    operations: Operations | None = None
     _stopping: threading.Event | None = None
-    parser: BoundedParser | None = None
+
+    # ---- the parts, each made (and its modules imported) when first used -----------------------
+
+    @functools.cached_property
+    def config(self) -> PolicyConfig:
+        return _load_config(self.settings)
+
+    @functools.cached_property
+    def labels(self) -> LabelTable:
+        return _load_labels(self.settings)
+
+    @functools.cached_property
+    def renderer(self) -> Renderer:
+        from escalations.mailer.outbox import Renderer
+
+        return Renderer(self.settings.web.public_url)
+
+    @functools.cached_property
+    def workflow(self) -> Workflow:
+        from escalations.cases.workflow import Workflow
+
+        s = self.settings
+        return Workflow(self.store, self.config, self.renderer, s.token_secret(), s.message_id_domain,
+                        subaddressing=s.reply_subaddressing)
+
+    @functools.cached_property
+    def parser(self) -> BoundedParser | None:
+        """The parse worker (None: messages are parsed in this process)."""
+        from escalations.sandbox import BoundedParser
+
+        s = self.settings
+        return BoundedParser(parse_limits(s), timeout_seconds=s.parse_timeout_seconds,
+                             memory_bytes=s.parse_memory_bytes) if s.parse_in_worker else None
+
+    @functools.cached_property
+    def processor(self) -> Processor:
+        from escalations.cases.processor import Processor
+        from escalations.parsers.attachments import with_attachment_texts
+        from escalations.parsers.message import parse_message
+
+        s = self.settings
+        limits = parse_limits(s)
+        return Processor(self.store, self.config, self.renderer, self.clock, message_id_domain=s.message_id_domain,
+                         workflow=self.workflow, auth_results={m.name: m.auth_results for m in s.mailboxes},
+                         smtp_authserv_id=s.smtp_intake_authserv_id, ingest_auth_results=s.ingest_auth_results,
+                         note_limit=s.max_notes_per_party_per_day, labels=self.labels,
+                         on_queued=self.wake_outbox.set,
+                         parser=self.parser or (lambda raw: with_attachment_texts(parse_message(raw, limits), limits)))
+
+    @functools.cached_property
+    def outbox(self) -> OutboxDispatcher:
+        from escalations.mailer.outbox import OutboxDispatcher
+
+        s = self.settings
+        return OutboxDispatcher(self.store, self.sender or mail_sender_for(s), max_attempts=s.outbox_max_attempts,
+                                backoff_initial=s.outbox_backoff_initial_seconds,
+                                backoff_max=s.outbox_backoff_max_seconds,
+                                max_per_address_per_hour=s.max_mails_per_address_per_hour)
+
+    @functools.cached_property
+    def operations(self) -> Operations | None:
+        from escalations.cases.operations import Operations
+
+        s = self.settings
+        return Operations(self.store, self.config, self.renderer, s.message_id_domain,
+                          mailboxes=tuple(m.name for m in s.mailboxes),
+                          mailbox_addresses={m.name: m.username for m in s.mailboxes},
+                          admin_emails=tuple(s.admin_emails), admin_from=s.admin_from,
+                          alert_after=timedelta(minutes=s.mailbox_alert_after_minutes),
+                          digest_at=s.daily_digest_at)
+
+    def make_parts(self) -> None:
+        """Make every part now (a build that may write: the service, and commands that act)."""
+        for part in ("workflow", "parser", "processor", "outbox", "operations"):
+            getattr(self, part)
 
     def close(self) -> None:
-        """Stop the parse worker (a later parse starts a new one)."""
-        if self.parser is not None:
-            self.parser.close()
+        """Stop the parse worker (a later parse starts a new one); a worker never made is left alone."""
+        parser = self.__dict__.get("parser")
+        if parser is not None:
+            parser.close()
 
     # ---- intake --------------------------------------------------------------------------
 
@@ -129,6 +206,8 @@ class App:
 
 
 def mail_sender_for(settings: Settings) -> MailSender:
+    from escalations.mailer.smtp_sender import FileSender, SmtpRelaySender
+
     if settings.relay is not None:
         return SmtpRelaySender(settings.relay)
     return FileSender(settings.sent_dir)
@@ -139,12 +218,13 @@ def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSen
               read_only: bool = False) -> App:
     """``read_only``: the command only reads, so the database must exist at this release's schema
     already (nothing is created); otherwise an empty database is created at it. Either way a
-    database at another revision raises :class:`SchemaError` naming ``escalations db upgrade``."""
+    database at another revision raises :class:`SchemaError` naming ``escalations db upgrade``.
+    A read-only build makes the parts that handle mail only if the command uses them; any other
+    build makes them all before it returns."""
     clock = clock or SystemClock()
-    config = config or load_config(settings.config_dir, cache_dir=settings.data_dir)
-    from escalations.policy_files.labels import load_labels
-
-    labels = load_labels(settings.config_dir)  # <config dir>/labels.yaml over the shipped vocabulary
+    if config is None and not (read_only and _config_cached(settings)):
+        config = _load_config(settings)  # a mistake in it before anything is opened or created
+    labels = None if read_only else _load_labels(settings)
     if not read_only:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(make_engine(settings.effective_database_url), clock, lease_clock=lease_clock)
@@ -157,37 +237,37 @@ def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSen
         store.engine.dispose()
         raise
     make_private(settings.data_dir, settings.effective_database_url)
-    renderer = Renderer(settings.web.public_url)
-    app_ref: list[App] = []
-    workflow = Workflow(store, config, renderer, settings.token_secret(),
-                        settings.message_id_domain, subaddressing=settings.reply_subaddressing)
-    limits = parse_limits(settings)
-    parser = BoundedParser(limits, timeout_seconds=settings.parse_timeout_seconds,
-                           memory_bytes=settings.parse_memory_bytes) if settings.parse_in_worker else None
-    processor = Processor(store, config, renderer, clock, message_id_domain=settings.message_id_domain,
-                          workflow=workflow, auth_results={m.name: m.auth_results for m in settings.mailboxes},
-                          smtp_authserv_id=settings.smtp_intake_authserv_id,
-                          ingest_auth_results=settings.ingest_auth_results,
-                          note_limit=settings.max_notes_per_party_per_day, labels=labels,
-                          on_queued=lambda: app_ref[0].wake_outbox.set() if app_ref else None,
-                          parser=parser or (lambda raw: with_attachment_texts(parse_message(raw, limits), limits)))
-    outbox = OutboxDispatcher(store, sender or mail_sender_for(settings), max_attempts=settings.outbox_max_attempts,
-                              backoff_initial=settings.outbox_backoff_initial_seconds,
-                              backoff_max=settings.outbox_backoff_max_seconds,
-                              max_per_address_per_hour=settings.max_mails_per_address_per_hour)
-    operations = Operations(store, config, renderer, settings.message_id_domain,
-                            mailboxes=tuple(m.name for m in settings.mailboxes),
-                            mailbox_addresses={m.name: m.username for m in settings.mailboxes},
-                            admin_emails=tuple(settings.admin_emails), admin_from=settings.admin_from,
-                            alert_after=timedelta(minutes=settings.mailbox_alert_after_minutes),
-                            digest_at=settings.daily_digest_at)
-    app = App(settings=settings, clock=clock, config=config, store=store, renderer=renderer,
-              processor=processor, outbox=outbox, workflow=workflow, parser=parser, operations=operations)
-    app_ref.append(app)
+    app = App(settings=settings, clock=clock, store=store, sender=sender)
+    if config is not None:
+        app.config = config
+    if labels is not None:
+        app.labels = labels
+        app.make_parts()
     return app
 
 
+def _load_config(settings: Settings) -> PolicyConfig:
+    from escalations.policy_files import load_config
+
+    return load_config(settings.config_dir, cache_dir=settings.data_dir)
+
+
+def _config_cached(settings: Settings) -> bool:
+    """The configuration is cached, so it is valid: it can be loaded when first read."""
+    from escalations.policy_files import cache
+
+    return cache.is_current(settings.data_dir, cache.cache_key(settings.config_dir))
+
+
+def _load_labels(settings: Settings) -> LabelTable:
+    from escalations.policy_files.labels import load_labels
+
+    return load_labels(settings.config_dir)  # <config dir>/labels.yaml over the shipped vocabulary
+
+
 def parse_limits(settings: Settings) -> Limits:
+    from escalations.parsers.limits import Limits
+
     return Limits(max_mime_parts=settings.max_mime_parts, max_mime_depth=settings.max_mime_depth,
                   attachment_max_decompressed_bytes=settings.attachment_max_decompressed_bytes,
                   attachment_max_ratio=settings.attachment_max_ratio,

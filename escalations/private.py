@@ -12,8 +12,6 @@ import os
 import stat
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 PRIVATE_UMASK = 0o077
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -28,6 +26,8 @@ def private_umask() -> int:
 
 
 def sqlite_path(database_url: str) -> Path | None:
+    from sqlalchemy.engine import make_url  # not for `import escalations.cli`: --help needs no SQLAlchemy
+
     url = make_url(database_url)
     if not url.drivername.startswith("sqlite") or not url.database or url.database == ":memory:":
         return None

@@ -15,7 +15,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -408,6 +407,7 @@ class Settings(BaseSettings):
 def load_mailboxes_file(path: Path) -> list[MailboxSettings]:
     """The mailboxes of a YAML file (a list, or a mapping with ``mailboxes:``). Mistakes are
     :class:`~escalations.errors.SetupError` naming the file and line."""
+    import yaml  # only when there is a mailboxes file: not for every command's settings
     from pydantic import ValidationError
 
     from escalations.errors import SetupError, pydantic_reason

@@ -4,34 +4,47 @@ A release installs over a live database: ``escalations db upgrade`` runs the mig
 escalations/migrations/versions/, and every other command checks the revision first. Only an
 empty database (none of our tables) is created without being asked, so the demo and the tests
 need no extra step; a read-only command never creates or alters anything.
+
+Alembic (and Mako, Pygments and its dialect modules with it: ~10 MiB, ~0.1 s) is imported only to
+migrate or to tell apart a database that is not at head: a database at head is recognised with
+one plain query against ``alembic_version``, and the head is read from the revision files
+themselves (:func:`head`), so a command or a service start on a current database never loads it.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import logging
 import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 import structlog
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.config import Config
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
+from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlmodel import SQLModel
 
-from escalations.cases import models as _models  # noqa: F401  (the tables SQLModel.metadata holds)
+from escalations.cases import models as _models  # noqa: F401  (the case tables SQLModel.metadata holds)
 from escalations.private import sqlite_path
-from escalations.records import models as _records_models  # noqa: F401  (legal holds, form copies, purges)
-from escalations.web import models as _web_models  # noqa: F401  (the web interface's tables)
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 log = structlog.get_logger("escalations.schema")
+
+
+def all_models() -> MetaData:
+    """SQLModel.metadata with every table of ours: the records' (legal holds, form copies, purges)
+    and the web interface's too, imported here rather than by every command that opens the store."""
+    from escalations.records import models as _records_models  # noqa: F401
+    from escalations.web import models as _web_models  # noqa: F401
+
+    return SQLModel.metadata
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 VERSION_TABLE = "alembic_version"
@@ -100,16 +113,60 @@ def database_exists(url: str) -> bool:
 
 @functools.cache
 def _scripts() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_config(None))
 
 
+def _revision_file_ids(path: Path) -> tuple[str, tuple[str, ...]] | None:
+    """``revision`` and its ``down_revision`` parents as a revision file assigns them (literals), else None."""
+    found: dict[str, object] = {}
+    for node in ast.parse(path.read_text(encoding="utf-8"), str(path)).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+            try:
+                found[target.id] = ast.literal_eval(value)
+            except ValueError:
+                return None
+    revision, down = found.get("revision"), found.get("down_revision")
+    if not isinstance(revision, str):
+        return None
+    parents = () if down is None else (down,) if isinstance(down, str) else down
+    if not isinstance(parents, tuple | list) or not all(isinstance(d, str) for d in parents):
+        return None
+    return revision, tuple(parents)
+
+
+@functools.cache
+def _head_of_files() -> str | None:
+    """The one head of escalations/migrations/versions/, read from the files' ``revision`` and
+    ``down_revision`` literals without importing Alembic (None: not one clear head; Alembic decides)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in sorted((MIGRATIONS / "versions").glob("*.py")):
+        ids = _revision_file_ids(path)
+        if ids is None:
+            return None
+        revisions.add(ids[0])
+        parents.update(ids[1])
+    heads = revisions - parents
+    return next(iter(heads)) if len(heads) == 1 and parents <= revisions else None
+
+
 def head() -> str:
-    rev = _scripts().get_current_head()
+    rev = _head_of_files() or _scripts().get_current_head()
     assert rev is not None
     return rev
 
 
 def _config(connection: Connection | None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = connection
@@ -117,6 +174,8 @@ def _config(connection: Connection | None) -> Config:
 
 
 def _known(revision: str) -> bool:
+    from alembic.util import CommandError
+
     try:
         return _scripts().get_revision(revision) is not None
     except CommandError:  # an id none of our revisions has
@@ -128,9 +187,21 @@ def _quiet_alembic() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+def _at_head(connection: Connection, target: str) -> bool:
+    """The one plain query: is exactly ``target`` recorded? (Anything else: Alembic looks.)"""
+    if not sa.inspect(connection).has_table(VERSION_TABLE):
+        return False
+    recorded = connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    return list(recorded) == [target]
+
+
 def status_of(connection: Connection) -> SchemaStatus:
-    _quiet_alembic()
     target = head()
+    if _at_head(connection, target):
+        return SchemaStatus(SchemaState.CURRENT, target, target)
+    from alembic.migration import MigrationContext
+
+    _quiet_alembic()
     revision = MigrationContext.configure(connection).get_current_revision()
     if revision is not None:
         if revision == target:
@@ -140,7 +211,7 @@ def status_of(connection: Connection) -> SchemaStatus:
     inspector = sa.inspect(connection)
     tables = set(inspector.get_table_names())
     tables.discard(VERSION_TABLE)  # the table with no row in it: go by the other tables
-    if not tables & set(SQLModel.metadata.tables):
+    if not tables & set(all_models().tables):
         return SchemaStatus(SchemaState.EMPTY, None, target)
     if tables >= FIRST_RELEASE_TABLES and not _has_later_additions(inspector, tables):
         return SchemaStatus(SchemaState.FIRST_RELEASE, None, target)
@@ -220,6 +291,10 @@ def prepare(engine: Engine) -> None:
 
 def upgrade(engine: Engine, *, only_if_empty: bool = False) -> UpgradeResult:
     """Bring the database to head in one transaction (all of it, or none of it on a crash)."""
+    from alembic import command
+    from alembic.migration import MigrationContext
+
+    _quiet_alembic()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
@@ -250,18 +325,24 @@ def upgrade(engine: Engine, *, only_if_empty: bool = False) -> UpgradeResult:
 def differences(connection: Connection) -> list[object]:
     """What autogenerate would change to make the database match the models (empty: nothing).
     Only our tables: another application's in the same database are not ours to compare."""
-    ours = SQLModel.metadata.tables
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    metadata = all_models()
+    ours = metadata.tables
 
     def include_name(name: str | None, type_: str, _parent: object) -> bool:
         return type_ != "table" or name in ours
 
     context = MigrationContext.configure(connection, opts={"compare_type": True, "include_name": include_name})
-    return list(compare_metadata(context, SQLModel.metadata))
+    return list(compare_metadata(context, metadata))
 
 
 def write_revision(engine: Engine, message: str) -> None:
     """Developers: write versions/NNNN_*.py from the difference between a database at head and the
     models. Review it before committing."""
+    from alembic import command
+
     number = f"{len(list(_scripts().walk_revisions())) + 1:04d}"
     with engine.begin() as conn:
         command.revision(_config(conn), message, autogenerate=True, rev_id=number)

@@ -1,20 +1,17 @@
 """Command line (typer), thin: a module per command group, one set-up error printer (base.py).
 
-Each module adds its commands to :data:`app` when imported; ``--help`` lists them in this order.
+Each module adds its commands to :data:`app` when imported. Importing this package imports none of
+them: :data:`~escalations.cli.base.COMMANDS` names the module(s) of each command, imported when that
+command runs, so a command's start-up pays only for its own imports. ``--help`` lists them all in
+that table's order.
 """
 
 from __future__ import annotations
 
-import importlib
-
-from escalations.cli.base import app
+from escalations.cli.base import COMMAND_MODULES, COMMANDS, app, import_commands
 from escalations.private import private_umask
 
-COMMAND_MODULES = ("run", "messages", "cases", "records", "queues", "health", "db", "policy", "web")
-for _module in COMMAND_MODULES:
-    importlib.import_module(f"escalations.cli.{_module}")
-
-__all__ = ["COMMAND_MODULES", "app", "main"]
+__all__ = ["COMMANDS", "COMMAND_MODULES", "app", "import_commands", "main"]
 
 
 def main() -> None:

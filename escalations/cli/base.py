@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+import typer.main
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from rich.console import Console
@@ -22,9 +24,49 @@ from escalations.logs import configure_logging
 from escalations.private import private_umask
 from escalations.settings import Settings
 
+#: Every top-level command and group, in the order ``--help`` lists them, and the modules of
+#: escalations/cli/ that register it (``cases`` gets export / learn / theme from records.py). A
+#: command's modules are imported when it runs, so ``escalations cases list`` never imports the
+#: service's, the web interface's or the records' (``--help`` and a mistyped name import them all).
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "run": ("run",), "parse": ("messages",), "ingest": ("messages",), "report": ("records",),
+    "tick": ("queues",), "status": ("health",), "web": ("web",),
+    "cases": ("cases", "records"), "retention": ("records",), "outbox": ("queues",), "timers": ("queues",),
+    "quarantine": ("queues",), "mailbox": ("health",), "db": ("db",), "config": ("policy",),
+    "policy": ("policy",), "users": ("web",), "audit": ("web",),
+}
+#: The modules, in the order the commands they register are listed.
+COMMAND_MODULES = tuple(dict.fromkeys(m for modules in COMMANDS.values() for m in modules))
+
+
+def import_commands(modules: tuple[str, ...] = COMMAND_MODULES) -> None:
+    """Register these modules' commands on :data:`app` (each module adds its own when imported)."""
+    for module in modules:
+        importlib.import_module(f"escalations.cli.{module}")
+
 
 class _SetupErrorsAsSentences(TyperGroup):
-    """The one error printer: every command's set-up mistakes become a sentence and exit 2."""
+    """The one error printer: every command's set-up mistakes become a sentence and exit 2. Commands
+    come from :data:`COMMANDS`, each module imported when its command is first asked for."""
+
+    _loaded: set[str]
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*COMMANDS, *(name for name in self.commands if name not in COMMANDS)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        loaded = self.__dict__.setdefault("_loaded", set())
+        if cmd_name in COMMANDS and cmd_name not in loaded:
+            import_commands(COMMANDS[cmd_name])
+            command = _registered(cmd_name)
+            if command is not None:
+                self.commands[cmd_name] = command
+            loaded.add(cmd_name)
+        elif cmd_name not in COMMANDS and cmd_name not in self.commands:
+            # a mistyped name: every command loaded, so "Did you mean ...?" is offered from all of them
+            for name in COMMANDS:
+                self.get_command(ctx, name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -43,11 +85,41 @@ class _SetupErrorsAsSentences(TyperGroup):
 app = typer.Typer(help="Resolving professional differences: the partnership escalation service.",
                   no_args_is_help=True, pretty_exceptions_enable=False, cls=_SetupErrorsAsSentences)
 
+
+def _registered(name: str) -> Any:
+    """The click command or group a module registered on :data:`app` under ``name`` (None: none)."""
+    for info in app.registered_commands:
+        if info.callback is not None and (info.name or typer.main.get_command_name(info.callback.__name__)) == name:
+            return typer.main.get_command_from_info(info, pretty_exceptions_short=app.pretty_exceptions_short,
+                                                    rich_markup_mode=app.rich_markup_mode)
+    for group in app.registered_groups:
+        if group.name == name:
+            return typer.main.get_group_from_info(group, pretty_exceptions_short=app.pretty_exceptions_short,
+                                                  rich_markup_mode=app.rich_markup_mode,
+                                                  suggest_commands=app.suggest_commands)
+    return None
+
 console = Console()
 err = Console(stderr=True)
 
-__all__ = ["LONDON", "JsonOpt", "app", "build", "console", "err", "get_settings", "iso", "local", "local_iso",
-           "parse_when", "print_json", "schema_refused"]
+__all__ = [
+    "COMMANDS",
+    "COMMAND_MODULES",
+    "LONDON",
+    "JsonOpt",
+    "app",
+    "build",
+    "console",
+    "err",
+    "get_settings",
+    "import_commands",
+    "iso",
+    "local",
+    "local_iso",
+    "parse_when",
+    "print_json",
+    "schema_refused",
+]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 

@@ -11,11 +11,16 @@ it is a regular file owned by this user that nobody else can write. It is keyed 
 A key that does not match, a file that cannot be read or unpickled: the cache is ignored and the
 configuration loaded from the YAML files (then written again). Only a configuration that loaded
 without errors is cached, so a mistake is reported every time until it is fixed.
+
+The key is written in plain before the pickle, so a stale file is never unpickled and
+:func:`is_current` can tell that the configuration is valid without unpickling it (nor importing
+the policy model): a read-only command that never reads the configuration need not load it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -23,15 +28,19 @@ import os
 import pickle
 import stat
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from escalations.routing.policy.model import PolicyConfig
 
 CACHE_NAME = "config-cache.pickle"
 #: Bump when the cache file's layout changes.
-_FORMAT = 1
+_FORMAT = 2
+#: What the file starts with: this line, then the key (64 hex digits) and a newline, then the pickle.
+_MAGIC = b"escalations config cache 2\n"
+_KEY_BYTES = 64
 #: Packages whose code defines what a validated configuration is.
 _CODE_PACKAGES = ("policy_files", "routing/policy")
 
@@ -41,6 +50,7 @@ def _stat_entry(path: Path) -> list[Any]:
     return [str(path), st.st_size, st.st_mtime_ns, st.st_ino]
 
 
+@functools.cache
 def _version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)
@@ -70,24 +80,46 @@ def cache_key(config_dir: Path) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def read_cached(cache_dir: Path, key: str) -> PolicyConfig | None:
-    """The cached configuration for ``key``, or None (missing, stale, not private, unreadable)."""
-    path = cache_dir / CACHE_NAME
+@contextlib.contextmanager
+def _private_file(cache_dir: Path) -> Iterator[IO[bytes] | None]:
+    """The cache file opened for reading, or None when it is missing or not ours alone."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(cache_dir / CACHE_NAME, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
-        return None
+        yield None
+        return
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            return None  # not ours alone: never unpickle it
+        # not ours alone: never unpickle it
+        yield f if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077 else None
+
+
+def _stored_key(f: IO[bytes]) -> str | None:
+    head = f.read(len(_MAGIC) + _KEY_BYTES + 1)
+    if not head.startswith(_MAGIC) or not head.endswith(b"\n"):
+        return None
+    return head[len(_MAGIC):-1].decode("ascii", "replace")
+
+
+def is_current(cache_dir: Path, key: str) -> bool:
+    """Whether the cache holds the configuration for ``key``: then it loaded without errors (its
+    header only is read; nothing is unpickled)."""
+    with _private_file(cache_dir) as f:
+        return f is not None and _stored_key(f) == key
+
+
+def read_cached(cache_dir: Path, key: str) -> PolicyConfig | None:
+    """The cached configuration for ``key``, or None (missing, stale, not private, unreadable)."""
+    with _private_file(cache_dir) as f:
+        if f is None or _stored_key(f) != key:
+            return None
         try:
-            stored_key, cfg = pickle.load(f)
+            cfg = pickle.load(f)
         except Exception:  # a truncated or foreign file: load from YAML instead
             return None
     from escalations.routing.policy.model import PolicyConfig
 
-    return cfg if stored_key == key and isinstance(cfg, PolicyConfig) else None
+    return cfg if isinstance(cfg, PolicyConfig) else None
 
 
 def write_cached(cache_dir: Path, key: str, cfg: PolicyConfig) -> None:
@@ -99,7 +131,8 @@ def write_cached(cache_dir: Path, key: str, cfg: PolicyConfig) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o600)
-            pickle.dump((key, cfg), f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.write(_MAGIC + key.encode("ascii") + b"\n")
+            pickle.dump(cfg, f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, cache_dir / CACHE_NAME)
     except (OSError, pickle.PicklingError):
         with contextlib.suppress(OSError):

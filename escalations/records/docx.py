@@ -1,18 +1,21 @@
 """A :class:`Form` as a Word document (python-docx): a title, then each answer as a two-column table
 row (label | value) and each grid as a table with a row of column labels, the layout the seed forms
-use and the referral parser reads back."""
+use and the referral parser reads back.
+
+python-docx (and lxml) is imported when a document is made: the web interface imports this module
+for its form pages, and the running service never needs it otherwise."""
 
 from __future__ import annotations
 
 import io
 from datetime import UTC, datetime
-
-import docx
-from docx.document import Document
-from docx.shared import Pt
-from docx.table import Table
+from typing import TYPE_CHECKING
 
 from escalations.records.forms import Block, Form, Grid, Heading, Row
+
+if TYPE_CHECKING:
+    from docx.document import Document
+    from docx.table import Table
 
 __all__ = ["render_docx"]
 
@@ -59,6 +62,9 @@ def _blocks(doc: Document, blocks: tuple[Block, ...]) -> None:
 
 def render_docx(form: Form, *, created: datetime | None = None) -> bytes:
     """The document's bytes. Its properties carry the title and reference only (no child's details)."""
+    import docx
+    from docx.shared import Pt
+
     doc = docx.Document()
     doc.styles["Normal"].font.name = "Arial"
     doc.styles["Normal"].font.size = Pt(10)

@@ -13,7 +13,6 @@ from sqlalchemy import func, inspect
 from sqlmodel import col, select
 
 from escalations.cases.models import Case, InboundMessage, MailboxHealth, OutboxMessage, Timer
-from escalations.cases.operations import quarantine_code
 from escalations.cases.store import Store, make_engine
 from escalations.clock import SystemClock, iso, local
 from escalations.errors import SetupError
@@ -184,6 +183,8 @@ def _secret_rows(settings: Settings, now: datetime, problems: list[str]) -> list
 
 def health(settings: Settings, now: datetime) -> dict[str, Any]:
     """Health for people and monitoring, read without writing anything (no schema, no claims)."""
+    from escalations.cases.operations import quarantine_code  # and the outbox with it: not for `cases list`
+
     c = _read_counts(settings)
     problems: list[str] = []
     mailboxes = _mailbox_rows(settings, c, now, problems)

@@ -5,7 +5,10 @@ audience and nonce checked by authlib against the provider's discovery document 
 Roles come from the claims named in ``web.oidc.claims`` (Entra ID app roles ``roles``, ``groups``)
 mapped by ``web.oidc.role_claims``; the highest wins. Partnerships: ``web.oidc.partnerships`` plus
 ``web.oidc.partnership_claims``. A provider that sends no role claims (Google) can still sign people
-in: an administrator gives the address a role with ``escalations users add EMAIL --role R --oidc``."""
+in: an administrator gives the address a role with ``escalations users add EMAIL --role R --oidc``.
+
+authlib (with joserfc, httpx and cryptography's JOSE parts: ~230 modules) is imported only when
+OIDC is configured (:func:`client_for`) or a sign-in through it is under way."""
 
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from authlib.integrations.starlette_client import OAuth, OAuthError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -41,6 +43,8 @@ def client_for(settings: WebSettings) -> Any:
     except ValueError as exc:  # the named variable unset, the file unreadable
         setting = "ESCALATIONS_WEB__OIDC__CLIENT_SECRET_" + ("ENV" if o.client_secret_env else "FILE")
         raise SetupError(setting, f"{exc}: set it, or name where the app registration's secret is") from None
+    from authlib.integrations.starlette_client import OAuth
+
     oauth = OAuth()
     return oauth.register(name="oidc", client_id=o.client_id, client_secret=secret or None,
                           server_metadata_url=o.issuer.rstrip("/") + "/.well-known/openid-configuration",
@@ -106,6 +110,8 @@ async def start(request: Request) -> Response:
 
 
 async def callback(request: Request) -> Response:
+    from authlib.integrations.starlette_client import OAuthError
+
     from escalations.web.signin import finish_sign_in
 
     ctx = web(request)

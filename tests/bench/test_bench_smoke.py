@@ -46,6 +46,7 @@ def test_footprint_smoke_measures_the_real_command(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())
     assert figures["memory"]["catchup"] == 30 and figures["memory"]["peak_rss_kib"] > 0
     assert figures["memory"]["database"]["cases"] == 31
+    assert figures["memory"]["restart_idle_rss_kib"] > 0  # a second start on the same database
     assert figures["startup"]["repeats"] == 3 and figures["startup"]["cases_list_s"] > 0
 
 

@@ -94,3 +94,44 @@ def test_no_data_dir_yet_means_no_cache_and_no_directory(tmp_path: Path) -> None
     shutil.copytree(FIXTURES / "valid", tmp_path / "config")
     cfg = load_config(tmp_path / "config", cache_dir=tmp_path / "missing")
     assert cfg.partnerships and not (tmp_path / "missing").exists()
+
+
+def test_is_current_reads_the_key_only_and_a_stale_file_is_never_unpickled(
+        dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    config_dir, data = dirs
+    assert not config_cache.is_current(data, config_cache.cache_key(config_dir))  # nothing cached yet
+    load_config(config_dir, cache_dir=data)
+    key = config_cache.cache_key(config_dir)
+    assert config_cache.is_current(data, key)
+    demo = config_dir / "partnerships" / "demo.yaml"
+    demo.write_text(demo.read_text() + "\n# a comment\n")
+    stale = config_cache.cache_key(config_dir)
+    assert stale != key and not config_cache.is_current(data, stale)
+
+    def no_unpickling(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a stale cache was unpickled")
+
+    monkeypatch.setattr(config_cache.pickle, "load", no_unpickling)
+    assert config_cache.read_cached(data, stale) is None
+    os.chmod(data / CACHE_NAME, 0o644)
+    assert not config_cache.is_current(data, key)  # not ours alone: not trusted, even for its key
+
+
+def test_a_read_only_build_loads_a_cached_configuration_when_it_is_read(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from escalations.app import build_app
+    from escalations.settings import Settings
+
+    shutil.copytree(FIXTURES / "valid", tmp_path / "config")
+    settings = Settings(data_dir=tmp_path / "var", config_dir=tmp_path / "config")
+    build_app(settings).store.engine.dispose()  # creates the database (and the data directory)
+    load_config(tmp_path / "config", cache_dir=tmp_path / "var")  # caches the configuration
+    calls = _loads_from_yaml(monkeypatch)
+    reader = build_app(settings, read_only=True)
+    assert "config" not in reader.__dict__  # valid (cached) and not read yet
+    assert reader.config.partnerships.keys() == {"demo"}
+    assert calls == []  # it came from the cache
+    reader.store.engine.dispose()
+    (tmp_path / "config" / "partnerships" / "demo.yaml").write_text("id: demo\nname: [\n")
+    with pytest.raises(ConfigError, match=r"demo\.yaml"):
+        build_app(settings, read_only=True)  # changed, so not known valid: loaded, and the mistake reported
