@@ -88,6 +88,7 @@ def service_env(tmp: Path, dovecot: Any, relay_port: int) -> dict[str, str]:
         "ESCALATIONS_MAILBOXES_FILE": str(mailboxes), "ESCALATIONS_SMTP_LISTEN_PORT": "0",
         "ESCALATIONS_RELAY__HOST": "127.0.0.1", "ESCALATIONS_RELAY__PORT": str(relay_port),
         "ESCALATIONS_RELAY__SECURITY": "none",
+        "ESCALATIONS_WEB__BIND": "127.0.0.1:0",  # the web interface on, on a free port (8080 may be taken)
     })
     return env
 

@@ -11,8 +11,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
@@ -48,7 +46,7 @@ class Records(SessionSource):
         which = {"of_prefix": prefix, "of_year": year}
         last = conn.execute(_BUMP_REFERENCE, which).scalar()
         if last is None:
-            insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            insert = _dialect_insert(conn.dialect.name)
             conn.execute(insert(ReferenceCounter).values(prefix=prefix, year=year, last=0)
                          .on_conflict_do_nothing(index_elements=["prefix", "year"]))
             last = conn.execute(_BUMP_REFERENCE, which).scalar_one()
@@ -199,5 +197,16 @@ _CANCEL_TIMERS = update(Timer).where(col(Timer.case_id) == bindparam("of_case"),
 def _insert_timers(dialect: str) -> Any:
     """INSERT ... ON CONFLICT (key) DO NOTHING RETURNING id, for this dialect (run with many rows: the
     rows it returns are those added)."""
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    insert = _dialect_insert(dialect)
     return insert(Timer).on_conflict_do_nothing(index_elements=["key"]).returning(col(Timer.id))
+
+
+def _dialect_insert(dialect: str) -> Any:
+    """The dialect's INSERT (with ON CONFLICT), imported when first needed (not by read-only commands)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert
