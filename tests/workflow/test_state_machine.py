@@ -3,7 +3,10 @@ everyone and from strangers, with random token verdicts), timers and automated m
 every step that
 
 * every mail goes to a known address (the configuration's contacts, the case's parties past and
-  present, the raiser, addresses the coordinator confirmed);
+  present, the raiser, addresses the coordinator confirmed), and a final decision's closing record
+  also to the parties the closing stage's ``outcome_to`` names, whether or not the case ever reached
+  their stage (Wiltshire Stage Three: "communicated to all parties", even after an imminent-risk
+  referral went direct to Stage Three past the senior managers of Stage Two);
 * a closed or withdrawn case never changes status again;
 * the timers a step sets are unique by (case, stage, kind, due);
 * every deadline set is the policy engine's (``plan_for(...).due`` for the stage), and deadline
@@ -34,7 +37,15 @@ from escalations.routing.workflow.authority import (
 from escalations.routing.workflow.commands import COMMANDS
 from escalations.routing.workflow.events import Automated, Opened, Replied, TimerFired, WorkflowEvent
 from escalations.routing.workflow.stages import plan_for
-from escalations.routing.workflow.state import TERMINAL, CaseChange, CaseState, Step, TimerKind, TimerSpec
+from escalations.routing.workflow.state import (
+    TERMINAL,
+    CaseChange,
+    CaseState,
+    CaseStatus,
+    Step,
+    TimerKind,
+    TimerSpec,
+)
 from escalations.routing.workflow.transition import transition
 from tests.conftest import CONFIG_DIR
 from tests.workflow.profiles import OPENED, PROFILES, Profile
@@ -42,6 +53,7 @@ from tests.workflow.test_transition import apply, new_case
 
 _CONFIG: PolicyConfig | None = None
 STRANGER = "someone@elsewhere.example.com"
+CLOSED_RECORD = "case_closed.txt.j2"
 COMMAND_WORDS: tuple[str | None, ...] = (*COMMANDS, None)
 #: Stats over the whole run (printed by the last test).
 STEPS: dict[str, int] = {"steps": 0, "runs": 0}
@@ -65,6 +77,8 @@ class CaseMachine(RuleBasedStateMachine):
         self.now: datetime = OPENED
         self.pending: dict[tuple[Any, ...], TimerSpec] = {}
         self.known: set[str] = config_addresses(self.p) | {self.profile.raiser.lower()}
+        #: Told the final decision without ever being a party (``outcome_to``): they may write back.
+        self.told: set[str] = set()
         STEPS["runs"] += 1
 
     # ---- driving -------------------------------------------------------------------------------
@@ -78,6 +92,9 @@ class CaseMachine(RuleBasedStateMachine):
             self.state = replace(self.state, confirmed_addresses=step.change.confirmed_addresses)
         for x in self.state.parties:
             self.known |= {x.email.lower(), *([x.deputy_email.lower()] if x.deputy_email else [])}
+        if step.change.status == CaseStatus.CLOSED:
+            self.told |= {a.lower() for m in step.mails if m.template == CLOSED_RECORD for a in m.to} - self.known
+            self.known |= self.told
         if step.cancel_timers:
             self.pending.clear()
         for t in step.timers:
@@ -89,7 +106,7 @@ class CaseMachine(RuleBasedStateMachine):
 
     def addresses(self) -> list[str]:
         """Everyone who might write: the raiser, every party, staff, someone told, a stranger."""
-        out = {self.profile.raiser, STRANGER, *staff_addresses(self.p)}
+        out = {self.profile.raiser, STRANGER, *staff_addresses(self.p), *self.told}
         for x in self.state.parties:
             out.add(x.email)
             if x.deputy_email:
@@ -156,14 +173,49 @@ class CaseMachine(RuleBasedStateMachine):
 
     # ---- the invariants --------------------------------------------------------------------------
 
+    def outcome_parties(self, state: CaseState) -> set[str]:
+        """Who the YAML's ``outcome_to`` for the case's stage names, looked up here from the directory:
+        the agencies' contacts for the roles named (and their deputies), the partnership's role
+        contacts, and the referral's other worker for ``receiving.practitioner``."""
+        if state.stage_index is None or state.stage_index < 0:
+            return set()
+        notice = self.p.route(state.route).stages[state.stage_index].outcome_to
+        if notice is None:
+            return set()
+        f = state.fields
+        b = self.p.find_borough(f.borough)
+        borough = b.id if b else f.borough
+        agencies = {"raising": self.p.find_agency(f.raised_by_agency, borough=borough),
+                    "receiving": self.p.find_agency(f.other_agency, borough=borough)}
+        out: set[str] = set()
+        for party in notice.parties:
+            side, role = party.split(".", 1)
+            if side == "partnership":
+                r = self.p.roles.get(role)
+                out |= {c.email.lower() for c in (r.contacts if r else [])}
+                continue
+            for s in (["raising", "receiving"] if side == "both" else [side]):
+                if role == "practitioner":
+                    out.add((self.profile.raiser if s == "raising" else self.profile.other_practitioner_email).lower())
+                    continue
+                agency = agencies[s]
+                c = agency.contacts.get(role) if agency else None
+                if c is not None:
+                    out |= {c.email.lower(), *([c.deputy.email.lower()] if c.deputy else [])}
+        return out
+
     def check(self, before: CaseState, event: WorkflowEvent, step: Step) -> None:
         after = apply(before, step)
         known = self.known | {x.email.lower() for x in after.parties} | \
             {x.deputy_email.lower() for x in after.parties if x.deputy_email} | \
             {a.lower() for a in (step.change.confirmed_addresses or before.confirmed_addresses)}
+        # A final decision (not a withdrawal) is communicated to all parties, whether or not the case
+        # reached their stage: the closing record only, at the stage it closes at.
+        decided = self.outcome_parties(before) if step.change.status == CaseStatus.CLOSED else set()
         for m in step.mails:
             for a in (*m.to, *m.cc):
-                assert a.lower() in known, (m.template, a)
+                assert a.lower() in known or (m.template == CLOSED_RECORD and a.lower() in decided), \
+                    (m.template, a)
         if before.status in TERMINAL:
             assert step.change.status is None and after.status == before.status
         keys = [(before.id, t.stage_index, t.kind, t.due_at) for t in step.timers]
