@@ -50,6 +50,13 @@ def progress(text: str) -> None:
     print(f"[scale-out {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine so far (/proc/stat): how saturated a run left it."""
+    fields = [int(x) for x in Path("/proc/stat").read_text(encoding="ascii").split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def one_run(dovecot: Any, relay: ingest.TimedRelay, base_url: str, tmp: Path, n: int, processes: int,
             folder: str, poll: float | None) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
@@ -74,9 +81,12 @@ def one_run(dovecot: Any, relay: ingest.TimedRelay, base_url: str, tmp: Path, n:
         try:
             started = [c.expect("started", timeout=120) for c in children]
             t0 = min(float(s["t0"]) for s in started)
+            busy0, total0 = machine_ticks()
             db = ingest.DbWatch(url)
             caught = ingest.wait_catch_up(children[0], db, relay, n, t0)
             elapsed = caught.pop("nth_ack_at") - t0
+            busy1, total1 = machine_ticks()
+            machine_busy = (busy1 - busy0) / max(1, total1 - total0)
             drained = ingest.wait_drained(db, relay, relay_before, timeout=max(60.0, n * 0.2))
             checks = ingest.check_state(db, relay, relay_before, n, expected, drained)
             cpu = 0.0
@@ -103,8 +113,9 @@ def one_run(dovecot: Any, relay: ingest.TimedRelay, base_url: str, tmp: Path, n:
     if processes > 1 and workers < processes:
         raise ingest.Broken(f"only {workers} of {processes} processes processed mail")
     progress(f"{processes} process(es): {n} acknowledged in {elapsed:.2f} s = {n / elapsed:.1f} msgs/s; "
-             f"{cpu * 1000 / n:.1f} ms CPU per referral (all processes and their parse workers)")
-    return {"processes": processes, "n": n, "seconds": elapsed, "msgs_per_s": n / elapsed,
+             f"{cpu * 1000 / n:.1f} ms CPU per referral (all processes and their parse workers); "
+             f"machine {machine_busy:.0%} busy")
+    return {"processes": processes, "n": n, "seconds": elapsed, "msgs_per_s": n / elapsed, "machine_busy": machine_busy,
             "cpu_ms_per_referral": cpu * 1000 / n, "processing_workers": workers, "checks": checks}
 
 
@@ -170,7 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in runs:
         print(f"  {r['processes']} process{'es' if r['processes'] > 1 else ''}: {r['msgs_per_s']:7.1f} msgs/s "
               f"({r['n']} in {r['seconds']:.2f} s), {r['cpu_ms_per_referral']:.1f} ms CPU per referral, "
-              f"{r['processing_workers']} processing worker(s); {r['checks']['cases']} cases, "
+              f"{r['processing_workers']} processing worker(s), the machine {r['machine_busy']:.0%} busy "
+              "(all its CPUs: PostgreSQL, Dovecot, the relay and the services share them); "
+              f"{r['checks']['cases']} cases, "
               f"{r['checks']['acks']} acknowledgements, {r['checks']['outgoing']} mails each captured once")
     verdict = "target met" if ratio >= TARGET_RATIO else "target missed"
     print(f"  2 processes / 1 process: {', '.join(f'{x:.2f}' for x in ratios)} (median {ratio:.2f}; "
