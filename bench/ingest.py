@@ -498,7 +498,8 @@ def child_pipeline(cfg: dict[str, Any]) -> None:
         _install_thread_profiler(profiles)
     stop, started = threading.Event(), threading.Event()
     t0 = time.monotonic()
-    runner = threading.Thread(target=app.run, args=(stop,), kwargs={"on_started": lambda _a: started.set()},
+    runner = threading.Thread(target=app.run, args=(stop,),  # as `escalations run` runs it
+                              kwargs={"on_started": lambda _a: started.set(), "freeze_heap": True},
                               name="app-run", daemon=True)
     runner.start()
     if not started.wait(60):

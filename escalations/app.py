@@ -178,12 +178,14 @@ class App:
     # ---- the service (escalations/service.py runs the threads) ------------------------------
 
     def run(self, stop: threading.Event, *, on_started: Callable[[App], None] | None = None,
-            components: dict[str, Callable[[threading.Event], None]] | None = None) -> None:
+            components: dict[str, Callable[[threading.Event], None]] | None = None,
+            freeze_heap: bool = False) -> None:
         """Run the service until ``stop`` is set, with ``components`` (name -> run(stop), e.g. the web
-        server) in threads beside it (see :class:`escalations.service.Service`)."""
+        server) in threads beside it (see :class:`escalations.service.Service`; ``freeze_heap``: the
+        process is the service's alone)."""
         from escalations.service import Service
 
-        Service(self, components).run(stop, on_started=on_started)
+        Service(self, components, freeze_heap=freeze_heap).run(stop, on_started=on_started)
 
     @contextmanager
     def keep_alive(self) -> Iterator[None]:

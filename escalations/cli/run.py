@@ -65,7 +65,8 @@ def run(
         if drive is not None:
             drive(started)
 
-    application.run(stop, on_started=on_started, components={"web": server.run} if server is not None else None)
+    application.run(stop, on_started=on_started, components={"web": server.run} if server is not None else None,
+                    freeze_heap=True)
 
 
 def startup_lines(application: Any) -> list[str]:
