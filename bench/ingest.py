@@ -975,17 +975,37 @@ class LoadPhase:
         return {**latency_figures(pipeline_ms, notify_ms), "backlog": backlog}
 
 
+def service_mailbox(dovecot: DovecotServer, **overrides: Any) -> dict[str, Any]:
+    """The service child's mailbox settings for this Dovecot (JSON, password included): production
+    values, not the short test timeouts of mailbox_settings()."""
+    mailbox = dovecot.mailbox_settings(
+        name="bench", **{"poll_seconds": 30.0, "response_timeout_seconds": 30.0, "idle_renew_seconds": 25 * 60,
+                         "reconnect_initial_seconds": 1.0, "reconnect_max_seconds": 300.0,
+                         "fetch_batch": FETCH_BATCH, **overrides})
+    cfg = mailbox.model_dump(mode="json")
+    cfg["password"] = mailbox.password.get_secret_value() if mailbox.password else None
+    return cfg
+
+
+def dovecot_missing() -> int | None:
+    """The exit code when Dovecot is not installed (2 under CI, where that is a failure; 0: skipped),
+    with its one line printed; None when it is there."""
+    from tests.servers import in_ci
+    from tests.servers.dovecot import DOVECOT
+
+    if os.path.exists(DOVECOT) and os.access(DOVECOT, os.X_OK):
+        return None
+    if in_ci():
+        print(f"ERROR: {DOVECOT} not found and CI=true: apt-get install dovecot-imapd", file=sys.stderr)
+        return 2
+    print(f"SKIP: {DOVECOT} not found (apt-get install dovecot-imapd); benchmark not run")
+    return 0
+
+
 def run_pipeline(args: argparse.Namespace, dovecot: DovecotServer, relay: TimedRelay, tmp: Path,
                  database_url: str, run_id: str, expected_ids: Sequence[str], results: Results) -> None:
     n = args.n
-    mailbox = dovecot.mailbox_settings(
-        name="bench", after_store=args.after_store,
-        # production values, not the short test timeouts of mailbox_settings()
-        poll_seconds=30.0, response_timeout_seconds=30.0, idle_renew_seconds=25 * 60,
-        reconnect_initial_seconds=1.0, reconnect_max_seconds=300.0, fetch_batch=FETCH_BATCH,
-    )
-    mailbox_cfg = mailbox.model_dump(mode="json")
-    mailbox_cfg["password"] = mailbox.password.get_secret_value()
+    mailbox_cfg = service_mailbox(dovecot, after_store=args.after_store)
     profile_path = str(Path(args.profile).resolve()) if args.profile else None
     progress(f"(a) pipeline: App.run in a child process, catching up on {n} referrals in INBOX")
     relay_before = relay.count()
@@ -1400,15 +1420,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         child(cfg)
         return 0
 
-    from tests.servers import in_ci
-    from tests.servers.dovecot import DOVECOT
-
-    if not (os.path.exists(DOVECOT) and os.access(DOVECOT, os.X_OK)):
-        if in_ci():
-            print(f"ERROR: {DOVECOT} not found and CI=true: apt-get install dovecot-imapd", file=sys.stderr)
-            return 2
-        print(f"SKIP: {DOVECOT} not found (apt-get install dovecot-imapd); benchmark not run")
-        return 0
+    missing = dovecot_missing()
+    if missing is not None:
+        return missing
     started = time.monotonic()
     try:
         rounds = run_rounds(args)

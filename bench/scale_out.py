@@ -64,12 +64,7 @@ def one_run(dovecot: Any, relay: ingest.TimedRelay, base_url: str, tmp: Path, n:
     expected = [mid for mid, _raw in referrals]
     dovecot.append_many([raw for _mid, raw in referrals], folder=folder)
     del referrals
-    mailbox = dovecot.mailbox_settings(
-        name="bench", folder=folder, after_store="none", poll_seconds=30.0, response_timeout_seconds=30.0,
-        idle_renew_seconds=25 * 60, reconnect_initial_seconds=1.0, reconnect_max_seconds=300.0,
-        fetch_batch=ingest.FETCH_BATCH)
-    mailbox_cfg = mailbox.model_dump(mode="json")
-    mailbox_cfg["password"] = mailbox.password.get_secret_value() if mailbox.password else None
+    mailbox_cfg = ingest.service_mailbox(dovecot, folder=folder, after_store="none")
     relay_before = relay.count()
     with ingest.bench_database(base_url, tmp) as url:
         progress(f"{processes} process(es) catching up on {n} referrals (schema {url.rsplit('%3D', 1)[-1]})")
@@ -136,18 +131,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import os
 
     args = parse_args(argv)
-    from tests.servers import in_ci
-    from tests.servers.dovecot import DOVECOT, DovecotServer
+    from tests.servers.dovecot import DovecotServer
 
-    if not (os.path.exists(DOVECOT) and os.access(DOVECOT, os.X_OK)):
-        if in_ci():
-            print(f"ERROR: {DOVECOT} not found and CI=true: apt-get install dovecot-imapd", file=sys.stderr)
-            return 2
-        print(f"SKIP: {DOVECOT} not found (apt-get install dovecot-imapd); benchmark not run")
-        return 0
+    missing = ingest.dovecot_missing()
+    if missing is not None:
+        return missing
     runs: list[dict[str, Any]] = []
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
