@@ -109,6 +109,21 @@ class InboundArrival(Protocol):
     def imap_cursor(self) -> tuple[int, int] | None: ...
 
 
+@dataclass(frozen=True)
+class _Arrival:
+    """store_inbound's arguments as an InboundArrival."""
+
+    raw: bytes
+    source: str
+    idempotency_key: str
+    received_at: datetime | None
+    account: str | None
+    folder: str | None
+    envelope_sender: str | None
+    envelope_recipients: Sequence[str]
+    imap_cursor: tuple[int, int] | None
+
+
 class InboundRecords(SessionSource):
     def store_inbound(
         self,
@@ -127,30 +142,18 @@ class InboundRecords(SessionSource):
 
         ``imap_cursor=(uidvalidity, uid)`` advances the folder's cursor in the same transaction.
         """
-        key = idempotency_key or content_key(raw)
-        fp = fingerprint(raw)
+        arrival = _Arrival(raw, source, idempotency_key or content_key(raw), received_at, account, folder,
+                           envelope_sender, tuple(envelope_recipients), imap_cursor)
         for _attempt in range(5):
             try:
                 with self.session() as s:
-                    existing = self._find_inbound(s, key, fp)
-                    if existing is not None:
-                        existing_id, existing_key = existing
-                        if existing_key != key and s.get(InboundAlias, key) is None:
-                            s.add(InboundAlias(idempotency_key=key, inbound_id=existing_id,
-                                               created_at=self.clock.now()))
-                        if imap_cursor and account and folder:
-                            self._advance_cursor(s, account, folder, *imap_cursor)
-                        s.commit()
-                        return StoredInbound(existing_id, False)
-                    row = self._new_row(raw, key, fp, source=source, account=account, folder=folder,
-                                        envelope_sender=envelope_sender, envelope_recipients=envelope_recipients,
-                                        received_at=received_at)
-                    s.add(row)
+                    stored = self._store_in(s, arrival)
                     if imap_cursor and account and folder:
                         self._advance_cursor(s, account, folder, *imap_cursor)
-                    announce(s.connection(), INBOUND)
+                    if stored.created:
+                        announce(s.connection(), INBOUND)
                     s.commit()
-                    return StoredInbound(row.id or 0, True)
+                    return stored
             except IntegrityError:
                 continue  # a concurrent writer stored it first: look again
         raise RuntimeError("could not store inbound message after concurrent conflicts")
@@ -163,50 +166,40 @@ class InboundRecords(SessionSource):
             return []
         try:
             with self.session() as s:
-                results: list[StoredInbound] = []
-                cursor: tuple[str, str, int, int] | None = None
-                for a in arrivals:
-                    key = a.idempotency_key or content_key(a.raw)
-                    fp = fingerprint(a.raw)
-                    existing = self._find_inbound(s, key, fp)
-                    if existing is not None:
-                        existing_id, existing_key = existing
-                        if existing_key != key and s.get(InboundAlias, key) is None:
-                            s.add(InboundAlias(idempotency_key=key, inbound_id=existing_id,
-                                               created_at=self.clock.now()))
-                            s.flush()
-                        results.append(StoredInbound(existing_id, False))
-                    else:
-                        row = self._new_row(a.raw, key, fp, source=a.source, account=a.account, folder=a.folder,
-                                            envelope_sender=a.envelope_sender,
-                                            envelope_recipients=a.envelope_recipients, received_at=a.received_at)
-                        s.add(row)
-                        s.flush()  # the next one's lookup sees it (the same message twice in a folder)
-                        results.append(StoredInbound(row.id or 0, True))
-                    if a.imap_cursor and a.account and a.folder:
-                        cursor = (a.account, a.folder, *a.imap_cursor)
-                if cursor is not None:
-                    self._advance_cursor(s, *cursor)
+                results = [self._store_in(s, a) for a in arrivals]
+                cursors = [(a.account, a.folder, *a.imap_cursor) for a in arrivals
+                           if a.imap_cursor and a.account and a.folder]
+                if cursors:
+                    self._advance_cursor(s, *cursors[-1])
                 if any(r.created for r in results):
                     announce(s.connection(), INBOUND)
                 s.commit()
                 return results
         except IntegrityError:
-            return [self._store_arrival(a) for a in arrivals]
+            return [self.store_inbound(a.raw, source=a.source, idempotency_key=a.idempotency_key,
+                                       account=a.account, folder=a.folder, envelope_sender=a.envelope_sender,
+                                       envelope_recipients=a.envelope_recipients, received_at=a.received_at,
+                                       imap_cursor=a.imap_cursor) for a in arrivals]
 
-    def _store_arrival(self, a: InboundArrival) -> StoredInbound:
-        return self.store_inbound(a.raw, source=a.source, idempotency_key=a.idempotency_key, account=a.account,
-                                  folder=a.folder, envelope_sender=a.envelope_sender,
-                                  envelope_recipients=a.envelope_recipients, received_at=a.received_at,
-                                  imap_cursor=a.imap_cursor)
-
-    def _new_row(self, raw: bytes, key: str, fp: str, *, source: str, account: str | None, folder: str | None,
-                 envelope_sender: str | None, envelope_recipients: Sequence[str],
-                 received_at: datetime | None) -> InboundMessage:
-        return InboundMessage(source=source, idempotency_key=key, fingerprint=fp, account=account, folder=folder,
-                              message_id=message_id_of(raw), envelope_sender=envelope_sender,
-                              envelope_recipients=list(envelope_recipients), raw=raw, size=len(raw),
-                              received_at=received_at or self.clock.now())
+    def _store_in(self, s: Session, a: InboundArrival) -> StoredInbound:
+        """One message in the caller's transaction: the row stored under its key or fingerprint before
+        (its key made an alias of it), or a new row, flushed so the next lookup in it sees it."""
+        key = a.idempotency_key or content_key(a.raw)
+        fp = fingerprint(a.raw)
+        existing = self._find_inbound(s, key, fp)
+        if existing is not None:
+            existing_id, existing_key = existing
+            if existing_key != key and s.get(InboundAlias, key) is None:
+                s.add(InboundAlias(idempotency_key=key, inbound_id=existing_id, created_at=self.clock.now()))
+                s.flush()
+            return StoredInbound(existing_id, False)
+        row = InboundMessage(source=a.source, idempotency_key=key, fingerprint=fp, account=a.account,
+                             folder=a.folder, message_id=message_id_of(a.raw), envelope_sender=a.envelope_sender,
+                             envelope_recipients=list(a.envelope_recipients), raw=a.raw, size=len(a.raw),
+                             received_at=a.received_at or self.clock.now())
+        s.add(row)
+        s.flush()
+        return StoredInbound(row.id or 0, True)
 
     @staticmethod
     def _find_inbound(s: Session, key: str, fp: str) -> tuple[int, str] | None:
