@@ -18,6 +18,7 @@ Pure: no I/O. Never raises; problems are fixed codes (never the header's text).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,8 +56,11 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u0080-\u009f\u2028\u2029
 _TOLERATED_DEFECTS = {"ObsoleteHeaderDefect"}
 
 
+@functools.lru_cache(maxsize=4096)
 def valid_address(address: str) -> str | None:
-    """The normalised (lower-cased) address if its syntax is acceptable for a header we write, else None."""
+    """The normalised (lower-cased) address if its syntax is acceptable for a header we write, else None.
+
+    Cached: every mail checks each of its recipients, and most are the partnership's own contacts."""
     if not address or _CONTROL.search(address) or any(c.isspace() for c in address):
         return None
     try:
@@ -66,7 +70,8 @@ def valid_address(address: str) -> str | None:
     return str(checked.normalized).lower()
 
 
-def _mailboxes(raw_value: str) -> list[str] | SenderProblem:
+@functools.lru_cache(maxsize=1024)
+def _mailboxes(raw_value: str) -> tuple[str, ...] | SenderProblem:
     # Unfold first: a folded header is one value.
     value = re.sub(r"\r?\n[ \t]+", " ", raw_value)
     if _CONTROL.search(value.replace("\r\n", "")):
@@ -79,7 +84,7 @@ def _mailboxes(raw_value: str) -> list[str] | SenderProblem:
         return SenderProblem.UNPARSEABLE
     if defects - _TOLERATED_DEFECTS:
         return SenderProblem.UNPARSEABLE
-    return [str(a.addr_spec) for a in addresses]
+    return tuple(str(a.addr_spec) for a in addresses)
 
 
 def strict_sender(from_values: Sequence[str], sender_values: Sequence[str] = ()) -> StrictSender:
