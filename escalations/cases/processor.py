@@ -417,8 +417,7 @@ class Processor:
             origin_inbound_id=row.id,
             origin_message_id=msg.message_id,
         )
-        s.add(case)
-        s.flush()
+        # not added to the session: the Opened step writes the row as it leaves it (Workflow.apply)
         intake = NewReferral(parse=parse, sender=sender.address, origin_message_id=msg.message_id,
                         may_answer=must_not_answer(msg, row.envelope_sender) is None, practitioner=practitioner,
                         sender_problem=sender.problem.value if sender.problem else None)
