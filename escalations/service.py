@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -53,14 +54,27 @@ def beating(store: Store) -> Iterator[None]:
         stop.set()
 
 
+#: The outbox runs at most this often (seconds between the starts of two runs): mail queued meanwhile
+#: waits, and goes in the next run's batch. While a backlog is processed the processor wakes the outbox
+#: for every message it finishes; each run claims what is due (a write transaction of its own), so a run
+#: per message cost more CPU than sending the mail. A mail waits at most this long more.
+OUTBOX_GAP_SECONDS = 0.1
+
+
 def wake_loop(stop: threading.Event, wake: threading.Event, interval: float, fn: Callable[[], object],
-              name: str) -> None:
-    """Run ``fn`` when woken or every ``interval`` seconds, until stopped."""
+              name: str, gap: float = 0.0) -> None:
+    """Run ``fn`` when woken or every ``interval`` seconds, until stopped; at least ``gap`` seconds
+    apart (a wake-up meanwhile is kept for the next run, never lost)."""
+    last = float("-inf")
     while not stop.is_set():
         wake.wait(timeout=interval)
+        rest = last + gap - time.monotonic()
+        if rest > 0 and stop.wait(rest):
+            break
         wake.clear()
         if stop.is_set():
             break
+        last = time.monotonic()
         safely(name, fn)
 
 
@@ -98,7 +112,7 @@ class Service:
                                         s.process_interval_seconds, app.process_pending, "processor"),
                                         name="processor", daemon=True))
         threads.append(threading.Thread(target=wake_loop, args=(stop, app.wake_outbox, 2.0, app.send_outbox,
-                                        "outbox"), name="outbox", daemon=True))
+                                        "outbox", OUTBOX_GAP_SECONDS), name="outbox", daemon=True))
         if app.store.engine.dialect.name == "postgresql":
             # other processes on this database wake ours (mail they stored, mail they queued)
             from escalations.cases import wakeups
