@@ -16,6 +16,7 @@ from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, col
 
 from escalations.cases.holds import set_legal_hold
+from escalations.cases.inbound import InboundRow
 from escalations.cases.mapping import TimerStatus, apply_change, case_state
 from escalations.cases.models import Case, CaseEvent, CoordinatorNotice, InboundMessage, OutboxMessage, Timer
 from escalations.cases.policies import PolicyVersions
@@ -81,7 +82,7 @@ class Workflow:
         return self.versions.policy_of(s, case, self.config)
 
     def apply(self, s: Session, case: Case, step: Step, partnership: Partnership, now: datetime,
-              inbound: InboundMessage | None = None, *, new: bool = False) -> None:
+              inbound: InboundMessage | InboundRow | None = None, *, new: bool = False) -> None:
         """Perform the step on the case in the caller's transaction: its columns, events, notices,
         timers and outgoing mail. ``new``: the case row was made in this transaction (it has no timers
         to cancel)."""
@@ -112,7 +113,7 @@ class Workflow:
 
     @staticmethod
     def _record(s: Session, case: Case, events: Sequence[EventRecord], notices: Sequence[Notice], now: datetime,
-                inbound: InboundMessage | None) -> None:
+                inbound: InboundMessage | InboundRow | None) -> None:
         """The step's events and notices, each kind in one statement (they are only ever appended)."""
         conn = s.connection()
         if events:
@@ -145,7 +146,7 @@ class Workflow:
                        message_id=message_id, **extras)
 
     def handle(self, s: Session, case: Case, event: WorkflowEvent, now: datetime,
-               inbound: InboundMessage | None = None, *, new: bool = False) -> Step:
+               inbound: InboundMessage | InboundRow | None = None, *, new: bool = False) -> Step:
         """``new``: the case row was made in this transaction (see :meth:`apply`)."""
         partnership = self.policy_of(s, case)
         step = transition(case_state(case, new=new), event, partnership, now)

@@ -18,6 +18,7 @@ from sqlalchemy import Integer, String, bindparam, func, update
 from sqlmodel import Session, col, select
 
 from escalations.cases.dispatcher import Workflow
+from escalations.cases.inbound import InboundRow
 from escalations.cases.models import Case, CaseEvent, InboundMessage
 from escalations.cases.store import INBOUND_BATCH, Store
 from escalations.clock import Clock
@@ -199,8 +200,7 @@ class Processor:
         # Read and parse before the write transaction: on SQLite that lock is the whole database's. The
         # row is read once, here; the write transaction only ever updates it (see _finish), and this
         # worker's claim keeps every other processor off it meanwhile.
-        with self.store.reading() as r:
-            row = r.get(InboundMessage, inbound_id)
+        row = self.store.inbound_for_processing(inbound_id)
         if row is None:
             raise Unprocessable("inbound_vanished")
         if row.status != "pending":
@@ -222,7 +222,7 @@ class Processor:
 
             return self._dispatch(s, row, raw, msg, sender, partnership, now)
 
-    def _dispatch(self, s: Session, row: InboundMessage, raw: bytes, msg: ParsedMessage, sender: StrictSender,
+    def _dispatch(self, s: Session, row: InboundRow, raw: bytes, msg: ParsedMessage, sender: StrictSender,
                   partnership: Partnership, now: datetime) -> Outcome:
         """Classify the message from what is known of it, then hand it on by its kind."""
         own = bool(msg.from_address and msg.from_address in self.config.all_mailboxes())
@@ -250,7 +250,7 @@ class Processor:
         # A list's mail is nobody's escalation; mail with no text at all has nothing to open a case with.
         raise Unprocessable("mailing_list" if kind is MailKind.LIST else "not_a_referral")
 
-    def _finish(self, s: Session, row: InboundMessage, kind: str, case: Case | None, now: datetime,
+    def _finish(self, s: Session, row: InboundRow, kind: str, case: Case | None, now: datetime,
                 detail: str) -> Outcome:
         # processed_at is when we did it (the event itself happened at the received time). Only a row
         # still pending is finished: one quarantined or replayed meanwhile keeps what was done to it.
@@ -263,12 +263,9 @@ class Processor:
                 status = r.exec(select(InboundMessage.status).where(InboundMessage.id == row.id)).first()
             return Outcome(row.id or 0, kind, status or "vanished")
         s.commit()
-        row.kind, row.status, row.processed_at, row.claimed_at, row.error = kind, "done", self.clock.now(), None, None
-        if case is not None:
-            row.case_id = case.id
         return Outcome(row.id or 0, kind, "done", case.reference if case else None, detail)
 
-    def _automated(self, s: Session, row: InboundMessage, msg: ParsedMessage, automated: AutomatedInfo,
+    def _automated(self, s: Session, row: InboundRow, msg: ParsedMessage, automated: AutomatedInfo,
                    partnership: Partnership, now: datetime) -> Outcome:
         kind = automated.kind
         case = self._case_for_automated(s, msg, automated.original_message_id, partnership)
@@ -308,14 +305,14 @@ class Processor:
 
     # ---- replies ---------------------------------------------------------------------------
 
-    def _trust_for(self, row: InboundMessage) -> str:
+    def _trust_for(self, row: InboundRow) -> str:
         if row.source == "imap":
             return self.auth_results.get(row.account or "", "first")
         if row.source == "smtp":
             return self.smtp_authserv_id or "none"
         return self.ingest_auth_results
 
-    def _reply_target(self, s: Session, row: InboundMessage, msg: ParsedMessage, sender: StrictSender,
+    def _reply_target(self, s: Session, row: InboundRow, msg: ParsedMessage, sender: StrictSender,
                       partnership: Partnership, now: datetime) -> _ReplyTarget | None:
         """The case a reply is about, and what its reply token says (None: it answers no case)."""
         token = (next((t for a in [*row.envelope_recipients, *msg.delivered_to, *msg.to, *msg.cc]
@@ -349,7 +346,7 @@ class Processor:
             return TokenVerdict.INVALID, None, None
         return TokenVerdict.VALID, verified.case_id, verified.stage - 1
 
-    def _apply_reply(self, s: Session, row: InboundMessage, msg: ParsedMessage, sender: StrictSender,
+    def _apply_reply(self, s: Session, row: InboundRow, msg: ParsedMessage, sender: StrictSender,
                      target: _ReplyTarget, partnership: Partnership, now: datetime) -> Outcome:
         """Gather the facts of a reply and let the workflow decide who may act."""
         case, token_case = target.case, target.token_case
@@ -392,7 +389,7 @@ class Processor:
 
     # ---- referrals -------------------------------------------------------------------------
 
-    def _open_case(self, s: Session, row: InboundMessage, msg: ParsedMessage, sender: StrictSender,
+    def _open_case(self, s: Session, row: InboundRow, msg: ParsedMessage, sender: StrictSender,
                    parse: ReferralParse, partnership: Partnership, now: datetime) -> Case:
         """A new case row from the parse; the workflow decides its acknowledgement and first step."""
         local_year = partnership.calendar.local(now).year

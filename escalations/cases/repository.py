@@ -34,6 +34,10 @@ class SessionSource:
         """A write transaction on a plain connection (no ORM session), committed on exit."""
         raise NotImplementedError
 
+    def reading_connection(self) -> AbstractContextManager[Connection]:
+        """A plain connection for queries only (no write lock on SQLite, no ORM session)."""
+        raise NotImplementedError
+
 
 class Records(SessionSource):
     # ---- cases -----------------------------------------------------------------------------

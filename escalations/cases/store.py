@@ -235,6 +235,9 @@ class Store(InboundRecords, Records):
     def transaction(self) -> AbstractContextManager[Connection]:
         return self.engine.begin()
 
+    def reading_connection(self) -> AbstractContextManager[Connection]:
+        return self._reader.connect()
+
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """A session for queries only (no write lock on SQLite); never commit in it."""

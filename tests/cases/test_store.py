@@ -373,3 +373,18 @@ def test_a_fetch_batch_is_stored_in_one_transaction_as_one_by_one_would(store: S
     assert store.has_inbound_key(imap_key("h", "INBOX", 1, 3))
     assert store.imap_cursor("h", "INBOX") == (1, 4)
     assert store.store_inbound_many(arrivals) == [type(s)(s.id, False) for s in stored]  # again: nothing new
+
+
+def test_the_processors_read_of_a_message_is_the_stored_row(store: Store) -> None:
+    stored = store.store_inbound(RAW, source="imap", idempotency_key=imap_key("hackney", "INBOX", 7, 3),
+                                 account="hackney", folder="INBOX", envelope_sender="a@example.org",
+                                 envelope_recipients=["chscp@hackney.gov.uk"])
+    row = store.get_inbound(stored.id)
+    read = store.inbound_for_processing(stored.id)
+    assert row is not None and read is not None
+    assert (read.id, read.status, read.kind, read.raw, read.received_at, read.envelope_recipients,
+            read.envelope_sender, read.source, read.account, read.partnership) == \
+        (row.id, "pending", None, RAW, row.received_at, ["chscp@hackney.gov.uk"], "a@example.org", "imap",
+         "hackney", None)
+    assert read.received_at is not None and read.received_at.tzinfo is not None
+    assert store.inbound_for_processing(stored.id + 1000) is None
