@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, and_, delete, or_, update
+from sqlalchemy import ColumnElement, Select, and_, delete, exists, or_, update
+from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import defer
+from sqlalchemy.orm import aliased, defer
 from sqlmodel import Session, col, select
 
 from escalations.cases import schema
@@ -138,6 +139,21 @@ class _Claimable:
     #: At most one row per value of this column in one claim (a timer's case: what one timer's step
     #: does, such as cancelling the case's other timers, must be seen before the next is taken).
     one_per: Any = None
+    #: The fresh lane: given the ready condition, a query of the (id, group) of one ready row to take
+    #: first, ahead of the rest in order_by (see :meth:`Store.claim_inbound_batch`).
+    lane: Callable[[ColumnElement[bool]], Select[Any, Any]] | None = None
+
+
+def _inbound_lane(ready: ColumnElement[bool]) -> Select[Any, Any]:
+    """The newest ready message whose sender has no older unfinished one (pending: ready, claimed by
+    anyone, or taken back). Mail of one sender keeps its arrival order; mail of different senders has no
+    order between them (a reply follows an acknowledgement, so its own sender's referral is processed)."""
+    older = aliased(InboundMessage)
+    blocked = exists().where(col(older.sender_key) == col(InboundMessage.sender_key),
+                             col(older.status) == "pending", col(older.id) < col(InboundMessage.id))
+    return (core_select(col(InboundMessage.id), col(InboundMessage.id))
+            .where(ready, col(InboundMessage.sender_key).is_not(None), ~blocked)
+            .order_by(col(InboundMessage.id).desc()).limit(1))
 
 
 _INBOUND = _Claimable(
@@ -149,6 +165,7 @@ _INBOUND = _Claimable(
     held_since=col(InboundMessage.claimed_at),
     order_by=(col(InboundMessage.id),),
     values=lambda lease_now: {"claimed_at": lease_now, "attempts": InboundMessage.attempts + 1},
+    lane=_inbound_lane,
 )
 
 _OUTBOX = _Claimable(
@@ -253,7 +270,14 @@ class Store(InboundRecords, Records):
         return ids[0] if ids else None
 
     def claim_inbound_batch(self, limit: int = INBOUND_BATCH, stale_after: timedelta = LEASE) -> list[int]:
-        """Claim up to ``limit`` pending messages, oldest first, in one transaction; their ids in order.
+        """Claim up to ``limit`` pending messages in one transaction; their ids in the order to process them.
+
+        First the fresh lane: the newest ready message whose sender (``sender_key``) has no older
+        unfinished message — pending, whether ready or claimed by any worker — so new mail does not wait
+        behind a backlog. Then the rest oldest first, as always. Mail of one sender keeps its arrival order
+        (a correction is never processed before the referral it follows); mail with no sender key never
+        takes the lane. A claim of one takes the oldest alone: every claim includes the oldest ready
+        message, so the backlog always moves.
 
         Each claimed message has its attempt counted, as in :meth:`claim_next_inbound`. A batch holds
         only fresh mail: a message taken back from a worker that died (or whose lease ran out) is
@@ -365,7 +389,12 @@ class Store(InboundRecords, Records):
         candidates = self._candidates(conn, what, (ready, abandoned), limit)
         if taken_back_alone:
             candidates = _fresh_run(candidates)
-        wanted = _first_per_group([(rid, group) for rid, group, _condition in candidates], limit)
+        rows = [(rid, group) for rid, group, _condition in candidates]
+        # The lane's row goes first, the oldest still beside it (a claim of one is the oldest alone), and
+        # never beside a taken-back row.
+        if what.lane is not None and limit > 1 and not (candidates and candidates[0][2] != 0):
+            rows = self._lane(conn, what, ready) + rows
+        wanted = _first_per_group(rows, limit)
         if not wanted:
             return []
         # The same condition again: under READ COMMITTED (PostgreSQL) a second claimer that waited on a
@@ -403,6 +432,16 @@ class Store(InboundRecords, Records):
             found += [(*row, number) for row in conn.execute(q).all()]
         found.sort(key=lambda row: tuple(row[2:-1]))
         return [(row[0], row[1], row[-1]) for row in found]
+
+    @staticmethod
+    def _lane(conn: Connection, what: _Claimable, ready: ColumnElement[bool]) -> list[tuple[Any, Any]]:
+        """The fresh lane's row, if any, as (id, group). Its "older unfinished" test reads rows other
+        claimers hold (a plain read, never skipped); only the row taken is locked."""
+        assert what.lane is not None
+        q = what.lane(ready)
+        if conn.dialect.name == "postgresql":
+            q = q.with_for_update(skip_locked=True, of=what.table)
+        return [(row[0], row[1]) for row in conn.execute(q).all()]
 
     def _dead_owners(self, s: Session, lease_now: datetime, owners: Sequence[str]) -> list[str]:
         """Those of ``owners`` whose claims are free now: their heartbeat is older than
