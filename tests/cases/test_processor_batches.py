@@ -4,6 +4,8 @@ the batch back at once, untouched, and the next run processes it; nothing is don
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -36,3 +38,84 @@ def test_a_stop_mid_batch_hands_back_what_was_not_begun(make_app: AppFactory, da
     assert [o.status for o in rest] == ["done"] * 3
     assert len(app.store.list_cases()) == 4
     assert {r.attempts for r in (app.store.get_inbound(i) for i in ids) if r is not None} == {1}
+
+
+def _from(i: int) -> bytes:
+    """A referral of its own practitioner (a sender of its own: no order with the others)."""
+    return referral(replace(CH, raiser=f"raiser{i}@school.example.org", raiser_name=f"Raiser {i}"),
+                    message_id=f"<lane-{i}@example.org>")
+
+
+@pytest.mark.parametrize(("stored_during", "goes_at"), [(1, 2), (3, 3)])
+def test_mail_stored_mid_batch_goes_before_the_rest_of_the_batch(make_app: AppFactory, database_url: str,
+                                                                 stored_during: int, goes_at: int) -> None:
+    """A backlog of five is claimed as one batch (the newest by the fresh lane, then the rest oldest
+    first). A referral stored while the batch's ``stored_during``-th message is under way is processed
+    next, not after the batch; but never before the batch's first two, which hold the backlog's oldest."""
+    app = make_app(database_url)
+    backlog = [app.ingest(_from(i)).id for i in range(5)]
+    parse = app.processor.parser
+    seen: list[bytes] = []
+    new: list[int] = []
+
+    def parse_and_store(raw: bytes) -> ParsedMessage:
+        seen.append(raw)
+        if len(seen) == stored_during:
+            new.append(app.ingest(_from(99)).id)  # the intake stores it and wakes the processor
+        return parse(raw)
+
+    app.processor.parser = parse_and_store
+    outcomes = app.processor.process_pending()
+    batch = [backlog[4], *backlog[:4]]
+    assert [o.inbound_id for o in outcomes] == batch[:goes_at] + new + batch[goes_at:]
+    assert [o.status for o in outcomes] == ["done"] * 6
+    rows = [app.store.get_inbound(i) for i in [*backlog, *new]]
+    # handed back when the batch was cut short, claimed again: each processed once, one attempt each
+    assert [(r.status, r.attempts) for r in rows if r is not None] == [("done", 1)] * 6
+    assert not app.wake_processor.is_set()  # cleared before the claim that found it, nothing left unseen
+
+
+def test_a_wake_up_is_never_lost(make_app: AppFactory, database_url: str) -> None:
+    """Mail stored while the last message is under way is claimed in the same run; mail stored just after
+    the run's last (empty) claim leaves the event set, so the processor's loop runs again at once rather
+    than at the next poll (the event is cleared before each claim, never after one)."""
+    app = make_app(database_url)
+    first = app.ingest(_from(0)).id
+    parse = app.processor.parser
+    during: list[int] = []
+
+    def parse_and_store(raw: bytes) -> ParsedMessage:
+        if not during:
+            during.append(app.ingest(_from(1)).id)
+        return parse(raw)
+
+    after: list[int] = []
+    claim = app.store.claim_inbound_batch
+
+    def claim_then_store(limit: int = 16, **kwargs: Any) -> list[int]:
+        ids = claim(limit, **kwargs)
+        if not ids and not after:
+            after.append(app.ingest(_from(2)).id)  # arrives as the last claim comes back empty
+        return ids
+
+    app.processor.parser = parse_and_store
+    app.store.claim_inbound_batch = claim_then_store  # type: ignore[method-assign]
+    assert [o.inbound_id for o in app.processor.process_pending()] == [first, *during]
+    assert app.wake_processor.is_set()  # the loop will look again
+    assert [o.inbound_id for o in app.processor.process_pending()] == after
+
+
+def test_without_new_mail_a_batch_runs_to_its_end(make_app: AppFactory, database_url: str) -> None:
+    app = make_app(database_url)
+    ids = [app.ingest(_from(i)).id for i in range(4)]
+    app.wake_processor.set()  # set before the run (by the stores): cleared before the first claim
+    claims: list[list[int]] = []
+    claim = app.store.claim_inbound_batch
+
+    def recorded(limit: int = 16, **kwargs: Any) -> list[int]:
+        claims.append(claim(limit, **kwargs))
+        return claims[-1]
+
+    app.store.claim_inbound_batch = recorded  # type: ignore[method-assign]
+    assert [o.inbound_id for o in app.processor.process_pending()] == [ids[3], *ids[:3]]
+    assert claims == [[ids[3], *ids[:3]], []]  # one batch, not cut short
