@@ -147,7 +147,7 @@ class _Claimable:
 def _inbound_lane(ready: ColumnElement[bool]) -> Select[Any, Any]:
     """The newest ready message whose sender has no older unfinished one (pending: ready, claimed by
     anyone, or taken back). Mail of one sender keeps its arrival order; mail of different senders has no
-    order between them (a reply follows an acknowledgement, so its own sender's referral is processed)."""
+    order between them (a reply answers an acknowledgement already sent: what it follows is processed)."""
     older = aliased(InboundMessage)
     blocked = exists().where(col(older.sender_key) == col(InboundMessage.sender_key),
                              col(older.status) == "pending", col(older.id) < col(InboundMessage.id))
@@ -390,8 +390,8 @@ class Store(InboundRecords, Records):
         if taken_back_alone:
             candidates = _fresh_run(candidates)
         rows = [(rid, group) for rid, group, _condition in candidates]
-        # The lane's row goes first, the oldest still beside it (a claim of one is the oldest alone), and
-        # never beside a taken-back row.
+        # The lane's row goes first with the oldest still beside it (so a claim of one is the oldest
+        # alone), and never beside a taken-back row.
         if what.lane is not None and limit > 1 and not (candidates and candidates[0][2] != 0):
             rows = self._lane(conn, what, ready) + rows
         wanted = _first_per_group(rows, limit)
