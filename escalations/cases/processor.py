@@ -48,14 +48,8 @@ from escalations.routing.workflow.state import EventRecord, Step
 
 log = structlog.get_logger("escalations.cases.processor")
 
-__all__ = ["MIN_LABELLED_FIELDS", "PREEMPT_AFTER", "Outcome", "Processor", "Unprocessable", "partnership_for",
+__all__ = ["MIN_LABELLED_FIELDS", "Outcome", "Processor", "Unprocessable", "partnership_for",
            "step_result"]
-
-
-#: Messages of a batch processed before new mail may cut it short: the claim's first two hold its
-#: oldest ready message (after the fresh lane's, if any), so the backlog moves however fast new mail
-#: comes; new mail waits for at most two messages.
-PREEMPT_AFTER = 2
 
 
 class Unprocessable(Exception):
@@ -168,16 +162,18 @@ class Processor:
         none is left, ``limit`` are done or ``stop`` is set (checked between messages). Claims not begun
         when this stops early (a stop, an exception) are handed back at once.
 
-        New mail does not wait for the rest of a batch: when ``new_mail`` is set between two messages
-        (and PREEMPT_AFTER of the batch are done), the rest is handed back and the next claim puts the new
-        message first. The event is cleared just before each claim, never after: mail signalled before
+        New mail does not wait for the rest of a batch: when ``new_mail`` is set between two messages,
+        once the claim's fresh lane and its oldest message are done (its ``first_run``: so the backlog and
+        earlier new mail move however fast new mail comes), the rest is handed back and the next claim
+        puts the new message first. The event is cleared just before each claim, never after: mail signalled before
         the clear is committed and that claim sees it; mail signalled after sets it again."""
         outcomes: list[Outcome] = []
         while (limit is None or len(outcomes) < limit) and not (stop is not None and stop.is_set()):
             want = INBOUND_BATCH if limit is None else min(INBOUND_BATCH, limit - len(outcomes))
             if self.new_mail is not None:
                 self.new_mail.clear()
-            batch = self.store.claim_inbound_batch(want)
+            claim = self.store.claim_inbound(want)
+            batch = claim.ids
             if not batch:
                 break
             done = 0
@@ -185,7 +181,7 @@ class Processor:
                 for inbound_id in batch:
                     if stop is not None and stop.is_set():
                         break
-                    if done >= PREEMPT_AFTER and self.new_mail is not None and self.new_mail.is_set():
+                    if done >= claim.first_run and self.new_mail is not None and self.new_mail.is_set():
                         break
                     done += 1
                     outcomes.append(self.process_one(inbound_id))

@@ -85,9 +85,23 @@ def test_every_intake_path_stores_the_sender_key(store: Store) -> None:
 
 def test_the_newest_message_of_a_sender_with_nothing_older_goes_first(store: Store) -> None:
     ids = stored(store, "a@example.org", "b@example.org", "c@example.org", "d@example.org", "e@example.org")
-    assert store.claim_inbound_batch(3) == [ids[4], ids[0], ids[1]]  # the new one, then the backlog in order
-    assert store.claim_inbound_batch(10) == [ids[3], ids[2]]
+    assert store.claim_inbound_batch(2) == [ids[4], ids[0]]  # the newest, then the oldest
+    assert store.claim_inbound_batch(3) == [ids[3], ids[1], ids[2]]  # the lane's two, the oldest between
     assert store.claim_inbound_batch(10) == []
+
+
+def test_the_lane_takes_a_few_newest_first_then_the_backlog_oldest_first(store: Store) -> None:
+    """New mail arriving faster than one message a claim is not served last in, first out: the lane
+    holds INBOUND_LANE messages, each of its own sender."""
+    from escalations.cases.store import INBOUND_LANE
+
+    ids = stored(store, *[f"p{i}@example.org" for i in range(10)], "p9@example.org", "p3@example.org")
+    claim = store.claim_inbound(16)
+    # p9's and p3's second messages wait for their first; the lane's newest first, the oldest second
+    lane = [ids[9], ids[8], ids[7], ids[6]][:INBOUND_LANE]
+    assert claim.ids == [lane[0], ids[0], *lane[1:], *ids[1:6], ids[10], ids[11]]
+    assert claim.first_run == INBOUND_LANE + 1  # new mail may cut the batch short only after those
+    assert store.claim_inbound(16) == type(claim)([])
 
 
 def test_a_claim_of_one_is_the_oldest(store: Store) -> None:

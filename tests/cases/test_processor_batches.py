@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from escalations.cases.store import InboundClaim
 from escalations.parsers.message import ParsedMessage
 from tests.conftest import AppFactory
 from tests.workflow.conftest import referral
@@ -46,14 +47,14 @@ def _from(i: int) -> bytes:
                     message_id=f"<lane-{i}@example.org>")
 
 
-@pytest.mark.parametrize(("stored_during", "goes_at"), [(1, 2), (3, 3)])
+@pytest.mark.parametrize(("stored_during", "goes_at"), [(1, 5), (7, 7)])
 def test_mail_stored_mid_batch_goes_before_the_rest_of_the_batch(make_app: AppFactory, database_url: str,
                                                                  stored_during: int, goes_at: int) -> None:
-    """A backlog of five is claimed as one batch (the newest by the fresh lane, then the rest oldest
-    first). A referral stored while the batch's ``stored_during``-th message is under way is processed
-    next, not after the batch; but never before the batch's first two, which hold the backlog's oldest."""
+    """A backlog of ten is claimed as one batch: the fresh lane's newest, the oldest, the lane's other
+    three, then the rest oldest first. A referral stored while the batch's ``stored_during``-th message
+    is under way is processed next, not after the batch; but never before the lane's and the oldest."""
     app = make_app(database_url)
-    backlog = [app.ingest(_from(i)).id for i in range(5)]
+    backlog = [app.ingest(_from(i)).id for i in range(10)]
     parse = app.processor.parser
     seen: list[bytes] = []
     new: list[int] = []
@@ -66,12 +67,13 @@ def test_mail_stored_mid_batch_goes_before_the_rest_of_the_batch(make_app: AppFa
 
     app.processor.parser = parse_and_store
     outcomes = app.processor.process_pending()
-    batch = [backlog[4], *backlog[:4]]
-    assert [o.inbound_id for o in outcomes] == batch[:goes_at] + new + batch[goes_at:]
-    assert [o.status for o in outcomes] == ["done"] * 6
+    batch = [backlog[9], backlog[0], backlog[8], backlog[7], backlog[6], *backlog[1:6]]
+    order = [o.inbound_id for o in outcomes]
+    assert order[:goes_at + 1] == [*batch[:goes_at], *new]
+    assert sorted(order) == sorted([*backlog, *new]) and [o.status for o in outcomes] == ["done"] * 11
     rows = [app.store.get_inbound(i) for i in [*backlog, *new]]
     # handed back when the batch was cut short, claimed again: each processed once, one attempt each
-    assert [(r.status, r.attempts) for r in rows if r is not None] == [("done", 1)] * 6
+    assert [(r.status, r.attempts) for r in rows if r is not None] == [("done", 1)] * 11
     assert not app.wake_processor.is_set()  # cleared before the claim that found it, nothing left unseen
 
 
@@ -90,16 +92,16 @@ def test_a_wake_up_is_never_lost(make_app: AppFactory, database_url: str) -> Non
         return parse(raw)
 
     after: list[int] = []
-    claim = app.store.claim_inbound_batch
+    claim = app.store.claim_inbound
 
-    def claim_then_store(limit: int = 16, **kwargs: Any) -> list[int]:
-        ids = claim(limit, **kwargs)
-        if not ids and not after:
+    def claim_then_store(limit: int = 16, **kwargs: Any) -> InboundClaim:
+        claimed = claim(limit, **kwargs)
+        if not claimed.ids and not after:
             after.append(app.ingest(_from(2)).id)  # arrives as the last claim comes back empty
-        return ids
+        return claimed
 
     app.processor.parser = parse_and_store
-    app.store.claim_inbound_batch = claim_then_store  # type: ignore[method-assign]
+    app.store.claim_inbound = claim_then_store  # type: ignore[method-assign]
     assert [o.inbound_id for o in app.processor.process_pending()] == [first, *during]
     assert app.wake_processor.is_set()  # the loop will look again
     assert [o.inbound_id for o in app.processor.process_pending()] == after
@@ -110,12 +112,14 @@ def test_without_new_mail_a_batch_runs_to_its_end(make_app: AppFactory, database
     ids = [app.ingest(_from(i)).id for i in range(4)]
     app.wake_processor.set()  # set before the run (by the stores): cleared before the first claim
     claims: list[list[int]] = []
-    claim = app.store.claim_inbound_batch
+    claim = app.store.claim_inbound
 
-    def recorded(limit: int = 16, **kwargs: Any) -> list[int]:
-        claims.append(claim(limit, **kwargs))
-        return claims[-1]
+    def recorded(limit: int = 16, **kwargs: Any) -> InboundClaim:
+        claimed = claim(limit, **kwargs)
+        claims.append(claimed.ids)
+        return claimed
 
-    app.store.claim_inbound_batch = recorded  # type: ignore[method-assign]
-    assert [o.inbound_id for o in app.processor.process_pending()] == [ids[3], *ids[:3]]
-    assert claims == [[ids[3], *ids[:3]], []]  # one batch, not cut short
+    app.store.claim_inbound = recorded  # type: ignore[method-assign]
+    batch = [ids[3], ids[0], ids[2], ids[1]]  # the lane's newest, the oldest, the lane's others
+    assert [o.inbound_id for o in app.processor.process_pending()] == batch
+    assert claims == [batch, []]  # one batch, not cut short
