@@ -164,3 +164,30 @@ def test_the_lane_comes_before_a_taken_back_message_it_may_pass(store: Store) ->
     new = store.store_inbound(mail(7, "c@example.org"), source="smtp").id
     assert store.claim_inbound_batch(10) == [new, ids[0]]
     assert store.claim_inbound_batch(10) == [ids[1]]
+
+
+def test_on_postgresql_a_claim_under_way_in_another_process_holds_its_senders_mail_back(
+        postgres_url: str, clock: FakeClock) -> None:
+    """Two processes: the other one's claim transaction has taken a's first message and not committed
+    yet. Our claim neither waits for it nor skips it in the lane's check: a's second message, the newest,
+    does not jump; b's takes the lane."""
+    from sqlalchemy import update
+
+    from escalations.cases.models import InboundMessage
+
+    store = Store(make_engine(postgres_url), clock)
+    store.create_schema()
+    ids = stored(store, "a@example.org", "b@example.org", "a@example.org")
+    other = worker(store, alive=True)
+    other.heartbeat()
+    with other.session() as s:
+        # the other process's claim of a's first message, as _claim writes it, not yet committed
+        taken = s.exec(update(InboundMessage).where(InboundMessage.id == ids[0])  # type: ignore[arg-type]
+                       .values(claimed_by=other.owner, claimed_at=clock.now(), attempts=1)).rowcount
+        assert taken == 1
+        claimed = store.claim_inbound(2)  # meanwhile (that row locked): no wait
+        s.commit()
+    assert claimed.ids == [ids[1], ids[2]]
+    assert claimed.first_run == 2
+    row = store.get_inbound(ids[0])
+    assert row is not None and row.claimed_by == other.owner
