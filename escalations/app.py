@@ -95,7 +95,7 @@ class App:
                          workflow=self.workflow, auth_results={m.name: m.auth_results for m in s.mailboxes},
                          smtp_authserv_id=s.smtp_intake_authserv_id, ingest_auth_results=s.ingest_auth_results,
                          note_limit=s.max_notes_per_party_per_day, labels=self.labels,
-                         on_queued=self.wake_outbox.set,
+                         on_queued=self.wake_outbox.set, new_mail=self.wake_processor,
                          parser=self.parser or (lambda raw: with_attachment_texts(parse_message(raw, limits), limits)))
 
     @functools.cached_property

@@ -8,6 +8,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
+from email.parser import BytesHeaderParser
+from email.utils import getaddresses
 from typing import Any, Protocol
 
 import structlog
@@ -24,6 +26,8 @@ log = structlog.get_logger("escalations.store")
 
 _HEADER_SPLIT = re.compile(rb"\r?\n\r?\n")
 _FINGERPRINT_HEADERS = (b"message-id", b"from", b"date", b"subject")
+#: The sender_key column's width (RFC 5321: a path is at most 256 octets; room to spare).
+_SENDER_KEY_MAX = 320
 
 
 def split_raw(raw: bytes) -> tuple[bytes, bytes]:
@@ -59,6 +63,37 @@ def fingerprint(raw: bytes) -> str:
         h.update(name + b"=" + b" ".join(values.get(name, b"").split()) + b"\n")
     h.update(b"\n".join(line.rstrip() for line in body.replace(b"\r\n", b"\n").split(b"\n")).rstrip())
     return h.hexdigest()
+
+
+def sender_key_of(raw: bytes) -> str | None:
+    """The From address, lower-cased, from the header block alone (the claim's fresh lane orders mail
+    of one sender by it). None when there is not exactly one readable address: such mail never jumps
+    the queue."""
+    header_block = split_raw(raw)[0]
+    try:
+        values = BytesHeaderParser().parsebytes(header_block + b"\r\n\r\n").get_all("from") or []
+        if len(values) != 1:
+            return None
+        found = getaddresses([str(values[0])])
+    except (ValueError, TypeError, LookupError):
+        return None
+    if len(found) != 1:
+        return None
+    address = found[0][1].strip().lower()
+    local, at, domain = address.rpartition("@")
+    if not (local and at and domain) or len(address) > _SENDER_KEY_MAX or not address.isprintable() \
+            or " " in address or not _encodable(address):
+        return None
+    return address
+
+
+def _encodable(text: str) -> bool:
+    """No lone surrogates (8-bit header bytes read as ASCII): the database stores UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def message_id_of(raw: bytes) -> str | None:
@@ -216,7 +251,8 @@ class InboundRecords(SessionSource):
             return StoredInbound(existing_id, False)
         row = InboundMessage(source=a.source, idempotency_key=key, fingerprint=fp, account=a.account,
                              folder=a.folder, message_id=message_id_of(a.raw), envelope_sender=a.envelope_sender,
-                             envelope_recipients=list(a.envelope_recipients), raw=a.raw, size=len(a.raw),
+                             envelope_recipients=list(a.envelope_recipients), sender_key=sender_key_of(a.raw),
+                             raw=a.raw, size=len(a.raw),
                              received_at=a.received_at or self.clock.now())
         s.add(row)
         s.flush()

@@ -91,6 +91,8 @@ class InboundMessage(SQLModel, table=True):
     """Raw inbound mail, stored before any server is told we have it (ARCHITECTURE: raw first)."""
 
     __tablename__ = "inbound_message"
+    #: The fresh lane's question, "has this sender an older unfinished message?", is one index range.
+    __table_args__ = (Index("ix_inbound_message_sender_key_status_id", "sender_key", "status", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     source: str = Field(sa_column=Column(String(16), nullable=False))  # imap | smtp | cli
@@ -103,6 +105,9 @@ class InboundMessage(SQLModel, table=True):
     message_id: str | None = Field(default=None, sa_column=Column(String(998), index=True))
     envelope_sender: str | None = Field(default=None, sa_column=Column(String(998)))
     envelope_recipients: list[str] = json_column(list)
+    #: The From address, lower-cased, read cheaply at store time (None: none could be read). Mail of one
+    #: sender is processed in arrival order; only this orders the claim's fresh lane (see store.py).
+    sender_key: str | None = Field(default=None, sa_column=Column(String(320)))
     raw: bytes = Field(sa_column=Column(CompressedBytes(), nullable=False))
     size: int = 0
     received_at: datetime = utc_column(index=True)

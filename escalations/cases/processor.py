@@ -49,7 +49,8 @@ from escalations.routing.workflow.state import EventRecord, Step
 
 log = structlog.get_logger("escalations.cases.processor")
 
-__all__ = ["MIN_LABELLED_FIELDS", "Outcome", "Processor", "Unprocessable", "partnership_for", "step_result"]
+__all__ = ["MIN_LABELLED_FIELDS", "Outcome", "Processor", "Unprocessable", "partnership_for",
+           "step_result"]
 
 
 class Unprocessable(Exception):
@@ -132,6 +133,7 @@ class Processor:
         on_queued: Callable[[], None] = lambda: None,
         parser: Callable[[bytes], ParsedMessage] | None = None,
         labels: LabelTable | None = None,
+        new_mail: threading.Event | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -149,24 +151,38 @@ class Processor:
         self.parser = parser or parse_message
         #: The label vocabulary referrals and INFO replies are read with (None: the shipped one).
         self.labels = labels
+        #: Set when new mail is stored (the service's wake_processor): a batch under way is cut short
+        #: for it (see process_pending). None: batches always run to their end.
+        self.new_mail = new_mail
 
     # ---- loop --------------------------------------------------------------------------
 
     def process_pending(self, limit: int | None = None, stop: threading.Event | None = None) -> list[Outcome]:
-        """Process pending mail, oldest first, claimed a batch at a time (one transaction claims the
-        batch; each message is then processed in its own), until none is left, ``limit`` are done or
-        ``stop`` is set (checked between messages). Claims not begun when this stops early (a stop, an
-        exception) are handed back at once."""
+        """Process pending mail, claimed a batch at a time in the claim's order (its fresh lane, then
+        oldest first; one transaction claims the batch, each message is then processed in its own), until
+        none is left, ``limit`` are done or ``stop`` is set (checked between messages). Claims not begun
+        when this stops early (a stop, an exception) are handed back at once.
+
+        New mail does not wait for the rest of a batch: when ``new_mail`` is set between two messages,
+        once the claim's fresh lane and its oldest message are done (its ``first_run``: so the backlog and
+        earlier new mail move however fast new mail comes), the rest is handed back and the next claim
+        puts the new message first. The event is cleared just before each claim, never after: mail signalled before
+        the clear is committed and that claim sees it; mail signalled after sets it again."""
         outcomes: list[Outcome] = []
         while (limit is None or len(outcomes) < limit) and not (stop is not None and stop.is_set()):
             want = INBOUND_BATCH if limit is None else min(INBOUND_BATCH, limit - len(outcomes))
-            batch = self.store.claim_inbound_batch(want)
+            if self.new_mail is not None:
+                self.new_mail.clear()
+            claim = self.store.claim_inbound(want)
+            batch = claim.ids
             if not batch:
                 break
             done = 0
             try:
                 for inbound_id in batch:
                     if stop is not None and stop.is_set():
+                        break
+                    if done >= claim.first_run and self.new_mail is not None and self.new_mail.is_set():
                         break
                     done += 1
                     outcomes.append(self.process_one(inbound_id))

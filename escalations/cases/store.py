@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, and_, delete, or_, update
+from sqlalchemy import ColumnElement, Select, and_, delete, exists, or_, update
+from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import defer
+from sqlalchemy.orm import aliased, defer
 from sqlmodel import Session, col, select
 
 from escalations.cases import schema
@@ -45,9 +46,9 @@ from escalations.cases.models import (
 from escalations.cases.repository import Records
 from escalations.clock import Clock
 
-__all__ = ["HEARTBEAT_INTERVAL_SECONDS", "LEASE", "MAX_UNFINISHED_ATTEMPTS", "READ_ONLY", "TOO_MANY_ATTEMPTS",
-           "Store", "StoredInbound", "WorkerId", "content_key", "fingerprint", "imap_key", "make_engine",
-           "message_id_of", "process_alive", "process_start_ticks", "split_raw"]
+__all__ = ["HEARTBEAT_INTERVAL_SECONDS", "INBOUND_LANE", "LEASE", "MAX_UNFINISHED_ATTEMPTS", "READ_ONLY",
+           "TOO_MANY_ATTEMPTS", "InboundClaim", "Store", "StoredInbound", "WorkerId", "content_key", "fingerprint",
+           "imap_key", "make_engine", "message_id_of", "process_alive", "process_start_ticks", "split_raw"]
 
 log = structlog.get_logger("escalations.store")
 
@@ -69,7 +70,20 @@ WORKER_RETENTION = timedelta(days=1)
 MAX_UNFINISHED_ATTEMPTS = 3
 #: Fresh messages claimed in one transaction by the processor.
 INBOUND_BATCH = 16
+#: Of those, at most this many by the fresh lane (newest first): more than one, so that new mail arriving
+#: faster than one message per claim is not served last-in-first-out, the earlier left waiting.
+INBOUND_LANE = 4
 TOO_MANY_ATTEMPTS = "too_many_attempts"
+
+
+@dataclass(frozen=True)
+class InboundClaim:
+    """Claimed inbound messages, in the order to process them."""
+
+    ids: list[int]
+    #: How many of the first ids to process before new mail may cut the batch short: the fresh lane's and
+    #: the oldest ready message, so that both the new mail and the backlog move at every claim.
+    first_run: int = 1
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,24 @@ class _Claimable:
     #: At most one row per value of this column in one claim (a timer's case: what one timer's step
     #: does, such as cancelling the case's other timers, must be seen before the next is taken).
     one_per: Any = None
+    #: The fresh lane: given the ready condition and how many, a query of the (id, group) of ready rows to
+    #: take first, newest first, ahead of the rest in order_by (see :meth:`Store.claim_inbound`).
+    lane: Callable[[ColumnElement[bool], int], Select[Any, Any]] | None = None
+    #: At most this many rows of a claim come by the fresh lane.
+    lane_size: int = 0
+
+
+def _inbound_lane(ready: ColumnElement[bool], n: int) -> Select[Any, Any]:
+    """The ``n`` newest ready messages whose sender has no older unfinished one (pending: ready, claimed
+    by anyone, or taken back): each the oldest unfinished mail of its sender, so of ``n`` senders. Mail
+    of one sender keeps its arrival order; mail of different senders has no order between them (a reply
+    answers an acknowledgement already sent: what it follows is processed)."""
+    older = aliased(InboundMessage)
+    blocked = exists().where(col(older.sender_key) == col(InboundMessage.sender_key),
+                             col(older.status) == "pending", col(older.id) < col(InboundMessage.id))
+    return (core_select(col(InboundMessage.id), col(InboundMessage.id))
+            .where(ready, col(InboundMessage.sender_key).is_not(None), ~blocked)
+            .order_by(col(InboundMessage.id).desc()).limit(n))
 
 
 _INBOUND = _Claimable(
@@ -149,6 +181,8 @@ _INBOUND = _Claimable(
     held_since=col(InboundMessage.claimed_at),
     order_by=(col(InboundMessage.id),),
     values=lambda lease_now: {"claimed_at": lease_now, "attempts": InboundMessage.attempts + 1},
+    lane=_inbound_lane,
+    lane_size=INBOUND_LANE,
 )
 
 _OUTBOX = _Claimable(
@@ -189,6 +223,11 @@ def _fresh_run(candidates: Sequence[tuple[Any, Any, int]]) -> list[tuple[Any, An
             break
         run.append(c)
     return run
+
+
+def _inbound_claim(ids: list[int], lanes: Sequence[int]) -> InboundClaim:
+    """The claim, with how many of its first ids hold its lane's messages and the oldest."""
+    return InboundClaim(ids, min(len(ids), 1 + sum(1 for i in lanes if i in ids)))
 
 
 def _first_per_group(rows: Sequence[Any], limit: int) -> list[Any]:
@@ -256,7 +295,20 @@ class Store(InboundRecords, Records):
         return ids[0] if ids else None
 
     def claim_inbound_batch(self, limit: int = INBOUND_BATCH, stale_after: timedelta = LEASE) -> list[int]:
-        """Claim up to ``limit`` pending messages, oldest first, in one transaction; their ids in order.
+        """:meth:`claim_inbound`'s ids."""
+        return self.claim_inbound(limit, stale_after=stale_after).ids
+
+    def claim_inbound(self, limit: int = INBOUND_BATCH, stale_after: timedelta = LEASE) -> InboundClaim:
+        """Claim up to ``limit`` pending messages in one transaction; their ids in the order to process them.
+
+        First the fresh lane: the newest ready message whose sender (``sender_key``) has no older
+        unfinished message — pending, whether ready or claimed by any worker — so new mail does not wait
+        behind a backlog; then the oldest ready message; then up to INBOUND_LANE - 1 more of the lane's
+        (newest first); then the rest oldest first, as always. Mail of one sender keeps its arrival order
+        (a correction is never processed before the referral it follows: each lane message is its
+        sender's oldest unfinished one, and the oldest ready message is older than all of them); mail with
+        no sender key never takes the lane. A claim of one takes the oldest alone: every claim includes
+        the oldest ready message, so the backlog always moves.
 
         Each claimed message has its attempt counted, as in :meth:`claim_next_inbound`. A batch holds
         only fresh mail: a message taken back from a worker that died (or whose lease ran out) is
@@ -267,16 +319,18 @@ class Store(InboundRecords, Records):
         self._ensure_registered()
         with self.session() as s:
             while True:
-                ids = self._claim(s, _INBOUND, limit=limit, stale_after=stale_after, taken_back_alone=True)
+                lanes: list[int] = []
+                ids = self._claim(s, _INBOUND, limit=limit, stale_after=stale_after, taken_back_alone=True,
+                                  lanes=lanes)
                 if not ids:
                     s.commit()
-                    return []
+                    return InboundClaim([])
                 attempts = dict(s.exec(select(InboundMessage.id, InboundMessage.attempts)
                                        .where(col(InboundMessage.id).in_(ids))).all())
                 spent = [i for i in ids if attempts.get(i, 0) > MAX_UNFINISHED_ATTEMPTS]
                 if not spent:
                     s.commit()
-                    return ids
+                    return _inbound_claim(ids, lanes)
                 for inbound_id in spent:
                     # this claim is not an attempt: it never starts
                     s.exec(update(InboundMessage).where(col(InboundMessage.id) == inbound_id)
@@ -287,7 +341,7 @@ class Store(InboundRecords, Records):
                 ids = [i for i in ids if i not in spent]
                 if ids:
                     s.commit()
-                    return ids
+                    return _inbound_claim(ids, lanes)
 
     def release_inbound(self, inbound_ids: Sequence[int]) -> int:
         """Hand back claimed messages this worker did not begin (it is stopping, or a batch was cut
@@ -348,7 +402,8 @@ class Store(InboundRecords, Records):
     # ---- claims and workers ----------------------------------------------------------------
 
     def _claim(self, s: Session, what: _Claimable, *, limit: int, stale_after: timedelta,
-               now: datetime | None = None, taken_back_alone: bool = False) -> list[int]:
+               now: datetime | None = None, taken_back_alone: bool = False,
+               lanes: list[int] | None = None) -> list[int]:
         """The one claim rule, for inbound messages, outbox rows and timers, in the caller's transaction.
 
         Take the write lock first (BEGIN IMMEDIATE on SQLite), then read the clock: a "now" read before
@@ -357,7 +412,8 @@ class Store(InboundRecords, Records):
         :meth:`_dead_owners`) or a claim older than ``stale_after`` (the lease, whoever holds it).
         ``now`` is the deadline clock's time (a timer's tick); by default the store's clock after the lock.
         ``taken_back_alone``: a row taken back from a holder that is gone is claimed by itself, and a
-        batch of ready rows stops before one (see :meth:`claim_inbound_batch`).
+        batch of ready rows stops before one (see :meth:`claim_inbound`). ``lanes`` gets the ids of those
+        taken by the fresh lane.
         """
         conn = s.connection()
         lease_now = self.lease_clock.now()
@@ -368,7 +424,14 @@ class Store(InboundRecords, Records):
         candidates = self._candidates(conn, what, (ready, abandoned), limit)
         if taken_back_alone:
             candidates = _fresh_run(candidates)
-        wanted = _first_per_group([(rid, group) for rid, group, _condition in candidates], limit)
+        rows = [(rid, group) for rid, group, _condition in candidates]
+        lane: list[tuple[Any, Any]] = []
+        # The lane's newest row goes first, the oldest row second (so a claim of one is the oldest alone),
+        # then the lane's others; never beside a taken-back row.
+        if what.lane is not None and limit > 1 and not (candidates and candidates[0][2] != 0):
+            lane = self._lane(conn, what, ready, min(what.lane_size, limit - 1))
+            rows = lane[:1] + rows[:1] + lane[1:] + rows[1:]
+        wanted = _first_per_group(rows, limit)
         if not wanted:
             return []
         # The same condition again: under READ COMMITTED (PostgreSQL) a second claimer that waited on a
@@ -376,6 +439,8 @@ class Store(InboundRecords, Records):
         taken = set(conn.execute(update(what.table).where(what.id.in_(wanted), takeable)
                                  .values(claimed_by=self.owner, **what.values(lease_now))
                                  .returning(what.id)).scalars())
+        if lanes is not None:
+            lanes.extend(int(rid) for rid, _group in lane if rid in taken)
         return [int(i) for i in wanted if i in taken]
 
     def _takeable(self, s: Session, what: _Claimable, *, lease_now: datetime, due_now: datetime,
@@ -406,6 +471,16 @@ class Store(InboundRecords, Records):
             found += [(*row, number) for row in conn.execute(q).all()]
         found.sort(key=lambda row: tuple(row[2:-1]))
         return [(row[0], row[1], row[-1]) for row in found]
+
+    @staticmethod
+    def _lane(conn: Connection, what: _Claimable, ready: ColumnElement[bool], n: int) -> list[tuple[Any, Any]]:
+        """The fresh lane's rows, newest first, as (id, group). Its "older unfinished" test reads rows
+        other claimers hold (a plain read, never skipped); only the rows taken are locked."""
+        assert what.lane is not None
+        q = what.lane(ready, n)
+        if conn.dialect.name == "postgresql":
+            q = q.with_for_update(skip_locked=True, of=what.table)
+        return [(row[0], row[1]) for row in conn.execute(q).all()]
 
     def _dead_owners(self, s: Session, lease_now: datetime, owners: Sequence[str]) -> list[str]:
         """Those of ``owners`` whose claims are free now: their heartbeat is older than

@@ -384,3 +384,41 @@ def test_revision_4_stores_each_policy_once_and_back(engine: Engine) -> None:
             sa.text('SELECT id, policy_snapshot FROM "case"')).all()}
         assert "policy_version" not in sa.inspect(conn).get_table_names()
     assert snapshots == {1: policies["a"], 2: policies["a"], 3: policies["b"], 4: policies["unversioned"], 5: {}}
+
+
+# ---- revision 0007: the sender key of inbound mail ----------------------------------------------------
+
+
+def test_revision_7_adds_the_sender_key_and_keeps_the_mail(engine: Engine, clock: FakeClock) -> None:
+    """Mail stored at revision 0006 (pending and done) is kept with no sender key: it never takes the
+    fresh lane, and is claimed oldest first as before."""
+    from escalations.cases.store import Store
+
+    with engine.begin() as conn:
+        command.upgrade(schema._config(conn), "0006")
+    when = T0 if engine.dialect.name == "postgresql" else T0.replace(tzinfo=None)
+    meta = sa.MetaData()
+    meta.reflect(engine)
+    assert "sender_key" not in meta.tables["inbound_message"].c
+    with engine.begin() as conn:
+        conn.execute(meta.tables["inbound_message"].insert(), [
+            {"id": i, "source": "smtp", "idempotency_key": f"k{i}", "fingerprint": f"{i}" * 64,
+             "envelope_recipients": [], "raw": f"From: p{i}@example.org\r\n\r\nbody".encode(), "size": 10,
+             "received_at": when, "status": status, "attempts": 0}
+            for i, status in ((1, "done"), (2, "pending"), (3, "pending"))])
+    schema.upgrade(engine)
+    assert diff_with_models(engine) == []
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id, status, sender_key FROM inbound_message ORDER BY id")).all()
+        indexes = {i["name"] for i in sa.inspect(conn).get_indexes("inbound_message")}
+    assert [tuple(r) for r in rows] == [(1, "done", None), (2, "pending", None), (3, "pending", None)]
+    assert "ix_inbound_message_sender_key_status_id" in indexes
+    store = Store(engine, clock)
+    new = store.store_inbound(b"From: new@example.org\r\nSubject: n\r\n\r\nnew", source="smtp")
+    assert store.claim_inbound_batch(3) == [new.id, 2, 3]  # the old rows stay in order behind the lane
+
+    with engine.begin() as conn:
+        command.downgrade(schema._config(conn), "0006")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM inbound_message")).scalar_one() == 4
+        assert "sender_key" not in {c["name"] for c in sa.inspect(conn).get_columns("inbound_message")}

@@ -4,10 +4,13 @@ the batch back at once, untouched, and the next run processes it; nothing is don
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from escalations.cases.models import Case
+from escalations.cases.store import InboundClaim
 from escalations.parsers.message import ParsedMessage
 from escalations.routing.workflow.events import StaffAction
 from escalations.routing.workflow.staff import Action
@@ -76,3 +79,87 @@ def test_a_new_case_is_written_in_one_insert_and_later_steps_update_it(make_app:
         s.commit()
     [after] = app.store.list_cases()
     assert after.status == "withdrawn"
+
+
+def _from(i: int) -> bytes:
+    """A referral of its own practitioner (a sender of its own: no order with the others)."""
+    return referral(replace(CH, raiser=f"raiser{i}@school.example.org", raiser_name=f"Raiser {i}"),
+                    message_id=f"<lane-{i}@example.org>")
+
+
+@pytest.mark.parametrize(("stored_during", "goes_at"), [(1, 5), (7, 7)])
+def test_mail_stored_mid_batch_goes_before_the_rest_of_the_batch(make_app: AppFactory, database_url: str,
+                                                                 stored_during: int, goes_at: int) -> None:
+    """A backlog of ten is claimed as one batch: the fresh lane's newest, the oldest, the lane's other
+    three, then the rest oldest first. A referral stored while the batch's ``stored_during``-th message
+    is under way is processed next, not after the batch; but never before the lane's and the oldest."""
+    app = make_app(database_url)
+    backlog = [app.ingest(_from(i)).id for i in range(10)]
+    parse = app.processor.parser
+    seen: list[bytes] = []
+    new: list[int] = []
+
+    def parse_and_store(raw: bytes) -> ParsedMessage:
+        seen.append(raw)
+        if len(seen) == stored_during:
+            new.append(app.ingest(_from(99)).id)  # the intake stores it and wakes the processor
+        return parse(raw)
+
+    app.processor.parser = parse_and_store
+    outcomes = app.processor.process_pending()
+    batch = [backlog[9], backlog[0], backlog[8], backlog[7], backlog[6], *backlog[1:6]]
+    order = [o.inbound_id for o in outcomes]
+    assert order[:goes_at + 1] == [*batch[:goes_at], *new]
+    assert sorted(order) == sorted([*backlog, *new]) and [o.status for o in outcomes] == ["done"] * 11
+    rows = [app.store.get_inbound(i) for i in [*backlog, *new]]
+    # handed back when the batch was cut short, claimed again: each processed once, one attempt each
+    assert [(r.status, r.attempts) for r in rows if r is not None] == [("done", 1)] * 11
+    assert not app.wake_processor.is_set()  # cleared before the claim that found it, nothing left unseen
+
+
+def test_a_wake_up_is_never_lost(make_app: AppFactory, database_url: str) -> None:
+    """Mail stored while the last message is under way is claimed in the same run; mail stored just after
+    the run's last (empty) claim leaves the event set, so the processor's loop runs again at once rather
+    than at the next poll (the event is cleared before each claim, never after one)."""
+    app = make_app(database_url)
+    first = app.ingest(_from(0)).id
+    parse = app.processor.parser
+    during: list[int] = []
+
+    def parse_and_store(raw: bytes) -> ParsedMessage:
+        if not during:
+            during.append(app.ingest(_from(1)).id)
+        return parse(raw)
+
+    after: list[int] = []
+    claim = app.store.claim_inbound
+
+    def claim_then_store(limit: int = 16, **kwargs: Any) -> InboundClaim:
+        claimed = claim(limit, **kwargs)
+        if not claimed.ids and not after:
+            after.append(app.ingest(_from(2)).id)  # arrives as the last claim comes back empty
+        return claimed
+
+    app.processor.parser = parse_and_store
+    app.store.claim_inbound = claim_then_store  # type: ignore[method-assign]
+    assert [o.inbound_id for o in app.processor.process_pending()] == [first, *during]
+    assert app.wake_processor.is_set()  # the loop will look again
+    assert [o.inbound_id for o in app.processor.process_pending()] == after
+
+
+def test_without_new_mail_a_batch_runs_to_its_end(make_app: AppFactory, database_url: str) -> None:
+    app = make_app(database_url)
+    ids = [app.ingest(_from(i)).id for i in range(4)]
+    app.wake_processor.set()  # set before the run (by the stores): cleared before the first claim
+    claims: list[list[int]] = []
+    claim = app.store.claim_inbound
+
+    def recorded(limit: int = 16, **kwargs: Any) -> InboundClaim:
+        claimed = claim(limit, **kwargs)
+        claims.append(claimed.ids)
+        return claimed
+
+    app.store.claim_inbound = recorded  # type: ignore[method-assign]
+    batch = [ids[3], ids[0], ids[2], ids[1]]  # the lane's newest, the oldest, the lane's others
+    assert [o.inbound_id for o in app.processor.process_pending()] == batch
+    assert claims == [batch, []]  # one batch, not cut short

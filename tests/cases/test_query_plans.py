@@ -61,3 +61,22 @@ def test_the_due_timers_query_uses_the_status_and_due_index(tmp_path: Path, cloc
     assert any("FROM timer" in q for q, _ in queries)
     steps = plans(store, queries, "timer")
     assert steps and all("ix_timer_status_due_at" in step for step in steps), steps
+
+
+def test_the_inbound_claim_and_its_fresh_lane_use_indexes(tmp_path: Path, clock: FakeClock) -> None:
+    """A long history of done mail and a backlog: the claim (its fresh lane's "older unfinished mail of
+    this sender?" included) searches indexes, never the whole table."""
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'p.sqlite3'}"), clock)
+    store.create_schema()
+    for i in range(300):
+        store.store_inbound(f"From: p{i % 40}@example.org\r\nMessage-ID: <{i}@example.org>\r\n\r\nbody {i}".encode(),
+                            source="smtp")
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE inbound_message SET status = 'done' WHERE id <= 200")
+        conn.exec_driver_sql("ANALYZE")
+    queries = statements_of(store, lambda: store.claim_inbound_batch(16))
+    assert any("EXISTS" in q for q, _ in queries)  # the lane's query ran
+    steps = plans(store, queries, "inbound_message")
+    assert steps and not [step for step in steps if step.startswith("SCAN")], steps
+    older = plans(store, queries, "inbound_message_1")  # the lane's correlated subquery
+    assert older and all("ix_inbound_message_sender_key_status_id" in step for step in older), older

@@ -1,0 +1,193 @@
+"""The claim's fresh lane: new mail does not wait behind a backlog, and mail of one sender is still
+processed in arrival order (a correction never before the referral it follows)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from escalations.cases.inbound import sender_key_of
+from escalations.cases.store import Store, WorkerId, make_engine
+from escalations.clock import FakeClock
+from escalations.mailer.intake import Arrival
+
+pytestmark = pytest.mark.servers
+
+
+@pytest.fixture
+def store(database_url: str, clock: FakeClock) -> Store:
+    s = Store(make_engine(database_url), clock)
+    s.create_schema()
+    return s
+
+
+def mail(n: int, sender: str | None) -> bytes:
+    """A distinct message from ``sender`` (None: no From header at all)."""
+    head = f"From: Practitioner {n} <{sender}>\r\n" if sender else ""
+    return (f"Message-ID: <lane-{n}@example.org>\r\n{head}To: chscp@hackney.gov.uk\r\n"
+            f"Date: Tue, 03 Nov 2026 10:00:00 +0000\r\nSubject: escalation {n}\r\n\r\nbody {n}\r\n").encode()
+
+
+def stored(store: Store, *senders: str | None) -> list[int]:
+    return [store.store_inbound(mail(n, s), source="smtp").id for n, s in enumerate(senders)]
+
+
+def worker(store: Store, *, alive: bool) -> Store:
+    """Another worker on the same database: a live process (this one's PID) or a dead one."""
+    pid = os.getpid() if alive else _dead_pid()
+    return Store(store.engine, store.clock, worker=WorkerId(store.worker.host, pid, "other-alive" if alive
+                                                           else "other-dead"))
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+# ---- the sender key ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("header", "key"), [
+    (b"From: A Practitioner <A.Practitioner@Example.ORG>\r\n", "a.practitioner@example.org"),
+    (b"From:\r\n Folded Name\r\n <folded@example.org>\r\n", "folded@example.org"),
+    (b"From: =?utf-8?q?J=C3=B6rg?= <jorg@example.org>\r\n", "jorg@example.org"),
+    (b"From: \"x@example.net\" <real@example.org>\r\n", "real@example.org"),
+    (b"From: one@example.org, two@example.org\r\n", None),  # not one sender
+    (b"From: one@example.org\r\nFrom: two@example.org\r\n", None),
+    (b"From: undisclosed\r\n", None),
+    (b"From: <>\r\n", None),
+    (b"Subject: no From at all\r\n", None),
+])
+def test_the_sender_key_is_the_one_from_address_lower_cased(header: bytes, key: str | None) -> None:
+    assert sender_key_of(header + b"To: chscp@hackney.gov.uk\r\n\r\nFrom: body@example.org\r\n") == key
+
+
+def test_the_sender_key_never_holds_what_the_database_cannot_store() -> None:
+    for raw in (b"From: \xed\xa0\x80@example.org\r\n\r\n", b"From: a\x00b@example.org\r\n\r\n", b"garbage"):
+        key = sender_key_of(raw)
+        assert key is None or ("\x00" not in key and key.encode("utf-8"))
+
+
+def test_every_intake_path_stores_the_sender_key(store: Store) -> None:
+    one = store.store_inbound(mail(0, "Some.One@Example.org"), source="smtp")
+    many = store.store_inbound_many([Arrival(mail(1, "two@example.org"), source="imap", idempotency_key="k1"),
+                                     Arrival(mail(2, None), source="imap", idempotency_key="k2")])
+    keys = [r.sender_key for r in (store.get_inbound(i) for i in [one.id, *(m.id for m in many)]) if r]
+    assert keys == ["some.one@example.org", "two@example.org", None]
+
+
+# ---- the claim ------------------------------------------------------------------------------
+
+
+def test_the_newest_message_of_a_sender_with_nothing_older_goes_first(store: Store) -> None:
+    ids = stored(store, "a@example.org", "b@example.org", "c@example.org", "d@example.org", "e@example.org")
+    assert store.claim_inbound_batch(2) == [ids[4], ids[0]]  # the newest, then the oldest
+    assert store.claim_inbound_batch(3) == [ids[3], ids[1], ids[2]]  # the lane's two, the oldest between
+    assert store.claim_inbound_batch(10) == []
+
+
+def test_the_lane_takes_a_few_newest_first_then_the_backlog_oldest_first(store: Store) -> None:
+    """New mail arriving faster than one message a claim is not served last in, first out: the lane
+    holds INBOUND_LANE messages, each of its own sender."""
+    from escalations.cases.store import INBOUND_LANE
+
+    ids = stored(store, *[f"p{i}@example.org" for i in range(10)], "p9@example.org", "p3@example.org")
+    claim = store.claim_inbound(16)
+    # p9's and p3's second messages wait for their first; the lane's newest first, the oldest second
+    lane = [ids[9], ids[8], ids[7], ids[6]][:INBOUND_LANE]
+    assert claim.ids == [lane[0], ids[0], *lane[1:], *ids[1:6], ids[10], ids[11]]
+    assert claim.first_run == INBOUND_LANE + 1  # new mail may cut the batch short only after those
+    assert store.claim_inbound(16) == type(claim)([])
+
+
+def test_a_claim_of_one_is_the_oldest(store: Store) -> None:
+    ids = stored(store, "a@example.org", "b@example.org", "c@example.org")
+    assert store.claim_next_inbound() == ids[0]
+    assert store.claim_inbound_batch(1) == [ids[1]]
+
+
+def test_mail_never_jumps_an_older_pending_message_of_its_sender(store: Store) -> None:
+    ids = stored(store, "a@example.org", "b@example.org", "A@Example.org")  # the last: a's correction
+    assert store.claim_inbound_batch(2) == [ids[1], ids[0]]  # b is the newest that may jump; a's stay in order
+    assert store.claim_inbound_batch(2) == [ids[2]]
+
+
+def test_mail_never_jumps_an_older_message_of_its_sender_that_another_worker_holds(store: Store) -> None:
+    ids = stored(store, "a@example.org")
+    other = worker(store, alive=True)
+    assert other.claim_inbound_batch(1) == [ids[0]]  # under way in the other process
+    more = [store.store_inbound(mail(n, s), source="smtp").id
+            for n, s in ((1, "b@example.org"), (2, "a@example.org"))]
+    # a's second message is the newest, but a's first is unfinished: b's takes the lane, a's waits its turn
+    assert store.claim_inbound_batch(2) == [more[0], more[1]]
+    row = store.get_inbound(ids[0])
+    assert row is not None and row.claimed_by == other.owner  # the live worker keeps its claim
+
+
+def test_a_finished_older_message_no_longer_holds_its_sender_back(store: Store) -> None:
+    ids = stored(store, "a@example.org", "b@example.org", "c@example.org", "a@example.org")
+    assert store.claim_inbound_batch(1) == [ids[0]]
+    store.quarantine(ids[0], "test")  # finished (not pending): a's next message may take the lane
+    assert store.claim_inbound_batch(2) == [ids[3], ids[1]]
+
+
+def test_mail_with_no_sender_key_never_jumps(store: Store) -> None:
+    ids = stored(store, "a@example.org", "b@example.org", None)
+    assert store.claim_inbound_batch(2) == [ids[1], ids[0]]  # the newest has no sender: b's takes the lane
+    assert store.claim_inbound_batch(2) == [ids[2]]
+    old = stored(store, *[None] * 3)  # rows from before sender keys (NULL): oldest first, as before
+    assert store.claim_inbound_batch(2) == old[:2]
+
+
+def test_mail_taken_back_from_a_dead_worker_is_still_claimed_alone(store: Store) -> None:
+    ids = stored(store, "a@example.org", "b@example.org")
+    dead = worker(store, alive=False)
+    assert dead.claim_inbound_batch(10) == [ids[1], ids[0]]  # ... and dies on the first
+    new = store.store_inbound(mail(7, "c@example.org"), source="smtp").id
+    assert store.claim_inbound_batch(10) == [ids[0]]  # the oldest taken back: alone, no lane beside it
+    assert store.claim_inbound_batch(10) == [ids[1]]
+    assert store.claim_inbound_batch(10) == [new]
+    assert [r.attempts for r in (store.get_inbound(i) for i in (*ids, new)) if r] == [2, 2, 1]
+
+
+def test_the_lane_comes_before_a_taken_back_message_it_may_pass(store: Store) -> None:
+    """A fresh batch stops before a taken-back message; the lane's message (a sender with nothing
+    unfinished) still goes first."""
+    ids = stored(store, "a@example.org", "b@example.org")
+    dead = worker(store, alive=False)
+    assert dead.claim_inbound_batch(2) == [ids[1], ids[0]]
+    assert dead.release_inbound([ids[0]]) == 1  # it held b's only when it died
+    new = store.store_inbound(mail(7, "c@example.org"), source="smtp").id
+    assert store.claim_inbound_batch(10) == [new, ids[0]]
+    assert store.claim_inbound_batch(10) == [ids[1]]
+
+
+def test_on_postgresql_a_claim_under_way_in_another_process_holds_its_senders_mail_back(
+        postgres_url: str, clock: FakeClock) -> None:
+    """Two processes: the other one's claim transaction has taken a's first message and not committed
+    yet. Our claim neither waits for it nor skips it in the lane's check: a's second message, the newest,
+    does not jump; b's takes the lane."""
+    from sqlalchemy import update
+
+    from escalations.cases.models import InboundMessage
+
+    store = Store(make_engine(postgres_url), clock)
+    store.create_schema()
+    ids = stored(store, "a@example.org", "b@example.org", "a@example.org")
+    other = worker(store, alive=True)
+    other.heartbeat()
+    with other.session() as s:
+        # the other process's claim of a's first message, as _claim writes it, not yet committed
+        taken = s.exec(update(InboundMessage).where(InboundMessage.id == ids[0])  # type: ignore[arg-type]
+                       .values(claimed_by=other.owner, claimed_at=clock.now(), attempts=1)).rowcount
+        assert taken == 1
+        claimed = store.claim_inbound(2)  # meanwhile (that row locked): no wait
+        s.commit()
+    assert claimed.ids == [ids[1], ids[2]]
+    assert claimed.first_run == 2
+    row = store.get_inbound(ids[0])
+    assert row is not None and row.claimed_by == other.owner
