@@ -143,3 +143,10 @@ def test_help_lists_every_command_and_a_group_has_all_its_commands(tmp_path: Pat
         assert f" {sub} " in cases.output
     typo = runner.invoke(app, ["casse", "list"], env={"COLUMNS": "200"})
     assert typo.exit_code == 2 and "Did you mean 'cases'" in typo.output
+
+
+def test_a_service_whose_mailboxes_sign_in_with_a_password_never_loads_requests() -> None:
+    """requests (for OAuth2 token endpoints) is loaded when a token is first fetched."""
+    found = _imported("import escalations.service, escalations.app, escalations.mailer.imap_watcher, "
+                      "escalations.mailer.smtp_sender, escalations.mailer.mailbox_check, escalations.web.server")
+    assert "escalations" in found and "requests" not in found

@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -35,13 +36,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
-import requests
 import structlog
 
 from escalations.settings import AuthMethod, AuthSettings, read_secret
+
+if TYPE_CHECKING:
+    import requests
 
 #: Fetch a new token this long before the cached one expires.
 REFRESH_MARGIN = timedelta(minutes=5)
@@ -148,35 +152,51 @@ def secret_expiry_note(auth: AuthSettings, today: date) -> str | None:
 # ---- transport errors (shared) -------------------------------------------------------------------
 
 
+def _requests() -> ModuleType:
+    """requests, imported when a token is first fetched: a service whose mailboxes sign in with a
+    password never loads it (about 8 MiB)."""
+    import requests
+
+    return requests
+
+
 def _transport_error(exc: BaseException, endpoint: str) -> TokenError:
     text = str(exc)
     host = urlparse(endpoint).netloc or endpoint
-    if isinstance(exc, requests.exceptions.SSLError) or "CERTIFICATE_VERIFY_FAILED" in text:
+    errors = _requests().exceptions
+    if isinstance(exc, errors.SSLError) or "CERTIFICATE_VERIFY_FAILED" in text:
         return TokenError("token_endpoint_untrusted",
                           f"the certificate of {host} is not trusted (an inspecting proxy? set auth.ca_file)")
-    if isinstance(exc, requests.exceptions.Timeout):
+    if isinstance(exc, errors.Timeout):
         return TokenError("token_endpoint_timeout", f"{host} did not answer in time")
     return TokenError("token_endpoint_unreachable", f"cannot reach {host} ({type(exc).__name__})")
 
 
-class _Session(requests.Session):
-    """requests lets REQUESTS_CA_BUNDLE beat ``Session.verify``: a configured ``ca_file`` must win.
-    Proxy variables are still honoured (a council's egress proxy)."""
+@functools.cache
+def _session_class() -> type[requests.Session]:
+    session_base: type[requests.Session] = _requests().Session
 
-    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any,
-                                   cert: Any) -> Any:
-        merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
-        if isinstance(self.verify, str) and (verify is None or verify is True):
-            merged["verify"] = self.verify
-        return merged
+    class _Session(session_base):  # type: ignore[valid-type,misc]
+        """requests lets REQUESTS_CA_BUNDLE beat ``Session.verify``: a configured ``ca_file`` must win.
+        Proxy variables are still honoured (a council's egress proxy)."""
 
-    def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", HTTP_TIMEOUT_SECONDS)
-        return super().request(method, url, *args, **kwargs)
+        def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any,
+                                       cert: Any) -> Any:
+            merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            if isinstance(self.verify, str) and (verify is None or verify is True):
+                merged["verify"] = self.verify
+            return merged
+
+        def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> requests.Response:
+            kwargs.setdefault("timeout", HTTP_TIMEOUT_SECONDS)
+            response: requests.Response = super().request(method, url, *args, **kwargs)
+            return response
+
+    return _Session
 
 
 def _session(auth: AuthSettings) -> requests.Session:
-    session = _Session()
+    session = _session_class()()
     session.verify = str(auth.ca_file) if auth.ca_file else True
     return session
 
@@ -249,7 +269,7 @@ class M365AppTokens:
                 # another host (a sovereign cloud's, or the tests'): not in Microsoft's instance list
                 validate_authority=microsoft_host, instance_discovery=None if microsoft_host else False,
                 http_client=_session(a), timeout=HTTP_TIMEOUT_SECONDS, token_cache=msal.TokenCache())
-        except requests.exceptions.RequestException as exc:
+        except _requests().exceptions.RequestException as exc:
             raise _transport_error(exc, authority) from exc
         except ValueError as exc:
             # msal's OIDC discovery of {authority}/v2.0/.well-known/openid-configuration failed
@@ -266,7 +286,7 @@ class M365AppTokens:
         now = datetime.now(UTC)
         try:
             result = app.acquire_token_for_client(scopes=[self.auth.effective_scope])
-        except requests.exceptions.RequestException as exc:
+        except _requests().exceptions.RequestException as exc:
             raise _transport_error(exc, self.auth.authority) from exc
         if "access_token" in result:
             return AccessToken(result["access_token"], _expires(result.get("expires_in"), now))
@@ -372,7 +392,7 @@ class RefreshTokenTokens:
             now = datetime.now(UTC)
             try:
                 resp = _session(a).post(endpoint, data=body, timeout=HTTP_TIMEOUT_SECONDS)
-            except requests.exceptions.RequestException as exc:
+            except _requests().exceptions.RequestException as exc:
                 raise _transport_error(exc, endpoint) from exc
             try:
                 data = resp.json()
