@@ -8,7 +8,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
-from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 from typing import Any, Protocol
 
@@ -28,6 +27,8 @@ _HEADER_SPLIT = re.compile(rb"\r?\n\r?\n")
 _FINGERPRINT_HEADERS = (b"message-id", b"from", b"date", b"subject")
 #: The sender_key column's width (RFC 5321: a path is at most 256 octets; room to spare).
 _SENDER_KEY_MAX = 320
+#: From values longer than this in all (a display name and an address are far shorter) give no key.
+_FROM_MAX = 4096
 
 
 def split_raw(raw: bytes) -> tuple[bytes, bytes]:
@@ -65,16 +66,40 @@ def fingerprint(raw: bytes) -> str:
     return h.hexdigest()
 
 
+def _from_values(header_block: bytes) -> list[bytes] | None:
+    """Every From header's value, unfolded; None when they are longer than :data:`_FROM_MAX` in all.
+    A line scan of the header block, not a header parser: it runs in the watcher's thread for every
+    message stored, and a hostile megabyte-long From took a parser seconds."""
+    values: list[bytearray] = []
+    size = 0
+    in_from = False
+    for line in header_block.splitlines():
+        if line[:1] in (b" ", b"\t"):
+            if in_from:
+                size += len(line)
+                if size > _FROM_MAX:
+                    return None
+                values[-1] += b" " + line.strip()
+            continue
+        name, sep, value = line.partition(b":")
+        in_from = bool(sep) and name.strip().lower() == b"from"
+        if in_from:
+            size += len(value)
+            if size > _FROM_MAX:
+                return None
+            values.append(bytearray(value.strip()))
+    return [bytes(v) for v in values]
+
+
 def sender_key_of(raw: bytes) -> str | None:
     """The From address, lower-cased, from the header block alone (the claim's fresh lane orders mail
     of one sender by it). None when there is not exactly one readable address: such mail never jumps
     the queue."""
-    header_block = split_raw(raw)[0]
+    values = _from_values(split_raw(raw)[0])
+    if values is None or len(values) != 1:
+        return None
     try:
-        values = BytesHeaderParser().parsebytes(header_block + b"\r\n\r\n").get_all("from") or []
-        if len(values) != 1:
-            return None
-        found = getaddresses([str(values[0])])
+        found = getaddresses([values[0].decode("ascii", "surrogateescape")])
     except (ValueError, TypeError, LookupError):
         return None
     if len(found) != 1:

@@ -66,6 +66,16 @@ def test_the_sender_key_is_the_one_from_address_lower_cased(header: bytes, key: 
     assert sender_key_of(header + b"To: chscp@hackney.gov.uk\r\n\r\nFrom: body@example.org\r\n") == key
 
 
+def test_a_hostile_from_gives_no_key_and_a_long_header_block_still_gives_one() -> None:
+    """The key is read in the watcher's thread: From values over 4 KiB in all are not parsed at all."""
+    assert sender_key_of(b"From: " + b"a" * 100_000 + b"@example.org\r\n\r\nbody") is None
+    folded = b"From: " + b"\r\n ".join([b"x"] * 5000) + b" <a@example.org>\r\n\r\nbody"
+    assert sender_key_of(folded) is None
+    many = b"".join(b"X-Header-%d: %s\r\n" % (i, b"v" * 40) for i in range(5000))
+    assert sender_key_of(many + b"From: Some One <Some.One@example.org>\r\n" + many + b"\r\nbody") == \
+        "some.one@example.org"
+
+
 def test_the_sender_key_never_holds_what_the_database_cannot_store() -> None:
     for raw in (b"From: \xed\xa0\x80@example.org\r\n\r\n", b"From: a\x00b@example.org\r\n\r\n", b"garbage"):
         key = sender_key_of(raw)
