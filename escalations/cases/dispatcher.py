@@ -20,6 +20,7 @@ from escalations.cases.inbound import InboundRow
 from escalations.cases.mapping import TimerStatus, apply_change, case_state
 from escalations.cases.models import Case, CaseEvent, CoordinatorNotice, InboundMessage, OutboxMessage, Timer
 from escalations.cases.policies import PolicyVersions
+from escalations.cases.prepared import Prepared
 from escalations.cases.store import Store
 from escalations.mailer.outbox import Renderer, enqueue
 from escalations.parsers.fields import ReferralFields
@@ -57,7 +58,7 @@ def _insert_case(s: Session, case: Case) -> None:
     if s.new or s.dirty or s.deleted:
         s.flush()  # whatever the row may refer to goes first, as the unit of work would order it
     values = {c: getattr(case, c) for c in _CASE_COLUMNS}
-    new_id = s.connection().execute(_INSERT_CASE, values).scalar_one()
+    new_id = _INSERT_CASE.execute(s.connection(), values).fetchone()[0]
     assert new_id is not None  # RETURNING the primary key
     case.id = int(new_id)
     make_transient_to_detached(case)
@@ -65,7 +66,11 @@ def _insert_case(s: Session, case: Case) -> None:
 
 
 _CASE_COLUMNS = tuple(c.key for c in Case.__table__.columns if c.key != "id")  # type: ignore[attr-defined]
-_INSERT_CASE = insert(Case).returning(col(Case.id))
+_INSERT_CASE = Prepared(insert(Case).returning(col(Case.id)), _CASE_COLUMNS)
+_EVENT_COLUMNS = ("case_id", "at", "kind", "actor", "inbound_id", "clause", "detail")
+_INSERT_EVENTS = Prepared(insert(CaseEvent), _EVENT_COLUMNS)
+_NOTICE_COLUMNS = ("partnership", "case_id", "kind", "detail", "created_at")
+_INSERT_NOTICES = Prepared(insert(CoordinatorNotice), _NOTICE_COLUMNS)
 
 
 @dataclass
@@ -117,12 +122,12 @@ class Workflow:
         """The step's events and notices, each kind in one statement (they are only ever appended)."""
         conn = s.connection()
         if events:
-            conn.execute(insert(CaseEvent), [
+            _INSERT_EVENTS.executemany(conn, [
                 {"case_id": case.id or 0, "at": now, "kind": e.kind, "actor": e.actor,
                  "inbound_id": inbound.id if inbound else None, "clause": e.clause, "detail": dict(e.detail)}
                 for e in events])
         if notices:
-            conn.execute(insert(CoordinatorNotice), [
+            _INSERT_NOTICES.executemany(conn, [
                 {"partnership": case.partnership, "case_id": case.id, "kind": n.kind, "detail": dict(n.detail),
                  "created_at": now} for n in notices])
 

@@ -12,12 +12,13 @@ from email.utils import getaddresses
 from typing import Any, Protocol
 
 import structlog
-from sqlalchemy import bindparam, func, literal, union_all
+from sqlalchemy import bindparam, func, insert, literal, union_all
 from sqlalchemy import select as core_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from escalations.cases.models import ImapCursor, InboundAlias, InboundMessage, MailboxHealth
+from escalations.cases.prepared import Prepared
 from escalations.cases.repository import SessionSource
 from escalations.cases.wakeups import INBOUND, announce
 
@@ -266,7 +267,7 @@ class InboundRecords(SessionSource):
 
     def _store_in(self, s: Session, a: InboundArrival) -> StoredInbound:
         """One message in the caller's transaction: the row stored under its key or fingerprint before
-        (its key made an alias of it), or a new row, flushed so the next lookup in it sees it."""
+        (its key made an alias of it), or a new row, inserted at once so the next lookup in it sees it."""
         key = a.idempotency_key or content_key(a.raw)
         fp = fingerprint(a.raw)
         existing = self._find_inbound(s, key, fp)
@@ -276,14 +277,14 @@ class InboundRecords(SessionSource):
                 s.add(InboundAlias(idempotency_key=key, inbound_id=existing_id, created_at=self.clock.now()))
                 s.flush()
             return StoredInbound(existing_id, False)
-        row = InboundMessage(source=a.source, idempotency_key=key, fingerprint=fp, account=a.account,
-                             folder=a.folder, message_id=message_id_of(a.raw), envelope_sender=a.envelope_sender,
-                             envelope_recipients=list(a.envelope_recipients), sender_key=sender_key_of(a.raw),
-                             raw=a.raw, size=len(a.raw),
-                             received_at=a.received_at or self.clock.now())
-        s.add(row)
-        s.flush()
-        return StoredInbound(row.id or 0, True)
+        new_id = _INSERT_INBOUND.execute(s.connection(), {
+            "source": a.source, "idempotency_key": key, "fingerprint": fp, "account": a.account, "folder": a.folder,
+            "message_id": message_id_of(a.raw), "envelope_sender": a.envelope_sender,
+            "envelope_recipients": list(a.envelope_recipients), "sender_key": sender_key_of(a.raw), "raw": a.raw,
+            "size": len(a.raw), "received_at": a.received_at or self.clock.now(), "status": "pending", "kind": None,
+            "partnership": None, "case_id": None, "attempts": 0, "claimed_at": None, "claimed_by": None,
+            "processed_at": None, "error": None}).fetchone()[0]
+        return StoredInbound(int(new_id), True)
 
     @staticmethod
     def _find_inbound(s: Session, key: str, fp: str) -> tuple[int, str] | None:
@@ -400,6 +401,10 @@ class InboundRecords(SessionSource):
 
 
 #: Key first, then an alias of the key, then the fingerprint (rank 0, 1, 2); built once.
+#: A new inbound row (every column given, as the ORM's insert gave them), its id back.
+_INSERT_INBOUND_COLUMNS = tuple(c.key for c in InboundMessage.__table__.columns if c.key != "id")  # type: ignore[attr-defined]
+_INSERT_INBOUND = Prepared(insert(InboundMessage).returning(col(InboundMessage.id)), _INSERT_INBOUND_COLUMNS)
+
 _FIND_INBOUND = union_all(
     core_select(literal(0).label("rank"), col(InboundMessage.id), col(InboundMessage.idempotency_key))
     .where(col(InboundMessage.idempotency_key) == bindparam("key")),

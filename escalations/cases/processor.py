@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 from escalations.cases.dispatcher import Workflow
 from escalations.cases.inbound import InboundRow
 from escalations.cases.models import Case, CaseEvent, InboundMessage
+from escalations.cases.prepared import Prepared
 from escalations.cases.store import INBOUND_BATCH, Store
 from escalations.clock import Clock
 from escalations.mailer.outbox import Renderer
@@ -270,7 +271,7 @@ class Processor:
                 detail: str) -> Outcome:
         # processed_at is when we did it (the event itself happened at the received time). Only a row
         # still pending is finished: one quarantined or replayed meanwhile keeps what was done to it.
-        done = s.connection().execute(_FINISH, {
+        done = _FINISH.execute(s.connection(), {
             "inbound": row.id, "kind_now": kind, "processed_now": self.clock.now(),
             "partnership_now": row.partnership, "case_now": case.id if case is not None else None})
         if done.rowcount != 1:
@@ -439,8 +440,8 @@ class Processor:
 
 
 #: How a processed message is marked done, built once (the hot path's last statement).
-_FINISH = update(InboundMessage).where(col(InboundMessage.id) == bindparam("inbound"),
-                                       col(InboundMessage.status) == "pending") \
+_FINISH = Prepared(
+    update(InboundMessage).where(col(InboundMessage.id) == bindparam("inbound"), col(InboundMessage.status) == "pending")
     .values(kind=bindparam("kind_now"), status="done", processed_at=bindparam("processed_now"), claimed_at=None,
             error=None, partnership=bindparam("partnership_now", type_=String),
-            case_id=func.coalesce(bindparam("case_now", type_=Integer), InboundMessage.case_id))
+            case_id=func.coalesce(bindparam("case_now", type_=Integer), InboundMessage.case_id)))

@@ -4,7 +4,6 @@ a ``Session`` work in the caller's transaction; the others open their own. Mixed
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -15,6 +14,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
 from escalations.cases.models import Case, CaseEvent, OutboxMessage, ReferenceCounter, Timer
+from escalations.cases.prepared import Prepared
 from escalations.clock import Clock
 
 
@@ -48,13 +48,13 @@ class Records(SessionSource):
         (the year's first referral, in two processes at once, makes its counter once)."""
         conn = s.connection()
         which = {"of_prefix": prefix, "of_year": year}
-        last = conn.execute(_BUMP_REFERENCE, which).scalar()
-        if last is None:
+        bumped = _BUMP_REFERENCE.execute(conn, which).fetchone()
+        if bumped is None:
             insert = _dialect_insert(conn.dialect.name)
             conn.execute(insert(ReferenceCounter).values(prefix=prefix, year=year, last=0)
                          .on_conflict_do_nothing(index_elements=["prefix", "year"]))
-            last = conn.execute(_BUMP_REFERENCE, which).scalar_one()
-        return f"{prefix}-{year}-{last:04d}"
+            bumped = _BUMP_REFERENCE.execute(conn, which).fetchone()
+        return f"{prefix}-{year}-{bumped[0]:04d}"
 
     def list_cases(self, partnership: str | None = None, status: str | None = None) -> list[Case]:
         with self.reading() as s:
@@ -108,8 +108,9 @@ class Records(SessionSource):
         """Sent, all in one update (a batch sent over one connection)."""
         if not outbox_ids:
             return
+        now = self.clock.now()
         with self.transaction() as conn:
-            conn.execute(_MARK_SENT, {"ids": list(outbox_ids), "sent_now": self.clock.now()})
+            _MARK_SENT.executemany(conn, [{"outbox": i, "sent_now": now} for i in outbox_ids])
 
     def mark_outbox_failed(self, outbox_id: int, error: str, retry_at: datetime | None) -> None:
         with self.session() as s:
@@ -153,8 +154,8 @@ class Records(SessionSource):
         if not rows:
             return 0
         conn = s.connection()
-        added = conn.execute(_insert_timers(conn.dialect.name), [{**r, "status": "pending"} for r in rows]).all()
-        return len(added)
+        # one row at a time: RETURNING says which were added (executemany returns nothing)
+        return sum(_INSERT_TIMER.execute(conn, {**r, "status": "pending"}).fetchone() is not None for r in rows)
 
     @staticmethod
     def cancel_timers(s: Session, case_id: int, *, kinds: Sequence[str] | None = None) -> int:
@@ -188,21 +189,23 @@ class Records(SessionSource):
 
 
 # Statements of the hot path, built once (building one costs more than running it).
-_BUMP_REFERENCE = update(ReferenceCounter).where(col(ReferenceCounter.prefix) == bindparam("of_prefix"),
+_BUMP_REFERENCE = Prepared(update(ReferenceCounter).where(col(ReferenceCounter.prefix) == bindparam("of_prefix"),
                                                  col(ReferenceCounter.year) == bindparam("of_year")) \
-    .values(last=ReferenceCounter.last + 1).returning(col(ReferenceCounter.last))
-_MARK_SENT = update(OutboxMessage).where(col(OutboxMessage.id).in_(bindparam("ids", expanding=True))) \
-    .values(status="sent", sent_at=bindparam("sent_now"), last_error=None, attempts=OutboxMessage.attempts + 1)
+    .values(last=ReferenceCounter.last + 1).returning(col(ReferenceCounter.last)))
+_MARK_SENT = Prepared(update(OutboxMessage).where(col(OutboxMessage.id) == bindparam("outbox"))
+                      .values(status="sent", sent_at=bindparam("sent_now"), last_error=None,
+                              attempts=OutboxMessage.attempts + 1))
 _CANCEL_TIMERS = update(Timer).where(col(Timer.case_id) == bindparam("of_case"), col(Timer.status) == "pending") \
     .values(status="cancelled")
 
 
-@functools.cache
-def _insert_timers(dialect: str) -> Any:
-    """INSERT ... ON CONFLICT (key) DO NOTHING RETURNING id, for this dialect (run with many rows: the
-    rows it returns are those added)."""
+def _insert_timer(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT (key) DO NOTHING RETURNING id, for this dialect (a row back: it was added)."""
     insert = _dialect_insert(dialect)
     return insert(Timer).on_conflict_do_nothing(index_elements=["key"]).returning(col(Timer.id))
+
+
+_INSERT_TIMER = Prepared(_insert_timer, ("key", "case_id", "stage", "kind", "due_at", "created_at", "status"))
 
 
 def _dialect_insert(dialect: str) -> Any:

@@ -7,7 +7,6 @@ message, which the recipient's client shows once.
 from __future__ import annotations
 
 import email.policy
-import functools
 import random
 import re
 import threading
@@ -26,6 +25,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from sqlmodel import Session, col, select
 
 from escalations.cases.models import OutboxMessage
+from escalations.cases.prepared import Prepared
 from escalations.cases.store import Store
 from escalations.cases.wakeups import OUTBOX, announce
 from escalations.mailer.smtp_sender import DeliveryError, MailSender, batch_of
@@ -189,7 +189,8 @@ def enqueue(
     # per dialect; a dedupe key queued before (the same step retried) inserts nothing.
     conn = session.connection()
     values = {c: getattr(row, c) for c in _OUTBOX_COLUMNS}
-    new_id = conn.execute(_insert_outbox(conn.dialect.name), values).scalar()
+    returned = _INSERT_OUTBOX.execute(conn, values).fetchone()
+    new_id = returned[0] if returned else None
     if new_id is None:
         return None
     row.id = int(new_id)
@@ -201,7 +202,6 @@ _OUTBOX_COLUMNS = ("dedupe_key", "message_id", "case_id", "template", "sender", 
                    "status", "priority", "attempts", "next_attempt_at", "created_at")
 
 
-@functools.cache
 def _insert_outbox(dialect: str) -> Any:
     """INSERT ... ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, for this dialect."""
     from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -210,6 +210,9 @@ def _insert_outbox(dialect: str) -> Any:
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     return insert(OutboxMessage).on_conflict_do_nothing(index_elements=["dedupe_key"]) \
         .returning(col(OutboxMessage.id))
+
+
+_INSERT_OUTBOX = Prepared(_insert_outbox, _OUTBOX_COLUMNS)
 
 
 #: Rows claimed at a time; send_due keeps claiming until a batch comes back short.
