@@ -59,19 +59,22 @@ class Prepared:
                  columns: Sequence[str] | None = None) -> None:
         self._statement = statement
         self._columns = list(columns) if columns is not None else None
-        self._plans: dict[str, _Plan] = {}
+        self._plans: dict[tuple[str, bool], _Plan] = {}
         self._guard = threading.Lock()
 
-    def _plan(self, dialect: Dialect) -> _Plan:
-        plan = self._plans.get(dialect.name)
+    def _plan(self, dialect: Dialect, many: bool) -> _Plan:
+        plan = self._plans.get((dialect.name, many))
         if plan is None:
             with self._guard:
-                plan = self._plans.get(dialect.name) or self._compile(dialect)
-                self._plans[dialect.name] = plan
+                plan = self._plans.get((dialect.name, many)) or self._compile(dialect, many)
+                self._plans[dialect.name, many] = plan
         return plan
 
-    def _compile(self, dialect: Dialect) -> _Plan:
-        kw: dict[str, Any] = {"column_keys": self._columns} if self._columns is not None else {}
+    def _compile(self, dialect: Dialect, many: bool) -> _Plan:
+        # for_executemany: PostgreSQL's INSERT run once returns its new key unasked; run for many rows, not
+        kw: dict[str, Any] = {"for_executemany": many}
+        if self._columns is not None:
+            kw["column_keys"] = self._columns
         statement = self._statement if isinstance(self._statement, ClauseElement) else self._statement(dialect.name)
         compiled: Any = statement.compile(dialect=dialect, **kw)
         problems = [what for what, there in (
@@ -110,13 +113,13 @@ class Prepared:
 
     def execute(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Any:
         """Run it once; returns the DB-API cursor (``fetchone()``, ``fetchall()``, ``rowcount``)."""
-        plan = self._plan(conn.dialect)
+        plan = self._plan(conn.dialect, False)
         values = self._values(plan, params or {})
         return _run(conn, plan.sql, values, False, lambda cursor: cursor.execute(plan.sql, values))
 
     def executemany(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> int:
         """Run it for each row (no RETURNING); returns the rows the database says it changed."""
-        plan = self._plan(conn.dialect)
+        plan = self._plan(conn.dialect, True)
         values = [self._values(plan, r) for r in rows]
         if not values:
             return 0
