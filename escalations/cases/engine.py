@@ -13,6 +13,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import create_engine
 
+from escalations.cases.prepared import run_driver_sql
+
 #: Execution option marking a read-only transaction (plain BEGIN on SQLite).
 READ_ONLY = "escalations_read_only"
 
@@ -48,15 +50,17 @@ def _serialise_writers(engine: Engine, lock: threading.Lock) -> None:
     lock is woken when it is released. Pure reads (Store.reading) take neither (WAL)."""
 
     def begin(conn: Any) -> None:
+        # On the driver's cursor (cases/prepared.py): exec_driver_sql's execution context cost more
+        # than the BEGIN, once per transaction.
         if conn.get_execution_options().get(READ_ONLY):
-            conn.exec_driver_sql("BEGIN")
+            run_driver_sql(conn, "BEGIN")
             return
         if not lock.acquire(timeout=WRITE_WAIT_SECONDS):
             raise OperationalError("BEGIN IMMEDIATE", None, Exception("database is locked (write lock)"))
         conn.info[_HOLDS_WRITE_LOCK] = True
         try:
             # Writers serialise at BEGIN instead of failing on lock upgrade mid-transaction.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            run_driver_sql(conn, "BEGIN IMMEDIATE")
         except BaseException:
             release(conn)
             raise

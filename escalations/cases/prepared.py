@@ -33,7 +33,7 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql import ClauseElement
 
-__all__ = ["Prepared"]
+__all__ = ["Prepared", "run_driver_sql"]
 
 _MISSING = object()
 
@@ -125,6 +125,12 @@ class Prepared:
             return 0
         cursor = _run(conn, plan.sql, values, True, lambda c: c.executemany(plan.sql, values))
         return max(int(cursor.rowcount or 0), 0)
+
+
+def run_driver_sql(conn: Connection, sql: str) -> None:
+    """A statement with no parameters (BEGIN IMMEDIATE) on the connection's DB-API cursor, errors and
+    cursor events as for :class:`Prepared`."""
+    _run(conn, sql, (), False, lambda cursor: cursor.execute(sql))
 
 
 def _run(conn: Connection, sql: str, values: Any, many: bool, call: Callable[[Any], Any]) -> Any:
