@@ -18,11 +18,11 @@ from sqlmodel import Session, col
 from escalations.cases.holds import set_legal_hold
 from escalations.cases.inbound import InboundRow
 from escalations.cases.mapping import TimerStatus, apply_change, case_state
-from escalations.cases.models import Case, CaseEvent, CoordinatorNotice, InboundMessage, OutboxMessage, Timer
+from escalations.cases.models import Case, CaseEvent, CoordinatorNotice, InboundMessage, Timer
 from escalations.cases.policies import PolicyVersions
 from escalations.cases.prepared import Prepared
 from escalations.cases.store import Store
-from escalations.mailer.outbox import Renderer, enqueue
+from escalations.mailer.outbox import Queued, Renderer, enqueue
 from escalations.parsers.fields import ReferralFields
 from escalations.parsers.sender import valid_address
 from escalations.routing.policy.model import Partnership, PolicyConfig
@@ -132,7 +132,7 @@ class Workflow:
                  "created_at": now} for n in notices])
 
     def _enqueue(self, s: Session, case: Case, mail: OutgoingMail, partnership: Partnership, redactor: Redactor,
-                 now: datetime, **extras: Any) -> OutboxMessage | None:
+                 now: datetime, **extras: Any) -> Queued | None:
         """One outgoing mail as an outbox row; a mail that asks for an answer carries a reply token."""
         reply_to, footer, message_id = None, "", None
         if mail.token_stage is not None:

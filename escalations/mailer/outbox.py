@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import quoprimime
 from email.message import EmailMessage
@@ -151,7 +152,7 @@ def enqueue(
     message_id: str | None = None,
     attachments: Sequence[Attachment] = (),
     note: str = "",
-) -> OutboxMessage | None:
+) -> Queued | None:
     """Add the row to the caller's transaction. Returns None if this dedupe key was queued before.
 
     The rendered body is redacted with ``redactor`` (the case's children as initials, no date of
@@ -172,30 +173,36 @@ def enqueue(
         body = body.rstrip("\n") + "\n" + footer + "\n"
     raw = build_message(mail=mail, body=body, from_address=from_address, from_name=from_name,
                         message_id=message_id, date=now, reply_to=reply_to, attachments=attachments)
-    row = OutboxMessage(
-        dedupe_key=mail.dedupe_key,
-        message_id=message_id,
-        case_id=case_id,
-        template=mail.template,
-        sender=from_address,
-        recipients=[*mail.to, *mail.cc],
-        subject=mail.subject,
-        raw=raw,
-        priority=mail.priority,
-        next_attempt_at=now,
-        created_at=now,
-    )
-    # A Core insert, not the ORM's unit of work (the row is only ever written once, here), built once
-    # per dialect; a dedupe key queued before (the same step retried) inserts nothing.
+    recipients = [*mail.to, *mail.cc]
+    # Not the ORM's unit of work (the row is only ever written once, here; building a table model
+    # cost more than the INSERT): a prepared INSERT; a dedupe key queued before (the same step
+    # retried) inserts nothing.
     conn = session.connection()
-    values = {c: getattr(row, c) for c in _OUTBOX_COLUMNS}
-    returned = _INSERT_OUTBOX.execute(conn, values).fetchone()
-    new_id = returned[0] if returned else None
-    if new_id is None:
+    returned = _INSERT_OUTBOX.execute(conn, {
+        "dedupe_key": mail.dedupe_key, "message_id": message_id, "case_id": case_id, "template": mail.template,
+        "sender": from_address, "recipients": recipients, "subject": mail.subject, "raw": raw, "status": "pending",
+        "priority": mail.priority, "attempts": 0, "next_attempt_at": now, "created_at": now}).fetchone()
+    if returned is None or returned[0] is None:
         return None
-    row.id = int(new_id)
     announce(conn, OUTBOX)  # other processes' outboxes, once this commits (PostgreSQL)
-    return row
+    return Queued(int(returned[0]), mail.dedupe_key, message_id, case_id, mail.template, from_address,
+                  tuple(recipients), mail.subject, raw, mail.priority)
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The outbox row :func:`enqueue` wrote (status pending, no attempt yet), as written."""
+
+    id: int
+    dedupe_key: str
+    message_id: str
+    case_id: int | None
+    template: str
+    sender: str
+    recipients: tuple[str, ...]
+    subject: str
+    raw: bytes
+    priority: int
 
 
 _OUTBOX_COLUMNS = ("dedupe_key", "message_id", "case_id", "template", "sender", "recipients", "subject", "raw",

@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session
 
-from escalations.cases.models import Case, OutboxMessage
+from escalations.cases.models import Case
 from escalations.records.docx import render_docx
 from escalations.records.forms import FormKind, fill_form
 from escalations.records.models import FormCopy
@@ -25,6 +25,9 @@ from escalations.records.read import CaseRecord, record_in_session
 from escalations.routing.policy.model import FormUse, Partnership
 from escalations.routing.workflow.mail import case_subject
 from escalations.routing.workflow.state import OutgoingMail, Step
+
+if TYPE_CHECKING:
+    from escalations.mailer.outbox import Queued
 
 __all__ = ["DOCX_TYPE", "Attachment", "FormPlan", "MailForms", "plan_forms"]
 
@@ -145,7 +148,7 @@ class FormPlan:
         carried = self.by_mail.get(mail.dedupe_key)
         return {"attachments": carried.attachments, "note": carried.note} if carried else {}
 
-    def enqueued(self, s: Session, mail: OutgoingMail, row: OutboxMessage | None, now: datetime) -> None:
+    def enqueued(self, s: Session, mail: OutgoingMail, row: Queued | None, now: datetime) -> None:
         """Note which forms the outbox row carries (kept for the forms' retention, not the mail's)."""
         carried = self.by_mail.get(mail.dedupe_key)
         if row is None or carried is None or not carried.attachments:
