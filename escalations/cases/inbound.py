@@ -204,8 +204,8 @@ class InboundRow:
     partnership: str | None
 
 
-_FOR_PROCESSING = core_select(*(col(getattr(InboundMessage, f.name)) for f in fields(InboundRow))) \
-    .where(col(InboundMessage.id) == bindparam("wanted"))
+_FOR_PROCESSING = Prepared(core_select(*(col(getattr(InboundMessage, f.name)) for f in fields(InboundRow)))
+                           .where(col(InboundMessage.id) == bindparam("wanted")))
 
 
 class InboundRecords(SessionSource):
@@ -395,15 +395,16 @@ class InboundRecords(SessionSource):
         """What the processor reads of a stored message, in one Core query (no ORM session or object:
         they cost several times the query)."""
         with self.reading_connection() as conn:
-            found = conn.execute(_FOR_PROCESSING, {"wanted": inbound_id}).first()
+            found = _FOR_PROCESSING.first(conn, {"wanted": inbound_id})
         return InboundRow(*found) if found is not None else None
 
 
 
-#: Key first, then an alias of the key, then the fingerprint (rank 0, 1, 2); built once.
 #: A new inbound row (every column given, as the ORM's insert gave them), its id back.
 _INSERT_INBOUND_COLUMNS = tuple(c.key for c in InboundMessage.__table__.columns if c.key != "id")  # type: ignore[attr-defined]
 _INSERT_INBOUND = Prepared(insert(InboundMessage).returning(col(InboundMessage.id)), _INSERT_INBOUND_COLUMNS)
+
+#: Key first, then an alias of the key, then the fingerprint (rank 0, 1, 2); built once.
 
 _FIND_INBOUND = union_all(
     core_select(literal(0).label("rank"), col(InboundMessage.id), col(InboundMessage.idempotency_key))

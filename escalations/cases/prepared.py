@@ -38,12 +38,16 @@ __all__ = ["Prepared", "run_driver_sql"]
 _MISSING = object()
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Plan:
     sql: str
     positional: bool
     #: (name the driver is given it under, name the caller gives it, fixed value or _MISSING, processor)
     params: tuple[tuple[str, str, Any, Callable[[Any], Any] | None], ...]
+    #: A SELECT's (or RETURNING's) column types, and their result processors once a cursor has said
+    #: what the driver returns (SQLAlchemy asks with the cursor's type codes too).
+    result_types: tuple[Any, ...] = ()
+    result_processors: list[Callable[[Any], Any] | None] | None = None
 
 
 class Prepared:
@@ -97,7 +101,8 @@ class Prepared:
         if positional:  # a name used twice is sent twice, in its places
             by_name = {p[1]: p for p in params}
             params = [by_name[n] for n in names]
-        return _Plan(compiled.string, positional, tuple(params))
+        return _Plan(compiled.string, positional, tuple(params),
+                     tuple(c.type for c in getattr(compiled, "_result_columns", None) or ()))
 
     @staticmethod
     def _values(plan: _Plan, given: Mapping[str, Any]) -> Any:
@@ -117,6 +122,23 @@ class Prepared:
         values = self._values(plan, params or {})
         return _run(conn, plan.sql, values, False, lambda cursor: cursor.execute(plan.sql, values))
 
+    def first(self, conn: Connection, params: Mapping[str, Any] | None = None) -> tuple[Any, ...] | None:
+        """Run a SELECT once; its first row with each column as SQLAlchemy would return it (a UTC
+        datetime, a decoded JSON value, decompressed bytes), or None."""
+        plan = self._plan(conn.dialect, False)
+        values = self._values(plan, params or {})
+        cursor = _run(conn, plan.sql, values, False, lambda c: c.execute(plan.sql, values))
+        row = cursor.fetchone()
+        processors = plan.result_processors
+        if processors is None:
+            codes = [d[1] for d in cursor.description or ()]
+            processors = [t._cached_result_processor(conn.dialect, code) for t, code in zip(plan.result_types, codes, strict=True)]
+            plan.result_processors = processors
+        cursor.close()
+        if row is None:
+            return None
+        return tuple(v if p is None or v is None else p(v) for p, v in zip(processors, row, strict=True))
+
     def executemany(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> int:
         """Run it for each row (no RETURNING); returns the rows the database says it changed."""
         plan = self._plan(conn.dialect, True)
@@ -130,10 +152,13 @@ class Prepared:
 def run_driver_sql(conn: Connection, sql: str) -> None:
     """A statement with no parameters (BEGIN IMMEDIATE) on the connection's DB-API cursor, errors and
     cursor events as for :class:`Prepared`."""
-    _run(conn, sql, (), False, lambda cursor: cursor.execute(sql))
+    _run(conn, sql, (), False, lambda cursor: cursor.execute(sql), begin=False)  # it is the BEGIN
 
 
-def _run(conn: Connection, sql: str, values: Any, many: bool, call: Callable[[Any], Any]) -> Any:
+def _run(conn: Connection, sql: str, values: Any, many: bool, call: Callable[[Any], Any], *,
+         begin: bool = True) -> Any:
+    if begin and not conn.in_transaction():
+        conn.begin()  # as Connection.execute would (autobegin): BEGIN, or BEGIN IMMEDIATE for a writer
     dialect = conn.dialect
     dbapi_conn = conn.connection.dbapi_connection
     assert dbapi_conn is not None  # a live connection (Session.connection() or Store.transaction())

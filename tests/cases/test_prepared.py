@@ -138,3 +138,23 @@ def test_cursor_events_see_each_statement(engine: Engine) -> None:
     assert ("INSERT", True) in seen
     # run for many rows, an INSERT has no RETURNING (PostgreSQL's compiler adds one for a single row)
     assert "RETURNING" not in add._plan(engine.dialect, True).sql
+
+
+def test_a_select_returns_values_as_sqlalchemy_does_and_begins_as_execute_would(engine: Engine) -> None:
+    """first(): decompressed bytes, UTC datetimes and decoded JSON, as Connection.execute's rows have
+    them; on a connection with no transaction yet it begins one (autobegin), like Connection.execute."""
+    add = Prepared(insert(InboundMessage).returning(col(InboundMessage.id)), _COLUMNS)
+    columns = (InboundMessage.raw, InboundMessage.received_at, InboundMessage.envelope_recipients,
+               InboundMessage.status, InboundMessage.case_id)
+    query = select(*(col(c) for c in columns)).where(col(InboundMessage.id) == bindparam("wanted"))
+    read = Prepared(query)
+    raw = b"Subject: y\r\n\r\n" + b"text\r\n" * 100
+    with engine.begin() as conn:
+        new_id = add.execute(conn, _inbound("s", raw)).fetchone()[0]
+    with engine.connect() as conn:
+        assert not conn.in_transaction()
+        mine = read.first(conn, {"wanted": new_id})
+        assert conn.in_transaction()
+        theirs = conn.execute(query, {"wanted": new_id}).one()
+        assert read.first(conn, {"wanted": new_id + 100}) is None
+    assert mine == tuple(theirs) == (raw, WHEN.astimezone(UTC), ["a@example.org"], "pending", None)
