@@ -267,7 +267,10 @@ def test_idle_delivers_new_mail_promptly(dovecot: DovecotServer, store: Store,
     connected = next(e for e in logs if e["event"] == "imap.connected")
     assert connected["idle"] is True
     stored = [e for e in logs if e["event"] == "imap.stored"]
-    assert all(e["message_id"] and e["uid"] and e["inbound_id"] for e in stored)
+    # a line per fetch chunk, naming each message in it
+    assert sum(len(e["uids"]) for e in stored) == 4 and sum(e["created"] for e in stored) == 4
+    assert all(len(e["uids"]) == len(e["inbound_ids"]) == len(e["message_ids"]) == len(e["sizes"]) for e in stored)
+    assert all(all(e["message_ids"]) and all(e["uids"]) and all(e["inbound_ids"]) for e in stored)
     # never a subject or a body in a log line (they carry a child's details)
     text = repr(logs)
     assert "Jordan" not in text and BODY_SECRET not in text and SUBJECT_SECRET not in text
