@@ -16,7 +16,8 @@ import email
 import email.policy
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.message import Message
+from email.message import EmailMessage, Message
+from typing import Any
 
 from escalations.parsers.charsets import decode_bytes, decode_header_value, unsurrogate
 from escalations.parsers.headers import DELIVERY_HEADERS, addresses, header_date, msg_ids
@@ -282,6 +283,32 @@ def _from_message(msg: Message, depth: int, budget: Budget, level: int = 0) -> P
 
 
 
+class _HeadersParsedOnce(EmailMessage):
+    """The default policy's message, each header value parsed once however often it is asked for.
+
+    ``EmailMessage.get`` parses a structured header anew on every call, and reading one part's type,
+    charset, disposition, file name and transfer encoding asks for Content-Type alone four times:
+    most of the parse. A parsed header is an immutable string, so the first result is kept with the
+    raw value it came from and given again while that same raw value is the header's (a header
+    replaced or removed is parsed afresh)."""
+
+    def get(self, name: str, failobj: Any = None) -> Any:
+        key = name.lower()
+        for k, v in self.raw_items():  # as EmailMessage.get: the first header of that name
+            if k.lower() == key:
+                memo: dict[str, tuple[Any, Any]] = self.__dict__.setdefault("_parsed_once", {})
+                hit = memo.get(key)
+                if hit is not None and hit[0] is v:
+                    return hit[1]
+                parsed = self.policy.header_fetch_parse(k, v)
+                memo[key] = (v, parsed)
+                return parsed
+        return failobj
+
+
+_POLICY = email.policy.default.clone(message_factory=_HeadersParsedOnce)
+
+
 def _parse(raw: bytes, depth: int, budget: Budget, level: int = 0) -> ParsedMessage:
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise MessageParseError("expected bytes")
@@ -297,7 +324,7 @@ def _parse(raw: bytes, depth: int, budget: Budget, level: int = 0) -> ParsedMess
     start = bounded_source(start, budget, level)
     msg: Message
     try:
-        msg = email.message_from_bytes(start, policy=email.policy.default)
+        msg = email.message_from_bytes(start, policy=_POLICY)
     except RecursionError:
         msg = headers_only(start, budget)
     except Exception:
