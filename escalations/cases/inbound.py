@@ -399,13 +399,11 @@ class InboundRecords(SessionSource):
         return InboundRow(*found) if found is not None else None
 
 
-
 #: A new inbound row (every column given, as the ORM's insert gave them), its id back.
 _INSERT_INBOUND_COLUMNS = tuple(c.key for c in InboundMessage.__table__.columns if c.key != "id")  # type: ignore[attr-defined]
 _INSERT_INBOUND = Prepared(insert(InboundMessage).returning(col(InboundMessage.id)), _INSERT_INBOUND_COLUMNS)
 
 #: Key first, then an alias of the key, then the fingerprint (rank 0, 1, 2); built once.
-
 _FIND_INBOUND = union_all(
     core_select(literal(0).label("rank"), col(InboundMessage.id), col(InboundMessage.idempotency_key))
     .where(col(InboundMessage.idempotency_key) == bindparam("key")),
