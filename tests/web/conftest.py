@@ -38,7 +38,8 @@ from tests.servers import free_port, unavailable, wait_until
 from tests.web.oidc_provider import LocalOidcProvider, local_provider
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Locator, Page
+    from playwright.sync_api import Response as PlaywrightResponse
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: app roles of the test provider -> our roles (as an Entra app registration's roles would be)
@@ -148,6 +149,19 @@ def page(browser: Browser) -> Iterator[Page]:
 
 def session_cookie(page: Page) -> dict[str, Any] | None:
     return next((c for c in page.context.cookies() if c["name"] in ("esc_session", "__Host-esc_session")), None)
+
+
+def submit(page: Page, target: str | Locator = "button[type=submit]") -> PlaywrightResponse:
+    """Click what posts a form and return once the page it leads to has loaded, with its response.
+
+    A form posted back to its own address (an error shown again, a filter, a case action redirecting
+    to the case) leaves the URL as it was, so `wait_for_url` would return at once and the next read
+    could see the old page, or the old page half unloaded: an empty table in one CI run."""
+    with page.expect_navigation() as navigation:
+        (page.locator(target) if isinstance(target, str) else target).click()
+    response = navigation.value
+    assert response is not None
+    return response
 
 
 def sign_in_locally(page: Page, service: WebService, email: str, secret: str, password: str = PASSWORD) -> None:

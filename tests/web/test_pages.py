@@ -16,7 +16,7 @@ import pytest
 from escalations.cases.models import Case
 from escalations.web.roles import Role
 from tests.servers import wait_until
-from tests.web.conftest import WebService, session_cookie, sign_in_locally
+from tests.web.conftest import WebService, session_cookie, sign_in_locally, submit
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -60,7 +60,7 @@ def request_link(page: Page, service: WebService, reference: str, email: str) ->
     page.goto(service.base_url + "/sign-in/practitioner")
     page.fill("#reference", reference)
     page.fill("#email", email)
-    page.click("button[type=submit]")
+    submit(page)
     assert "Check your email" in page.inner_text("main")
 
 
@@ -120,11 +120,11 @@ def test_admin_audit_page_lists_and_filters(page: Page, web_service: WebService,
     sign_in_locally(page, web_service, admin, secret)
     page.wait_for_url(web_service.base_url + "/")
     page.click("text=Audit trail")
-    assert page.url == web_service.base_url + "/audit"
+    page.wait_for_url(web_service.base_url + "/audit")
     assert viewer in page.inner_text("table")
     page.fill("#user_email", viewer)
     page.fill("#case_ref", cases["havering"].reference)
-    page.click("text=Filter")
+    submit(page, "text=Filter")
     rows = page.locator("tbody tr")
     assert rows.count() == 1
     assert "case.view" in rows.first.inner_text()
@@ -188,7 +188,7 @@ def test_axe_on_sign_in_pages_and_the_audit_page(page: Page, web_service: WebSer
         page.goto(base + path)
         found[path] = axe_serious(page)
     page.goto(base + "/sign-in")
-    page.click("button[type=submit]")  # empty: the error summary
+    submit(page)  # empty: the error summary
     found["/sign-in (errors)"] = axe_serious(page)
     email, _ = web_service.add_local_user(Role.ADMIN, ("city-and-hackney",), enrolled=False)
     page.fill("#email", email)

@@ -19,7 +19,7 @@ import pytest
 from escalations.web.accounts import Identity
 from escalations.web.roles import Role
 from tests.servers import wait_until
-from tests.web.conftest import WebService, sign_in_locally
+from tests.web.conftest import WebService, sign_in_locally, submit
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -97,8 +97,7 @@ def test_coordinator_works_a_new_referral(web_service: WebService, page: Page, t
     page.wait_for_url(f"**/cases/{ref}")
     assert CHILD not in page.content() and ref in page.title()
     check_axe(page, "case page")
-    page.get_by_role("button", name="Show personal details").click()
-    page.wait_for_load_state()
+    submit(page, page.get_by_role("button", name="Show personal details"))
     assert CHILD in page.content()
     assert CHILD not in page.title() and CHILD not in page.url and page.url.endswith("/personal-details")
     assert audited(web_service, email, "case.personal_details", ref)
@@ -115,8 +114,8 @@ def test_coordinator_works_a_new_referral(web_service: WebService, page: Page, t
     page.locator("summary", has_text="Add a note").click()
     page.fill("#text-note", "Phoned the school: they will send the chronology")
     page.fill("#reason-note", "follow-up call")
-    page.get_by_role("button", name="Add note").click()
-    page.wait_for_url(f"**/cases/{ref}")
+    submit(page, page.get_by_role("button", name="Add note"))
+    assert page.url.endswith(f"/cases/{ref}")
     assert page.get_by_text("Done: add a note.").count() == 1
     assert page.get_by_text("Phoned the school: they will send the chronology").count() >= 1
 
@@ -124,8 +123,8 @@ def test_coordinator_works_a_new_referral(web_service: WebService, page: Page, t
     assert before is not None and before.stage is not None
     page.locator("summary", has_text="Escalate now").click()
     page.fill("#reason-escalate", "no reply from the other agency by phone")
-    page.get_by_role("button", name="Escalate to the next stage").click()
-    page.wait_for_url(f"**/cases/{ref}")
+    submit(page, page.get_by_role("button", name="Escalate to the next stage"))
+    assert page.url.endswith(f"/cases/{ref}")
     case = web_service.app.store.case_by_reference(ref)
     assert case is not None and case.stage == before.stage + 1
     assert audited(web_service, email, "case.action.escalate", ref)
