@@ -254,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.catchup, args.repeats, args.idle_seconds = 30, 3, 2.0
+    ingest.compile_like_installed()
     out: dict[str, Any] = {}
     if not args.startup_only:
         from tests.servers.dovecot import DOVECOT

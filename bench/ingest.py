@@ -96,6 +96,21 @@ def progress(text: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
+def compile_like_installed() -> None:
+    """Write the bytecode of our package, as pip does when it installs one, before anything is timed.
+
+    This checkout is an editable install, so its bytecode is only what Python wrote on earlier imports,
+    and none at all where ``PYTHONDONTWRITEBYTECODE`` is set (it is on this workplace's machines): each
+    child then compiled every module of ours from source, while the peer's and the libraries' code,
+    installed by pip, came compiled. That cost us ~0.3 s per process start (``cases list`` 0.92 s
+    against 0.55 s) and the parse worker's start in the CPU per referral. Python still reads bytecode
+    with the variable set; ``compileall`` writes it regardless (``__pycache__`` is ignored by git)."""
+    import compileall
+
+    if not compileall.compile_dir(str(REPO / "escalations"), quiet=1):
+        raise SystemExit("could not write the bytecode of escalations/ (see above)")
+
+
 # ---- referrals ---------------------------------------------------------------------------------
 
 FIRST_NAMES = (
@@ -1420,6 +1435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         child(cfg)
         return 0
 
+    compile_like_installed()
     missing = dovecot_missing()
     if missing is not None:
         return missing

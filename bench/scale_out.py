@@ -133,6 +133,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
+    ingest.compile_like_installed()
     from tests.servers.dovecot import DovecotServer
 
     missing = ingest.dovecot_missing()
