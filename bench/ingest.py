@@ -107,8 +107,8 @@ def compile_like_installed() -> None:
     with the variable set; ``compileall`` writes it regardless (``__pycache__`` is ignored by git)."""
     import compileall
 
-    if not compileall.compile_dir(str(REPO / "escalations"), quiet=1):
-        raise SystemExit("could not write the bytecode of escalations/ (see above)")
+    if not compileall.compile_dir(str(REPO / "escalations"), quiet=1):  # a read-only checkout, say
+        progress("could not write the bytecode of escalations/ (see above): start-up figures include compiling it")
 
 
 # ---- referrals ---------------------------------------------------------------------------------
