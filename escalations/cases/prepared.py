@@ -126,8 +126,7 @@ class Prepared:
         """Run a SELECT once; its first row with each column as SQLAlchemy would return it (a UTC
         datetime, a decoded JSON value, decompressed bytes), or None."""
         plan = self._plan(conn.dialect, False)
-        values = self._values(plan, params or {})
-        cursor = _run(conn, plan.sql, values, False, lambda c: c.execute(plan.sql, values))
+        cursor = self.execute(conn, params)
         row = cursor.fetchone()
         processors = plan.result_processors
         if processors is None:
