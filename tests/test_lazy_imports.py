@@ -91,6 +91,13 @@ def test_a_password_still_verifies_after_a_lazy_start() -> None:
     assert sealer.unseal(sealer.seal("JBSWY3DPEHPK3PXP", 7), 8) is None
 
 
+def test_the_service_on_sqlite_imports_no_postgresql_dialect() -> None:
+    modules = _modules("import escalations.app, escalations.service, escalations.cases.workflow, "
+                       "escalations.cases.processor, escalations.cases.policies, escalations.mailer.outbox")
+    assert "escalations.cases.policies" in modules
+    assert not {m for m in modules if m.startswith("sqlalchemy.dialects.postgresql")}
+
+
 def test_all_models_holds_every_table_even_in_a_process_that_imported_only_the_schema() -> None:
     code = "import json\nfrom escalations.cases import schema\nprint(json.dumps(sorted(schema.all_models().tables)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
@@ -150,3 +157,39 @@ def test_a_service_whose_mailboxes_sign_in_with_a_password_never_loads_requests(
     found = _imported("import escalations.service, escalations.app, escalations.mailer.imap_watcher, "
                       "escalations.mailer.smtp_sender, escalations.mailer.mailbox_check, escalations.web.server")
     assert "escalations" in found and "requests" not in found
+
+
+_UK_BANK_HOLIDAYS = """
+import json, sys
+from datetime import date, timedelta
+{prelude}
+from escalations.routing.calendar import DIVISIONS, WorkingCalendar
+days = [date(1995, 1, 1) + timedelta(days=i) for i in range((date(2045, 12, 31) - date(1995, 1, 1)).days + 1)]
+out = {{division: [[d.isoformat(), WorkingCalendar(division=division).holiday_name(d)] for d in days
+                  if WorkingCalendar(division=division).is_bank_holiday(d)] for division in DIVISIONS}}
+countries = sorted(m for m in sys.modules if m.startswith("holidays.countries."))
+print(json.dumps({{"holidays": out, "countries": countries}}))
+"""
+
+
+def _bank_holidays(prelude: str) -> dict[str, object]:
+    done = subprocess.run([sys.executable, "-c", _UK_BANK_HOLIDAYS.format(prelude=prelude)], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def test_a_working_calendar_loads_the_united_kingdom_alone_with_the_same_bank_holidays() -> None:
+    alone = _bank_holidays("")
+    # holidays' country index imported first, as any other user of the library would: the whole package
+    whole = _bank_holidays("import holidays.countries")
+    assert alone["countries"] == ["holidays.countries.united_kingdom"]
+    assert len(whole["countries"]) > 100  # type: ignore[arg-type]  # the index did import every country
+    assert alone["holidays"] == whole["holidays"]
+    holidays_by_division = alone["holidays"]
+    assert isinstance(holidays_by_division, dict)
+    # a few known ones, so the comparison is not of two empty lists
+    assert ["2023-05-08", "Coronation of Charles III"] in holidays_by_division["england-and-wales"]
+    assert any(d == "2025-12-01" for d, _ in holidays_by_division["scotland"])  # St Andrew's Day, observed
+    assert any(d == "2025-07-14" for d, _ in holidays_by_division["northern-ireland"])  # the Boyne, observed

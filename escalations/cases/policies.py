@@ -10,11 +10,10 @@ import threading
 from datetime import datetime
 
 import structlog
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, select
 
 from escalations.cases.models import Case, PolicyVersion
+from escalations.cases.prepared import dialect_insert
 from escalations.routing.policy.model import Partnership, PolicyConfig
 
 log = structlog.get_logger("escalations.policies")
@@ -40,7 +39,7 @@ class PolicyVersions:
             return found
         values = {"fingerprint": fp, "partnership": partnership.id,
                   "policy": partnership.model_dump(mode="json"), "created_at": now}
-        insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+        insert = dialect_insert(s.get_bind().dialect.name)
         # another process may be writing the same version: its row, or ours, whichever is first
         s.exec(insert(PolicyVersion).values(**values).on_conflict_do_nothing(index_elements=["fingerprint"]))
         new_id = s.exec(select(PolicyVersion.id).where(PolicyVersion.fingerprint == fp)).one()

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
 from escalations.cases.models import Case, CaseEvent, OutboxMessage, ReferenceCounter, Timer
-from escalations.cases.prepared import Prepared
+from escalations.cases.prepared import Prepared, dialect_insert
 from escalations.clock import Clock
 
 
@@ -50,7 +50,7 @@ class Records(SessionSource):
         which = {"of_prefix": prefix, "of_year": year}
         bumped = _BUMP_REFERENCE.execute(conn, which).fetchone()
         if bumped is None:
-            insert = _dialect_insert(conn.dialect.name)
+            insert = dialect_insert(conn.dialect.name)
             conn.execute(insert(ReferenceCounter).values(prefix=prefix, year=year, last=0)
                          .on_conflict_do_nothing(index_elements=["prefix", "year"]))
             bumped = _BUMP_REFERENCE.execute(conn, which).fetchone()
@@ -201,19 +201,10 @@ _CANCEL_TIMERS = update(Timer).where(col(Timer.case_id) == bindparam("of_case"),
 
 def _insert_timer(dialect: str) -> Any:
     """INSERT ... ON CONFLICT (key) DO NOTHING RETURNING id, for this dialect (a row back: it was added)."""
-    insert = _dialect_insert(dialect)
+    insert = dialect_insert(dialect)
     return insert(Timer).on_conflict_do_nothing(index_elements=["key"]).returning(col(Timer.id))
 
 
 _INSERT_TIMER = Prepared(_insert_timer, ("key", "case_id", "stage", "kind", "due_at", "created_at", "status"))
 
 
-def _dialect_insert(dialect: str) -> Any:
-    """The dialect's INSERT (with ON CONFLICT), imported when first needed (not by read-only commands)."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert

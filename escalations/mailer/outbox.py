@@ -26,7 +26,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from sqlmodel import Session, col, select
 
 from escalations.cases.models import OutboxMessage
-from escalations.cases.prepared import Prepared
+from escalations.cases.prepared import Prepared, dialect_insert
 from escalations.cases.store import Store
 from escalations.cases.wakeups import OUTBOX, announce
 from escalations.mailer.smtp_sender import DeliveryError, MailSender, batch_of
@@ -211,11 +211,7 @@ _OUTBOX_COLUMNS = ("dedupe_key", "message_id", "case_id", "template", "sender", 
 
 def _insert_outbox(dialect: str) -> Any:
     """INSERT ... ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, for this dialect."""
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return insert(OutboxMessage).on_conflict_do_nothing(index_elements=["dedupe_key"]) \
+    return dialect_insert(dialect)(OutboxMessage).on_conflict_do_nothing(index_elements=["dedupe_key"]) \
         .returning(col(OutboxMessage.id))
 
 

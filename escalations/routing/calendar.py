@@ -16,12 +16,41 @@ Everything here is pure. Inputs must be timezone-aware; results are UTC-aware da
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal, get_args
 from zoneinfo import ZoneInfo
 
-import holidays
+
+def _countries_without_their_index() -> None:
+    """Let ``holidays`` load the United Kingdom alone, not its 250 countries.
+
+    ``holidays.country_holidays("GB")`` imports ``holidays.countries.united_kingdom``, and a module
+    of a package cannot be imported without running the package's ``__init__``: there,
+    ``holidays/countries/__init__.py`` imports every country module, for its names (about 255
+    modules, 7 MiB and 50 ms here, in every process that computes a deadline). Nothing in
+    ``holidays`` uses those names: its registry and its financial calendars import each country by
+    its module path. So the package is registered here as it is found but not run, which such
+    imports need (its ``__path__``); the country modules are then imported as asked, unchanged.
+    Done before anything of ``holidays`` is imported, so a calendar unpickled from the config cache
+    gets it too; not done if the package was imported already (then it is whole).
+    """
+    name = "holidays.countries"
+    if name in sys.modules:
+        return
+    try:
+        spec = importlib.util.find_spec(name)
+    except ImportError:  # holidays not installed: the import below says so
+        return
+    if spec is not None and spec.submodule_search_locations is not None:
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+
+
+_countries_without_their_index()
+
+import holidays  # noqa: E402  (after the line above)
 
 Division = Literal["england-and-wales", "scotland", "northern-ireland"]
 Unit = Literal["hours", "working_days", "calendar_days", "same_working_day"]
