@@ -17,6 +17,14 @@ from escalations.cases.prepared import run_driver_sql
 
 #: Execution option marking a read-only transaction (plain BEGIN on SQLite).
 READ_ONLY = "escalations_read_only"
+#: Execution option of a writer that does not wait for its turn: on SQLite, BEGIN raises
+#: :class:`WriteLockBusy` at once when another writer of this process holds the write lock. (PostgreSQL
+#: has no such lock: there the option changes nothing.)
+NO_WAIT = "escalations_no_wait"
+
+
+class WriteLockBusy(Exception):
+    """A :data:`NO_WAIT` transaction did not begin: another writer of this process has the write lock."""
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -52,10 +60,14 @@ def _serialise_writers(engine: Engine, lock: threading.Lock) -> None:
     def begin(conn: Any) -> None:
         # On the driver's cursor (cases/prepared.py): exec_driver_sql's execution context cost more
         # than the BEGIN, once per transaction.
-        if conn.get_execution_options().get(READ_ONLY):
+        options = conn.get_execution_options()
+        if options.get(READ_ONLY):
             run_driver_sql(conn, "BEGIN")
             return
-        if not lock.acquire(timeout=WRITE_WAIT_SECONDS):
+        if options.get(NO_WAIT):
+            if not lock.acquire(blocking=False):
+                raise WriteLockBusy
+        elif not lock.acquire(timeout=WRITE_WAIT_SECONDS):
             raise OperationalError("BEGIN IMMEDIATE", None, Exception("database is locked (write lock)"))
         conn.info[_HOLDS_WRITE_LOCK] = True
         try:

@@ -13,6 +13,7 @@ from sqlalchemy import bindparam, func, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
+from escalations.cases.engine import WriteLockBusy
 from escalations.cases.models import Case, CaseEvent, OutboxMessage, ReferenceCounter, Timer
 from escalations.cases.prepared import Prepared, dialect_insert
 from escalations.clock import Clock
@@ -30,8 +31,10 @@ class SessionSource:
     def reading(self) -> AbstractContextManager[Session]:
         raise NotImplementedError
 
-    def transaction(self) -> AbstractContextManager[Connection]:
-        """A write transaction on a plain connection (no ORM session), committed on exit."""
+    def transaction(self, *, wait: bool = True) -> AbstractContextManager[Connection]:
+        """A write transaction on a plain connection (no ORM session), committed on exit. ``wait=False``:
+        on SQLite, begun only if no other writer of this process has the write lock now, else
+        :class:`~escalations.cases.engine.WriteLockBusy` is raised."""
         raise NotImplementedError
 
     def reading_connection(self) -> AbstractContextManager[Connection]:
@@ -104,13 +107,18 @@ class Records(SessionSource):
     def mark_outbox_sent(self, outbox_id: int) -> None:
         self.mark_outboxes_sent([outbox_id])
 
-    def mark_outboxes_sent(self, outbox_ids: Sequence[int]) -> None:
-        """Sent, all in one update (a batch sent over one connection)."""
+    def mark_outboxes_sent(self, outbox_ids: Sequence[int], *, wait: bool = True) -> bool:
+        """Sent, all in one update (a batch sent over one connection). ``wait=False``: only if the write
+        lock is free now (SQLite); False when it was not, and nothing was written."""
         if not outbox_ids:
-            return
+            return True
         now = self.clock.now()
-        with self.transaction() as conn:
-            _MARK_SENT.executemany(conn, [{"outbox": i, "sent_now": now} for i in outbox_ids])
+        try:
+            with self.transaction(wait=wait) as conn:
+                _MARK_SENT.executemany(conn, [{"outbox": i, "sent_now": now} for i in outbox_ids])
+        except WriteLockBusy:
+            return False
+        return True
 
     def mark_outbox_failed(self, outbox_id: int, error: str, retry_at: datetime | None) -> None:
         with self.session() as s:

@@ -27,7 +27,7 @@ from sqlalchemy.orm import aliased, defer
 from sqlmodel import Session, col, select
 
 from escalations.cases import schema
-from escalations.cases.engine import READ_ONLY, make_engine
+from escalations.cases.engine import NO_WAIT, READ_ONLY, make_engine
 from escalations.cases.inbound import (
     InboundRecords,
     StoredInbound,
@@ -52,11 +52,7 @@ __all__ = ["HEARTBEAT_INTERVAL_SECONDS", "INBOUND_LANE", "LEASE", "MAX_UNFINISHE
 
 log = structlog.get_logger("escalations.store")
 
-
-
-
-
-
+#: The fallback lease: a claim this old is free whoever holds it (an owner on another host that
 #: still beats but has lost its work, or an owner with no worker row).
 LEASE = timedelta(minutes=10)
 #: A claim is free once its owner has not beaten for this long (dead, or frozen beyond use).
@@ -251,6 +247,7 @@ class Store(InboundRecords, Records):
         #: running service never takes its claims for stale ones. Tests pass one fake clock for both.
         self.lease_clock = lease_clock or clock
         self._reader = engine.execution_options(**{READ_ONLY: True})
+        self._no_wait = engine.execution_options(**{NO_WAIT: True})
         self.engine = engine
         self.clock = clock
         self.worker = worker or WorkerId.this_process()
@@ -271,8 +268,8 @@ class Store(InboundRecords, Records):
         with Session(self.engine, expire_on_commit=False) as session:
             yield session
 
-    def transaction(self) -> AbstractContextManager[Connection]:
-        return self.engine.begin()
+    def transaction(self, *, wait: bool = True) -> AbstractContextManager[Connection]:
+        return (self.engine if wait else self._no_wait).begin()
 
     def reading_connection(self) -> AbstractContextManager[Connection]:
         return self._reader.connect()
@@ -282,7 +279,6 @@ class Store(InboundRecords, Records):
         """A session for queries only (no write lock on SQLite); never commit in it."""
         with Session(self._reader, expire_on_commit=False) as session:
             yield session
-
 
     def claim_next_inbound(self, stale_after: timedelta = LEASE) -> int | None:
         """Mark the oldest pending message as being processed by this worker; returns its id.

@@ -221,6 +221,14 @@ _INSERT_OUTBOX = Prepared(_insert_outbox, _OUTBOX_COLUMNS)
 #: Rows claimed at a time; send_due keeps claiming until a batch comes back short.
 BATCH = 20
 
+#: Mails the relay has taken that may wait for their "sent" commit. Each is committed as soon as it is
+#: sent, unless another writer of this process has the write lock (SQLite: the processor, opening a
+#: case): then the next mail goes first, and after this many the outbox waits for its turn. Waiting
+#: after every mail had held the outbox to one mail per case the processor opened while it made two,
+#: so a backlog's acknowledgements went out late. A crash (the process killed in the middle of a
+#: batch) re-sends at most this many, the one under way included, each with its own Message-ID.
+UNMARKED_MAX = 4
+
 #: The window of the per-address cap (ARCHITECTURE / issue 5: "cap mails per address per hour").
 CAP_WINDOW = timedelta(hours=1)
 
@@ -322,20 +330,28 @@ class OutboxDispatcher:
                 return sent
 
     def _send_batch(self, batch: list[int]) -> int:
-        """Send the claimed rows over one connection, each marked sent as soon as the relay took it (so
-        a crash re-sends at most the one mail under way, with its own Message-ID); the others are marked
-        each as they fail."""
+        """Send the claimed rows over one connection, each marked sent as soon as the relay took it and
+        the write lock is free (see :data:`UNMARKED_MAX`); a failed one is marked as it fails."""
         rows = self.store.get_outboxes(batch)
         sent: list[OutboxMessage] = []
-        with batch_of(self.sender) as connection:
-            for i, row in enumerate(rows):
-                if self.stopping.is_set():
-                    released = self.store.release_outbox([r.id or 0 for r in rows[i:]])
-                    log.info("outbox.released_at_stop", count=released)
-                    break
-                if self._send_one(connection, row):
-                    self.store.mark_outboxes_sent([row.id or 0])
-                    sent.append(row)
+        unmarked: list[int] = []
+        try:
+            with batch_of(self.sender) as connection:
+                for i, row in enumerate(rows):
+                    if self.stopping.is_set():
+                        released = self.store.release_outbox([r.id or 0 for r in rows[i:]])
+                        log.info("outbox.released_at_stop", count=released)
+                        break
+                    if self._send_one(connection, row):
+                        sent.append(row)
+                        unmarked.append(row.id or 0)
+                        # the next mail goes while another writer has the lock, up to the bound
+                        if self.store.mark_outboxes_sent(unmarked, wait=len(unmarked) >= UNMARKED_MAX):
+                            unmarked.clear()
+        finally:
+            # an error after a send (the connection's QUIT, a failure's own mark) must not leave a sent
+            # mail to be sent again
+            self.store.mark_outboxes_sent(unmarked)
         if sent:
             log.info("outbox.sent", count=len(sent), outbox_ids=[r.id for r in sent])
         return len(sent)

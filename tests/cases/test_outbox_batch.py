@@ -1,9 +1,11 @@
-"""A batch of outgoing mail goes over one SMTP connection, each mail marked sent as the relay takes it; a failure in
-the middle of it is that row's alone (the connection is opened again for the rest)."""
+"""A batch of outgoing mail goes over one SMTP connection, each mail marked sent as the relay takes it (or, while
+another writer has the write lock, with the next few); a failure in the middle of it is that row's alone (the
+connection is opened again for the rest)."""
 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from escalations.cases.store import Store, make_engine
 from escalations.clock import FakeClock
-from escalations.mailer.outbox import OutboxDispatcher, Renderer, enqueue
+from escalations.mailer.outbox import UNMARKED_MAX, OutboxDispatcher, Renderer, enqueue
 from escalations.mailer.smtp_sender import SmtpRelaySender
 from escalations.routing.redact import Redactor
 from escalations.routing.workflow.state import OutgoingMail
@@ -123,3 +125,54 @@ def test_a_crash_in_a_batch_leaves_only_the_mail_under_way_to_send_again(store: 
         controller.stop()
     # the first two were recorded as sent before the third went: a restart re-sends only the third
     assert seen == [["sent", "sent", "sending", "sending", "sending"]]
+
+
+def test_while_another_writer_has_the_lock_the_outbox_sends_on_and_waits_only_after_the_bound(
+        store: Store, clock: FakeClock) -> None:
+    """The processor holding the write lock (a case being opened) does not stop the outbox after every mail: it
+    sends up to UNMARKED_MAX unrecorded, then waits for its turn, and records them all once it has it."""
+    handler = SessionCounting()
+    controller = relay(handler)
+    n = UNMARKED_MAX + 2
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with store.transaction():  # BEGIN IMMEDIATE: the write lock, as the processor takes it
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=writer)
+    real = SmtpRelaySender(RelaySettings(host="127.0.0.1", port=controller.port, security="none"))
+
+    class LockTakenAfterTheClaim:
+        """The batch is claimed; then, before its first mail, another writer takes the lock."""
+
+        def send(self, sender: str, recipients: list[str], raw: bytes, *, name_hint: str = "") -> None:
+            if not holder.is_alive() and not held.is_set():
+                holder.start()
+                assert held.wait(10)
+            real.send(sender, recipients, raw, name_hint=name_hint)
+
+    outbox = OutboxDispatcher(store, LockTakenAfterTheClaim())  # type: ignore[arg-type]
+    sender = threading.Thread(target=outbox.send_due)
+    try:
+        queue(store, clock, n)
+        sender.start()
+        deadline = time.monotonic() + 10
+        while len(handler.mails) < UNMARKED_MAX and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # time enough for one more mail, if the outbox were not waiting now
+        assert len(handler.mails) == UNMARKED_MAX
+        # none recorded yet (the lock is held): a crash now would send these again, and no others
+        assert [r.status for r in store.list_outbox()] == ["sending"] * n
+        assert sender.is_alive()
+        release.set()
+        sender.join(10)
+        assert not sender.is_alive()
+    finally:
+        release.set()
+        if holder.is_alive():
+            holder.join(10)
+        controller.stop()
+    assert len(handler.mails) == n
+    assert [r.status for r in store.list_outbox()] == ["sent"] * n

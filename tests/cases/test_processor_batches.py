@@ -163,3 +163,29 @@ def test_without_new_mail_a_batch_runs_to_its_end(make_app: AppFactory, database
     batch = [ids[3], ids[0], ids[2], ids[1]]  # the lane's newest, the oldest, the lane's others
     assert [o.inbound_id for o in app.processor.process_pending()] == batch
     assert claims == [batch, []]  # one batch, not cut short
+
+
+def test_a_new_cases_redactor_is_compiled_before_its_write_transaction(make_app: AppFactory, sqlite_url: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its pattern is the largest piece of CPU in opening a case; compiled inside the transaction it kept every
+    other writer of the process (the outbox, committing each mail it sent) waiting. Compiled once: the opening
+    step's mail finds it kept."""
+    from escalations.cases.engine import _write_lock_for
+    from escalations.routing import redact
+
+    app = make_app(sqlite_url)
+    app.ingest(referral(CH, message_id="<redactor-first@example.org>"))
+    lock = _write_lock_for(str(app.store.engine.url.render_as_string(hide_password=False)))
+    compiled_under_lock: list[bool] = []
+    for_case = redact.Redactor.for_case
+
+    def recording(*args: Any, **kwargs: Any) -> redact.Redactor:
+        compiled_under_lock.append(lock.locked())
+        return for_case(*args, **kwargs)
+
+    monkeypatch.setattr(redact.Redactor, "for_case", recording)
+    redact._cached_redactor.cache_clear()
+    [outcome] = app.processor.process_pending()
+    assert outcome.status == "done" and outcome.case_reference
+    assert compiled_under_lock == [False]
+    assert len(app.store.list_outbox()) >= 2  # the acknowledgement and the stage's mail, both redacted by it
