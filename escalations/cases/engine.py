@@ -1,5 +1,5 @@
-"""The database engine: SQLite (WAL, busy timeout, writers queued fairly in this process, usable
-across threads) or PostgreSQL (psycopg 3); JSON written compactly."""
+"""The database engine: SQLite (WAL, busy timeout, writers taking turns on one lock in this process,
+usable across threads) or PostgreSQL (psycopg 3); JSON written compactly."""
 
 from __future__ import annotations
 

@@ -34,8 +34,9 @@ def _countries_without_their_index() -> None:
     ``holidays`` uses those names: its registry and its financial calendars import each country by
     its module path. So the package is registered here as it is found but not run, which such
     imports need (its ``__path__``); the country modules are then imported as asked, unchanged.
-    Done before anything of ``holidays`` is imported, so a calendar unpickled from the config cache
-    gets it too; not done if the package was imported already (then it is whole).
+    Done when this module is imported, before any calendar is made or unpickled from the config
+    cache (finding the spec imports ``holidays`` itself, which does not import the countries); not
+    done if something imported the countries' package first (then it is whole).
     """
     name = "holidays.countries"
     if name in sys.modules:
