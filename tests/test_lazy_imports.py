@@ -165,8 +165,9 @@ from datetime import date, timedelta
 {prelude}
 from escalations.routing.calendar import DIVISIONS, WorkingCalendar
 days = [date(1995, 1, 1) + timedelta(days=i) for i in range((date(2045, 12, 31) - date(1995, 1, 1)).days + 1)]
-out = {{division: [[d.isoformat(), WorkingCalendar(division=division).holiday_name(d)] for d in days
-                  if WorkingCalendar(division=division).is_bank_holiday(d)] for division in DIVISIONS}}
+calendars = {{division: WorkingCalendar(division=division) for division in DIVISIONS}}
+out = {{division: [[d.isoformat(), c.holiday_name(d)] for d in days if c.is_bank_holiday(d)]
+       for division, c in calendars.items()}}
 countries = sorted(m for m in sys.modules if m.startswith("holidays.countries."))
 print(json.dumps({{"holidays": out, "countries": countries}}))
 """
