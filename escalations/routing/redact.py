@@ -108,35 +108,82 @@ def _name_variants(name: str) -> list[list[str]]:
     return out
 
 
-def _dob_pattern(d: date) -> str:
-    day = f"0?{d.day}" if d.day < 10 else str(d.day)
-    month = f"0?{d.month}" if d.month < 10 else str(d.month)
-    year = f"(?:{d.year}|{d.year % 100:02d})"
-    full = _MONTHS[d.month - 1]
-    words = {full, full[:3]} | ({"sept"} if d.month == 9 else set())
-    month_word = "(?:" + "|".join(sorted(words, key=len, reverse=True)) + r")\.?"
-    day_word = rf"{day}(?:st|nd|rd|th)?"
-    forms = [
-        rf"{d.year}{_NUM_SEP}{month}{_NUM_SEP}{day}",                       # 2015-02-01
-        rf"{day}{_NUM_SEP}{month}{_NUM_SEP}{year}",                         # 01/02/2015, 1/2/15
-        rf"{month}{_NUM_SEP}{day}{_NUM_SEP}{year}",                         # 02/01/2015 (US order)
-        rf"{d:%Y%m%d}|{d:%d%m%Y}",                                          # 20150201, 01022015
-        rf"{day_word}{_DATE_SEP}(?:of{_DATE_SEP})?{month_word}{_DATE_SEP}{year}",  # 1st of February 2015
-        rf"{month_word}{_DATE_SEP}{day_word}{_DATE_SEP}{year}",             # February 1, 2015
-    ]
-    return r"(?<!\d)(?:" + "|".join(forms) + r")(?!\d)"
+def _month_pattern(month: int) -> str:
+    """How a month may be written ('february', 'feb'; for September 'sept' too) as one pattern that
+    tries the longest first ('feb(?:ruary)?'), so a month's words cost one test of their common start."""
+    full = _MONTHS[month - 1]
+    return "sep(?:t(?:ember)?)?" if month == 9 else full[:3] + (f"(?:{full[3:]})?" if full[3:] else "")
 
 
-def _id_patterns(child_id: str) -> list[str]:
+#: Each month's words, to tell which month a date's word names (matched ignoring case, as the date was).
+_MONTH_WORD_RES = tuple(re.compile(_month_pattern(m), re.IGNORECASE) for m in range(1, 13))
+_ANY_MONTH = "(?:" + "|".join(_month_pattern(m) for m in range(1, 13)) + ")"
+_ORDINAL = "(?:st|nd|rd|th)?"
+_YEAR = "(?:[0-9]{4}|[0-9]{2})"
+#: Every date written in one of the forms a date of birth is looked for in (see the module docstring),
+#: whatever the date: which date it is, the match's groups say, and :func:`_is_dob` checks. Digits are
+#: ASCII (a date of birth is looked for as written in ASCII digits), the look-arounds any digit.
+_ANY_DATE = (
+    r"(?<!\d)(?:"
+    rf"(?P<ymd_y>[0-9]{{4}}){_NUM_SEP}(?P<ymd_m>[0-9]{{1,2}}){_NUM_SEP}(?P<ymd_d>[0-9]{{1,2}})"  # 2015-02-01
+    rf"|(?P<n_a>[0-9]{{1,2}}){_NUM_SEP}(?P<n_b>[0-9]{{1,2}}){_NUM_SEP}(?P<n_y>{_YEAR})"  # 01/02/2015, 02/01/2015
+    r"|(?P<eight>[0-9]{8})"                                                                 # 20150201, 01022015
+    rf"|(?P<w_d>[0-9]{{1,2}}){_ORDINAL}{_DATE_SEP}(?:of{_DATE_SEP})?(?P<w_m>{_ANY_MONTH})\.?{_DATE_SEP}"
+    rf"(?P<w_y>{_YEAR})"                                                                    # 1st of February 2015
+    rf"|(?P<v_m>{_ANY_MONTH})\.?{_DATE_SEP}(?P<v_d>[0-9]{{1,2}}){_ORDINAL}{_DATE_SEP}(?P<v_y>{_YEAR})"  # Feb 1, 2015
+    r")(?!\d)"
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _dates_pattern(month_initials: str, guard: bool) -> re.Pattern[str]:
+    """What is removed whoever the children are: every date (``dob``; only dates of birth are then
+    removed) and NHS-shaped numbers (``nhs``). ``month_initials``: the first letters of the months of
+    the case's dates of birth ('' for none: no dates at all), where a date written month first can
+    begin. Compiled once per process and set of initials, so a case's own pattern holds only its
+    names, its ID and the kept strings."""
+    pattern = f"(?P<dob>{_ANY_DATE})|(?P<nhs>{_NHS})" if month_initials else f"(?P<nhs>{_NHS})"
+    if guard:
+        begins = f"[{month_initials}]|\\d" if month_initials else "\\d"
+        pattern = f"(?={begins})(?:{pattern})"
+    return re.compile(pattern, re.IGNORECASE)
+
+
+def _year_is(text: str, d: date) -> bool:
+    return int(text) == (d.year if len(text) == 4 else d.year % 100)
+
+
+def _is_dob(m: re.Match[str], dobs: frozenset[date]) -> bool:
+    """Whether the date ``m`` (of :data:`_ANY_DATE`) is one of ``dobs`` as that form writes it."""
+    g = m.groupdict()
+    if g["ymd_y"] is not None:
+        return any(int(g["ymd_y"]) == d.year and int(g["ymd_m"]) == d.month and int(g["ymd_d"]) == d.day
+                   for d in dobs)
+    if g["n_a"] is not None:
+        a, b = int(g["n_a"]), int(g["n_b"])
+        return any(_year_is(g["n_y"], d) and (a, b) in ((d.day, d.month), (d.month, d.day)) for d in dobs)
+    if g["eight"] is not None:
+        return any(g["eight"] in (f"{d.year:04d}{d.month:02d}{d.day:02d}", f"{d.day:02d}{d.month:02d}{d.year:04d}")
+                   for d in dobs)
+    day, word, year = (g["w_d"], g["w_m"], g["w_y"]) if g["w_d"] is not None else (g["v_d"], g["v_m"], g["v_y"])
+    return any(int(day) == d.day and _year_is(year, d) and _MONTH_WORD_RES[d.month - 1].fullmatch(word)
+               for d in dobs)
+
+
+def _id_patterns(child_id: str) -> tuple[list[str], set[str]]:
+    """The patterns of a child's ID, and the characters a match of them can begin with."""
     chars = [c for c in child_id if c.isalnum()]
     # An "ID" of a character or three ("1", "10") is a slip, and would blank every such number in the
     # mail, deadlines included.
     if len(chars) < MIN_ID_CHARS:
-        return []
+        return [], set()
     out = [r"(?<![^\W_])" + r"[\s\-/.]?".join(re.escape(c) for c in chars) + r"(?![^\W_])"]
+    firsts = {chars[0]}
     # The ID's number alone ("Mosaic 123456" for "M123456"), when long enough to mean something.
-    out.extend(rf"(?<!\d){digits}(?!\d)" for digits in re.findall(r"\d{5,}", child_id))
-    return out
+    for digits in re.findall(r"\d{5,}", child_id):
+        out.append(rf"(?<!\d){digits}(?!\d)")
+        firsts.add(digits[0])
+    return out, firsts
 
 
 def _dob(value: date | str) -> date | None:
@@ -150,12 +197,21 @@ def _dob(value: date | str) -> date | None:
 
 @dataclass(frozen=True)
 class Redactor:
-    """Rewrites a text so no child's name, date of birth or ID is left; see the module docstring."""
+    """Rewrites a text so no child's name, date of birth or ID is left; see the module docstring.
 
-    # Not in repr: the pattern spells out the names and dates it looks for.
+    Two patterns, scanned as one: the case's own (kept strings, the child's ID, the names: compiled per
+    case) and :func:`_dates_pattern` (every date, and NHS-shaped numbers: compiled once). At each place
+    the leftmost match wins and, where two begin at one place, a kept string before a date of birth
+    before the ID before an NHS number before a name: what one pattern of all of them, in that order,
+    would take (a date of birth as a pattern of its own per child was most of a case's compile time)."""
+
+    # Not in repr: the pattern spells out the names it looks for.
     _pattern: re.Pattern[str] | None = field(default=None, repr=False)
     #: _key(name as matched) -> the child's initials.
     _names: dict[str, str] = field(default_factory=dict, repr=False)
+    _dobs: frozenset[date] = field(default_factory=frozenset, repr=False)
+    #: None: the identity (nothing is removed).
+    _dates: re.Pattern[str] | None = field(default=None, repr=False)
 
     @classmethod
     def identity(cls) -> Redactor:
@@ -168,27 +224,25 @@ class Redactor:
         """A redactor for one case's children. NHS-shaped numbers are removed even with no child given
         (the referral form has no NHS number field, so the number is only ever in free text).
 
-        ``guard``: the pattern starts with a look-ahead for the characters a match can begin with (a
-        digit, or the first letter of a kept string, a month, the ID or a name part, in any case), so
-        the many places where nothing can begin cost one test instead of every alternative: same
-        matches, several times faster. False only to compare the two (tests)."""
+        ``guard``: each pattern starts with a look-ahead for the characters a match can begin with (for
+        the case's: the first letter of a kept string, the ID or a name part, in any case; for the
+        dates: a digit or a month's first letter), so the many places where nothing can begin cost one
+        test instead of every alternative: same matches, several times faster. False only to compare
+        the two (tests)."""
         alternatives: list[tuple[str, str]] = []
-        # What a match can begin with besides a digit (the pattern's literals, matched ignoring case as
-        # the look-ahead's class is); known: every alternative's first character was found.
+        # What a match can begin with (the pattern's literals, matched ignoring case as the look-ahead's
+        # class is); known: every alternative's first character was found.
         firsts: set[str] = set()
         known = True
         kept = sorted({k for k in keep if k.strip()}, key=len, reverse=True)
         if kept:
             alternatives.append(("keep", "|".join(re.escape(unicodedata.normalize("NFC", k)) for k in kept)))
             firsts.update(unicodedata.normalize("NFC", k)[0] for k in kept)
-        dobs = [d for d in (_dob(v) for v in child_dobs) if d is not None]
-        if dobs:
-            alternatives.append(("dob", "|".join(_dob_pattern(d) for d in dict.fromkeys(dobs))))
-            firsts.update(_MONTHS[d.month - 1][0] for d in dobs)  # "1 Feb", "February 1": a digit or the month
-        ids = _id_patterns(child_id or "")
+        dobs = frozenset(d for d in (_dob(v) for v in child_dobs) if d is not None)
+        ids, id_firsts = _id_patterns(child_id or "")
         if ids:
-            firsts.add(next(c for c in child_id or "" if c.isalnum()))
-        alternatives.append(("id", "|".join([*ids, _NHS])))
+            alternatives.append(("id", "|".join(ids)))
+            firsts.update(id_firsts)
         names: dict[str, str] = {}
         runs: list[list[str]] = []
         for name in child_names:
@@ -207,26 +261,62 @@ class Redactor:
                     firsts.add(run[0][0])
                 else:
                     known = False  # a part with no letter of its own to begin with: no guard
-        pattern = "|".join(f"(?P<{group}>{p})" for group, p in alternatives)
-        if guard and known:
-            begins = r"\d" if not firsts else "[" + "".join(re.escape(c) for c in sorted(firsts)) + r"]|\d"
-            pattern = f"(?={begins})(?:{pattern})"
-        return cls(re.compile(pattern, re.IGNORECASE), names)
+        pattern: re.Pattern[str] | None = None
+        if alternatives:
+            text = "|".join(f"(?P<{group}>{p})" for group, p in alternatives)
+            if guard and known:
+                text = "(?=[" + "".join(re.escape(c) for c in sorted(firsts)) + f"])(?:{text})"
+            pattern = re.compile(text, re.IGNORECASE)
+        month_initials = "".join(sorted({_MONTHS[d.month - 1][0] for d in dobs}))
+        return cls(pattern, names, dobs, _dates_pattern(month_initials, guard))
 
     @property
     def is_identity(self) -> bool:
-        return self._pattern is None
+        return self._dates is None
 
     def redact(self, text: str) -> str:
-        if self._pattern is None:
+        if self._dates is None:
             return text
-        return self._pattern.sub(self._replace, unicodedata.normalize("NFC", text))
+        text = unicodedata.normalize("NFC", text)
+        own, pos, out = self._pattern, 0, []
+        m1 = own.search(text) if own is not None else None
+        m2 = self._next_date(text, 0)
+        while m1 is not None or m2 is not None:
+            if m1 is None or (m2 is not None and (m2.start() < m1.start()
+                                                  or (m2.start() == m1.start() and self._date_first(m1, m2)))):
+                assert m2 is not None
+                m, shown = m2, DOB_REMOVED if m2.lastgroup == "dob" else ID_REMOVED
+            else:
+                m, shown = m1, self._replace(m1)
+            out.append(text[pos:m.start()])
+            out.append(shown)
+            pos = m.end()
+            if m1 is not None and m1.start() < pos:
+                m1 = own.search(text, pos) if own is not None else None
+            if m2 is not None and m2.start() < pos:
+                m2 = self._next_date(text, pos)
+        out.append(text[pos:])
+        return "".join(out)
+
+    def _next_date(self, text: str, pos: int) -> re.Match[str] | None:
+        """The first date of birth or NHS-shaped number at or after ``pos`` (other dates are passed)."""
+        assert self._dates is not None
+        while (m := self._dates.search(text, pos)) is not None:
+            if m.lastgroup == "nhs" or _is_dob(m, self._dobs):
+                return m
+            pos = m.start() + 1  # a date of birth may begin inside another date ("12/01/02/2015")
+        return None
+
+    @staticmethod
+    def _date_first(own: re.Match[str], date_match: re.Match[str]) -> bool:
+        """Both begin at one place: a kept string, then a date of birth, the ID, an NHS number, a name."""
+        if own.lastgroup == "keep":
+            return False
+        return date_match.lastgroup == "dob" or own.lastgroup != "id"
 
     def _replace(self, m: re.Match[str]) -> str:
         if m.lastgroup == "keep":
             return m.group(0)
-        if m.lastgroup == "dob":
-            return DOB_REMOVED
         if m.lastgroup == "id":
             return ID_REMOVED
         shown = self._names.get(_key(m.group(0)), NAME_REMOVED)
