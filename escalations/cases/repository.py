@@ -4,7 +4,7 @@ a ``Session`` work in the caller's transaction; the others open their own. Mixed
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
@@ -138,6 +138,28 @@ class Records(SessionSource):
             if status:
                 q = q.where(OutboxMessage.status == status)
             return list(s.exec(q).all())
+
+    def outbox_of_case(self, case_id: int) -> list[OutboxMessage]:
+        """One case's mail, oldest first."""
+        with self.reading() as s:
+            return list(s.exec(select(OutboxMessage).where(OutboxMessage.case_id == case_id)
+                               .order_by(col(OutboxMessage.id))).all())
+
+    def acknowledgement_statuses(self, case_ids: Iterable[int]) -> dict[int, str]:
+        """The status of the latest acknowledgement (``referral_*`` mail) of each of these cases that
+        has one."""
+        wanted = list(dict.fromkeys(case_ids))
+        out: dict[int, str] = {}
+        with self.reading() as s:
+            for i in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+                q = (select(OutboxMessage.case_id, OutboxMessage.status)
+                     .where(col(OutboxMessage.case_id).in_(wanted[i:i + 500]),
+                            col(OutboxMessage.template).startswith("referral_", autoescape=True))
+                     .order_by(col(OutboxMessage.id)))
+                for case_id, status in s.exec(q).all():
+                    if case_id is not None:
+                        out[case_id] = status
+        return out
 
     def next_outbox_due(self) -> datetime | None:
         with self.reading() as s:

@@ -26,12 +26,15 @@ cases_app = typer.Typer(help="Cases: list and show.", no_args_is_help=True)
 app.add_typer(cases_app, name="cases")
 
 
-def cases_table(store: Store) -> Table:
+def cases_table(store: Store, partnership: str | None = None, status: str | None = None) -> Table:
     from escalations import views
+    rows = views.case_rows(store, partnership, status)
     table = Table(title="Cases")
-    for col in ("Reference", "Partnership", "Status", "Stage", "Opened (London)", "Missing", "Acknowledgement"):
+    # the reference is what a person types next (cases show): a narrow terminal wraps the others first
+    table.add_column("Reference", no_wrap=True, min_width=max((len(r[0]) for r in rows), default=9))
+    for col in ("Partnership", "Status", "Stage", "Opened (London)", "Missing", "Acknowledgement"):
         table.add_column(col)
-    for row in views.case_rows(store):
+    for row in rows:
         table.add_row(*row)
     return table
 
@@ -45,12 +48,12 @@ def cases_list(
 ) -> None:
     """List cases with stage, status and due time."""
     application = build(ctx, read_only=True)
-    rows = application.store.list_cases(partnership, status)
     if as_json:
+        rows = application.store.list_cases(partnership, status)
         print_json([{"reference": c.reference, "partnership": c.partnership, "status": c.status, "stage": c.stage,
                       "opened_at": iso(c.opened_at), "due_at": iso(c.due_at), "missing": c.missing} for c in rows])
         return
-    console.print(cases_table(application.store))
+    console.print(cases_table(application.store, partnership, status))
 
 
 @cases_app.command("show")

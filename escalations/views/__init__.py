@@ -23,15 +23,14 @@ if TYPE_CHECKING:
     from escalations.routing.policy.model import Partnership
 
 
-def case_rows(store: Store) -> list[tuple[str, ...]]:
-    """Reference, partnership, status, stage, opened (London), missing fields, acknowledgement status."""
-    sent_by_case: dict[int, str] = {}
-    for row in store.list_outbox():
-        if row.case_id is not None and row.template.startswith("referral_"):
-            sent_by_case[row.case_id] = row.status
+def case_rows(store: Store, partnership: str | None = None, status: str | None = None) -> list[tuple[str, ...]]:
+    """Reference, partnership, status, stage, opened (London), missing fields, acknowledgement status
+    of the cases of ``partnership`` with ``status`` (None: all)."""
+    cases = store.list_cases(partnership, status)
+    acks = store.acknowledgement_statuses(c.id for c in cases if c.id is not None)
     return [(case.reference, case.partnership, case.status, str(case.stage or "-"), local(case.opened_at),
-             ", ".join(case.missing) or "-", "ack " + sent_by_case.get(case.id or 0, "-"))
-            for case in store.list_cases()]
+             ", ".join(case.missing) or "-", "ack " + acks.get(case.id or 0, "-"))
+            for case in cases]
 
 
 def party_json(p: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +44,7 @@ def party_json(p: dict[str, Any]) -> dict[str, Any]:
 def case_record(store: Store, case: Case) -> dict[str, Any]:
     assert case.id is not None
     events = store.case_events(case.id)
-    outbox = [o for o in store.list_outbox() if o.case_id == case.id]
+    outbox = store.outbox_of_case(case.id)
     # When the partnership received each message (the event's time) and when we processed it.
     inbound = {i: store.get_inbound(i) for i in {e.inbound_id for e in events} | {case.origin_inbound_id}
                if i is not None}

@@ -167,3 +167,24 @@ def test_a_message_that_killed_three_attempts_is_quarantined_and_replay_resets_i
     assert json.loads(out)["replayed"][0]["status"] == "done"
     row = Store(make_engine(f"sqlite:///{tmp_path / 'var' / 'escalations.sqlite3'}"), SystemClock()).get_inbound(inbound)
     assert row is not None and (row.status, row.attempts) == ("done", 1)
+
+
+def test_cases_list_table_keeps_to_the_partnership_and_status_asked_for(env: dict[str, str]) -> None:
+    """The table shows what --partnership / --status ask for (it once listed every case whatever
+    was asked), each case with its own acknowledgement's status."""
+    demo = Path(__file__).resolve().parents[2] / "escalations" / "demo"
+    refs = {}
+    for pid in ("city-and-hackney", "havering"):
+        code, out = cli(env, "ingest", str(demo / f"{pid}.eml"), "--json")
+        assert code == 0, out
+        refs[pid] = json.loads(out)["messages"][0]["case"]
+    assert all(refs.values())
+    code, out = cli(env, "cases", "list")
+    assert code == 0 and all(r in out for r in refs.values()) and out.count("ack sent") == 2, out
+    code, out = cli(env, "cases", "list", "--partnership", "havering")
+    assert code == 0 and refs["havering"] in out and refs["city-and-hackney"] not in out, out
+    assert out.count("ack sent") == 1
+    code, out = cli(env, "cases", "list", "--status", "closed")
+    assert code == 0 and not any(r in out for r in refs.values()), out
+    code, out = cli(env, "cases", "list", "--partnership", "havering", "--json")
+    assert [c["reference"] for c in json.loads(out)] == [refs["havering"]]
