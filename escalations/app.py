@@ -126,10 +126,14 @@ class App:
             getattr(self, part)
 
     def close(self) -> None:
-        """Stop the parse worker (a later parse starts a new one); a worker never made is left alone."""
+        """Stop the parse worker (a later parse starts a new one) and close a kept relay connection; what was
+        never made is left alone."""
         parser = self.__dict__.get("parser")
         if parser is not None:
             parser.close()
+        outbox = self.__dict__.get("outbox")
+        if outbox is not None:
+            outbox.close()
 
     # ---- intake --------------------------------------------------------------------------
 

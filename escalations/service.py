@@ -136,6 +136,7 @@ class Service:
 
     def _run(self, stop: threading.Event, on_started: Callable[[App], None] | None) -> None:
         from escalations.mailer.smtp_intake import start_smtp_intake
+        from escalations.mailer.smtp_sender import KEEP_ALIVE_SECONDS
 
         app, s = self.app, self.app.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
@@ -157,6 +158,7 @@ class Service:
             gc.collect()
             gc.freeze()
         app.outbox.stopping = stop
+        app.outbox.keep_connections(KEEP_ALIVE_SECONDS)
         app._stopping = stop
         scheduler = self._scheduler()
         for t in threads:

@@ -327,7 +327,22 @@ class OutboxDispatcher:
             batch = self.store.claim_due_outbox(limit=BATCH)
             sent += self._send_batch(batch)
             if len(batch) < BATCH or self.stopping.is_set():
-                return sent
+                break
+        close_idle = getattr(self.sender, "close_idle", None)  # a relay connection kept for the next run
+        if close_idle is not None:
+            close_idle()
+        return sent
+
+    def keep_connections(self, seconds: float) -> None:
+        """Keep the relay connection open this long after a run, for the next (the service does)."""
+        if hasattr(self.sender, "keep_alive"):  # the SMTP relay; files need no connection
+            setattr(self.sender, "keep_alive", seconds)  # noqa: B010 (not part of the MailSender protocol)
+
+    def close(self) -> None:
+        """Close a relay connection kept for the next run."""
+        close = getattr(self.sender, "close", None)
+        if close is not None:
+            close()
 
     def _send_batch(self, batch: list[int]) -> int:
         """Send the claimed rows over one connection, each marked sent as soon as the relay took it and

@@ -6,6 +6,8 @@ import os
 import re
 import smtplib
 import ssl
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,12 +62,28 @@ class FileSender:
         os.replace(tmp, final)
 
 
+#: How long the service keeps its relay connection open after a batch, for the next one: a burst of
+#: mail (a backlog, the morning's digests) then goes over one connection instead of a connection, TLS
+#: handshake and sign-in per outbox run (every 0.1 s while mail keeps coming). Well under relays' own
+#: idle limits (Postfix: 300 s). One-off commands keep none (``keep_alive`` 0).
+KEEP_ALIVE_SECONDS = 30.0
+#: After this many mails a kept connection is closed and the next batch opens a new one: some relays
+#: limit the messages of one session.
+MAX_PER_CONNECTION = 100
+
+
 class SmtpRelaySender:
-    def __init__(self, relay: RelaySettings, *, tokens: TokenProvider | None = None) -> None:
+    def __init__(self, relay: RelaySettings, *, tokens: TokenProvider | None = None,
+                 keep_alive: float = 0.0) -> None:
         self.relay = relay
         #: OAuth2 (AUTH XOAUTH2) sign-in; None: username and password.
         self.tokens = tokens if tokens is not None else provider_for(relay.auth, relay.username or "",
                                                                      account="relay")
+        #: Seconds a connection is kept after a batch for the next (0: closed after each batch).
+        self.keep_alive = keep_alive
+        self._kept: _Connection | None = None
+        #: The kept connection is one thread's at a time; a batch that finds it taken opens its own.
+        self._kept_lock = threading.Lock()
 
     def _context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.relay.ca_file) if self.relay.ca_file else None)
@@ -80,12 +98,47 @@ class SmtpRelaySender:
 
     @contextmanager
     def batch(self) -> Iterator[_Connection]:
-        """Sends over one connection, opened at the first send and again after a failure."""
-        connection = _Connection(self)
+        """Sends over one connection, opened at the first send and again after a failure. With
+        ``keep_alive``, the connection stays open afterwards for the next batch, which first checks
+        it (:meth:`_Connection.resume`)."""
+        if self.keep_alive <= 0 or not self._kept_lock.acquire(blocking=False):
+            connection = _Connection(self)
+            try:
+                yield connection
+            finally:
+                connection.close()
+            return
         try:
-            yield connection
+            connection, self._kept = self._kept or _Connection(self), None
+            connection.resume(self.keep_alive)
+            try:
+                yield connection
+            except BaseException:
+                connection.close()
+                raise
+            connection.idle_since = time.monotonic()
+            self._kept = connection if connection.client is not None else None
         finally:
-            connection.close()
+            self._kept_lock.release()
+
+    def close_idle(self) -> None:
+        """Close the kept connection if it has been idle ``keep_alive`` seconds (the outbox asks after
+        every run, so a quiet service holds no connection for long)."""
+        if not self._kept_lock.acquire(blocking=False):
+            return
+        try:
+            if self._kept is not None and time.monotonic() - self._kept.idle_since >= self.keep_alive:
+                self._kept.close()
+                self._kept = None
+        finally:
+            self._kept_lock.release()
+
+    def close(self) -> None:
+        """Close the kept connection (QUIT), if any: the service is stopping."""
+        with self._kept_lock:
+            if self._kept is not None:
+                self._kept.close()
+                self._kept = None
 
     def connect(self) -> smtplib.SMTP:
         r = self.relay
@@ -137,12 +190,35 @@ class _Connection:
     def __init__(self, relay: SmtpRelaySender) -> None:
         self.relay = relay
         self.client: smtplib.SMTP | None = None
+        #: Mails sent since this connection was opened.
+        self.sent = 0
+        #: time.monotonic() when its last batch ended (a kept connection).
+        self.idle_since = 0.0
+
+    def resume(self, keep_alive: float) -> None:
+        """Before a kept connection carries another batch: closed if it sat idle too long or has
+        carried its share (:data:`MAX_PER_CONNECTION`), else asked for a NOOP. Any answer but 250 (the
+        relay closed it meanwhile, or is closing it) closes it, and the first send connects again: a
+        NOOP carries no mail, so nothing can be sent twice."""
+        if self.client is None:
+            return
+        if time.monotonic() - self.idle_since >= keep_alive or self.sent >= MAX_PER_CONNECTION:
+            self.close()
+            return
+        try:
+            code = self.client.noop()[0]
+        except (OSError, smtplib.SMTPException):
+            code = 0
+        if code != 250:
+            self.close()
 
     def send(self, sender: str, recipients: list[str], raw: bytes, *, name_hint: str) -> None:
         try:
             if self.client is None:
                 self.client = self.relay.connect()
+                self.sent = 0
             refused = self.client.sendmail(sender, recipients, raw)
+            self.sent += 1
         except smtplib.SMTPRecipientsRefused as exc:
             permanent = all(code >= 500 for code, _ in exc.recipients.values())
             raise DeliveryError(f"all recipients refused: {sorted(exc.recipients)}", permanent=permanent) from exc

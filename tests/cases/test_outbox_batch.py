@@ -15,6 +15,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from escalations.cases.store import Store, make_engine
 from escalations.clock import FakeClock
 from escalations.mailer.outbox import UNMARKED_MAX, OutboxDispatcher, Renderer, enqueue
+from escalations.mailer import smtp_sender
 from escalations.mailer.smtp_sender import SmtpRelaySender
 from escalations.routing.redact import Redactor
 from escalations.routing.workflow.state import OutgoingMail
@@ -48,9 +49,9 @@ def store(tmp_path: Path, clock: FakeClock) -> Store:
     return s
 
 
-def queue(store: Store, clock: FakeClock, n: int) -> None:
+def queue(store: Store, clock: FakeClock, n: int, start: int = 0) -> None:
     with store.session() as s:
-        for i in range(n):
+        for i in range(start, start + n):
             mail = OutgoingMail(template="reply_help.txt.j2", to=(f"p{i}@example.org",), subject=f"[CH-2026-0001] m{i}",
                                 context={"reference": "CH-2026-0001", "partnership_name": "P", "mailbox": "m@x",
                                          "note": "n", "commands": (), "recipient_name": ""},
@@ -60,8 +61,8 @@ def queue(store: Store, clock: FakeClock, n: int) -> None:
         s.commit()
 
 
-def relay(handler: SessionCounting) -> Controller:
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), decode_data=False)
+def relay(handler: SessionCounting, **smtp: float) -> Controller:
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), decode_data=False, **smtp)
     controller.start()
     return controller
 
@@ -176,3 +177,83 @@ def test_while_another_writer_has_the_lock_the_outbox_sends_on_and_waits_only_af
         controller.stop()
     assert len(handler.mails) == n
     assert [r.status for r in store.list_outbox()] == ["sent"] * n
+
+
+def _runs(store: Store, clock: FakeClock, sender: SmtpRelaySender, sizes: list[int], pause: float = 0.0,
+          start: int = 0) -> int:
+    """Queue and send ``sizes[i]`` mails in run i (as the outbox thread does, one run per wake-up)."""
+    dispatcher, sent = OutboxDispatcher(store, sender), 0
+    for n in sizes:
+        queue(store, clock, n, start)
+        start += n
+        sent += dispatcher.send_due()
+        time.sleep(pause)
+    return sent
+
+
+def _sessions(handler: SessionCounting) -> list[int]:
+    """Which connection each mail came over, numbered in order of first use."""
+    order: dict[int, int] = {}
+    return [order.setdefault(session, len(order)) for session, _ in handler.mails]
+
+
+def test_the_service_keeps_its_connection_for_the_next_run(store: Store, clock: FakeClock) -> None:
+    handler = SessionCounting()
+    controller = relay(handler)
+    try:
+        settings = RelaySettings(host="127.0.0.1", port=controller.port, security="none")
+        kept = SmtpRelaySender(settings, keep_alive=30)
+        assert _runs(store, clock, kept, [2, 1, 3]) == 6
+        assert kept._kept is not None
+        kept.close()  # the service stopping (App.close)
+        assert kept._kept is None
+    finally:
+        controller.stop()
+    assert _sessions(handler) == [0] * 6
+    assert {r.status for r in store.list_outbox()} == {"sent"}
+
+
+def test_without_keep_alive_each_run_connects(store: Store, clock: FakeClock) -> None:
+    handler = SessionCounting()
+    controller = relay(handler)
+    try:
+        sender = SmtpRelaySender(RelaySettings(host="127.0.0.1", port=controller.port, security="none"))
+        assert _runs(store, clock, sender, [2, 1]) == 3
+    finally:
+        controller.stop()
+    assert _sessions(handler) == [0, 0, 1]
+
+
+def test_a_kept_connection_the_relay_closed_is_opened_again_and_nothing_fails(store: Store, clock: FakeClock) -> None:
+    """The relay drops a connection idle 0.3 s; the next run's NOOP finds it gone and connects again."""
+    handler = SessionCounting()
+    controller = relay(handler, timeout=0.3)
+    try:
+        sender = SmtpRelaySender(RelaySettings(host="127.0.0.1", port=controller.port, security="none"),
+                                 keep_alive=30)
+        assert _runs(store, clock, sender, [2, 2], pause=0.8) == 4
+    finally:
+        controller.stop()
+    assert _sessions(handler) == [0, 0, 1, 1]
+    rows = store.list_outbox()
+    assert {r.status for r in rows} == {"sent"} and {r.attempts for r in rows} == {1} and not any(r.last_error for r in rows)
+
+
+def test_an_idle_connection_is_closed_and_a_long_used_one_replaced(store: Store, clock: FakeClock,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    handler = SessionCounting()
+    controller = relay(handler)
+    try:
+        sender = SmtpRelaySender(RelaySettings(host="127.0.0.1", port=controller.port, security="none"),
+                                 keep_alive=0.2)
+        assert _runs(store, clock, sender, [1]) == 1
+        assert sender._kept is not None  # just used: kept
+        time.sleep(0.3)
+        sender.close_idle()  # what the outbox does after every run
+        assert sender._kept is None
+        monkeypatch.setattr(smtp_sender, "MAX_PER_CONNECTION", 2)
+        sender.keep_alive = 30
+        assert _runs(store, clock, sender, [1, 1, 1, 1, 1], start=1) == 5
+    finally:
+        controller.stop()
+    assert _sessions(handler) == [0, 1, 1, 2, 2, 3]
