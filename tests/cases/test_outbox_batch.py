@@ -14,8 +14,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from escalations.cases.store import Store, make_engine
 from escalations.clock import FakeClock
-from escalations.mailer.outbox import UNMARKED_MAX, OutboxDispatcher, Renderer, enqueue
 from escalations.mailer import smtp_sender
+from escalations.mailer.outbox import UNMARKED_MAX, OutboxDispatcher, Renderer, enqueue
 from escalations.mailer.smtp_sender import SmtpRelaySender
 from escalations.routing.redact import Redactor
 from escalations.routing.workflow.state import OutgoingMail
