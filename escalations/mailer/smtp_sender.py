@@ -70,6 +70,9 @@ KEEP_ALIVE_SECONDS = 30.0
 #: After this many mails a kept connection is closed and the next batch opens a new one: some relays
 #: limit the messages of one session.
 MAX_PER_CONNECTION = 100
+#: Nor is one kept longer than this since it signed in, however steadily mail comes: an OAuth2 access
+#: token lives about an hour, and a relay may refuse a session whose sign-in has expired.
+MAX_CONNECTION_SECONDS = 300.0
 
 
 class SmtpRelaySender:
@@ -190,19 +193,22 @@ class _Connection:
     def __init__(self, relay: SmtpRelaySender) -> None:
         self.relay = relay
         self.client: smtplib.SMTP | None = None
-        #: Mails sent since this connection was opened.
+        #: Mails sent since this connection was opened, and when (time.monotonic()) it was.
         self.sent = 0
+        self.opened_at = 0.0
         #: time.monotonic() when its last batch ended (a kept connection).
         self.idle_since = 0.0
 
     def resume(self, keep_alive: float) -> None:
         """Before a kept connection carries another batch: closed if it sat idle too long or has
-        carried its share (:data:`MAX_PER_CONNECTION`), else asked for a NOOP. Any answer but 250 (the
-        relay closed it meanwhile, or is closing it) closes it, and the first send connects again: a
-        NOOP carries no mail, so nothing can be sent twice."""
+        carried its share (:data:`MAX_PER_CONNECTION`, :data:`MAX_CONNECTION_SECONDS`), else asked for a
+        NOOP. Any answer but 250 (the relay closed it meanwhile, or is closing it) closes it, and the
+        first send connects again: a NOOP carries no mail, so nothing can be sent twice."""
         if self.client is None:
             return
-        if time.monotonic() - self.idle_since >= keep_alive or self.sent >= MAX_PER_CONNECTION:
+        now = time.monotonic()
+        if now - self.idle_since >= keep_alive or self.sent >= MAX_PER_CONNECTION \
+                or now - self.opened_at >= MAX_CONNECTION_SECONDS:
             self.close()
             return
         try:
@@ -216,7 +222,7 @@ class _Connection:
         try:
             if self.client is None:
                 self.client = self.relay.connect()
-                self.sent = 0
+                self.sent, self.opened_at = 0, time.monotonic()
             refused = self.client.sendmail(sender, recipients, raw)
             self.sent += 1
         except smtplib.SMTPRecipientsRefused as exc:

@@ -254,6 +254,10 @@ def test_an_idle_connection_is_closed_and_a_long_used_one_replaced(store: Store,
         monkeypatch.setattr(smtp_sender, "MAX_PER_CONNECTION", 2)
         sender.keep_alive = 30
         assert _runs(store, clock, sender, [1, 1, 1, 1, 1], start=1) == 5
+        # and one signed in too long ago (an access token lives about an hour) is replaced too
+        monkeypatch.setattr(smtp_sender, "MAX_PER_CONNECTION", 100)
+        monkeypatch.setattr(smtp_sender, "MAX_CONNECTION_SECONDS", 0.0)
+        assert _runs(store, clock, sender, [1, 1], start=6) == 2
     finally:
         controller.stop()
-    assert _sessions(handler) == [0, 1, 1, 2, 2, 3]
+    assert _sessions(handler) == [0, 1, 1, 2, 2, 3, 4, 5]
