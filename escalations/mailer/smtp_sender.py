@@ -137,11 +137,16 @@ class SmtpRelaySender:
             self._kept_lock.release()
 
     def close(self) -> None:
-        """Close the kept connection (QUIT), if any: the service is stopping."""
-        with self._kept_lock:
+        """Close the kept connection (QUIT), if any: the service is stopping. A batch still under way
+        (a thread that did not stop in time) is not waited for: its connection goes with the process."""
+        if not self._kept_lock.acquire(blocking=False):
+            return
+        try:
             if self._kept is not None:
                 self._kept.close()
                 self._kept = None
+        finally:
+            self._kept_lock.release()
 
     def connect(self) -> smtplib.SMTP:
         r = self.relay

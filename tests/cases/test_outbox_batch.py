@@ -32,6 +32,12 @@ class SessionCounting:
         self.lock = threading.Lock()
         self.mails: list[tuple[int, bytes]] = []
         self.fail_subjects = fail_subjects
+        self.quits = 0
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        with self.lock:
+            self.quits += 1
+        return "221 Bye"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
@@ -204,9 +210,14 @@ def test_the_service_keeps_its_connection_for_the_next_run(store: Store, clock: 
         settings = RelaySettings(host="127.0.0.1", port=controller.port, security="none")
         kept = SmtpRelaySender(settings, keep_alive=30)
         assert _runs(store, clock, kept, [2, 1, 3]) == 6
-        assert kept._kept is not None
-        kept.close()  # the service stopping (App.close)
+        assert kept._kept is not None and handler.quits == 0
+        dispatcher = OutboxDispatcher(store, kept)
+        dispatcher.close()  # the service stopping (App.close): QUIT, as a one-off command's run ends
         assert kept._kept is None
+        deadline = time.monotonic() + 5
+        while handler.quits < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert handler.quits == 1
     finally:
         controller.stop()
     assert _sessions(handler) == [0] * 6
