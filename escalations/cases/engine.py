@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -21,6 +22,19 @@ READ_ONLY = "escalations_read_only"
 #: :class:`WriteLockBusy` at once when another writer of this process holds the write lock. (PostgreSQL
 #: has no such lock: there the option changes nothing.)
 NO_WAIT = "escalations_no_wait"
+
+
+T = TypeVar("T")
+
+#: Values in one ``IN (...)`` list at most: SQLite allowed 999 bound parameters per statement before 3.32.
+IN_LIST_MAX = 500
+
+
+def in_chunks(items: Iterable[T]) -> Iterator[list[T]]:
+    """``items`` in lists of at most :data:`IN_LIST_MAX`, in order: one ``IN (...)`` query each."""
+    values = list(items)
+    for start in range(0, len(values), IN_LIST_MAX):
+        yield values[start:start + IN_LIST_MAX]
 
 
 class WriteLockBusy(Exception):

@@ -17,6 +17,7 @@ from sqlalchemy import select as core_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from escalations.cases.engine import in_chunks
 from escalations.cases.models import ImapCursor, InboundAlias, InboundMessage, MailboxHealth
 from escalations.cases.prepared import Prepared
 from escalations.cases.repository import SessionSource
@@ -305,10 +306,9 @@ class InboundRecords(SessionSource):
     def stored_imap_uids(self, account: str, folder: str, uidvalidity: int, uids: Sequence[int]) -> set[int]:
         """Which of these UIDs of a folder are stored (under their own key or as an alias)."""
         found: set[int] = set()
-        uid_list = list(uids)
         with self.reading() as s:
-            for start in range(0, len(uid_list), 500):
-                keys = {imap_key(account, folder, uidvalidity, u): u for u in uid_list[start:start + 500]}
+            for chunk in in_chunks(uids):
+                keys = {imap_key(account, folder, uidvalidity, u): u for u in chunk}
                 hits = [*s.exec(select(InboundMessage.idempotency_key)
                                 .where(col(InboundMessage.idempotency_key).in_(list(keys)))).all(),
                         *s.exec(select(InboundAlias.idempotency_key)

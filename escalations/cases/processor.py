@@ -412,9 +412,9 @@ class Processor:
         """A new case row from the parse; the workflow decides its acknowledgement and first step."""
         local_year = partnership.calendar.local(now).year
         # The case's redactor, compiled now, before the write transaction (allocating the reference
-        # begins it): its pattern is the largest piece of CPU in opening a case, and meanwhile every
-        # other writer waits, the outbox's commit of each mail it sent among them. Kept for the case
-        # (redactor_for), so the opening step's mail finds it.
+        # begins it): its pattern is one of the larger pieces of CPU in opening a case, and meanwhile
+        # every other writer waits, the outbox's commit of each mail it sent among them. Kept for the
+        # case (redactor_for), so the opening step's mail finds it.
         redactor_for(parse.fields, partnership)
         reference = Store.allocate_reference(s, partnership.reference_prefix, local_year)
         f = parse.fields

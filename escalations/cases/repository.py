@@ -13,7 +13,7 @@ from sqlalchemy import bindparam, func, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
-from escalations.cases.engine import WriteLockBusy
+from escalations.cases.engine import WriteLockBusy, in_chunks
 from escalations.cases.models import Case, CaseEvent, OutboxMessage, ReferenceCounter, Timer
 from escalations.cases.prepared import Prepared, dialect_insert
 from escalations.clock import Clock
@@ -148,12 +148,11 @@ class Records(SessionSource):
     def acknowledgement_statuses(self, case_ids: Iterable[int]) -> dict[int, str]:
         """The status of the latest acknowledgement (``referral_*`` mail) of each of these cases that
         has one."""
-        wanted = list(dict.fromkeys(case_ids))
         out: dict[int, str] = {}
         with self.reading() as s:
-            for i in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+            for chunk in in_chunks(dict.fromkeys(case_ids)):
                 q = (select(OutboxMessage.case_id, OutboxMessage.status)
-                     .where(col(OutboxMessage.case_id).in_(wanted[i:i + 500]),
+                     .where(col(OutboxMessage.case_id).in_(chunk),
                             col(OutboxMessage.template).startswith("referral_", autoescape=True))
                      .order_by(col(OutboxMessage.id)))
                 for case_id, status in s.exec(q).all():

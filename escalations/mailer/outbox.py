@@ -29,7 +29,7 @@ from escalations.cases.models import OutboxMessage
 from escalations.cases.prepared import Prepared, dialect_insert
 from escalations.cases.store import Store
 from escalations.cases.wakeups import OUTBOX, announce
-from escalations.mailer.smtp_sender import DeliveryError, MailSender, batch_of
+from escalations.mailer.smtp_sender import DeliveryError, MailSender, SmtpRelaySender, batch_of
 from escalations.routing.policy.model import SecureRoute
 from escalations.routing.redact import Redactor
 from escalations.routing.workflow.state import OutgoingMail
@@ -335,8 +335,8 @@ class OutboxDispatcher:
 
     def keep_connections(self, seconds: float) -> None:
         """Keep the relay connection open this long after a run, for the next (the service does)."""
-        if hasattr(self.sender, "keep_alive"):  # the SMTP relay; files need no connection
-            setattr(self.sender, "keep_alive", seconds)  # noqa: B010 (not part of the MailSender protocol)
+        if isinstance(self.sender, SmtpRelaySender):  # files need no connection
+            self.sender.keep_alive = seconds
 
     def close(self) -> None:
         """Close a relay connection kept for the next run."""

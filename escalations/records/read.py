@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from escalations.cases.engine import in_chunks
 from escalations.cases.models import Case, CaseEvent, OutboxMessage, PolicyVersion
 from escalations.cases.store import Store
 from escalations.parsers.fields import ReferralFields
@@ -151,8 +152,7 @@ def _load(s: Session, partnership: str | None, opened_from: datetime | None, ope
     events: dict[int, list[CaseEvent]] = defaultdict(list)
     mailed: dict[int, set[str]] = defaultdict(set)
     held: set[int] = set()
-    for start in range(0, len(case_ids), 500):
-        chunk = case_ids[start:start + 500]
+    for chunk in in_chunks(case_ids):
         for e in s.exec(select(CaseEvent).where(col(CaseEvent.case_id).in_(chunk))
                         .order_by(col(CaseEvent.at), col(CaseEvent.id))).all():
             events[e.case_id].append(e)

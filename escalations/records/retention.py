@@ -13,7 +13,6 @@ never touched. Each run writes one audit line: case references and counts only.
 from __future__ import annotations
 
 import calendar
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -21,6 +20,7 @@ import structlog
 from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
+from escalations.cases.engine import in_chunks
 from escalations.cases.models import (
     Case,
     CaseEvent,
@@ -131,22 +131,16 @@ def _judge_loose_mail(s: Session, config: PolicyConfig, now: datetime, doomed: _
             result.counts["outgoing_mail"] += 1
 
 
-def _chunks(ids: Iterable[int]) -> Iterable[list[int]]:
-    items = sorted(ids)
-    for start in range(0, len(items), 500):
-        yield items[start:start + 500]
-
-
 def _delete(s: Session, doomed: _Doomed, result: PurgeResult) -> None:
-    for chunk in _chunks(doomed.outbox):
+    for chunk in in_chunks(sorted(doomed.outbox)):
         s.exec(delete(FormCopy).where(col(FormCopy.outbox_id).in_(chunk)))
         s.exec(delete(OutboxMessage).where(col(OutboxMessage.id).in_(chunk)))
-    for chunk in _chunks(doomed.inbound):
+    for chunk in in_chunks(sorted(doomed.inbound)):
         s.exec(update(CaseEvent).where(col(CaseEvent.inbound_id).in_(chunk)).values(inbound_id=None))
         s.exec(update(Case).where(col(Case.origin_inbound_id).in_(chunk)).values(origin_inbound_id=None))
         s.exec(delete(InboundAlias).where(col(InboundAlias.inbound_id).in_(chunk)))
         s.exec(delete(InboundMessage).where(col(InboundMessage.id).in_(chunk)))
-    for chunk in _chunks(doomed.cases):
+    for chunk in in_chunks(sorted(doomed.cases)):
         # whatever of theirs is left: mail still to send or process is never doomed, so a case that
         # has some is not deleted either
         for table, column in ((FormCopy, FormCopy.case_id), (Timer, Timer.case_id),
