@@ -81,7 +81,7 @@ class App:
 
         s = self.settings
         return BoundedParser(parse_limits(s), timeout_seconds=s.parse_timeout_seconds,
-                             memory_bytes=s.parse_memory_bytes) if s.parse_in_worker else None
+                             memory_bytes=s.parse_memory_bytes, labels=self.labels) if s.parse_in_worker else None
 
     @functools.cached_property
     def processor(self) -> Processor:

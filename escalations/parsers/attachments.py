@@ -85,6 +85,13 @@ def _table_lines(rows: list[list[str]]) -> list[str]:
     return out
 
 
+def _not_loaded() -> LimitExceeded:
+    """A reader that cannot be imported: a declared dependency, so in practice one whose C extension
+    could not be mapped under the parse worker's address-space cap. The attachment is not read, and the
+    case says so (``extraction_failed``), rather than reading as an empty form."""
+    return LimitExceeded(LimitHit.EXTRACTION_FAILED)
+
+
 def docx_to_text(data: bytes, limits: Limits | None = None) -> str:
     """A Word form as labelled text: paragraphs, then table rows with one cell per line; answers in
     content controls, legacy form fields and text boxes included (``docx_text``).
@@ -94,8 +101,8 @@ def docx_to_text(data: bytes, limits: Limits | None = None) -> str:
     over ``limits`` (default ``Limits()``), MemoryError when out of memory; '' if unreadable."""
     try:
         import docx
-    except ImportError:  # pragma: no cover - python-docx is a dependency
-        return ""
+    except ImportError as exc:
+        raise _not_loaded() from exc
     if len(data) > (limits or Limits()).attachment_max_decompressed_bytes:
         raise LimitExceeded(LimitHit.ATTACHMENT_TOO_LARGE)
     try:
@@ -117,8 +124,8 @@ def rtf_to_plain(rtf: bytes) -> str:
         return ""  # still compressed (compressed_rtf missing) or not RTF at all
     try:
         from striprtf.striprtf import rtf_to_text
-    except ImportError:  # pragma: no cover - a declared dependency
-        return ""
+    except ImportError as exc:
+        raise _not_loaded() from exc
     m = re.search(rb"\\ansicpg(\d{3,5})", rtf[:2000])
     encoding = f"cp{m.group(1).decode()}" if m else "cp1252"
     try:
@@ -138,8 +145,8 @@ def tnef_to_parts(data: bytes) -> tuple[str, list[Attachment]]:
     """The body text of a winmail.dat (plain, else HTML) and its attachments."""
     try:
         from tnefparse import TNEF
-    except ImportError:  # pragma: no cover
-        return "", []
+    except ImportError as exc:
+        raise _not_loaded() from exc
     try:
         tnef = TNEF(data, do_checksum=False)
     except MemoryError:

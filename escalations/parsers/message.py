@@ -88,6 +88,10 @@ class ParsedMessage:
     #: (source, text) of the readable forms among the attachments, when extracted already (by the
     #: parse worker); None: not extracted yet.
     attachment_texts: tuple[tuple[str, str], ...] | None = None
+    #: The parse worker's reading of this message as a referral, when it was asked for one:
+    #: (the naive local time it was read against, a ReferralParse with no ``missing`` worked out yet:
+    #: that needs the partnership). None: not read; the processor reads it if it must.
+    referral_ahead: tuple[datetime | None, Any] | None = None
 
     def header(self, name: str) -> str | None:
         key = name.lower()

@@ -47,6 +47,7 @@ __all__ = [
     "docx_to_text",
     "extract_fields_from_text",
     "extract_referral",
+    "missing_of",
     "parse_date",
     "parse_datetime",
     "rtf_to_plain",
@@ -375,6 +376,11 @@ class _Absorber:
                 self.message(inner, "embedded", depth + 1)
 
 
+def missing_of(fields: ReferralFields, required: Sequence[str]) -> tuple[str, ...]:
+    """The required fields a referral leaves empty, in the order required."""
+    return tuple(name for name in required if name in FIELD_NAMES and fields.is_empty(name))
+
+
 def extract_referral(msg: ParsedMessage, required: Sequence[str],
                      labels: LabelTable | None = None, received: datetime | None = None) -> ReferralParse:
     """Fields from the message body, inline forwards, embedded mail, .docx forms and winmail.dat.
@@ -394,8 +400,7 @@ def extract_referral(msg: ParsedMessage, required: Sequence[str],
             builder.values["needed_by"] = found
     _fill_from_sender(builder, msg)
     result = _fields(builder)
-    missing = tuple(name for name in required if name in FIELD_NAMES and result.is_empty(name))
-    return ReferralParse(fields=result, missing=missing, sources=tuple(absorber.sources),
+    return ReferralParse(fields=result, missing=missing_of(result, required), sources=tuple(absorber.sources),
                          labelled_count=len(builder.labelled), limits_hit=tuple(dict.fromkeys(absorber.hits)),
                          timescale_unread=unread, fuzzy_labels=tuple(sorted(builder.fuzzy)),
                          free_text=is_free_text)

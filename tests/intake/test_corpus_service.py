@@ -133,12 +133,12 @@ def test_a_crash_is_quarantined_without_the_data_in_its_message(make_app: AppFac
     import escalations.cases.processor as processor
     from tests.intake.test_service_smtp import CHILD, referral
 
-    real = processor.extract_referral
+    real = processor.redactor_for
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise ValueError(f"cannot read date of birth for {CHILD}")
 
-    monkeypatch.setattr(processor, "extract_referral", broken)
+    monkeypatch.setattr(processor, "redactor_for", broken)
     caplog.set_level(logging.DEBUG)
     app = make_app()
     stored = app.ingest(referral())
@@ -147,7 +147,7 @@ def test_a_crash_is_quarantined_without_the_data_in_its_message(make_app: AppFac
     row = app.store.get_inbound(stored.id)
     assert row is not None and row.error and "ValueError" in row.error and "processor.py" in row.error
     assert CHILD not in row.error and CHILD not in caplog.text
-    monkeypatch.setattr(processor, "extract_referral", real)
+    monkeypatch.setattr(processor, "redactor_for", real)
     assert app.store.release_for_replay(stored.id)
     (again,) = app.process_pending()
     assert again.status == "done" and again.case_reference

@@ -284,3 +284,24 @@ def test_decoding_never_raises(charset: str, data: bytes) -> None:
     for enc in ("B", "Q"):
         payload = base64.b64encode(data).decode() if enc == "B" else codecs.encode(data, "quopri").decode("ascii")
         assert isinstance(decode_header_value(f"=?{charset}?{enc}?{payload}?="), str)
+
+
+@pytest.mark.parametrize("module", ["docx", "tnefparse"])
+def test_a_reader_that_cannot_be_loaded_is_recorded_not_read_as_an_empty_form(
+        monkeypatch: pytest.MonkeyPatch, module: str) -> None:
+    # Under the parse worker's address-space cap a reader's C extension can fail to map (ImportError):
+    # the form is skipped with a code, never taken for an empty one.
+    import sys
+
+    from tests.security.hostile import with_attachment
+
+    monkeypatch.setitem(sys.modules, module, None)  # "import docx" now raises ImportError
+    if module == "docx":
+        raw = with_attachment(form_docx(), body="Please see the attached form.")
+    else:  # a winmail.dat: its signature, then what the reader would have read
+        raw = with_attachment(b"\x78\x9f\x3e\x22" + bytes(64), body="Please see the attached form.",
+                              filename="winmail.dat")
+    msg = with_attachment_texts(parse_message(raw))
+    assert msg.attachment_texts == ()
+    assert msg.limits_hit == (LimitHit.EXTRACTION_FAILED.value,)
+    assert CHILD not in msg.text
