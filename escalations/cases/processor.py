@@ -10,9 +10,8 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import structlog
 from sqlalchemy import Integer, String, bindparam, func, update
@@ -22,6 +21,7 @@ from escalations.cases.dispatcher import Workflow
 from escalations.cases.inbound import InboundRow
 from escalations.cases.models import Case, CaseEvent, InboundMessage
 from escalations.cases.prepared import Prepared
+from escalations.cases.read_ahead import ReadAhead
 from escalations.cases.store import INBOUND_BATCH, Store
 from escalations.clock import Clock
 from escalations.mailer.outbox import Renderer
@@ -31,7 +31,7 @@ from escalations.parsers.classify import MIN_LABELLED_FIELDS, MailFacts, MailKin
 from escalations.parsers.fields import ReferralParse
 from escalations.parsers.labels import LabelTable
 from escalations.parsers.message import MessageParseError, ParsedMessage, parse_message
-from escalations.parsers.referral import extract_fields_from_text, extract_referral, missing_of
+from escalations.parsers.referral import extract_fields_from_text
 from escalations.parsers.reply import find_reference, parse_reply
 from escalations.parsers.sender import StrictSender, raw_header_values, strict_sender
 from escalations.routing.policy.model import Partnership, PolicyConfig
@@ -49,7 +49,6 @@ from escalations.routing.workflow.authority import ReplyFacts, TokenVerdict
 from escalations.routing.workflow.events import Automated, NewReferral, Opened, Replied
 from escalations.routing.workflow.recipients import mailable
 from escalations.routing.workflow.state import EventRecord, Step
-from escalations.sandbox import BoundedParser
 
 log = structlog.get_logger("escalations.cases.processor")
 
@@ -153,15 +152,10 @@ class Processor:
         self.on_queued = on_queued
         #: bytes -> ParsedMessage; the service's is a BoundedParser (worker process, limits)
         self.parser = parser or parse_message
-        #: per thread: the row of the message it processes next, read with its raw mail handed to the
-        #: parser ahead (see _read_ahead)
-        self._local = threading.local()
         #: The label vocabulary referrals and INFO replies are read with (None: the shipped one).
         self.labels = labels
-        #: The parse worker reads referrals too (with this vocabulary, against the local time in the one
-        #: timezone of every partnership): only their required fields are left to work out here.
-        zones = {p.calendar.timezone for p in config.partnerships.values()}
-        self._worker_zone = next(iter(zones)) if len(zones) == 1 else None
+        #: Each thread's next message, read and handed to the parse worker while one is dispatched.
+        self.ahead = ReadAhead(store, clock, config, labels, lambda: self.parser)
         #: Set when new mail is stored (the service's wake_processor): a batch under way is cut short
         #: for it (see process_pending). None: batches always run to their end.
         self.new_mail = new_mail
@@ -231,22 +225,19 @@ class Processor:
         # row is read once, here (or, as the message before's ``following``, just before that one was
         # dispatched); the write transaction only ever updates it, and only while it is still pending
         # (see _finish), and this worker's claim keeps every other processor off it meanwhile.
-        ahead: InboundRow | None = getattr(self._local, "ahead", None)
-        self._local.ahead = None
-        row = ahead if ahead is not None and ahead.id == inbound_id else self.store.inbound_for_processing(inbound_id)
+        row = self.ahead.row(inbound_id)
         if row is None:
             raise Unprocessable("inbound_vanished")
         if row.status != "pending":
             return Outcome(inbound_id, row.kind or "unknown", row.status)
         raw = row.raw
-        now = self._event_time(row)
+        now = self.ahead.event_time(row)
         try:
-            parser = self._worker_reading()
-            msg = parser.parse(raw, read_referral=True, received=self._worker_local(now)) if parser else self.parser(raw)
+            msg = self.ahead.parse(raw, now)
         except MessageParseError as exc:
             raise Unprocessable("not_email") from exc
         finally:
-            self._read_ahead(following)
+            self.ahead.hand_over(following)
         sender = strict_sender(raw_header_values(raw, "from"), raw_header_values(raw, "sender"))
         with self.store.session() as s, _limits_noted(msg.limits_hit):
             partnership = partnership_for(msg, row.envelope_recipients, self.config)
@@ -255,54 +246,6 @@ class Processor:
             row.partnership = partnership.id
 
             return self._dispatch(s, row, raw, msg, sender, partnership, now)
-
-    def _worker_reading(self) -> BoundedParser | None:
-        """The parser, when its worker reads referrals as this processor would (the same vocabulary,
-        every partnership in one timezone)."""
-        parser = self.parser
-        if (isinstance(parser, BoundedParser) and self.labels is not None and parser.labels is self.labels
-                and self._worker_zone is not None):
-            return parser
-        return None
-
-    def _event_time(self, row: InboundRow) -> datetime:
-        """Every event happens at its own time: the message's when the partnership received it (never
-        later than now: a server clock ahead of ours must not put mail and deadlines in the future)."""
-        now = self.clock.now()
-        return min(row.received_at, now) if row.received_at else now
-
-    def _worker_local(self, now: datetime) -> datetime | None:
-        """``now`` as the naive local time the parse worker reads a referral's timescale against."""
-        if self._worker_zone is None:
-            return None
-        return now.astimezone(ZoneInfo(self._worker_zone)).replace(tzinfo=None)
-
-    def _referral_of(self, msg: ParsedMessage, partnership: Partnership, received: datetime) -> ReferralParse:
-        """The message read as a referral of ``partnership``: the worker's reading when it read it against
-        the same local time, else read here."""
-        required = partnership.all_required_fields()
-        ahead = msg.referral_ahead if self._worker_reading() is not None else None
-        if ahead is not None and ahead[0] == received and isinstance(ahead[1], ReferralParse):
-            return replace(ahead[1], missing=missing_of(ahead[1].fields, required))
-        return extract_referral(msg, required, self.labels, received=received)
-
-    def _read_ahead(self, following: int | None) -> None:
-        """The next message's row, its raw mail handed to the parse worker now (a parser that can take
-        one ahead: the service's BoundedParser), so that it is parsed while this one is dispatched."""
-        if following is None or not isinstance(self.parser, BoundedParser):
-            return
-        try:
-            row = self.store.inbound_for_processing(following)
-        except Exception as exc:
-            # not this message's failure: the next one is read again, and fails there if it must
-            log.warning("inbound.read_ahead_failed", inbound_id=following, error_type=type(exc).__name__)
-            return
-        if row is not None and row.status == "pending":
-            self._local.ahead = row
-            if self._worker_reading() is not None:
-                self.parser.prefetch(row.raw, read_referral=True, received=self._worker_local(self._event_time(row)))
-            else:
-                self.parser.prefetch(row.raw)
 
     def _dispatch(self, s: Session, row: InboundRow, raw: bytes, msg: ParsedMessage, sender: StrictSender,
                   partnership: Partnership, now: datetime) -> Outcome:
@@ -314,7 +257,7 @@ class Processor:
         parse = None
         if not own and automated.kind == "none" and target is None:
             received = partnership.calendar.local(now).replace(tzinfo=None)
-            parse = self._referral_of(msg, partnership, received)
+            parse = self.ahead.referral(msg, partnership, received)
         kind = classify(MailFacts(
             from_own_mailbox=own, automated=automated.kind, answers_case=target is not None,
             labelled_count=parse.labelled_count if parse else 0,

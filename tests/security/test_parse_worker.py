@@ -229,17 +229,17 @@ def test_a_reading_of_the_wrong_shape_is_dropped() -> None:
 
 def test_the_processor_takes_the_workers_reading_and_adds_the_partnerships_missing_fields(
         make_app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    import escalations.cases.processor as processor_module
+    import escalations.cases.read_ahead as read_ahead_module
 
     app = make_app()
     read_here: list[object] = []
-    real = processor_module.extract_referral
+    real = read_ahead_module.extract_referral
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         read_here.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(processor_module, "extract_referral", counting)
+    monkeypatch.setattr(read_ahead_module, "extract_referral", counting)
     # a referral without the other agency's practitioner or the outcome sought
     text = "\n".join(line for line in REFERRAL_TEXT.splitlines()
                      if not line.startswith(("Name of practitioner and agency", "Outcome sought")))
