@@ -137,18 +137,28 @@ class Prepared:
     def first(self, conn: Connection, params: Mapping[str, Any] | None = None) -> tuple[Any, ...] | None:
         """Run a SELECT once; its first row with each column as SQLAlchemy would return it (a UTC
         datetime, a decoded JSON value, decompressed bytes), or None."""
+        rows = self._rows(conn, params, one=True)
+        return rows[0] if rows else None
+
+    def all(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run a SELECT (or a statement with RETURNING) once; every row, each column as SQLAlchemy would
+        return it."""
+        return self._rows(conn, params, one=False)
+
+    def _rows(self, conn: Connection, params: Mapping[str, Any] | None, *, one: bool) -> list[tuple[Any, ...]]:
         plan = self._plan(conn.dialect, False)
         cursor = self.execute(conn, params)
-        row = cursor.fetchone()
+        rows = [r for r in [cursor.fetchone()] if r is not None] if one else cursor.fetchall()
         processors = plan.result_processors
         if processors is None:
             codes = [d[1] for d in cursor.description or ()]
             processors = [t._cached_result_processor(conn.dialect, code) for t, code in zip(plan.result_types, codes, strict=True)]
             plan.result_processors = processors
         cursor.close()
-        if row is None:
-            return None
-        return tuple(v if p is None or v is None else p(v) for p, v in zip(processors, row, strict=True))
+        if all(p is None for p in processors):
+            return [tuple(row) for row in rows]
+        return [tuple(v if p is None or v is None else p(v) for p, v in zip(processors, row, strict=True))
+                for row in rows]
 
     def executemany(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> int:
         """Run it for each row (no RETURNING); returns the rows the database says it changed."""

@@ -12,7 +12,7 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,13 +20,24 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, Select, and_, delete, exists, or_, update
-from sqlalchemy import select as core_select
+from sqlalchemy import delete, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import aliased, defer
+from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
 
 from escalations.cases import schema
+from escalations.cases.claims import (
+    BEAT,
+    INBOUND,
+    INBOUND_LANE,
+    OUTBOX,
+    TIMER,
+    Claimable,
+    first_per_group,
+    fresh_run,
+    lease_params,
+    statements_for,
+)
 from escalations.cases.engine import NO_WAIT, READ_ONLY, make_engine
 from escalations.cases.inbound import (
     InboundRecords,
@@ -40,7 +51,6 @@ from escalations.cases.inbound import (
 from escalations.cases.models import (
     InboundMessage,
     OutboxMessage,
-    Timer,
     Worker,
 )
 from escalations.cases.repository import Records
@@ -66,9 +76,6 @@ WORKER_RETENTION = timedelta(days=1)
 MAX_UNFINISHED_ATTEMPTS = 3
 #: Fresh messages claimed in one transaction by the processor.
 INBOUND_BATCH = 16
-#: Of those, at most this many by the fresh lane (newest first): more than one, so that new mail arriving
-#: faster than one message per claim is not served last-in-first-out, the earlier left waiting.
-INBOUND_LANE = 4
 TOO_MANY_ATTEMPTS = "too_many_attempts"
 
 
@@ -129,114 +136,9 @@ def process_alive(pid: int, start_ticks: int | None = None) -> bool:
     return now_ticks is None or now_ticks == start_ticks
 
 
-@dataclass(frozen=True)
-class _Claimable:
-    """One kind of claimable row, described for :meth:`Store._claim`."""
-
-    table: Any
-    id: Any
-    claimed_by: Any
-    #: Free rows that are due, given the deadline clock's "now".
-    ready: Callable[[datetime], ColumnElement[bool]]
-    #: Rows someone holds, given the deadline clock's "now".
-    held: Callable[[datetime], ColumnElement[bool]]
-    #: When the holder took it.
-    held_since: Any
-    order_by: tuple[Any, ...]
-    #: Columns the claim sets, given the lease clock's "now" (claimed_by is set by _claim).
-    values: Callable[[datetime], dict[str, Any]]
-    #: At most one row per value of this column in one claim (a timer's case: what one timer's step
-    #: does, such as cancelling the case's other timers, must be seen before the next is taken).
-    one_per: Any = None
-    #: The fresh lane: given the ready condition and how many, a query of the (id, group) of ready rows to
-    #: take first, newest first, ahead of the rest in order_by (see :meth:`Store.claim_inbound`).
-    lane: Callable[[ColumnElement[bool], int], Select[Any, Any]] | None = None
-    #: At most this many rows of a claim come by the fresh lane.
-    lane_size: int = 0
-
-
-def _inbound_lane(ready: ColumnElement[bool], n: int) -> Select[Any, Any]:
-    """The ``n`` newest ready messages whose sender has no older unfinished one (pending: ready, claimed
-    by anyone, or taken back): each the oldest unfinished mail of its sender, so of ``n`` senders. Mail
-    of one sender keeps its arrival order; mail of different senders has no order between them (a reply
-    answers an acknowledgement already sent: what it follows is processed)."""
-    older = aliased(InboundMessage)
-    blocked = exists().where(col(older.sender_key) == col(InboundMessage.sender_key),
-                             col(older.status) == "pending", col(older.id) < col(InboundMessage.id))
-    return (core_select(col(InboundMessage.id), col(InboundMessage.id))
-            .where(ready, col(InboundMessage.sender_key).is_not(None), ~blocked)
-            .order_by(col(InboundMessage.id).desc()).limit(n))
-
-
-_INBOUND = _Claimable(
-    table=InboundMessage,
-    id=col(InboundMessage.id),
-    claimed_by=col(InboundMessage.claimed_by),
-    ready=lambda _now: (col(InboundMessage.status) == "pending") & col(InboundMessage.claimed_at).is_(None),
-    held=lambda _now: (col(InboundMessage.status) == "pending") & col(InboundMessage.claimed_at).is_not(None),
-    held_since=col(InboundMessage.claimed_at),
-    order_by=(col(InboundMessage.id),),
-    values=lambda lease_now: {"claimed_at": lease_now, "attempts": InboundMessage.attempts + 1},
-    lane=_inbound_lane,
-    lane_size=INBOUND_LANE,
-)
-
-_OUTBOX = _Claimable(
-    table=OutboxMessage,
-    id=col(OutboxMessage.id),
-    claimed_by=col(OutboxMessage.claimed_by),
-    ready=lambda now: (col(OutboxMessage.status) == "pending") & (col(OutboxMessage.next_attempt_at) <= now),
-    held=lambda _now: col(OutboxMessage.status) == "sending",
-    # while sending, next_attempt_at is when the claim was taken
-    held_since=col(OutboxMessage.next_attempt_at),
-    order_by=(col(OutboxMessage.priority), col(OutboxMessage.id)),
-    values=lambda lease_now: {"status": "sending", "next_attempt_at": lease_now},
-)
-
-_TIMER = _Claimable(
-    table=Timer,
-    id=col(Timer.id),
-    claimed_by=col(Timer.claimed_by),
-    ready=lambda now: (col(Timer.due_at) <= now) & (col(Timer.status) == "pending"),
-    held=lambda now: (col(Timer.due_at) <= now) & (col(Timer.status) == "firing"),
-    held_since=col(Timer.claimed_at),
-    order_by=(col(Timer.due_at), col(Timer.id)),
-    values=lambda lease_now: {"status": "firing", "claimed_at": lease_now},
-    one_per=col(Timer.case_id),
-)
-
-
-def _fresh_run(candidates: Sequence[tuple[Any, Any, int]]) -> list[tuple[Any, Any, int]]:
-    """The first candidate alone if it is taken back (condition 1), else the ready ones before the
-    first taken-back one."""
-    if not candidates:
-        return []
-    if candidates[0][2] != 0:
-        return [candidates[0]]
-    run: list[tuple[Any, Any, int]] = []
-    for c in candidates:
-        if c[2] != 0:
-            break
-        run.append(c)
-    return run
-
-
 def _inbound_claim(ids: list[int], lanes: Sequence[int]) -> InboundClaim:
     """The claim, with how many of its first ids hold its lane's messages and the oldest."""
     return InboundClaim(ids, min(len(ids), 1 + sum(1 for i in lanes if i in ids)))
-
-
-def _first_per_group(rows: Sequence[Any], limit: int) -> list[Any]:
-    """Up to ``limit`` ids of (id, group) rows, the first of each group, in order."""
-    wanted: list[Any] = []
-    seen: set[Any] = set()
-    for rid, key in rows:
-        if len(wanted) == limit:
-            break
-        if key not in seen:
-            seen.add(key)
-            wanted.append(rid)
-    return wanted
 
 
 class Store(InboundRecords, Records):
@@ -316,13 +218,12 @@ class Store(InboundRecords, Records):
         with self.session() as s:
             while True:
                 lanes: list[int] = []
-                ids = self._claim(s, _INBOUND, limit=limit, stale_after=stale_after, taken_back_alone=True,
-                                  lanes=lanes)
+                attempts: dict[int, int] = {}
+                ids = self._claim(s, INBOUND, limit=limit, stale_after=stale_after, taken_back_alone=True,
+                                  lanes=lanes, counted=attempts)
                 if not ids:
                     s.commit()
                     return InboundClaim([])
-                attempts = dict(s.exec(select(InboundMessage.id, InboundMessage.attempts)
-                                       .where(col(InboundMessage.id).in_(ids))).all())
                 spent = [i for i in ids if attempts.get(i, 0) > MAX_UNFINISHED_ATTEMPTS]
                 if not spent:
                     s.commit()
@@ -378,7 +279,7 @@ class Store(InboundRecords, Records):
         """Rows due to be sent, by (priority, id), marked 'sending' so a second sender leaves them alone."""
         self._ensure_registered()
         with self.session() as s:
-            claimed = self._claim(s, _OUTBOX, limit=limit, stale_after=stale_after)
+            claimed = self._claim(s, OUTBOX, limit=limit, stale_after=stale_after)
             s.commit()
         return claimed
 
@@ -391,15 +292,15 @@ class Store(InboundRecords, Records):
         """The oldest timers due at ``now``, at most one per case, in due order: one query for a batch."""
         self._ensure_registered()
         with self.session() as s:
-            ids = self._claim(s, _TIMER, limit=limit, stale_after=stale_after, now=now)
+            ids = self._claim(s, TIMER, limit=limit, stale_after=stale_after, now=now)
             s.commit()
         return ids
 
     # ---- claims and workers ----------------------------------------------------------------
 
-    def _claim(self, s: Session, what: _Claimable, *, limit: int, stale_after: timedelta,
+    def _claim(self, s: Session, what: Claimable, *, limit: int, stale_after: timedelta,
                now: datetime | None = None, taken_back_alone: bool = False,
-               lanes: list[int] | None = None) -> list[int]:
+               lanes: list[int] | None = None, counted: dict[int, int] | None = None) -> list[int]:
         """The one claim rule, for inbound messages, outbox rows and timers, in the caller's transaction.
 
         Take the write lock first (BEGIN IMMEDIATE on SQLite), then read the clock: a "now" read before
@@ -409,74 +310,49 @@ class Store(InboundRecords, Records):
         ``now`` is the deadline clock's time (a timer's tick); by default the store's clock after the lock.
         ``taken_back_alone``: a row taken back from a holder that is gone is claimed by itself, and a
         batch of ready rows stops before one (see :meth:`claim_inbound`). ``lanes`` gets the ids of those
-        taken by the fresh lane.
+        taken by the fresh lane; ``counted``, for a claimable that counts (an inbound message's attempts),
+        each id taken and its count after this claim. The statements are prepared once
+        (:mod:`escalations.cases.claims`).
         """
         conn = s.connection()
         lease_now = self.lease_clock.now()
         due_now = now if now is not None else self.clock.now()
-        self._beat(s, lease_now)
-        ready, abandoned = self._takeable(s, what, lease_now=lease_now, due_now=due_now, stale_after=stale_after)
-        takeable = or_(ready, abandoned)
-        candidates = self._candidates(conn, what, (ready, abandoned), limit)
+        given = lease_params(due_now, lease_now, lease_now - stale_after, self.owner)
+        BEAT.execute(conn, given)
+        holders = [h for (h,) in statements_for(what).holders.all(conn, given)]
+        dead = self._dead_owners(s, lease_now, [h for h in holders if h and h != self.owner])
+        sql = statements_for(what, dead)
+        given.update(sql.dead_params(dead), n=limit + 4)
+        # (id, group, which condition) of the first rows meeting each condition, in claim order. One query per
+        # condition, not one with OR: each is an index range (status first), where an OR read the whole
+        # table in due order to find nothing due. A few more candidates than wanted: one another claimer
+        # takes meanwhile is skipped, not the end.
+        found = [(*row, number) for number, query in enumerate(sql.candidates) for row in query.all(conn, given)]
+        found.sort(key=lambda row: tuple(row[2:-1]))
+        candidates = [(row[0], row[1], row[-1]) for row in found]
         if taken_back_alone:
-            candidates = _fresh_run(candidates)
+            candidates = fresh_run(candidates)
         rows = [(rid, group) for rid, group, _condition in candidates]
         lane: list[tuple[Any, Any]] = []
         # The lane's newest row goes first, the oldest row second (so a claim of one is the oldest alone),
-        # then the lane's others; never beside a taken-back row.
-        if what.lane is not None and limit > 1 and not (candidates and candidates[0][2] != 0):
-            lane = self._lane(conn, what, ready, min(what.lane_size, limit - 1))
+        # then the lane's others; never beside a taken-back row. Its "older unfinished" test reads rows
+        # other claimers hold (a plain read, never skipped); only the rows taken are locked.
+        if sql.lane is not None and limit > 1 and not (candidates and candidates[0][2] != 0):
+            lane = [(row[0], row[1]) for row in sql.lane.all(conn, {**given, "lane_n": min(what.lane_size, limit - 1)})]
             rows = lane[:1] + rows[:1] + lane[1:] + rows[1:]
-        wanted = _first_per_group(rows, limit)
+        wanted = first_per_group(rows, limit)
         if not wanted:
             return []
         # The same condition again: under READ COMMITTED (PostgreSQL) a second claimer that waited on a
         # row re-checks it after the first commits, and must not take it too.
-        taken = set(conn.execute(update(what.table).where(what.id.in_(wanted), takeable)
-                                 .values(claimed_by=self.owner, **what.values(lease_now))
-                                 .returning(what.id)).scalars())
+        take, ids = sql.take(wanted)
+        returned = take.all(conn, {**given, **ids})
+        taken = {int(row[0]) for row in returned}
+        if counted is not None and what.counted is not None:
+            counted.update((int(row[0]), int(row[1])) for row in returned)
         if lanes is not None:
             lanes.extend(int(rid) for rid, _group in lane if rid in taken)
         return [int(i) for i in wanted if i in taken]
-
-    def _takeable(self, s: Session, what: _Claimable, *, lease_now: datetime, due_now: datetime,
-                  stale_after: timedelta) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
-        """Rows free to take: ready ones, and held ones whose holder is dead or whose lease is over."""
-        abandoned: ColumnElement[bool] = what.held_since < lease_now - stale_after
-        holders = s.exec(select(what.claimed_by).where(what.held(due_now), what.claimed_by.is_not(None))
-                         .distinct()).all()
-        dead = self._dead_owners(s, lease_now, [h for h in holders if h and h != self.owner])
-        if dead:
-            abandoned = or_(abandoned, what.claimed_by.in_(dead))
-        return what.ready(due_now), and_(what.held(due_now), abandoned)
-
-    @staticmethod
-    def _candidates(conn: Connection, what: _Claimable, conditions: Sequence[ColumnElement[bool]],
-                    limit: int) -> list[tuple[Any, Any, int]]:
-        """(id, group, which condition) of the first rows meeting each condition, in claim order. One query per
-        condition, not one with OR: each is an index range (status first), where an OR read the whole
-        table in due order to find nothing due."""
-        group = what.one_per if what.one_per is not None else what.id
-        found: list[tuple[Any, ...]] = []
-        for number, condition in enumerate(conditions):
-            # a few more candidates than wanted: one another claimer takes meanwhile is skipped, not the end
-            q = select(what.id, group, *what.order_by).where(condition).order_by(*what.order_by).limit(limit + 4)
-            if conn.dialect.name == "postgresql":
-                # rows another claimer is taking right now are passed over, not waited for
-                q = q.with_for_update(skip_locked=True)
-            found += [(*row, number) for row in conn.execute(q).all()]
-        found.sort(key=lambda row: tuple(row[2:-1]))
-        return [(row[0], row[1], row[-1]) for row in found]
-
-    @staticmethod
-    def _lane(conn: Connection, what: _Claimable, ready: ColumnElement[bool], n: int) -> list[tuple[Any, Any]]:
-        """The fresh lane's rows, newest first, as (id, group). Its "older unfinished" test reads rows
-        other claimers hold (a plain read, never skipped); only the rows taken are locked."""
-        assert what.lane is not None
-        q = what.lane(ready, n)
-        if conn.dialect.name == "postgresql":
-            q = q.with_for_update(skip_locked=True, of=what.table)
-        return [(row[0], row[1]) for row in conn.execute(q).all()]
 
     def _dead_owners(self, s: Session, lease_now: datetime, owners: Sequence[str]) -> list[str]:
         """Those of ``owners`` whose claims are free now: their heartbeat is older than
@@ -491,9 +367,6 @@ class Store(InboundRecords, Records):
                     w.host == me.host and not process_alive(w.pid, w.start_ticks)):
                 dead.append(w.owner)
         return dead
-
-    def _beat(self, s: Session, lease_now: datetime) -> None:
-        s.exec(update(Worker).where(col(Worker.owner) == self.owner).values(heartbeat_at=lease_now))
 
     def _ensure_registered(self) -> None:
         if not self._registered:

@@ -158,3 +158,24 @@ def test_a_select_returns_values_as_sqlalchemy_does_and_begins_as_execute_would(
         theirs = conn.execute(query, {"wanted": new_id}).one()
         assert read.first(conn, {"wanted": new_id + 100}) is None
     assert mine == tuple(theirs) == (raw, WHEN.astimezone(UTC), ["a@example.org"], "pending", None)
+
+
+def test_all_rows_come_back_as_sqlalchemys_in_order_and_none_is_an_empty_list(engine: Engine) -> None:
+    """all(): every row, each value as Connection.execute's rows have it (the claims read datetimes of
+    many rows to order them); a statement with RETURNING gives its rows too."""
+    add = Prepared(insert(InboundMessage).returning(col(InboundMessage.id)), _COLUMNS)
+    query = (select(col(InboundMessage.id), col(InboundMessage.received_at))
+             .where(col(InboundMessage.status) == bindparam("status")).order_by(col(InboundMessage.id).desc()))
+    read = Prepared(query)
+    mark = Prepared(update(InboundMessage).where(col(InboundMessage.status) == "pending")
+                    .values(attempts=InboundMessage.attempts + 1).returning(col(InboundMessage.id),
+                                                                             col(InboundMessage.attempts)))
+    with engine.begin() as conn:
+        ids = [add.execute(conn, _inbound(f"a{n}", b"Subject: a\r\n\r\nx")).fetchone()[0] for n in range(3)]
+    with engine.begin() as conn:
+        mine = read.all(conn, {"status": "pending"})
+        theirs = [tuple(r) for r in conn.execute(query, {"status": "pending"}).all()]
+        assert read.all(conn, {"status": "done"}) == []
+        returned = sorted(mark.all(conn))
+    assert mine == theirs == [(i, WHEN.astimezone(UTC)) for i in reversed(ids)]
+    assert returned == [(i, 1) for i in ids]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import timedelta
 
 import pytest
+from sqlmodel import select
 
 from escalations.cases.store import Store, content_key, fingerprint, imap_key, make_engine
 from escalations.clock import FakeClock
@@ -218,6 +220,37 @@ def test_claims_of_a_dead_process_on_this_host_are_taken_back_at_once(store: Sto
     row = store.get_inbound(inbound)
     assert row is not None and row.claimed_by == store.owner and row.attempts == 2
     assert {w.owner for w in store.list_workers()} == {store.owner, dead.owner}
+
+
+def test_rows_of_several_dead_owners_are_taken_back_and_a_live_owners_are_not(store: Store) -> None:
+    """Three dead processes and a live one hold outbox rows: one claim takes back the dead ones' (the
+    owners are sent as a list of four, padded) and the free ones (five ids, sent as eight), never the
+    live owner's; the claim statements are prepared once, so each list length is a shape of its own."""
+    from sqlalchemy import update
+
+    from escalations.cases.models import OutboxMessage, Worker
+    from escalations.cases.store import WorkerId
+
+    # each on a host of its own, alive while it claims its row; then their heartbeats stop
+    owners = [_other(store, host=f"host{n}.example.org", pid=1000 + n) for n in range(3)]
+    dead_rows = []
+    for n, owner in enumerate(owners):
+        dead_rows.append(_outbox_row(store, f"dead{n}"))
+        assert owner.claim_due_outbox() == [dead_rows[-1]]
+    live = Store(store.engine, store.clock, worker=WorkerId(store.worker.host, os.getpid(), "live"))
+    live_row = _outbox_row(store, "live")
+    assert live.claim_due_outbox() == [live_row]
+    with store.session() as s:
+        s.exec(update(Worker).where(Worker.owner.in_([o.owner for o in owners]))  # type: ignore[attr-defined]
+               .values(heartbeat_at=store.clock.now() - timedelta(hours=1)))
+        s.commit()
+    free = [_outbox_row(store, f"free{n}") for n in range(2)]
+    assert store.claim_due_outbox() == [*dead_rows, *free]
+    assert store.claim_due_outbox() == []
+    with store.session() as s:
+        owner_of = {r.id: r.claimed_by for r in s.exec(select(OutboxMessage)).all()}
+    assert owner_of[live_row] == live.owner
+    assert {owner_of[i] for i in [*dead_rows, *free]} == {store.owner}
 
 
 def test_a_restarted_process_with_its_predecessors_pid_takes_its_claims(store: Store) -> None:
