@@ -30,6 +30,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     exists,
+    func,
     or_,
     update,
 )
@@ -43,9 +44,8 @@ from escalations.cases.prepared import Prepared
 __all__ = ["BEAT", "INBOUND", "INBOUND_LANE", "OUTBOX", "TIMER", "ClaimStatements", "Claimable", "first_per_group",
            "fresh_run", "lease_params", "padded", "statements_for"]
 
-#: Of a claim of inbound mail, at most this many by the fresh lane (newest first): more than one, so that
-#: new mail arriving faster than one message per claim is not served last-in-first-out, the earlier left
-#: waiting.
+#: Of a claim of inbound mail, at most this many by the fresh lane (mail stored since the claimer's last
+#: claim, in the order it came).
 INBOUND_LANE = 4
 
 #: The deadline clock's "now" (a row is due by it); typed by the column it is compared with.
@@ -59,6 +59,8 @@ OWNER = bindparam("owner", type_=String)
 #: How many candidates to read, and how many of the fresh lane.
 LIMIT = bindparam("n", type_=Integer)
 LANE_LIMIT = bindparam("lane_n", type_=Integer)
+#: The fresh lane holds mail stored after this id (see :func:`_inbound_lane`).
+LANE_SINCE = bindparam("since", type_=Integer)
 
 #: This worker's heartbeat, which every claim beats.
 BEAT = Prepared(update(Worker).where(col(Worker.owner) == OWNER).values(heartbeat_at=LEASE_NOW))
@@ -84,8 +86,9 @@ class Claimable:
     #: At most one row per value of this column in one claim (a timer's case: what one timer's step
     #: does, such as cancelling the case's other timers, must be seen before the next is taken).
     one_per: Any = None
-    #: The fresh lane: given the ready condition and how many, a query of the (id, group) of ready rows to
-    #: take first, newest first, ahead of the rest in order_by (see :meth:`Store.claim_inbound`).
+    #: The fresh lane: given the ready condition and how many, a query of the (id, group) of ready rows
+    #: stored since this worker's last claim, to take first, ahead of the rest in order_by (see
+    #: :meth:`Store.claim_inbound`).
     lane: Callable[[ColumnElement[bool], Any], Select[Any, Any]] | None = None
     #: At most this many rows of a claim come by the fresh lane.
     lane_size: int = 0
@@ -94,16 +97,17 @@ class Claimable:
 
 
 def _inbound_lane(ready: ColumnElement[bool], n: Any) -> Select[Any, Any]:
-    """The ``n`` newest ready messages whose sender has no older unfinished one (pending: ready, claimed
-    by anyone, or taken back): each the oldest unfinished mail of its sender, so of ``n`` senders. Mail
-    of one sender keeps its arrival order; mail of different senders has no order between them (a reply
-    answers an acknowledgement already sent: what it follows is processed)."""
+    """The first ``n`` ready messages stored after :data:`LANE_SINCE` (the newest id when this worker
+    last claimed) whose sender has no older unfinished one (pending: ready, claimed by anyone, or taken
+    back): each the oldest unfinished mail of its sender, so of ``n`` senders, in the order they came.
+    Mail of one sender keeps its arrival order; mail of different senders has no order between them (a
+    reply answers an acknowledgement already sent: what it follows is processed)."""
     older = aliased(InboundMessage)
     blocked = exists().where(col(older.sender_key) == col(InboundMessage.sender_key),
                              col(older.status) == "pending", col(older.id) < col(InboundMessage.id))
     return (core_select(col(InboundMessage.id), col(InboundMessage.id))
-            .where(ready, col(InboundMessage.sender_key).is_not(None), ~blocked)
-            .order_by(col(InboundMessage.id).desc()).limit(n))
+            .where(ready, col(InboundMessage.id) > LANE_SINCE, col(InboundMessage.sender_key).is_not(None), ~blocked)
+            .order_by(col(InboundMessage.id)).limit(n))
 
 
 INBOUND = Claimable(
@@ -182,6 +186,8 @@ class ClaimStatements:
         self.holders = Prepared(core_select(what.claimed_by).where(held, what.claimed_by.is_not(None)).distinct())
         self.candidates = (self._candidates(ready), self._candidates(abandoned))
         self.lane = self._lane(ready) if what.lane is not None else None
+        #: The newest id there is: what the next claim's lane holds mail stored after.
+        self.newest = Prepared(core_select(func.max(what.id))) if what.lane is not None else None
         self._take: dict[int, Prepared] = {}
         self._guard = threading.Lock()
 

@@ -154,6 +154,9 @@ class Store(InboundRecords, Records):
         self.clock = clock
         self.worker = worker or WorkerId.this_process()
         self.heartbeat_stale_after = heartbeat_stale_after
+        #: The newest inbound id when this worker last claimed with a lane: its next claim's fresh lane holds
+        #: mail stored after it (None: no claim yet, so all mail waiting is the backlog).
+        self._lane_since: int | None = None
         self._registered = False
         self._register_lock = threading.Lock()
 
@@ -199,10 +202,12 @@ class Store(InboundRecords, Records):
     def claim_inbound(self, limit: int = INBOUND_BATCH, stale_after: timedelta = LEASE) -> InboundClaim:
         """Claim up to ``limit`` pending messages in one transaction; their ids in the order to process them.
 
-        First the fresh lane: the newest ready message whose sender (``sender_key``) has no older
+        First the fresh lane: up to INBOUND_LANE ready messages stored since this worker's last claim (its
+        newest id then), in the order they came, each from a sender (``sender_key``) with no older
         unfinished message — pending, whether ready or claimed by any worker — so new mail does not wait
-        behind a backlog; then the oldest ready message; then up to INBOUND_LANE - 1 more of the lane's
-        (newest first); then the rest oldest first, as always. Mail of one sender keeps its arrival order
+        behind a backlog; then the oldest ready message; then the rest oldest first, as always. A lane
+        that was full ends where its last message is, so mail after it is still new at the next claim.
+        Mail waiting at a worker's first claim is all backlog. Mail of one sender keeps its arrival order
         (a correction is never processed before the referral it follows: each lane message is its
         sender's oldest unfinished one, and the oldest ready message is older than all of them); mail with
         no sender key never takes the lane. A claim of one takes the oldest alone: every claim includes
@@ -334,12 +339,19 @@ class Store(InboundRecords, Records):
             candidates = fresh_run(candidates)
         rows = [(rid, group) for rid, group, _condition in candidates]
         lane: list[tuple[Any, Any]] = []
-        # The lane's newest row goes first, the oldest row second (so a claim of one is the oldest alone),
-        # then the lane's others; never beside a taken-back row. Its "older unfinished" test reads rows
-        # other claimers hold (a plain read, never skipped); only the rows taken are locked.
-        if sql.lane is not None and limit > 1 and not (candidates and candidates[0][2] != 0):
-            lane = [(row[0], row[1]) for row in sql.lane.all(conn, {**given, "lane_n": min(what.lane_size, limit - 1)})]
-            rows = lane[:1] + rows[:1] + lane[1:] + rows[1:]
+        # The lane's rows go first, in the order they came, then the oldest row (there is room: the lane is
+        # at most limit - 1; a claim of one is the oldest alone), then the rest; never beside a taken-back
+        # row. Its "older unfinished" test reads rows other claimers hold (a plain read, never skipped); only
+        # the rows taken are locked.
+        if sql.lane is not None and sql.newest is not None and limit > 1 and not (candidates and candidates[0][2] != 0):
+            newest = (sql.newest.first(conn) or (None,))[0] or 0
+            size = min(what.lane_size, limit - 1)
+            since = self._lane_since
+            if since is not None:
+                lane = [(row[0], row[1]) for row in sql.lane.all(conn, {**given, "lane_n": size, "since": since})]
+                rows = lane + rows
+            # A full lane may have left later mail out: the next lane begins after its last row, not after all.
+            self._lane_since = int(lane[-1][0]) if len(lane) == size else int(newest)
         wanted = first_per_group(rows, limit)
         if not wanted:
             return []

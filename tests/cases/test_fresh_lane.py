@@ -93,72 +93,98 @@ def test_every_intake_path_stores_the_sender_key(store: Store) -> None:
 # ---- the claim ------------------------------------------------------------------------------
 
 
-def test_the_newest_message_of_a_sender_with_nothing_older_goes_first(store: Store) -> None:
-    ids = stored(store, "a@example.org", "b@example.org", "c@example.org", "d@example.org", "e@example.org")
-    assert store.claim_inbound_batch(2) == [ids[4], ids[0]]  # the newest, then the oldest
-    assert store.claim_inbound_batch(3) == [ids[3], ids[1], ids[2]]  # the lane's two, the oldest between
+def new_mail(store: Store, *senders: str | None, first: int = 100) -> list[int]:
+    """Mail stored now (after the claims before), numbered from ``first`` so each is distinct."""
+    return [store.store_inbound(mail(first + n, s), source="smtp").id for n, s in enumerate(senders)]
+
+
+def test_at_a_workers_first_claim_all_mail_waiting_is_backlog_oldest_first(store: Store) -> None:
+    ids = stored(store, "a@example.org", "b@example.org", "c@example.org")
+    claim = store.claim_inbound(2)
+    assert claim.ids == ids[:2] and claim.first_run == 1
+
+
+def test_mail_stored_since_the_workers_last_claim_goes_first_in_the_order_it_came(store: Store) -> None:
+    backlog = stored(store, "a@example.org", "b@example.org", "c@example.org", "d@example.org")
+    assert store.claim_inbound_batch(2) == backlog[:2]
+    new = new_mail(store, "e@example.org", "f@example.org")
+    claim = store.claim_inbound(4)
+    # the new mail in the order it came, then the backlog's oldest, then the rest
+    assert claim.ids == [*new, backlog[2], backlog[3]]
+    assert claim.first_run == 3  # new mail may cut the batch short only after those
     assert store.claim_inbound_batch(10) == []
 
 
-def test_the_lane_takes_a_few_newest_first_then_the_backlog_oldest_first(store: Store) -> None:
-    """New mail arriving faster than one message a claim is not served last in, first out: the lane
-    holds INBOUND_LANE messages, each of its own sender."""
+def test_a_full_lane_leaves_the_mail_after_it_new_for_the_next_claim(store: Store) -> None:
+    """More new mail than the lane holds: the first INBOUND_LANE go now, the rest at the next claim,
+    still ahead of the backlog (not served last in, first out, nor sent back behind the backlog)."""
     from escalations.cases.store import INBOUND_LANE
 
-    ids = stored(store, *[f"p{i}@example.org" for i in range(10)], "p9@example.org", "p3@example.org")
-    claim = store.claim_inbound(16)
-    # p9's and p3's second messages wait for their first; the lane's newest first, the oldest second
-    lane = [ids[9], ids[8], ids[7], ids[6]][:INBOUND_LANE]
-    assert claim.ids == [lane[0], ids[0], *lane[1:], *ids[1:6], ids[10], ids[11]]
-    assert claim.first_run == INBOUND_LANE + 1  # new mail may cut the batch short only after those
-    assert store.claim_inbound(16) == type(claim)([])
+    backlog = stored(store, *[f"b{i}@example.org" for i in range(8)])
+    assert store.claim_inbound_batch(2) == backlog[:2]
+    new = new_mail(store, *[f"n{i}@example.org" for i in range(INBOUND_LANE + 2)], "n0@example.org")
+    claim = store.claim_inbound(INBOUND_LANE + 2)
+    assert claim.ids == [*new[:INBOUND_LANE], backlog[2], backlog[3]]
+    assert claim.first_run == INBOUND_LANE + 1
+    # n0's second message waits for its first (claimed, not finished): the lane is the two left
+    claim = store.claim_inbound(INBOUND_LANE + 2)
+    assert claim.ids == [new[INBOUND_LANE], new[INBOUND_LANE + 1], *backlog[4:8]]
+    assert claim.first_run == 3
 
 
 def test_a_claim_of_one_is_the_oldest(store: Store) -> None:
     ids = stored(store, "a@example.org", "b@example.org", "c@example.org")
     assert store.claim_next_inbound() == ids[0]
     assert store.claim_inbound_batch(1) == [ids[1]]
+    new_mail(store, "d@example.org")
+    assert store.claim_inbound_batch(1) == [ids[2]]  # no lane in a claim of one
 
 
 def test_mail_never_jumps_an_older_pending_message_of_its_sender(store: Store) -> None:
-    ids = stored(store, "a@example.org", "b@example.org", "A@Example.org")  # the last: a's correction
-    assert store.claim_inbound_batch(2) == [ids[1], ids[0]]  # b is the newest that may jump; a's stay in order
-    assert store.claim_inbound_batch(2) == [ids[2]]
+    ids = stored(store, "x@example.org", "y@example.org", "a@example.org")  # a's referral, in the backlog
+    assert store.claim_inbound_batch(2) == ids[:2]
+    correction, other = new_mail(store, "A@Example.org", "b@example.org")  # a's correction, then b's mail
+    # the correction is new but a's referral is unfinished: b's takes the lane, then the oldest (a's)
+    assert store.claim_inbound_batch(2) == [other, ids[2]]
+    assert store.claim_inbound_batch(2) == [correction]
 
 
 def test_mail_never_jumps_an_older_message_of_its_sender_that_another_worker_holds(store: Store) -> None:
     ids = stored(store, "a@example.org")
     other = worker(store, alive=True)
     assert other.claim_inbound_batch(1) == [ids[0]]  # under way in the other process
-    more = [store.store_inbound(mail(n, s), source="smtp").id
-            for n, s in ((1, "b@example.org"), (2, "a@example.org"))]
-    # a's second message is the newest, but a's first is unfinished: b's takes the lane, a's waits its turn
-    assert store.claim_inbound_batch(2) == [more[0], more[1]]
+    assert store.claim_inbound_batch(2) == []  # this worker's claim: nothing for it
+    more = new_mail(store, "a@example.org", "b@example.org")
+    # a's second message came first, but a's first is unfinished: b's takes the lane, a's waits its turn
+    assert store.claim_inbound_batch(2) == [more[1], more[0]]
     row = store.get_inbound(ids[0])
     assert row is not None and row.claimed_by == other.owner  # the live worker keeps its claim
 
 
 def test_a_finished_older_message_no_longer_holds_its_sender_back(store: Store) -> None:
-    ids = stored(store, "a@example.org", "b@example.org", "c@example.org", "a@example.org")
-    assert store.claim_inbound_batch(1) == [ids[0]]
+    ids = stored(store, "a@example.org", "b@example.org", "c@example.org")
+    assert store.claim_inbound_batch(2) == ids[:2]
     store.quarantine(ids[0], "test")  # finished (not pending): a's next message may take the lane
-    assert store.claim_inbound_batch(2) == [ids[3], ids[1]]
+    later = new_mail(store, "a@example.org")
+    assert store.claim_inbound_batch(2) == [later[0], ids[2]]
 
 
 def test_mail_with_no_sender_key_never_jumps(store: Store) -> None:
-    ids = stored(store, "a@example.org", "b@example.org", None)
-    assert store.claim_inbound_batch(2) == [ids[1], ids[0]]  # the newest has no sender: b's takes the lane
-    assert store.claim_inbound_batch(2) == [ids[2]]
-    old = stored(store, *[None] * 3)  # rows from before sender keys (NULL): oldest first, as before
+    ids = stored(store, "x@example.org", "y@example.org", "z@example.org")
+    assert store.claim_inbound_batch(2) == ids[:2]
+    nameless, known = new_mail(store, None, "b@example.org")
+    assert store.claim_inbound_batch(2) == [known, ids[2]]  # the first new one has no sender: b's takes the lane
+    assert store.claim_inbound_batch(2) == [nameless]
+    old = new_mail(store, *[None] * 3, first=200)  # rows from before sender keys (NULL): oldest first, as before
     assert store.claim_inbound_batch(2) == old[:2]
 
 
 def test_mail_taken_back_from_a_dead_worker_is_still_claimed_alone(store: Store) -> None:
     ids = stored(store, "a@example.org", "b@example.org")
     dead = worker(store, alive=False)
-    assert dead.claim_inbound_batch(10) == [ids[1], ids[0]]  # ... and dies on the first
-    new = store.store_inbound(mail(7, "c@example.org"), source="smtp").id
+    assert dead.claim_inbound_batch(10) == ids  # ... and dies on the first
     assert store.claim_inbound_batch(10) == [ids[0]]  # the oldest taken back: alone, no lane beside it
+    new = new_mail(store, "c@example.org")[0]
     assert store.claim_inbound_batch(10) == [ids[1]]
     assert store.claim_inbound_batch(10) == [new]
     assert [r.attempts for r in (store.get_inbound(i) for i in (*ids, new)) if r] == [2, 2, 1]
@@ -166,13 +192,14 @@ def test_mail_taken_back_from_a_dead_worker_is_still_claimed_alone(store: Store)
 
 def test_the_lane_comes_before_a_taken_back_message_it_may_pass(store: Store) -> None:
     """A fresh batch stops before a taken-back message; the lane's message (a sender with nothing
-    unfinished) still goes first."""
+    unfinished) still comes in it."""
+    assert store.claim_inbound_batch(2) == []  # this worker has claimed: what comes now is new to it
     ids = stored(store, "a@example.org", "b@example.org")
     dead = worker(store, alive=False)
-    assert dead.claim_inbound_batch(2) == [ids[1], ids[0]]
+    assert dead.claim_inbound_batch(2) == ids
     assert dead.release_inbound([ids[0]]) == 1  # it held b's only when it died
-    new = store.store_inbound(mail(7, "c@example.org"), source="smtp").id
-    assert store.claim_inbound_batch(10) == [new, ids[0]]
+    new = new_mail(store, "c@example.org")[0]
+    assert store.claim_inbound_batch(10) == [ids[0], new]  # the lane (a's, c's), not b's taken back
     assert store.claim_inbound_batch(10) == [ids[1]]
 
 
@@ -187,6 +214,7 @@ def test_on_postgresql_a_claim_under_way_in_another_process_holds_its_senders_ma
 
     store = Store(make_engine(postgres_url), clock)
     store.create_schema()
+    assert store.claim_inbound_batch(2) == []  # this worker has claimed: what comes now is new to it
     ids = stored(store, "a@example.org", "b@example.org", "a@example.org")
     other = worker(store, alive=True)
     other.heartbeat()

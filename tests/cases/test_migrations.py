@@ -405,20 +405,23 @@ def test_revision_7_adds_the_sender_key_and_keeps_the_mail(engine: Engine, clock
             {"id": i, "source": "smtp", "idempotency_key": f"k{i}", "fingerprint": f"{i}" * 64,
              "envelope_recipients": [], "raw": f"From: p{i}@example.org\r\n\r\nbody".encode(), "size": 10,
              "received_at": when, "status": status, "attempts": 0}
-            for i, status in ((1, "done"), (2, "pending"), (3, "pending"))])
+            for i, status in ((1, "done"), (2, "pending"), (3, "pending"), (4, "pending"), (5, "pending"))])
+        if engine.dialect.name == "postgresql":  # rows written with their ids: the sequence goes on after them
+            conn.execute(sa.text("SELECT setval(pg_get_serial_sequence('inbound_message', 'id'), 5)"))
     schema.upgrade(engine)
     assert diff_with_models(engine) == []
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT id, status, sender_key FROM inbound_message ORDER BY id")).all()
         indexes = {i["name"] for i in sa.inspect(conn).get_indexes("inbound_message")}
-    assert [tuple(r) for r in rows] == [(1, "done", None), (2, "pending", None), (3, "pending", None)]
+    assert [tuple(r) for r in rows] == [(1, "done", None), *((i, "pending", None) for i in range(2, 6))]
     assert "ix_inbound_message_sender_key_status_id" in indexes
     store = Store(engine, clock)
+    assert store.claim_inbound_batch(2) == [2, 3]  # the first claim: all backlog, oldest first
     new = store.store_inbound(b"From: new@example.org\r\nSubject: n\r\n\r\nnew", source="smtp")
-    assert store.claim_inbound_batch(3) == [new.id, 2, 3]  # the old rows stay in order behind the lane
+    assert store.claim_inbound_batch(3) == [new.id, 4, 5]  # the old rows stay in order behind the lane
 
     with engine.begin() as conn:
         command.downgrade(schema._config(conn), "0006")
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM inbound_message")).scalar_one() == 4
+        assert conn.execute(sa.text("SELECT count(*) FROM inbound_message")).scalar_one() == 6
         assert "sender_key" not in {c["name"] for c in sa.inspect(conn).get_columns("inbound_message")}

@@ -74,6 +74,10 @@ def test_the_inbound_claim_and_its_fresh_lane_use_indexes(tmp_path: Path, clock:
     with store.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE inbound_message SET status = 'done' WHERE id <= 200")
         conn.exec_driver_sql("ANALYZE")
+    assert len(store.claim_inbound_batch(16)) == 16  # this worker's first claim: the backlog's oldest
+    for i in range(300, 310):  # mail new to it, for the next claim's fresh lane
+        store.store_inbound(f"From: p{i % 40}@example.org\r\nMessage-ID: <{i}@example.org>\r\n\r\nbody".encode(),
+                            source="smtp")
     queries = statements_of(store, lambda: store.claim_inbound_batch(16))
     assert any("EXISTS" in q for q, _ in queries)  # the lane's query ran
     steps = plans(store, queries, "inbound_message")
