@@ -97,9 +97,9 @@ class Claimable:
 
 
 def _inbound_lane(ready: ColumnElement[bool], n: Any) -> Select[Any, Any]:
-    """The first ``n`` ready messages stored after :data:`LANE_SINCE` (the newest id when this worker
+    """The ``n`` newest ready messages stored after :data:`LANE_SINCE` (the newest id when this worker
     last claimed) whose sender has no older unfinished one (pending: ready, claimed by anyone, or taken
-    back): each the oldest unfinished mail of its sender, so of ``n`` senders, in the order they came.
+    back), newest first: each the oldest unfinished mail of its sender, so of ``n`` senders.
     Mail of one sender keeps its arrival order; mail of different senders has no order between them (a
     reply answers an acknowledgement already sent: what it follows is processed)."""
     older = aliased(InboundMessage)
@@ -107,7 +107,7 @@ def _inbound_lane(ready: ColumnElement[bool], n: Any) -> Select[Any, Any]:
                              col(older.status) == "pending", col(older.id) < col(InboundMessage.id))
     return (core_select(col(InboundMessage.id), col(InboundMessage.id))
             .where(ready, col(InboundMessage.id) > LANE_SINCE, col(InboundMessage.sender_key).is_not(None), ~blocked)
-            .order_by(col(InboundMessage.id)).limit(n))
+            .order_by(col(InboundMessage.id).desc()).limit(n))
 
 
 INBOUND = Claimable(

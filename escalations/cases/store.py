@@ -202,12 +202,12 @@ class Store(InboundRecords, Records):
     def claim_inbound(self, limit: int = INBOUND_BATCH, stale_after: timedelta = LEASE) -> InboundClaim:
         """Claim up to ``limit`` pending messages in one transaction; their ids in the order to process them.
 
-        First the fresh lane: up to INBOUND_LANE ready messages stored since this worker's last claim (its
-        newest id then), in the order they came, each from a sender (``sender_key``) with no older
-        unfinished message — pending, whether ready or claimed by any worker — so new mail does not wait
-        behind a backlog; then the oldest ready message; then the rest oldest first, as always. A lane
-        that was full ends where its last message is, so mail after it is still new at the next claim.
-        Mail waiting at a worker's first claim is all backlog. Mail of one sender keeps its arrival order
+        First the fresh lane: the INBOUND_LANE newest ready messages stored since this worker's last claim
+        (its newest id then), taken in the order they came, each from a sender (``sender_key``) with no
+        older unfinished message — pending, whether ready or claimed by any worker — so new mail does not
+        wait behind a backlog; then the oldest ready message; then the rest oldest first, as always. More
+        new mail than the lane holds between two claims: the earlier is the backlog's from then on. Mail
+        waiting at a worker's first claim is all backlog. Mail of one sender keeps its arrival order
         (a correction is never processed before the referral it follows: each lane message is its
         sender's oldest unfinished one, and the oldest ready message is older than all of them); mail with
         no sender key never takes the lane. A claim of one takes the oldest alone: every claim includes
@@ -348,10 +348,13 @@ class Store(InboundRecords, Records):
             size = min(what.lane_size, limit - 1)
             since = self._lane_since
             if since is not None:
-                lane = [(row[0], row[1]) for row in sql.lane.all(conn, {**given, "lane_n": size, "since": since})]
+                # the newest of the mail since (the query's order), taken in the order they came
+                lane = [(row[0], row[1]) for row in sql.lane.all(conn, {**given, "lane_n": size, "since": since})][::-1]
                 rows = lane + rows
-            # A full lane may have left later mail out: the next lane begins after its last row, not after all.
-            self._lane_since = int(lane[-1][0]) if len(lane) == size else int(newest)
+            # Always the newest id: mail left out of a full lane is the backlog's now. (Ending the lane at its
+            # last message instead walked the lane through a backlog still being stored, four at a time,
+            # ahead of the new mail that came after it.)
+            self._lane_since = int(newest)
         wanted = first_per_group(rows, limit)
         if not wanted:
             return []

@@ -115,21 +115,33 @@ def test_mail_stored_since_the_workers_last_claim_goes_first_in_the_order_it_cam
     assert store.claim_inbound_batch(10) == []
 
 
-def test_a_full_lane_leaves_the_mail_after_it_new_for_the_next_claim(store: Store) -> None:
-    """More new mail than the lane holds: the first INBOUND_LANE go now, the rest at the next claim,
-    still ahead of the backlog (not served last in, first out, nor sent back behind the backlog)."""
+def test_more_new_mail_than_the_lane_holds_the_newest_go_in_the_order_they_came(store: Store) -> None:
+    """The earlier of the new mail is the backlog's from then on: the next claim's lane is what came
+    after this claim."""
     from escalations.cases.store import INBOUND_LANE
 
     backlog = stored(store, *[f"b{i}@example.org" for i in range(8)])
     assert store.claim_inbound_batch(2) == backlog[:2]
-    new = new_mail(store, *[f"n{i}@example.org" for i in range(INBOUND_LANE + 2)], "n0@example.org")
+    new = new_mail(store, *[f"n{i}@example.org" for i in range(INBOUND_LANE + 2)])
     claim = store.claim_inbound(INBOUND_LANE + 2)
-    assert claim.ids == [*new[:INBOUND_LANE], backlog[2], backlog[3]]
+    assert claim.ids == [*new[2:], backlog[2], backlog[3]]
     assert claim.first_run == INBOUND_LANE + 1
-    # n0's second message waits for its first (claimed, not finished): the lane is the two left
-    claim = store.claim_inbound(INBOUND_LANE + 2)
-    assert claim.ids == [new[INBOUND_LANE], new[INBOUND_LANE + 1], *backlog[4:8]]
-    assert claim.first_run == 3
+    later = new_mail(store, "m@example.org", first=200)
+    claim = store.claim_inbound(4)
+    assert claim.ids == [*later, *backlog[4:7]] and claim.first_run == 2
+
+
+def test_mail_after_a_backlog_still_being_stored_goes_before_it(store: Store) -> None:
+    """A backlog stored a chunk at a time while the processor claims (a mailbox catching up): each
+    claim's lane is the newest of what came since the last, so a message that comes after the backlog
+    is in the next claim's lane, not behind the rest of the backlog."""
+    assert store.claim_inbound_batch(2) == []
+    chunks = [new_mail(store, *[f"c{k}-{i}@example.org" for i in range(20)], first=100 * k) for k in range(3)]
+    claims = [store.claim_inbound(16)]
+    single = new_mail(store, "single@example.org", first=900)[0]
+    claims.append(store.claim_inbound(16))
+    assert single == claims[1].ids[0] and claims[1].first_run == 2
+    assert claims[0].ids[:5] == [*chunks[2][-4:], chunks[0][0]]  # the lane then: the newest four of the chunks
 
 
 def test_a_claim_of_one_is_the_oldest(store: Store) -> None:
