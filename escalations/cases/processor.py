@@ -155,7 +155,7 @@ class Processor:
         #: The label vocabulary referrals and INFO replies are read with (None: the shipped one).
         self.labels = labels
         #: Each thread's next message, read and handed to the parse worker while one is dispatched.
-        self.ahead = ReadAhead(store, clock, config, labels, lambda: self.parser)
+        self.ahead = ReadAhead(store, clock, config, lambda: self.parser, lambda: self.labels)
         #: Set when new mail is stored (the service's wake_processor): a batch under way is cut short
         #: for it (see process_pending). None: batches always run to their end.
         self.new_mail = new_mail

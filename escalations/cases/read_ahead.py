@@ -39,15 +39,16 @@ __all__ = ["ReadAhead"]
 class ReadAhead:
     """Per processing thread, the row of the message it processes next, its mail already handed over.
 
-    ``parser``: the processor's parser as it is now (tests and the CLI replace it); only a
-    :class:`BoundedParser` takes a message ahead."""
+    ``parser`` and ``labels``: the processor's parser and label vocabulary as they are now (tests and
+    the CLI replace the parser); only a :class:`BoundedParser` takes a message ahead."""
 
-    def __init__(self, store: Store, clock: Clock, config: PolicyConfig, labels: LabelTable | None,
-                 parser: Callable[[], Callable[[bytes], ParsedMessage]]) -> None:
+    def __init__(self, store: Store, clock: Clock, config: PolicyConfig,
+                 parser: Callable[[], Callable[[bytes], ParsedMessage]],
+                 labels: Callable[[], LabelTable | None]) -> None:
         self.store = store
         self.clock = clock
-        self.labels = labels
         self._parser = parser
+        self._labels = labels
         self._local = threading.local()
         # The worker reads a referral against one local time: that of every partnership's timezone,
         # so only when they share one (the calendar the processor converts with in _dispatch).
@@ -70,8 +71,8 @@ class ReadAhead:
     def worker_reading(self) -> BoundedParser | None:
         """The parser, when its worker reads referrals as the processor would (the same vocabulary,
         every partnership in one timezone)."""
-        parser = self._parser()
-        if (isinstance(parser, BoundedParser) and self.labels is not None and parser.labels is self.labels
+        parser, labels = self._parser(), self._labels()
+        if (isinstance(parser, BoundedParser) and labels is not None and parser.labels is labels
                 and self._calendar is not None):
             return parser
         return None
@@ -94,7 +95,7 @@ class ReadAhead:
         ahead = msg.referral_ahead if self.worker_reading() is not None else None
         if ahead is not None and ahead[0] == received and isinstance(ahead[1], ReferralParse):
             return replace(ahead[1], missing=missing_of(ahead[1].fields, required))
-        return extract_referral(msg, required, self.labels, received=received)
+        return extract_referral(msg, required, self._labels(), received=received)
 
     def hand_over(self, following: int | None) -> None:
         """Read the next message's row and hand its raw mail to the parse worker now, so that it is
