@@ -118,6 +118,37 @@ def test_find_agency_misses(shipped: PolicyConfig) -> None:
     assert shipped.partnerships["havering"].find_agency("Department of Magic") is None
 
 
+def test_find_agency_answers_are_kept_with_the_partnership_and_leave_it_equal_to_a_fresh_load(
+        shipped: PolicyConfig) -> None:
+    ch = shipped.partnerships["city-and-hackney"]
+    fresh = load_config(CONFIG_DIR).partnerships["city-and-hackney"]
+    first = ch.find_agency("Hackney CSC")
+    assert first is not None and ch.find_agency("Hackney CSC") is first   # the kept answer, not a new search
+    assert ch.find_agency("Department of Magic") is None and ch.find_agency("Department of Magic") is None
+    assert ch.lookups and not fresh.lookups
+    assert ch == fresh   # what it has been asked is not part of what a partnership is
+    # A kept answer is only ever its own partnership's: an edited directory is a new object, asked anew.
+    renamed = [a.model_copy(update={"aliases": [*a.aliases, "Department of Magic"]}) if a.id == first.id else a
+               for a in fresh.agencies]
+    edited = fresh.model_copy(update={"agencies": renamed})
+    edited_ch = Partnership.model_validate(edited.model_dump())
+    found = edited_ch.find_agency("Department of Magic")
+    assert found is not None and found.id == first.id
+    assert ch.find_agency("Department of Magic") is None
+
+
+def test_find_agency_memo_starts_again_when_full(shipped: PolicyConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from escalations.routing.policy import directory
+
+    p = load_config(CONFIG_DIR).partnerships["havering"]
+    monkeypatch.setattr(directory, "_MEMO_LIMIT", 3)
+    for i in range(10):
+        assert p.find_agency(f"Unknown agency {i}") is None
+        assert len(p.lookups) <= 3
+    a = p.find_agency("Havering CSC") or p.agencies[0]
+    assert p.find_agency(a.name) == a   # still right after the memo started again
+
+
 def test_stage_plan_resolves_contacts_and_deputies(shipped: PolicyConfig) -> None:
     p = shipped.partnerships["city-and-hackney"]
     plan = stage_plan(p, None, 1, L(2026, 3, 2, 9), raising_agency="GP", other_agency="Hackney CSC",

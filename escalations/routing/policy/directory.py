@@ -6,7 +6,6 @@ a stage's parties into :class:`Recipient` rows with them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -134,23 +133,52 @@ def _pick(cands: list[Agency], b: Borough | None) -> Agency | None:
     return local[0] if len(local) == 1 else None
 
 
-def _exact(pool: Iterable[Agency], wanted: str) -> list[Agency]:
-    return [a for a in pool if wanted in {norm_name(n) for n in (a.id, *_names(a))}]
+def _exact(index: _AgencyIndex, wanted: str) -> list[Agency]:
+    return list(index.exact.get(wanted, ()))
 
 
-def _longest_inside(pool: Iterable[Agency], wanted: str) -> list[Agency]:
+def _longest_inside(index: _AgencyIndex, wanted: str) -> list[Agency]:
     """The agencies whose longest name or alias appears as whole words inside ``wanted``."""
     hay = f" {wanted} "
-    found = [(len(nn), a) for a in pool for nn in map(norm_name, _names(a)) if nn and f" {nn} " in hay]
+    found = [(len(nn), a) for a, names in index.names for nn in names if nn and f" {nn} " in hay]
     best = max((n for n, _ in found), default=0)
     return [a for n, a in found if n == best]
 
 
-def _containing(pool: Iterable[Agency], wanted: str) -> list[Agency]:
+def _containing(index: _AgencyIndex, wanted: str) -> list[Agency]:
     """The agencies one of whose names contains ``wanted`` as whole words (texts of 4+ characters)."""
     if len(wanted) < 4:
         return []
-    return [a for a in pool if any(f" {wanted} " in f" {norm_name(n)} " for n in _names(a))]
+    return [a for a, names in index.names if any(f" {wanted} " in f" {nn} " for nn in names)]
+
+
+@dataclass(frozen=True)
+class _AgencyIndex:
+    """A partnership's agencies' names as compared (:func:`norm_name`), made once per partnership."""
+
+    #: Each agency with its name and aliases, normalised, in the order they are written.
+    names: tuple[tuple[Agency, tuple[str, ...]], ...]
+    #: Normalised id, name or alias -> the agencies it is one of, in directory order.
+    exact: dict[str, tuple[Agency, ...]]
+
+    @classmethod
+    def of(cls, p: Partnership) -> _AgencyIndex:
+        index = p.lookups.get(_INDEX)
+        if index is None:
+            names = tuple((a, tuple(norm_name(n) for n in _names(a))) for a in p.agencies)
+            exact: dict[str, list[Agency]] = {}
+            for a, normed in names:
+                for n in dict.fromkeys((norm_name(a.id), *normed)):
+                    exact.setdefault(n, []).append(a)
+            index = cls(names, {k: tuple(v) for k, v in exact.items()})
+            p.lookups[_INDEX] = index
+        return index
+
+
+_INDEX = ("directory", "agency-index")
+_UNKNOWN = object()
+#: Distinct (text, borough) answers kept per partnership; past this the memo starts again.
+_MEMO_LIMIT = 2048
 
 
 def find_agency(p: Partnership, text: str | None, borough: str | None = None) -> Agency | None:
@@ -159,13 +187,31 @@ def find_agency(p: Partnership, text: str | None, borough: str | None = None) ->
     Exact name/alias/id match first, then the longest name or alias found as whole words
     inside the text, then a text found inside one name. With several equally good matches,
     an agency in ``borough`` wins; otherwise an ambiguous text matches nothing.
+
+    Pure, so each answer is kept with the partnership (a case's stages ask the same question again and
+    again, and every referral of one agency asks it with the same words).
     """
     if not text or not text.strip():
         return None
+    key = ("directory", "agency", text, borough)
+    memo = p.lookups
+    kept = memo.get(key, _UNKNOWN)
+    if kept is not _UNKNOWN:
+        known: Agency | None = kept
+        return known
+    found = _find_agency(p, text, borough)
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[key] = found
+    return found
+
+
+def _find_agency(p: Partnership, text: str, borough: str | None) -> Agency | None:
     wanted = norm_name(text)
     b = find_borough(p, borough) if borough else None
+    index = _AgencyIndex.of(p)
     for matcher in (_exact, _longest_inside, _containing):
-        cands = matcher(p.agencies, wanted)
+        cands = matcher(index, wanted)
         if cands:
             return _pick(cands, b)
     return None

@@ -429,6 +429,19 @@ class AgencyDirectory(_Model):
     panel_pool: list[PanelMember] = Field(default_factory=list)
 
 
+class _Memo(dict[Any, Any]):
+    """Answers kept with a model: not part of what it is, so two equal partnerships stay equal whatever
+    each has been asked (pydantic compares private attributes too)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Memo)
+
+    def __ne__(self, other: object) -> bool:
+        return not isinstance(other, _Memo)
+
+    __hash__ = None
+
+
 class Partnership(_Model):
     id: Slug
     name: str
@@ -464,6 +477,9 @@ class Partnership(_Model):
     directory_version: str = ""
 
     _calendar: WorkingCalendar = PrivateAttr()
+    #: Answers of the directory's pure lookups (:mod:`.directory`), kept with the partnership they were
+    #: made from: a new configuration is a new object, so nothing outlives the settings it came from.
+    _lookups: _Memo = PrivateAttr(default_factory=_Memo)
 
     def model_post_init(self, context: Any, /) -> None:
         self._calendar = WorkingCalendar(self.timezone, self.bank_holidays, self.working_day_end)
@@ -490,6 +506,11 @@ class Partnership(_Model):
     @property
     def calendar(self) -> WorkingCalendar:
         return self._calendar
+
+    @property
+    def lookups(self) -> dict[Any, Any]:
+        """The memo of :mod:`.directory`'s lookups on this partnership (see there)."""
+        return self._lookups
 
     @property
     def tz(self) -> ZoneInfo:
