@@ -30,12 +30,27 @@ INBOUND = "escalations_inbound"
 OUTBOX = "escalations_outbox"
 
 _NOTIFY = text("SELECT pg_notify(:channel, '')")
+#: In the connection's info: (the transaction, the channels it has announced).
+_ANNOUNCED = "escalations_announced"
 
 
 def announce(conn: Connection, channel: str) -> None:
     """Notify the other processes, when the caller's transaction commits, that there is work."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(_NOTIFY, {"channel": channel})
+    if conn.dialect.name != "postgresql":
+        return
+    # Once per channel and transaction (or savepoint: one rolled back drops its notifications, so a
+    # savepoint announces again): PostgreSQL delivers one notification for the lot anyway, and a
+    # referral queues two mails.
+    scope = conn.get_nested_transaction() or conn.get_transaction()
+    kept: tuple[object, set[str]] | None = conn.info.get(_ANNOUNCED)
+    if scope is not None and kept is not None and kept[0] is scope:
+        if channel in kept[1]:
+            return
+    else:
+        kept = (scope, set())
+        conn.info[_ANNOUNCED] = kept
+    conn.execute(_NOTIFY, {"channel": channel})
+    kept[1].add(channel)
 
 
 def listen(engine: Engine, wake: Mapping[str, threading.Event], stop: threading.Event, *,

@@ -69,3 +69,51 @@ def test_sqlite_has_no_listener_and_announcing_is_harmless(sqlite_url: str, cloc
     wakeups.listen(store.engine, {wakeups.INBOUND: woken}, threading.Event())  # returns at once
     assert store.store_inbound(RAW, source="smtp").created
     assert not woken.is_set()
+
+
+def _notifies(engine: object) -> list[str]:
+    """Every pg_notify statement the engine runs from now on (its channel)."""
+    import sqlalchemy as sa
+
+    sent: list[str] = []
+
+    def before(_conn: object, _cursor: object, statement: str, parameters: object, _context: object,
+               _many: bool) -> None:
+        if "pg_notify" in statement:
+            sent.append(str(parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    return sent
+
+
+def test_a_transaction_announces_each_channel_once_and_a_savepoint_again(postgres_url: str,
+                                                                           clock: FakeClock) -> None:
+    store = Store(make_engine(postgres_url), clock)
+    channel, other = (f"escalations_test_{uuid.uuid4().hex[:12]}" for _ in range(2))
+    sent = _notifies(store.engine)
+    woken, other_woken = threading.Event(), threading.Event()
+    with listening(store, {channel: woken, other: other_woken}):
+        assert woken.wait(5) and other_woken.wait(5)
+        woken.clear()
+        other_woken.clear()
+        with store.engine.begin() as conn:
+            wakeups.announce(conn, channel)
+            wakeups.announce(conn, channel)   # a referral's second mail: nothing more to say
+            wakeups.announce(conn, other)
+        assert len(sent) == 2
+        assert woken.wait(5) and other_woken.wait(5)
+        woken.clear()
+        # A savepoint rolled back takes its notification with it: announced again after it, it goes.
+        with store.engine.begin() as conn:
+            nested = conn.begin_nested()
+            wakeups.announce(conn, channel)
+            nested.rollback()
+            wakeups.announce(conn, channel)
+        assert len(sent) == 4
+        assert woken.wait(5)
+        woken.clear()
+        # The next transaction on the same pooled connection announces for itself.
+        with store.engine.begin() as conn:
+            wakeups.announce(conn, channel)
+        assert len(sent) == 5
+        assert woken.wait(5)
