@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import Integer, String, bindparam, func, update
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
 from escalations.cases.dispatcher import Workflow
@@ -52,8 +53,13 @@ from escalations.routing.workflow.state import EventRecord, Step
 
 log = structlog.get_logger("escalations.cases.processor")
 
-__all__ = ["MIN_LABELLED_FIELDS", "Outcome", "Processor", "Unprocessable", "partnership_for",
+__all__ = ["MIN_LABELLED_FIELDS", "DatabaseLost", "Outcome", "Processor", "Unprocessable", "partnership_for",
            "step_result"]
+
+
+class DatabaseLost(Exception):
+    """The database connection was lost while a message was processed (a server restart, a failover):
+    nothing of it was committed, and it is handed back rather than quarantined."""
 
 
 class Unprocessable(Exception):
@@ -183,6 +189,7 @@ class Processor:
             if not batch:
                 break
             done = 0
+            lost: int | None = None
             try:
                 for position, inbound_id in enumerate(batch):
                     if stop is not None and stop.is_set():
@@ -191,10 +198,19 @@ class Processor:
                         break
                     done += 1
                     following = batch[position + 1] if position + 1 < len(batch) else None
-                    outcomes.append(self.process_one(inbound_id, following=following))
+                    try:
+                        outcomes.append(self.process_one(inbound_id, following=following))
+                    except DatabaseLost:
+                        lost = inbound_id
+                        raise
             finally:
                 # the one under way when an exception escaped stays claimed: it counts as an attempt
                 self.store.release_inbound(batch[done:])
+                if lost is not None:
+                    # The database went away, not the message: handed back at once (not after the lease),
+                    # its attempt still counted, so a message that somehow took the server down each
+                    # time is quarantined after MAX_UNFINISHED_ATTEMPTS like any other.
+                    self.store.release_inbound([lost], keep_attempt=True)
         return outcomes
 
     def process_one(self, inbound_id: int, *, following: int | None = None) -> Outcome:
@@ -202,21 +218,31 @@ class Processor:
         next), whose row is read and handed to the parse worker while this one is dispatched."""
         try:
             outcome = self._process(inbound_id, following)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                return self._quarantine(inbound_id, exc)
+            # Nothing of it was committed. The message is not at fault: it stays pending, for this loop's
+            # next run (on a new connection) or, if this process dies too, for another worker.
+            log.warning("inbound.database_lost", inbound_id=inbound_id, error_type=type(exc.orig).__name__)
+            raise DatabaseLost(inbound_id) from exc
         except Exception as exc:
-            # Only our own fixed codes and the exception type: an exception's text can quote a value
-            # from the message (a header, a malformed date of birth).
-            reason = str(exc.args[0]) if isinstance(exc, Unprocessable) and exc.args else "processing_error"
-            # format_tb: file, line and source of each frame, never the exception's text.
-            trace = "".join(traceback.format_tb(exc.__traceback__, limit=-8)) + type(exc).__name__
-            self.store.quarantine(inbound_id, f"{reason}\n\n{trace}")
-            log.warning("inbound.quarantined", inbound_id=inbound_id, reason=reason,
-                        error_type=type(exc).__name__)
-            return Outcome(inbound_id, "unknown", "quarantined", detail=reason)
+            return self._quarantine(inbound_id, exc)
         log.info("inbound.processed", inbound_id=inbound_id, kind=outcome.kind, case=outcome.case_reference,
                  result=outcome.detail)
         if outcome.case_reference:
             self.on_queued()
         return outcome
+
+    def _quarantine(self, inbound_id: int, exc: Exception) -> Outcome:
+        # Only our own fixed codes and the exception type: an exception's text can quote a value
+        # from the message (a header, a malformed date of birth).
+        reason = str(exc.args[0]) if isinstance(exc, Unprocessable) and exc.args else "processing_error"
+        # format_tb: file, line and source of each frame, never the exception's text.
+        trace = "".join(traceback.format_tb(exc.__traceback__, limit=-8)) + type(exc).__name__
+        self.store.quarantine(inbound_id, f"{reason}\n\n{trace}")
+        log.warning("inbound.quarantined", inbound_id=inbound_id, reason=reason,
+                    error_type=type(exc).__name__)
+        return Outcome(inbound_id, "unknown", "quarantined", detail=reason)
 
     # ---- one message -------------------------------------------------------------------
 

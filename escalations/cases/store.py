@@ -253,16 +253,18 @@ class Store(InboundRecords, Records):
                     s.commit()
                     return _inbound_claim(ids, lanes)
 
-    def release_inbound(self, inbound_ids: Sequence[int]) -> int:
+    def release_inbound(self, inbound_ids: Sequence[int], *, keep_attempt: bool = False) -> int:
         """Hand back claimed messages this worker did not begin (it is stopping, or a batch was cut
-        short): pending again, their uncounted attempt taken off."""
+        short): pending again, their uncounted attempt taken off. ``keep_attempt``: one that was begun
+        and stopped through no fault of its own (the database connection was lost): its attempt stays."""
         if not inbound_ids:
             return 0
+        attempts = InboundMessage.attempts if keep_attempt else InboundMessage.attempts - 1
         with self.session() as s:
             n = s.exec(update(InboundMessage).where(col(InboundMessage.id).in_(list(inbound_ids)),
                                                     col(InboundMessage.claimed_by) == self.owner,
                                                     col(InboundMessage.status) == "pending")
-                       .values(claimed_at=None, claimed_by=None, attempts=InboundMessage.attempts - 1)).rowcount
+                       .values(claimed_at=None, claimed_by=None, attempts=attempts)).rowcount
             s.commit()
         return int(n)
 

@@ -128,6 +128,10 @@ def quarantine_replay(ctx: typer.Context,
                       ids: Annotated[list[int], typer.Argument(help="Quarantined message id(s)")],
                       as_json: JsonOpt = False) -> None:
     """Process quarantined messages again (after fixing configuration or code)."""
+    import contextlib
+
+    from escalations.cases.processor import DatabaseLost
+
     application = build(ctx)
     results = []
     with application.keep_alive():
@@ -136,7 +140,14 @@ def quarantine_replay(ctx: typer.Context,
             if not application.store.release_for_replay(inbound_id, claim=True):
                 results.append({"id": inbound_id, "status": "not-quarantined"})
                 continue
-            outcome = application.processor.process_one(inbound_id)
+            try:
+                outcome = application.processor.process_one(inbound_id)
+            except DatabaseLost:
+                # Nothing of it committed; pending again for the service (or the next replay).
+                with contextlib.suppress(Exception):
+                    application.store.release_inbound([inbound_id], keep_attempt=True)
+                results.append({"id": inbound_id, "status": "database_lost"})
+                break
             results.append({"id": inbound_id, "status": outcome.status, "kind": outcome.kind,
                             "case": outcome.case_reference, "detail": outcome.detail})
         sent = application.send_outbox()

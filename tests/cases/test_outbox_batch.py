@@ -33,6 +33,7 @@ class SessionCounting:
         self.mails: list[tuple[int, bytes]] = []
         self.fail_subjects = fail_subjects
         self.quits = 0
+        self.connections = 0
 
     async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         with self.lock:
@@ -44,7 +45,12 @@ class SessionCounting:
         if any(s.encode() in raw for s in self.fail_subjects):
             return "451 4.3.0 Try again later"
         with self.lock:
-            self.mails.append((id(session), raw))
+            # A number of its own for each connection: id(session) can be an earlier, closed one's again.
+            serial = getattr(session, "test_serial", None)
+            if serial is None:
+                serial = self.connections = self.connections + 1
+                setattr(session, "test_serial", serial)  # noqa: B010
+            self.mails.append((serial, raw))
         return "250 OK"
 
 

@@ -189,3 +189,44 @@ def test_a_new_cases_redactor_is_compiled_before_its_write_transaction(make_app:
     assert outcome.status == "done" and outcome.case_reference
     assert compiled_under_lock == [False]
     assert len(app.store.list_outbox()) >= 2  # the acknowledgement and the stage's mail, both redacted by it
+
+
+def test_a_lost_database_connection_hands_the_message_back_counted_rather_than_quarantining_it(
+        make_app: AppFactory, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server restart or failover under the processor is not the message's fault: nothing of it was
+    committed, it is pending again at once (not after the lease), its attempt counted, and the next run
+    processes it; the batch's others are handed back untouched."""
+    import sqlalchemy as sa
+
+    from escalations.cases.processor import DatabaseLost
+
+    app = make_app(database_url)
+    ids = [app.ingest(referral(CH, message_id=f"<lost-{i}@example.org>")).id for i in range(3)]
+    dispatch = app.processor._dispatch
+    calls = []
+
+    def lost_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("server closed the connection"),
+                                          connection_invalidated=True)
+        return dispatch(*args, **kwargs)
+
+    monkeypatch.setattr(app.processor, "_dispatch", lost_once)
+    with pytest.raises(DatabaseLost):
+        app.processor.process_pending()
+    rows = [app.store.get_inbound(i) for i in ids]
+    assert [(r.status, r.claimed_by, r.attempts) for r in rows if r is not None] == \
+        [("pending", None, 1), ("pending", None, 0), ("pending", None, 0)]
+    assert app.store.list_cases() == []
+    done = app.processor.process_pending()
+    assert [o.status for o in done] == ["done"] * 3 and len(app.store.list_cases()) == 3
+    # Any other database error is the message's: quarantined as before, with a fixed code.
+    other = app.ingest(referral(CH, message_id="<lost-other@example.org>")).id
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise sa.exc.IntegrityError("INSERT", {}, Exception("constraint"))
+
+    monkeypatch.setattr(app.processor, "_dispatch", broken)
+    [outcome] = app.processor.process_pending()
+    assert outcome.inbound_id == other and outcome.status == "quarantined" and outcome.detail == "processing_error"
