@@ -135,6 +135,12 @@ def test_find_agency_answers_are_kept_with_the_partnership_and_leave_it_equal_to
     found = edited_ch.find_agency("Department of Magic")
     assert found is not None and found.id == first.id
     assert ch.find_agency("Department of Magic") is None
+    # A copy with changes starts with a memo of its own (a shared one would answer for the original).
+    copied = ch.model_copy(update={"agencies": renamed})
+    assert not copied.lookups and copied.lookups is not ch.lookups
+    again = copied.find_agency("Department of Magic")
+    assert again is not None and again.id == first.id and ch.find_agency("Department of Magic") is None
+    assert not ch.model_copy(deep=True).lookups and ch.model_copy(deep=True) == ch
 
 
 def test_find_agency_memo_starts_again_when_full(shipped: PolicyConfig, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, time
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
@@ -485,6 +485,18 @@ class Partnership(_Model):
         self._calendar = WorkingCalendar(self.timezone, self.bank_holidays, self.working_day_end)
         if not self.policy_version:
             object.__setattr__(self, "policy_version", f"{self.policy.version}+{self.fingerprint()}")
+
+    # A copy (model_copy, with or without changes) starts with a memo of its own: the original's answers
+    # are about the original's directory.
+    def __copy__(self) -> Self:
+        copied = super().__copy__()
+        copied._lookups = _Memo()
+        return copied
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        copied = super().__deepcopy__(memo)
+        copied._lookups = _Memo()
+        return copied
 
     def fingerprint(self) -> str:
         dump = self.model_dump(mode="json", exclude={"policy_version", "rules_version", "directory_version"})
