@@ -189,7 +189,6 @@ class Processor:
             if not batch:
                 break
             done = 0
-            lost: int | None = None
             try:
                 for position, inbound_id in enumerate(batch):
                     if stop is not None and stop.is_set():
@@ -198,19 +197,11 @@ class Processor:
                         break
                     done += 1
                     following = batch[position + 1] if position + 1 < len(batch) else None
-                    try:
-                        outcomes.append(self.process_one(inbound_id, following=following))
-                    except DatabaseLost:
-                        lost = inbound_id
-                        raise
+                    outcomes.append(self.process_one(inbound_id, following=following))
             finally:
-                # the one under way when an exception escaped stays claimed: it counts as an attempt
+                # the one under way when an exception escaped stays claimed (or, for DatabaseLost, was
+                # handed back by process_one): it counts as an attempt
                 self.store.release_inbound(batch[done:])
-                if lost is not None:
-                    # The database went away, not the message: handed back at once (not after the lease),
-                    # its attempt still counted, so a message that somehow took the server down each
-                    # time is quarantined after MAX_UNFINISHED_ATTEMPTS like any other.
-                    self.store.release_inbound([lost], keep_attempt=True)
         return outcomes
 
     def process_one(self, inbound_id: int, *, following: int | None = None) -> Outcome:
@@ -221,9 +212,15 @@ class Processor:
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 return self._quarantine(inbound_id, exc)
-            # Nothing of it was committed. The message is not at fault: it stays pending, for this loop's
-            # next run (on a new connection) or, if this process dies too, for another worker.
+            # Nothing of it was committed, and the message is not at fault: handed back at once (not
+            # after the lease) for the next run on a new connection, its attempt still counted, so one
+            # that somehow took the server down each time is quarantined after MAX_UNFINISHED_ATTEMPTS.
             log.warning("inbound.database_lost", inbound_id=inbound_id, error_type=type(exc.orig).__name__)
+            try:
+                self.store.release_inbound([inbound_id], keep_attempt=True)
+            except Exception as still_down:  # it stays claimed: taken back once this worker's claim is stale
+                log.warning("inbound.hand_back_failed", inbound_id=inbound_id,
+                            error_type=type(still_down).__name__)
             raise DatabaseLost(inbound_id) from exc
         except Exception as exc:
             return self._quarantine(inbound_id, exc)

@@ -128,8 +128,6 @@ def quarantine_replay(ctx: typer.Context,
                       ids: Annotated[list[int], typer.Argument(help="Quarantined message id(s)")],
                       as_json: JsonOpt = False) -> None:
     """Process quarantined messages again (after fixing configuration or code)."""
-    import contextlib
-
     from escalations.cases.processor import DatabaseLost
 
     application = build(ctx)
@@ -143,9 +141,7 @@ def quarantine_replay(ctx: typer.Context,
             try:
                 outcome = application.processor.process_one(inbound_id)
             except DatabaseLost:
-                # Nothing of it committed; pending again for the service (or the next replay).
-                with contextlib.suppress(Exception):
-                    application.store.release_inbound([inbound_id], keep_attempt=True)
+                # nothing of it committed; handed back pending for the service (or the next replay)
                 results.append({"id": inbound_id, "status": "database_lost"})
                 break
             results.append({"id": inbound_id, "status": outcome.status, "kind": outcome.kind,
