@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
 
 log = structlog.get_logger("escalations.schema")
+# Alembic logs its plugins (on its first import: any of the imports below) and its dialect at INFO:
+# noise in a service's log and in a refusal. Every import of Alembic in the service is from here.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def all_models() -> MetaData:
@@ -182,11 +185,6 @@ def _known(revision: str) -> bool:
         return False
 
 
-def _quiet_alembic() -> None:
-    # Alembic logs its plugins and dialect at INFO: noise in a service's log and in a refusal.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
 def _at_head(connection: Connection, target: str) -> bool:
     """The one plain query: is exactly ``target`` recorded? (Anything else: Alembic looks.)"""
     if not sa.inspect(connection).has_table(VERSION_TABLE):
@@ -201,7 +199,6 @@ def status_of(connection: Connection) -> SchemaStatus:
         return SchemaStatus(SchemaState.CURRENT, target, target)
     from alembic.migration import MigrationContext
 
-    _quiet_alembic()
     revision = MigrationContext.configure(connection).get_current_revision()
     if revision is not None:
         if revision == target:
@@ -294,7 +291,6 @@ def upgrade(engine: Engine, *, only_if_empty: bool = False) -> UpgradeResult:
     from alembic import command
     from alembic.migration import MigrationContext
 
-    _quiet_alembic()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})

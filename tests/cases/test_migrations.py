@@ -425,3 +425,21 @@ def test_revision_7_adds_the_sender_key_and_keeps_the_mail(engine: Engine, clock
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM inbound_message")).scalar_one() == 6
         assert "sender_key" not in {c["name"] for c in sa.inspect(conn).get_columns("inbound_message")}
+
+
+def test_first_upgrade_in_a_new_process_logs_no_alembic_chatter(tmp_path: Path) -> None:
+    """Alembic's first import logs "setup plugin alembic...." at INFO: the service's log (which is at INFO)
+    showed seven such lines, unformatted, before its own first line. A fresh interpreter: in this one
+    Alembic was imported long ago."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from escalations.logs import configure_logging; configure_logging('json');"
+            "from escalations.cases import schema; from escalations.cases.store import make_engine;"
+            "schema.upgrade(make_engine(sys.argv[1]))")
+    done = subprocess.run([sys.executable, "-c", code, f"sqlite:///{tmp_path / 'fresh.sqlite3'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines and all(json.loads(line)["logger"].startswith("escalations") for line in lines), lines
+    assert any(json.loads(line)["event"] == "schema.upgraded" for line in lines)
