@@ -6,13 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, update
+from sqlalchemy import Integer, bindparam, func, update
+from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
+from escalations.cases.claims import padded
 from escalations.cases.engine import WriteLockBusy, in_chunks
 from escalations.cases.models import Case, CaseEvent, OutboxMessage, ReferenceCounter, Timer
 from escalations.cases.prepared import Prepared, dialect_insert
@@ -96,12 +99,17 @@ class Records(SessionSource):
         with self.reading() as s:
             return s.get(OutboxMessage, outbox_id)
 
-    def get_outboxes(self, outbox_ids: Sequence[int]) -> list[OutboxMessage]:
-        """The rows, in the order asked (those that exist)."""
-        if not outbox_ids:
-            return []
-        with self.reading() as s:
-            found = {r.id: r for r in s.exec(select(OutboxMessage).where(col(OutboxMessage.id).in_(list(outbox_ids))))}
+    def get_outboxes(self, outbox_ids: Sequence[int]) -> list[OutboxToSend]:
+        """What the dispatcher needs of the rows, in the order asked (those that exist). Not ORM objects:
+        building them was most of reading a batch."""
+        found: dict[int, OutboxToSend] = {}
+        with self.reading_connection() as conn:
+            ids = list(dict.fromkeys(outbox_ids))
+            for chunk in (ids[k:k + _TO_SEND_MAX] for k in range(0, len(ids), _TO_SEND_MAX)):
+                slots = padded(chunk)
+                statement = _to_send(slots)
+                for row in statement.all(conn, {f"id{k}": chunk[min(k, len(chunk) - 1)] for k in range(slots)}):
+                    found[row[0]] = OutboxToSend(*row)
         return [found[i] for i in outbox_ids if i in found]
 
     def mark_outbox_sent(self, outbox_id: int) -> None:
@@ -221,6 +229,35 @@ class Records(SessionSource):
 _BUMP_REFERENCE = Prepared(update(ReferenceCounter).where(col(ReferenceCounter.prefix) == bindparam("of_prefix"),
                                                  col(ReferenceCounter.year) == bindparam("of_year")) \
     .values(last=ReferenceCounter.last + 1).returning(col(ReferenceCounter.last)))
+@dataclass(frozen=True)
+class OutboxToSend:
+    """An outbox row as the dispatcher sends it (:meth:`OutboxRecords.get_outboxes`)."""
+
+    id: int
+    sender: str
+    recipients: list[str]
+    raw: bytes
+    message_id: str
+    attempts: int
+
+
+#: Ids read at a time by get_outboxes (a batch is 20; more are read in chunks).
+_TO_SEND_MAX = 32
+_TO_SEND: dict[int, Prepared] = {}
+
+
+def _to_send(slots: int) -> Prepared:
+    """SELECT of the columns of :class:`OutboxToSend` for ``slots`` ids (padded: few statements)."""
+    statement = _TO_SEND.get(slots)
+    if statement is None:
+        o = OutboxMessage
+        statement = Prepared(core_select(col(o.id), col(o.sender), col(o.recipients), col(o.raw), col(o.message_id),
+                                    col(o.attempts))
+                             .where(col(o.id).in_([bindparam(f"id{k}", type_=Integer) for k in range(slots)])))
+        _TO_SEND.setdefault(slots, statement)
+    return _TO_SEND[slots]
+
+
 _MARK_SENT = Prepared(update(OutboxMessage).where(col(OutboxMessage.id) == bindparam("outbox"))
                       .values(status="sent", sent_at=bindparam("sent_now"), last_error=None,
                               attempts=OutboxMessage.attempts + 1))

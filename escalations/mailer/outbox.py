@@ -27,6 +27,7 @@ from sqlmodel import Session, col, select
 
 from escalations.cases.models import OutboxMessage
 from escalations.cases.prepared import Prepared, dialect_insert
+from escalations.cases.repository import OutboxToSend
 from escalations.cases.store import Store
 from escalations.cases.wakeups import OUTBOX, announce
 from escalations.mailer.smtp_sender import DeliveryError, MailSender, SmtpRelaySender, batch_of
@@ -348,18 +349,18 @@ class OutboxDispatcher:
         """Send the claimed rows over one connection, each marked sent as soon as the relay took it and
         the write lock is free (see :data:`UNMARKED_MAX`); a failed one is marked as it fails."""
         rows = self.store.get_outboxes(batch)
-        sent: list[OutboxMessage] = []
+        sent: list[OutboxToSend] = []
         unmarked: list[int] = []
         try:
             with batch_of(self.sender) as connection:
                 for i, row in enumerate(rows):
                     if self.stopping.is_set():
-                        released = self.store.release_outbox([r.id or 0 for r in rows[i:]])
+                        released = self.store.release_outbox([r.id for r in rows[i:]])
                         log.info("outbox.released_at_stop", count=released)
                         break
                     if self._send_one(connection, row):
                         sent.append(row)
-                        unmarked.append(row.id or 0)
+                        unmarked.append(row.id)
                         # the next mail goes while another writer has the lock, up to the bound
                         if self.store.mark_outboxes_sent(unmarked, wait=len(unmarked) >= UNMARKED_MAX):
                             unmarked.clear()
@@ -371,8 +372,8 @@ class OutboxDispatcher:
             log.info("outbox.sent", count=len(sent), outbox_ids=[r.id for r in sent])
         return len(sent)
 
-    def _send_one(self, connection: MailSender, row: OutboxMessage) -> bool:
-        oid = row.id or 0
+    def _send_one(self, connection: MailSender, row: OutboxToSend) -> bool:
+        oid = row.id
         until = self.cap_deferral(list(row.recipients), self.store.clock.now())
         if until is not None:
             self._defer(oid, until)

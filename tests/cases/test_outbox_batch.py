@@ -278,3 +278,23 @@ def test_an_idle_connection_is_closed_and_a_long_used_one_replaced(store: Store,
     finally:
         controller.stop()
     assert _sessions(handler) == [0, 1, 1, 2, 2, 3, 4, 5]
+
+
+def test_the_rows_read_for_sending_are_the_rows_written(database_url: str, clock: FakeClock) -> None:
+    """get_outboxes reads the columns it sends with on the DB-API cursor (no ORM objects): in the order
+    asked, unknown and repeated ids passed over, raw mail inflated and the recipients decoded as the ORM
+    reads them, and more ids than one statement takes read in parts."""
+    store = Store(make_engine(database_url), clock)
+    store.create_schema()
+    queue(store, clock, 40)
+    stored = {r.id: r for r in store.list_outbox()}
+    ids = sorted(i for i in stored if i is not None)
+    asked = [ids[5], ids[0], 10_000_000, *ids[6:], ids[0]]
+    got = store.get_outboxes(asked)
+    assert [r.id for r in got] == [ids[5], ids[0], *ids[6:], ids[0]]
+    for r in got:
+        orm = stored[r.id]
+        assert (r.sender, r.recipients, r.raw, r.message_id, r.attempts) == \
+            (orm.sender, orm.recipients, orm.raw, orm.message_id, orm.attempts)
+        assert r.raw.startswith(b"From: ") and isinstance(r.recipients, list)
+    assert store.get_outboxes([]) == []
