@@ -224,14 +224,9 @@ class Records(SessionSource):
             return bool(res.rowcount == 1)
 
 
-
-# Statements of the hot path, built once (building one costs more than running it).
-_BUMP_REFERENCE = Prepared(update(ReferenceCounter).where(col(ReferenceCounter.prefix) == bindparam("of_prefix"),
-                                                 col(ReferenceCounter.year) == bindparam("of_year")) \
-    .values(last=ReferenceCounter.last + 1).returning(col(ReferenceCounter.last)))
 @dataclass(frozen=True)
 class OutboxToSend:
-    """An outbox row as the dispatcher sends it (:meth:`OutboxRecords.get_outboxes`)."""
+    """An outbox row as the dispatcher sends it (:meth:`Records.get_outboxes`)."""
 
     id: int
     sender: str
@@ -254,10 +249,14 @@ def _to_send(slots: int) -> Prepared:
         statement = Prepared(core_select(col(o.id), col(o.sender), col(o.recipients), col(o.raw), col(o.message_id),
                                     col(o.attempts))
                              .where(col(o.id).in_([bindparam(f"id{k}", type_=Integer) for k in range(slots)])))
-        _TO_SEND.setdefault(slots, statement)
-    return _TO_SEND[slots]
+        statement = _TO_SEND.setdefault(slots, statement)
+    return statement
 
 
+# Statements of the hot path, built once (building one costs more than running it).
+_BUMP_REFERENCE = Prepared(update(ReferenceCounter).where(col(ReferenceCounter.prefix) == bindparam("of_prefix"),
+                                                 col(ReferenceCounter.year) == bindparam("of_year")) \
+    .values(last=ReferenceCounter.last + 1).returning(col(ReferenceCounter.last)))
 _MARK_SENT = Prepared(update(OutboxMessage).where(col(OutboxMessage.id) == bindparam("outbox"))
                       .values(status="sent", sent_at=bindparam("sent_now"), last_error=None,
                               attempts=OutboxMessage.attempts + 1))
