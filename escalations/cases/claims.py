@@ -44,8 +44,9 @@ from escalations.cases.prepared import Prepared
 __all__ = ["BEAT", "INBOUND", "INBOUND_LANE", "OUTBOX", "TIMER", "ClaimStatements", "Claimable", "first_per_group",
            "fresh_run", "lease_params", "padded", "statements_for"]
 
-#: Of a claim of inbound mail, at most this many by the fresh lane (mail stored since the claimer's last
-#: claim, in the order it came).
+#: Of a claim of inbound mail, this many by the fresh lane (mail stored since the claimer's last claim, in
+#: the order it came) when more came than the claim holds: a backlog being stored. Less came: all of it
+#: (see Store.claim_inbound).
 INBOUND_LANE = 4
 
 #: The deadline clock's "now" (a row is due by it); typed by the column it is compared with.
@@ -90,7 +91,7 @@ class Claimable:
     #: stored since this worker's last claim, to take first, ahead of the rest in order_by (see
     #: :meth:`Store.claim_inbound`).
     lane: Callable[[ColumnElement[bool], Any], Select[Any, Any]] | None = None
-    #: At most this many rows of a claim come by the fresh lane.
+    #: How many rows of a claim come by the fresh lane when more came since the last claim than it holds.
     lane_size: int = 0
     #: A column the claim counts in (an inbound message's attempts), returned beside each id taken.
     counted: Any = None

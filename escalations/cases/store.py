@@ -210,11 +210,13 @@ class Store(InboundRecords, Records):
     def claim_inbound(self, limit: int = INBOUND_BATCH, stale_after: timedelta = LEASE) -> InboundClaim:
         """Claim up to ``limit`` pending messages in one transaction; their ids in the order to process them.
 
-        First the fresh lane: the INBOUND_LANE newest ready messages stored since this worker's last claim
-        (its newest id then), taken in the order they came, each from a sender (``sender_key``) with no
-        older unfinished message — pending, whether ready or claimed by any worker — so new mail does not
-        wait behind a backlog; then the oldest ready message; then the rest oldest first, as always. More
-        new mail than the lane holds between two claims: the earlier is the backlog's from then on. Mail
+        First the fresh lane: the ready messages stored since this worker's last claim (its newest id
+        then), taken in the order they came, each from a sender (``sender_key``) with no older unfinished
+        message — pending, whether ready or claimed by any worker — so new mail does not wait behind a
+        backlog; then the oldest ready message; then the rest oldest first, as always. The lane holds all
+        of that mail when there is room for it and the oldest (``limit - 1``); more than that came between
+        two claims (a backlog being stored, not new mail, which comes a few at a time): its INBOUND_LANE
+        newest, and the earlier is the backlog's from then on. Mail
         waiting at a worker's first claim is all backlog. Mail of one sender keeps its arrival order
         (a correction is never processed before the referral it follows: each lane message is its
         sender's oldest unfinished one, and the oldest ready message is older than all of them); mail with
@@ -355,11 +357,16 @@ class Store(InboundRecords, Records):
         # the rows taken are locked.
         if sql.lane is not None and sql.newest is not None and limit > 1 and not (candidates and candidates[0][2] != 0):
             newest = (sql.newest.first(conn) or (None,))[0] or 0
-            size = min(what.lane_size, limit - 1)
             since = self._lane_since
             if since is not None:
-                # the newest of the mail since (the query's order), taken in the order they came
-                lane = [(row[0], row[1]) for row in sql.lane.all(conn, {**given, "lane_n": size, "since": since})][::-1]
+                # The mail since, newest first. All of it when the claim holds it beside the oldest: new
+                # mail comes a few at a time (a server announces it in bursts: Dovecot's IDLE about every
+                # half second), and a burst one larger than the lane had left its first behind the whole
+                # backlog. More than that is a backlog being stored: only its newest lane_size go first.
+                came = sql.lane.all(conn, {**given, "lane_n": limit, "since": since})
+                if len(came) > limit - 1:
+                    came = came[:min(what.lane_size, limit - 1)]
+                lane = [(row[0], row[1]) for row in came][::-1]  # in the order they came
                 rows = lane + rows
             # Always the newest id: mail left out of a full lane is the backlog's now. (Ending the lane at its
             # last message instead walked the lane through a backlog still being stored, four at a time,

@@ -131,6 +131,21 @@ def test_more_new_mail_than_the_lane_holds_the_newest_go_in_the_order_they_came(
     assert claim.ids == [*later, *backlog[4:7]] and claim.first_run == 2
 
 
+def test_a_burst_of_new_mail_that_the_claim_holds_goes_first_whole(store: Store) -> None:
+    """Dovecot announces new mail to IDLE about every half second, so new mail is stored a few at a time:
+    a burst of six (more than INBOUND_LANE) all goes before the backlog, none of it left behind the whole
+    backlog (bench/ingest.py's latency under load had every sixth message wait ~4.5 s for that)."""
+    from escalations.cases.store import INBOUND_LANE
+
+    backlog = stored(store, *[f"b{i}@example.org" for i in range(20)])
+    assert store.claim_inbound_batch(2) == backlog[:2]
+    burst = new_mail(store, *[f"n{i}@example.org" for i in range(INBOUND_LANE + 2)])
+    claim = store.claim_inbound(16)
+    assert claim.ids[:len(burst) + 1] == [*burst, backlog[2]]
+    assert claim.first_run == len(burst) + 1
+    assert claim.ids[len(burst) + 1:] == backlog[3:3 + 16 - len(burst) - 1]
+
+
 def test_mail_after_a_backlog_still_being_stored_goes_before_it(store: Store) -> None:
     """A backlog stored a chunk at a time while the processor claims (a mailbox catching up): each
     claim's lane is the newest of what came since the last, so a message that comes after the backlog
