@@ -6,6 +6,7 @@ message, which the recipient's client shows once.
 
 from __future__ import annotations
 
+import contextlib
 import email.policy
 import random
 import re
@@ -230,6 +231,11 @@ BATCH = 20
 #: batch) re-sends at most this many, the one under way included, each with its own Message-ID.
 UNMARKED_MAX = 4
 
+def _addresses(recipients: Sequence[object]) -> set[str]:
+    """The addresses a mail counts against the cap for: each once, however often it is listed."""
+    return {str(r).strip().lower() for r in recipients}
+
+
 #: The window of the per-address cap (ARCHITECTURE / issue 5: "cap mails per address per hour").
 CAP_WINDOW = timedelta(hours=1)
 
@@ -240,8 +246,9 @@ class OutboxDispatcher:
     Loop protection: at most ``max_per_address_per_hour`` messages go to any one address in any
     hour. A row that would exceed it for one of its recipients is deferred, never dropped: it stays
     pending with ``next_attempt_at`` moved to when the oldest counted send leaves the window, and
-    its attempts are not counted as failures. (Two dispatchers sending at once may each let one
-    message through at the limit; the service runs one.)
+    its attempts are not counted as failures. Threads of one process sending at once (the service's
+    outbox thread and its tick, which sends what it queued) share the count, taken and checked in one
+    step; two processes on one database each keep their own, so together they may pass it.
     """
 
     def __init__(
@@ -276,37 +283,56 @@ class OutboxDispatcher:
                               .order_by(col(OutboxMessage.sent_at))).all()
             for recips, sent in rows:
                 if sent is not None:
-                    for r in recips:
-                        window[str(r).strip().lower()].append(sent)
+                    for address in _addresses(recips):
+                        window[address].append(sent)
             self._window = window
         return self._window
 
     def cap_deferral(self, recipients: list[str], now: datetime) -> datetime | None:
         """When a message to ``recipients`` may go without passing the cap; None if it may go now."""
+        with self._window_lock:
+            return self._deferral(recipients, now)
+
+    def _deferral(self, recipients: list[str], now: datetime) -> datetime | None:
         cap = self.max_per_address_per_hour
         if not cap or cap <= 0:
             return None
         later: datetime | None = None
-        with self._window_lock:
-            window = self._recent(now)
-            for address in {r.strip().lower() for r in recipients}:
-                times = window.get(address)
-                if not times:
-                    continue
-                while times and times[0] <= now - CAP_WINDOW:
-                    times.popleft()
-                if len(times) >= cap:
-                    free_at = times[len(times) - cap] + CAP_WINDOW
-                    later = free_at if later is None else max(later, free_at)
+        window = self._recent(now)
+        for address in _addresses(recipients):
+            times = window.get(address)
+            if not times:
+                continue
+            while times and times[0] <= now - CAP_WINDOW:
+                times.popleft()
+            if len(times) >= cap:
+                free_at = times[len(times) - cap] + CAP_WINDOW
+                later = free_at if later is None else max(later, free_at)
         return later
 
-    def _count_sent(self, recipients: list[str], at: datetime) -> None:
+    def _reserve(self, recipients: list[str], now: datetime) -> datetime | None:
+        """Count a send to ``recipients`` at ``now`` if the cap lets it go now (None), else say when it
+        may: in one step, so that two threads sending at once (the service's outbox thread and a tick,
+        which sends what it queued) cannot both take an address's last place in the hour. A send that
+        then fails gives its place back (:meth:`_unreserve`)."""
+        if not self.max_per_address_per_hour:
+            return None
+        with self._window_lock:
+            later = self._deferral(recipients, now)
+            if later is None:
+                window = self._recent(now)
+                for address in _addresses(recipients):
+                    window[address].append(now)
+            return later
+
+    def _unreserve(self, recipients: list[str], at: datetime) -> None:
         if not self.max_per_address_per_hour:
             return
         with self._window_lock:
             window = self._recent(at)
-            for r in recipients:
-                window[r.strip().lower()].append(at)
+            for address in _addresses(recipients):
+                with contextlib.suppress(ValueError):
+                    window[address].remove(at)
 
     def _defer(self, outbox_id: int, until: datetime) -> None:
         with self.store.session() as s:
@@ -374,7 +400,8 @@ class OutboxDispatcher:
 
     def _send_one(self, connection: MailSender, row: OutboxToSend) -> bool:
         oid = row.id
-        until = self.cap_deferral(list(row.recipients), self.store.clock.now())
+        reserved_at = self.store.clock.now()
+        until = self._reserve(list(row.recipients), reserved_at)
         if until is not None:
             self._defer(oid, until)
             log.warning("outbox.deferred", outbox_id=oid, message_id=row.message_id, until=until.isoformat(),
@@ -383,6 +410,7 @@ class OutboxDispatcher:
         try:
             connection.send(row.sender, list(row.recipients), row.raw, name_hint=f"{oid:06d}-{row.message_id}")
         except DeliveryError as exc:
+            self._unreserve(list(row.recipients), reserved_at)
             attempts = row.attempts + 1
             final = exc.permanent or attempts >= self.max_attempts
             retry_at = None if final else self.store.clock.now() + self.retry_delay(attempts)
@@ -391,11 +419,10 @@ class OutboxDispatcher:
                         permanent=exc.permanent, final=final, error=str(exc))
             return False
         except Exception as exc:  # never lose the row to an unexpected error
+            self._unreserve(list(row.recipients), reserved_at)
             attempts = row.attempts + 1
             self.store.mark_outbox_failed(oid, f"{type(exc).__name__}: {exc}",
                                           self.store.clock.now() + self.retry_delay(attempts))
             log.exception("outbox.send_error", outbox_id=oid, message_id=row.message_id)
             return False
-        # counted at once: the next row of this batch may be one mail too many for the same address
-        self._count_sent(list(row.recipients), self.store.clock.now())
         return True

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
+from escalations.cases.store import Store, make_engine
 from escalations.clock import FakeClock
-from escalations.mailer.outbox import enqueue
+from escalations.mailer.outbox import OutboxDispatcher, Renderer, enqueue
 from escalations.routing.redact import Redactor
 from escalations.routing.workflow.state import OutgoingMail
 from tests.conftest import AppFactory
@@ -74,3 +77,90 @@ def test_the_cap_is_a_sliding_hour(make_app: AppFactory, sqlite_url: str, smtp_c
     clock.advance(timedelta(minutes=40))
     assert app.send_outbox() == 1
     assert len(smtp_capture.messages) == 4
+
+
+class _HeldSender:
+    """A sender whose first send waits, inside the send, until released: a mail the relay is taking."""
+
+    def __init__(self) -> None:
+        self.inside = threading.Event()
+        self.release = threading.Event()
+        self.sent: list[list[str]] = []
+
+    def send(self, sender: str, recipients: list[str], raw: bytes, *, name_hint: str) -> None:
+        if not self.inside.is_set():
+            self.inside.set()
+            assert self.release.wait(10), "never released"
+        self.sent.append(recipients)
+
+
+def test_two_threads_sending_at_once_share_the_cap(tmp_path: Path, clock: FakeClock) -> None:
+    """The service's outbox thread and its tick (which sends what the tick queued) send at once with one
+    dispatcher. The first takes the address's last place in the hour while its mail is still with the
+    relay; the second must see it taken and defer, not pass the cap too (a flaky catch-up test found it:
+    the check and the count were two steps, with the send between them)."""
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'cap.sqlite3'}"), clock)
+    store.create_schema()
+    sender = _HeldSender()
+    outbox = OutboxDispatcher(store, sender, max_per_address_per_hour=1)
+    renderer = Renderer()
+
+    def queue_one(tag: str) -> None:
+        with store.session() as s:
+            enqueue(s, OutgoingMail(template="reply_help.txt.j2", to=("loud@example.org",), subject=f"[X] {tag}",
+                                    context={"reference": "CH-2026-0001", "partnership_name": "P", "mailbox": "m@x",
+                                             "note": "n", "commands": (), "recipient_name": ""},
+                                    dedupe_key=f"held:{tag}", reason="test"),
+                    renderer=renderer, redactor=Redactor.identity(), from_address="chscp@hackney.gov.uk",
+                    from_name="CHSCP", case_id=None, now=clock.now(), message_id_domain="escalations.invalid")
+            s.commit()
+
+    queue_one("first")
+    first = threading.Thread(target=outbox.send_due)
+    first.start()
+    assert sender.inside.wait(10)
+    queue_one("second")  # queued while the first is with the relay: the other thread claims it
+    second = threading.Thread(target=outbox.send_due)
+    second.start()
+    second.join(10)
+    sender.release.set()
+    first.join(10)
+    assert not first.is_alive() and not second.is_alive()
+    assert sender.sent == [["loud@example.org"]]
+    waiting = store.list_outbox("pending")
+    assert len(waiting) == 1 and waiting[0].subject == "[X] second" and "deferred" in (waiting[0].last_error or "")
+
+
+def test_a_send_that_fails_gives_its_place_back(tmp_path: Path, clock: FakeClock) -> None:
+    """The place is taken before the send; a send the relay refuses was not a mail to the address, so the
+    next mail to it may go in the same hour."""
+    from escalations.mailer.smtp_sender import DeliveryError
+
+    class FailsFirst:
+        def __init__(self) -> None:
+            self.calls = 0
+            self.sent: list[str] = []
+
+        def send(self, sender: str, recipients: list[str], raw: bytes, *, name_hint: str) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                raise DeliveryError("451 try again later")
+            self.sent.append(name_hint)
+
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'cap.sqlite3'}"), clock)
+    store.create_schema()
+    sender = FailsFirst()
+    outbox = OutboxDispatcher(store, sender, max_per_address_per_hour=1)
+    with store.session() as s:
+        for tag in ("a", "b"):
+            enqueue(s, OutgoingMail(template="reply_help.txt.j2", to=("loud@example.org",), subject=f"[X] {tag}",
+                                    context={"reference": "CH-2026-0001", "partnership_name": "P", "mailbox": "m@x",
+                                             "note": "n", "commands": (), "recipient_name": ""},
+                                    dedupe_key=f"fails:{tag}", reason="test"),
+                    renderer=Renderer(), redactor=Redactor.identity(), from_address="chscp@hackney.gov.uk",
+                    from_name="CHSCP", case_id=None, now=clock.now(), message_id_domain="escalations.invalid")
+        s.commit()
+    assert outbox.send_due() == 1
+    assert sender.calls == 2 and len(sender.sent) == 1  # the second went: the failed one held no place
+    [retry] = store.list_outbox("pending")
+    assert retry.subject == "[X] a" and retry.attempts == 1 and "deferred" not in (retry.last_error or "")
