@@ -231,6 +231,7 @@ BATCH = 20
 #: batch) re-sends at most this many, the one under way included, each with its own Message-ID.
 UNMARKED_MAX = 4
 
+
 def _addresses(recipients: Sequence[object]) -> set[str]:
     """The addresses a mail counts against the cap for: each once, however often it is listed."""
     return {str(r).strip().lower() for r in recipients}
@@ -288,12 +289,9 @@ class OutboxDispatcher:
             self._window = window
         return self._window
 
-    def cap_deferral(self, recipients: list[str], now: datetime) -> datetime | None:
-        """When a message to ``recipients`` may go without passing the cap; None if it may go now."""
-        with self._window_lock:
-            return self._deferral(recipients, now)
-
     def _deferral(self, recipients: list[str], now: datetime) -> datetime | None:
+        """When a message to ``recipients`` may go without passing the cap; None if it may go now (the
+        caller holds the window's lock)."""
         cap = self.max_per_address_per_hour
         if not cap or cap <= 0:
             return None
@@ -310,20 +308,22 @@ class OutboxDispatcher:
                 later = free_at if later is None else max(later, free_at)
         return later
 
-    def _reserve(self, recipients: list[str], now: datetime) -> datetime | None:
-        """Count a send to ``recipients`` at ``now`` if the cap lets it go now (None), else say when it
-        may: in one step, so that two threads sending at once (the service's outbox thread and a tick,
-        which sends what it queued) cannot both take an address's last place in the hour. A send that
-        then fails gives its place back (:meth:`_unreserve`)."""
-        if not self.max_per_address_per_hour:
-            return None
+    def _reserve(self, recipients: list[str]) -> tuple[datetime | None, datetime]:
+        """Count a send to ``recipients`` now if the cap lets it go now, else say when it may (first),
+        and the time it was counted at (second): in one step, so that two threads sending at once (the
+        service's outbox thread and a tick, which sends what it queued) cannot both take an address's
+        last place in the hour. The clock is read under the lock, so each address's times stay in order.
+        A send that then fails gives its place back (:meth:`_unreserve`)."""
         with self._window_lock:
+            now = self.store.clock.now()
+            if not self.max_per_address_per_hour:
+                return None, now
             later = self._deferral(recipients, now)
             if later is None:
                 window = self._recent(now)
                 for address in _addresses(recipients):
                     window[address].append(now)
-            return later
+            return later, now
 
     def _unreserve(self, recipients: list[str], at: datetime) -> None:
         if not self.max_per_address_per_hour:
@@ -400,8 +400,7 @@ class OutboxDispatcher:
 
     def _send_one(self, connection: MailSender, row: OutboxToSend) -> bool:
         oid = row.id
-        reserved_at = self.store.clock.now()
-        until = self._reserve(list(row.recipients), reserved_at)
+        until, reserved_at = self._reserve(list(row.recipients))
         if until is not None:
             self._defer(oid, until)
             log.warning("outbox.deferred", outbox_id=oid, message_id=row.message_id, until=until.isoformat(),
