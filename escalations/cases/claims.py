@@ -42,7 +42,7 @@ from escalations.cases.models import InboundMessage, OutboxMessage, Timer, Worke
 from escalations.cases.prepared import Prepared
 
 __all__ = ["BEAT", "INBOUND", "INBOUND_LANE", "OUTBOX", "TIMER", "ClaimStatements", "Claimable", "first_per_group",
-           "fresh_run", "lease_params", "padded", "statements_for"]
+           "fresh_run", "lease_params", "padded", "padded_params", "statements_for"]
 
 #: Of a claim of inbound mail, this many by the fresh lane (mail stored since the claimer's last claim, in
 #: the order it came) when more came than the claim holds: a backlog being stored. Less came: all of it
@@ -161,7 +161,7 @@ def padded(values: Sequence[Any]) -> int:
     return n
 
 
-def _as_params(prefix: str, values: Sequence[Any], slots: int) -> dict[str, Any]:
+def padded_params(prefix: str, values: Sequence[Any], slots: int) -> dict[str, Any]:
     """``values`` as the parameters ``prefix0`` ... of a list of ``slots``, the last value repeated."""
     return {f"{prefix}{k}": values[min(k, len(values) - 1)] for k in range(slots)}
 
@@ -233,10 +233,10 @@ class ClaimStatements:
                         .where(what.id.in_([bindparam(f"id{k}", type_=Integer) for k in range(slots)]), self._takeable)
                         .values(claimed_by=OWNER, **what.values(LEASE_NOW)).returning(*returned))
                     self._take[slots] = statement
-        return statement, _as_params("id", ids, slots)
+        return statement, padded_params("id", ids, slots)
 
     def dead_params(self, owners: Sequence[str]) -> dict[str, Any]:
-        return _as_params("dead", owners, self.dead) if self.dead else {}
+        return padded_params("dead", owners, self.dead) if self.dead else {}
 
 
 _STATEMENTS: dict[tuple[str, int], ClaimStatements] = {}

@@ -15,7 +15,7 @@ from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
-from escalations.cases.claims import padded
+from escalations.cases.claims import padded, padded_params
 from escalations.cases.engine import WriteLockBusy, in_chunks
 from escalations.cases.models import Case, CaseEvent, OutboxMessage, ReferenceCounter, Timer
 from escalations.cases.prepared import Prepared, dialect_insert
@@ -104,11 +104,9 @@ class Records(SessionSource):
         building them was most of reading a batch."""
         found: dict[int, OutboxToSend] = {}
         with self.reading_connection() as conn:
-            ids = list(dict.fromkeys(outbox_ids))
-            for chunk in (ids[k:k + _TO_SEND_MAX] for k in range(0, len(ids), _TO_SEND_MAX)):
+            for chunk in in_chunks(dict.fromkeys(outbox_ids)):
                 slots = padded(chunk)
-                statement = _to_send(slots)
-                for row in statement.all(conn, {f"id{k}": chunk[min(k, len(chunk) - 1)] for k in range(slots)}):
+                for row in _to_send(slots).all(conn, padded_params("id", chunk, slots)):
                     found[row[0]] = OutboxToSend(*row)
         return [found[i] for i in outbox_ids if i in found]
 
@@ -236,8 +234,6 @@ class OutboxToSend:
     attempts: int
 
 
-#: Ids read at a time by get_outboxes (a batch is 20; more are read in chunks).
-_TO_SEND_MAX = 32
 _TO_SEND: dict[int, Prepared] = {}
 
 

@@ -283,7 +283,7 @@ def test_an_idle_connection_is_closed_and_a_long_used_one_replaced(store: Store,
 def test_the_rows_read_for_sending_are_the_rows_written(database_url: str, clock: FakeClock) -> None:
     """get_outboxes reads the columns it sends with on the DB-API cursor (no ORM objects): in the order
     asked, unknown and repeated ids passed over, raw mail inflated and the recipients decoded as the ORM
-    reads them, and more ids than one statement takes read in parts."""
+    reads them, and more ids than a batch (padded to a power of two, as the claims' lists are)."""
     store = Store(make_engine(database_url), clock)
     store.create_schema()
     queue(store, clock, 40)
