@@ -29,9 +29,10 @@ Pure: no I/O, no configuration.
 from __future__ import annotations
 
 import functools
+import importlib
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from email.utils import parseaddr
@@ -149,6 +150,49 @@ def _dates_pattern(month_initials: str, guard: bool) -> re.Pattern[str]:
     return re.compile(pattern, re.IGNORECASE)
 
 
+#: The ASCII letters ``re.IGNORECASE`` takes as equal to more than their own two cases (a test checks
+#: this over every code point).
+_ODD_CASES = {"i": "\u0130\u0131", "k": "\u212a", "s": "\u017f"}
+
+
+def _cases(c: str) -> set[str] | None:
+    """What ``c`` matches ignoring case; None for a character outside ASCII."""
+    return {c, c.lower(), c.upper(), *_ODD_CASES.get(c.lower(), "")} if c.isascii() else None
+
+
+def _starts(words: Iterable[str], digits: bool = False) -> re.Pattern[str] | None:
+    """Where a match of a pattern may begin: one of ``words``' first three characters, ignoring case,
+    or (``digits``) an ASCII digit not after one (for a text with no other digits: see
+    :data:`_OTHER_DIGIT`). A superset, written to begin with one character class and ignore no case,
+    which ``re`` skips ahead to in C: a pattern that ignores case, or begins with a look-ahead, is
+    instead tried at every place of a text. None if a word begins outside ASCII."""
+    def one_of(chars: set[str]) -> str:
+        return "[" + "".join(re.escape(c) for c in sorted(chars)) + "]"
+
+    firsts: set[str] = set()
+    branches = ["(?<=[0-9])(?<![0-9][0-9])"] if digits else []
+    for word in dict.fromkeys(w[:3] for w in words):
+        cases = [_cases(c) for c in word]
+        if not cases or any(k is None for k in cases):
+            return None
+        first, *rest = (k for k in cases if k is not None)
+        firsts |= first
+        branches.append(f"(?<={one_of(first)})" + "".join(one_of(k) for k in rest))
+    if not branches:
+        return None
+    return re.compile("[" + ("0-9" if digits else "") + one_of(firsts)[1:] + "(?:" + "|".join(branches) + ")")
+
+
+#: A digit outside ASCII (the NHS-number pattern takes any script's digits; :func:`_starts` only ASCII).
+_OTHER_DIGIT = re.compile(r"[\u0080-\U0010ffff](?<=\d)")
+
+
+@functools.lru_cache(maxsize=64)
+def _date_starts(month_initials: str) -> re.Pattern[str] | None:
+    """:func:`_starts` of :func:`_dates_pattern` (guarded): a digit, or the months' words it looks for."""
+    return _starts([m for m in _MONTHS if m[0] in month_initials], digits=True)
+
+
 def _year_is(text: str, d: date) -> bool:
     return int(text) == (d.year if len(text) == 4 else d.year % 100)
 
@@ -195,23 +239,101 @@ def _dob(value: date | str) -> date | None:
         return None
 
 
+def _fold_table() -> dict[int, str] | None:
+    """How :class:`Redactor` folds a lowered text so that comparing it with a name's lowered parts
+    takes as equal exactly what ``re.IGNORECASE`` does: each set of lowercase letters that share an
+    uppercase one becomes one of them (long s and s, dotless i and i, final and other sigma...: the
+    table the ``re`` module compiles with; apostrophes :func:`_folded` makes one). None where that table
+    is not there (another Python): names are then looked for with a compiled pattern, as before."""
+    try:
+        extra = importlib.import_module("re._casefix")._EXTRA_CASES
+    except (ImportError, AttributeError):
+        return None
+    classes: dict[int, set[int]] = {}
+    for code, others in extra.items():
+        joined = {code, *others}
+        for member in list(joined):
+            joined |= classes.get(member, set())
+        for member in joined:
+            classes[member] = joined
+    return {code: chr(min(members)) for code, members in classes.items() if chr(code) != chr(min(members))}
+
+
+_FOLD = _fold_table()
+#: A character the fold changes (translating a whole text by the table costs more than the rest of
+#: its redaction, so it is done only for a text that has one).
+_FOLDED_CHARS = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(_FOLD)) + "]") if _FOLD else None
+_NAME_SEP_RE = re.compile(_NAME_SEP)
+#: Where a match begins and ends, and what it is: at one place a kept string goes before a date of
+#: birth, before the ID, before an NHS number, before a name.
+_KEEP, _DOB, _ID, _NHS_NO, _NAME = range(5)
+_Found = tuple[int, int, int]
+
+
+def _folded(text: str) -> str | None:
+    """``text`` lowered and folded (see :func:`_fold_table`), one character for one; None where
+    lowering changes its length (a dotted capital I) or there is no fold table."""
+    if _FOLD is None or _FOLDED_CHARS is None:
+        return None
+    lowered = text.lower()
+    if len(lowered) != len(text):
+        return None
+    for apostrophe in _APOSTROPHES[1:]:
+        lowered = lowered.replace(apostrophe, "'")
+    return lowered.translate(_FOLD) if _FOLDED_CHARS.search(lowered) else lowered
+
+
+def _is_word(c: str) -> bool:
+    """What the pattern's ``\\w`` takes (a letter, digit or numeral of any script, or ``_``)."""
+    return c.isalnum() or c == "_"
+
+
+@functools.lru_cache(maxsize=64)
+def _keep_pattern(kept: tuple[str, ...], guard: bool) -> tuple[re.Pattern[str], re.Pattern[str] | None]:
+    """The kept strings (longest first), compiled once per partnership, and (guarded) where they begin."""
+    return _guarded("|".join(re.escape(k) for k in kept), (k[0] for k in kept), guard), \
+        _starts(kept) if guard else None
+
+
+def _guarded(body: str, firsts: Iterable[str], guard: bool) -> re.Pattern[str]:
+    if guard:
+        body = "(?=[" + "".join(re.escape(c) for c in sorted(set(firsts))) + f"])(?:{body})"
+    return re.compile(body, re.IGNORECASE)
+
+
 @dataclass(frozen=True)
 class Redactor:
     """Rewrites a text so no child's name, date of birth or ID is left; see the module docstring.
 
-    Two patterns, scanned as one: the case's own (kept strings, the child's ID, the names: compiled per
-    case) and :func:`_dates_pattern` (every date, and NHS-shaped numbers: compiled once). At each place
-    the leftmost match wins and, where two begin at one place, a kept string before a date of birth
-    before the ID before an NHS number before a name: what one pattern of all of them, in that order,
-    would take (a date of birth as a pattern of its own per child was most of a case's compile time)."""
+    Four searches, merged: the kept strings (a pattern compiled once per partnership), every date and
+    NHS-shaped number (:func:`_dates_pattern`, compiled once), the child's ID (a pattern compiled per
+    case, when it has one) and the names. The first two are tried only where :func:`_starts` finds one
+    may begin. Names are looked for without a pattern of their own: the text is lowered and folded once,
+    each name part found with ``str.find``, and the parts, separators and word boundaries checked where
+    one is found, as the pattern would have (compiling a pattern of a case's names was most of the cost
+    of a redactor; a text lowering cannot keep one character for one, or a name that cannot be folded,
+    still uses the compiled pattern). At each place the leftmost match wins and, where two begin at one
+    place, a kept string before a date of birth before the ID before an NHS number before a name: what
+    one pattern of all of them, in that order, would take."""
 
-    # Not in repr: the pattern spells out the names it looks for.
-    _pattern: re.Pattern[str] | None = field(default=None, repr=False)
+    _keep: re.Pattern[str] | None = field(default=None, repr=False)
+    _keep_starts: re.Pattern[str] | None = field(default=None, repr=False)
+    _id: re.Pattern[str] | None = field(default=None, repr=False)
+    # Not in repr: these spell out the names looked for.
+    #: Every run of a name's parts, longest first (as the pattern tries them), each part lowered and
+    #: folded; None where a part cannot be (then only the pattern below is used).
+    _runs: tuple[tuple[str, ...], ...] | None = field(default=None, repr=False)
+    #: The runs' first parts, each once.
+    _heads: tuple[str, ...] = field(default=(), repr=False)
+    #: The names as a pattern's source, compiled the first time a text needs it ('' for no names).
+    _name_source: str = field(default="", repr=False)
+    _name_firsts: str | None = field(default=None, repr=False)
     #: _key(name as matched) -> the child's initials.
     _names: dict[str, str] = field(default_factory=dict, repr=False)
     _dobs: frozenset[date] = field(default_factory=frozenset, repr=False)
     #: None: the identity (nothing is removed).
     _dates: re.Pattern[str] | None = field(default=None, repr=False)
+    _date_starts: re.Pattern[str] | None = field(default=None, repr=False)
 
     @classmethod
     def identity(cls) -> Redactor:
@@ -220,29 +342,19 @@ class Redactor:
 
     @classmethod
     def for_case(cls, child_names: Iterable[str], child_dobs: Iterable[date | str] = (),
-                 child_id: str | None = None, *, keep: Iterable[str] = (), guard: bool = True) -> Redactor:
+                 child_id: str | None = None, *, keep: Iterable[str] = (), guard: bool = True,
+                 literal: bool = True) -> Redactor:
         """A redactor for one case's children. NHS-shaped numbers are removed even with no child given
         (the referral form has no NHS number field, so the number is only ever in free text).
 
-        ``guard``: each pattern starts with a look-ahead for the characters a match can begin with (for
-        the case's: the first letter of a kept string, the ID or a name part, in any case; for the
-        dates: a digit or a month's first letter), so the many places where nothing can begin cost one
-        test instead of every alternative: same matches, several times faster. False only to compare
-        the two (tests)."""
-        alternatives: list[tuple[str, str]] = []
-        # What a match can begin with (the pattern's literals, matched ignoring case as the look-ahead's
-        # class is); known: every alternative's first character was found.
-        firsts: set[str] = set()
-        known = True
-        kept = sorted({k for k in keep if k.strip()}, key=len, reverse=True)
-        if kept:
-            alternatives.append(("keep", "|".join(re.escape(unicodedata.normalize("NFC", k)) for k in kept)))
-            firsts.update(unicodedata.normalize("NFC", k)[0] for k in kept)
+        ``guard``: each pattern starts with a look-ahead for the characters a match can begin with (the
+        first letter of a kept string, the ID or a name part, in any case; for the dates: a digit or a
+        month's first letter), so the many places where nothing can begin cost one test instead of
+        every alternative: same matches, several times faster. ``literal``: names are found by folded
+        text (see the class), not by a pattern. Both False only to compare (tests)."""
+        kept = tuple(sorted({unicodedata.normalize("NFC", k) for k in keep if k.strip()}, key=len, reverse=True))
         dobs = frozenset(d for d in (_dob(v) for v in child_dobs) if d is not None)
         ids, id_firsts = _id_patterns(child_id or "")
-        if ids:
-            alternatives.append(("id", "|".join(ids)))
-            firsts.update(id_firsts)
         names: dict[str, str] = {}
         runs: list[list[str]] = []
         for name in child_names:
@@ -251,79 +363,152 @@ class Redactor:
             for run in _name_variants(name):
                 if names.setdefault(_key(" ".join(run)), shown) == shown and run not in runs:
                     runs.append(run)
+        # Longest first: at one position the pattern takes the first alternative that matches.
+        runs.sort(key=lambda r: (len(r), len(" ".join(r))), reverse=True)
+        source, name_firsts = "", None
         if runs:
-            # Longest first: at one position the regex takes the first alternative that matches.
-            runs.sort(key=lambda r: (len(r), len(" ".join(r))), reverse=True)
             body = "|".join(_NAME_SEP.join(_atom_pattern(a) for a in run) for run in runs)
-            alternatives.append(("name", rf"(?<!\w)(?:{body})(?!\w)"))
-            for run in runs:
-                if run[0] and run[0][0] not in _APOSTROPHES:
-                    firsts.add(run[0][0])
-                else:
-                    known = False  # a part with no letter of its own to begin with: no guard
-        pattern: re.Pattern[str] | None = None
-        if alternatives:
-            text = "|".join(f"(?P<{group}>{p})" for group, p in alternatives)
-            if guard and known:
-                text = "(?=[" + "".join(re.escape(c) for c in sorted(firsts)) + f"])(?:{text})"
-            pattern = re.compile(text, re.IGNORECASE)
+            source = rf"(?<!\w)(?:{body})(?!\w)"
+            # A part with no letter of its own to begin with: no guard.
+            if all(run[0][:1] and run[0][0] not in _APOSTROPHES for run in runs):
+                name_firsts = "".join(sorted({run[0][0] for run in runs}))
+        folded_runs: tuple[tuple[str, ...], ...] | None = None
+        if runs and literal:
+            folded = [tuple(_folded(a) for a in run) for run in runs]
+            if all(a is not None for run in folded for a in run):
+                folded_runs = tuple(tuple(a for a in run if a is not None) for run in folded)
         month_initials = "".join(sorted({_MONTHS[d.month - 1][0] for d in dobs}))
-        return cls(pattern, names, dobs, _dates_pattern(month_initials, guard))
+        keep_pattern, keep_starts = _keep_pattern(kept, guard) if kept else (None, None)
+        return cls(
+            keep_pattern, keep_starts,
+            _guarded("|".join(ids), id_firsts, guard) if ids else None,
+            folded_runs, tuple(dict.fromkeys(run[0] for run in folded_runs)) if folded_runs else (),
+            source, name_firsts if guard else None, names, dobs, _dates_pattern(month_initials, guard),
+            _date_starts(month_initials) if guard else None)
 
     @property
     def is_identity(self) -> bool:
         return self._dates is None
 
+    @functools.cached_property
+    def _name_pattern(self) -> re.Pattern[str]:
+        if self._name_firsts is not None:
+            return _guarded(self._name_source, self._name_firsts, True)
+        return re.compile(self._name_source, re.IGNORECASE)
+
     def redact(self, text: str) -> str:
         if self._dates is None:
             return text
         text = unicodedata.normalize("NFC", text)
-        own, pos, out = self._pattern, 0, []
-        m1 = own.search(text) if own is not None else None
-        m2 = self._next_date(text, 0)
-        while m1 is not None or m2 is not None:
-            if m1 is None or (m2 is not None and (m2.start() < m1.start()
-                                                  or (m2.start() == m1.start() and self._date_first(m1, m2)))):
-                assert m2 is not None
-                m, shown = m2, DOB_REMOVED if m2.lastgroup == "dob" else ID_REMOVED
+        date_starts = self._date_starts if text.isascii() or _OTHER_DIGIT.search(text) is None else None
+        finders: list[Callable[[int], _Found | None]] = [functools.partial(self._next_date, text, date_starts)]
+        if self._keep is not None:
+            finders.append(functools.partial(_next_match, self._keep, self._keep_starts, text, _KEEP))
+        if self._id is not None:
+            finders.append(functools.partial(_next_match, self._id, None, text, _ID))
+        if self._name_source:
+            folded = _folded(text) if self._runs is not None else None
+            if folded is not None:
+                finders.append(functools.partial(self._next_name, text, folded, {}))
             else:
-                m, shown = m1, self._replace(m1)
-            out.append(text[pos:m.start()])
-            out.append(shown)
-            pos = m.end()
-            if m1 is not None and m1.start() < pos:
-                m1 = own.search(text, pos) if own is not None else None
-            if m2 is not None and m2.start() < pos:
-                m2 = self._next_date(text, pos)
+                finders.append(functools.partial(_next_match, self._name_pattern, None, text, _NAME))
+        found = [f(0) for f in finders]
+        pos, out = 0, []
+        while True:
+            best: _Found | None = None
+            for f in found:
+                if f is not None and (best is None or (f[0], f[2]) < (best[0], best[2])):
+                    best = f
+            if best is None:
+                break
+            start, end, kind = best
+            out.append(text[pos:start])
+            out.append(self._shown(text, start, end, kind))
+            pos = end
+            for i, f in enumerate(found):
+                if f is not None and f[0] < pos:
+                    found[i] = finders[i](pos)
         out.append(text[pos:])
         return "".join(out)
 
-    def _next_date(self, text: str, pos: int) -> re.Match[str] | None:
+    def _next_date(self, text: str, starts: re.Pattern[str] | None, pos: int) -> _Found | None:
         """The first date of birth or NHS-shaped number at or after ``pos`` (other dates are passed)."""
         assert self._dates is not None
-        while (m := self._dates.search(text, pos)) is not None:
-            if m.lastgroup == "nhs" or _is_dob(m, self._dobs):
-                return m
+        while (m := _match_from(self._dates, starts, text, pos)) is not None:
+            if m.lastgroup == "nhs":
+                return m.start(), m.end(), _NHS_NO
+            if _is_dob(m, self._dobs):
+                return m.start(), m.end(), _DOB
             pos = m.start() + 1  # a date of birth may begin inside another date ("12/01/02/2015")
         return None
 
-    @staticmethod
-    def _date_first(own: re.Match[str], date_match: re.Match[str]) -> bool:
-        """Both begin at one place: a kept string, then a date of birth, the ID, an NHS number, a name."""
-        if own.lastgroup == "keep":
-            return False
-        return date_match.lastgroup == "dob" or own.lastgroup != "id"
+    def _next_name(self, text: str, folded: str, heads: dict[str, int], pos: int) -> _Found | None:
+        """The first name at or after ``pos``, as the names' pattern would find it: the leftmost place
+        where a run of a name's parts begins (not inside a word), the first run in :attr:`_runs` that
+        matches there, parts apart by :data:`_NAME_SEP`, and no word character after it. ``heads``:
+        where each first part was last found (kept between calls on one text)."""
+        assert self._runs is not None
+        for head in self._heads:
+            last = heads.get(head)
+            if last is None or 0 <= last < pos:  # -1: not in the rest of the text
+                heads[head] = folded.find(head, pos)
+        while True:
+            at = min((p for p in heads.values() if p >= 0), default=-1)
+            if at < 0:
+                return None
+            if at == 0 or not _is_word(text[at - 1]):
+                for run in self._runs:
+                    end = _run_end(run, text, folded, at)
+                    if end is not None:
+                        return at, end, _NAME
+            for head, p in heads.items():
+                if p == at:
+                    heads[head] = folded.find(head, at + 1)
 
-    def _replace(self, m: re.Match[str]) -> str:
-        if m.lastgroup == "keep":
-            return m.group(0)
-        if m.lastgroup == "id":
+    def _shown(self, text: str, start: int, end: int, kind: int) -> str:
+        if kind == _KEEP:
+            return text[start:end]
+        if kind == _DOB:
+            return DOB_REMOVED
+        if kind in (_ID, _NHS_NO):
             return ID_REMOVED
-        shown = self._names.get(_key(m.group(0)), NAME_REMOVED)
+        shown = self._names.get(_key(text[start:end]), NAME_REMOVED)
         # "told Ava." -> "told A.T." rather than "A.T.."
-        if shown.endswith(".") and m.string[m.end():m.end() + 1] == ".":
+        if shown.endswith(".") and text[end:end + 1] == ".":
             return shown[:-1]
         return shown
+
+
+def _match_from(pattern: re.Pattern[str], starts: re.Pattern[str] | None, text: str, pos: int) -> re.Match[str] | None:
+    """``pattern.search(text, pos)``; tried only where ``starts`` (see :func:`_starts`) finds it may begin."""
+    if starts is None:
+        return pattern.search(text, pos)
+    while (at := starts.search(text, pos)) is not None:
+        if (m := pattern.match(text, at.start())) is not None:
+            return m
+        pos = at.start() + 1
+    return None
+
+
+def _next_match(pattern: re.Pattern[str], starts: re.Pattern[str] | None, text: str, kind: int,
+                pos: int) -> _Found | None:
+    m = _match_from(pattern, starts, text, pos)
+    return None if m is None else (m.start(), m.end(), kind)
+
+
+def _run_end(run: tuple[str, ...], text: str, folded: str, at: int) -> int | None:
+    """Where ``run`` (folded parts) ends if it is written at ``at`` and no word character follows."""
+    pos = at
+    for i, part in enumerate(run):
+        if i:
+            sep = _NAME_SEP_RE.match(text, pos)
+            if sep is None:
+                return None
+            pos = sep.end()
+        if not folded.startswith(part, pos):
+            return None
+        pos += len(part)
+    return None if pos < len(text) and _is_word(text[pos]) else pos
 
 
 def redactor_for(fields: ReferralFields, partnership: Partnership) -> Redactor:
