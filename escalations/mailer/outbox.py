@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import email.policy
+import functools
 import random
 import re
 import threading
@@ -126,9 +127,38 @@ def _plain_message(headers: list[tuple[str, str]], body: str) -> bytes:
     """What ``EmailMessage`` + ``set_content(cte="quoted-printable")`` + ``as_bytes(policy=_WIRE)`` make
     of headers that need no encoding or folding, without building the objects (most of a mail's cost)."""
     lines = b"\n".join(body.encode("utf-8").splitlines()) + b"\n"
-    encoded = quoprimime.body_encode(lines.decode("latin-1"), _BODY_LINE_LENGTH)
+    encoded = _qp_body(lines.decode("latin-1"), _BODY_LINE_LENGTH)
     head = "".join(f"{name}: {value}\r\n" for name, value in headers)
     return (head + _CONTENT_HEADERS + encoded.replace("\n", "\r\n")).encode("ascii")
+
+
+#: What quoted-printable writes as "=XX" in a body (all but tab, line feed, space and printable ASCII
+#: other than "=").
+_QP_ESCAPED = re.compile(r"[^\t\n !-<>-~]")
+
+
+@functools.lru_cache(maxsize=4)
+def _qp_long_or_trailing(maxlinelen: int) -> re.Pattern[str]:
+    """A line longer than ``maxlinelen``, or one ending in a space or tab."""
+    return re.compile(rf"[^\n]{{{maxlinelen + 1}}}|[ \t]$", re.MULTILINE)
+
+
+def _qp_body(text: str, maxlinelen: int) -> str:
+    """``quoprimime.body_encode(text, maxlinelen)`` for a text of latin-1 characters split by "\n" only:
+    the characters to escape found by a pattern (a few in a mail; the stdlib translates every character
+    of the body, most of its cost), and a line left as it is when it is short and ends in no space or tab,
+    which the stdlib leaves as it is too. Any other line, the stdlib encodes (lines are encoded one by
+    one)."""
+    escaped = _QP_ESCAPED.sub(lambda m: quoprimime.quote(m[0]), text)
+    if _qp_long_or_trailing(maxlinelen).search(escaped) is None:
+        return escaped
+    out = []
+    for line, original in zip(escaped.split("\n"), text.split("\n"), strict=True):
+        if len(line) <= maxlinelen and line[-1:] not in (" ", "\t"):
+            out.append(line)
+        else:
+            out.append(quoprimime.body_encode(original, maxlinelen))
+    return "\n".join(out)
 
 
 _CONTENT_HEADERS = ('Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n'

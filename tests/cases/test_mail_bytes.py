@@ -59,3 +59,25 @@ def test_headers_that_need_encoding_still_go_through_the_stdlib() -> None:
 def test_any_body_and_plain_subject_match_the_stdlib(subject: str, body: str) -> None:
     m = mail(subject)
     assert build_message(mail=m, body=body, **KW) == stdlib_bytes(m, body, **KW)  # type: ignore[arg-type]
+
+
+_line = st.text(alphabet=" \t=a\u00e9\u2014\x85\x0c.", min_size=0, max_size=100)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(_line, max_size=6), end=st.sampled_from(["", "\n", "\n\n"]))
+def test_lines_about_the_wrapping_length_match_the_stdlib(lines: list[str], end: str) -> None:
+    """Lines near 78 characters, escapes across the break, trailing spaces and tabs, form feeds and
+    bytes that are line breaks to ``str.splitlines`` once decoded as latin-1 (0x85)."""
+    m = mail("[CH-2026-0001] Wrapping")
+    body = "\n".join(lines) + end
+    assert build_message(mail=m, body=body, **KW) == stdlib_bytes(m, body, **KW)  # type: ignore[arg-type]
+
+
+def test_what_quoted_printable_escapes_is_what_the_stdlib_escapes() -> None:
+    from email import quoprimime
+
+    from escalations.mailer.outbox import _QP_ESCAPED
+    for c in map(chr, range(256)):
+        if c not in "\r\n":  # line breaks: never in the text (split on before)
+            assert (_QP_ESCAPED.fullmatch(c) is not None) == (quoprimime.body_encode(f"a{c}a", 76) != f"a{c}a"), c
