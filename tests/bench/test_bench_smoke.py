@@ -60,3 +60,12 @@ def test_peer_project_files_are_valid_python() -> None:
     compile(peer_helpdesk.MAKE_QUEUE.format(mailbox="a@example.org", port=143, user="u", password="p",
                                             folder="Peer"), "queue.py", "exec")
     compile(peer_helpdesk.URLS, "urls.py", "exec")
+
+
+def test_redact_smoke_compares_with_its_baseline(tmp_path: Path) -> None:
+    out = tmp_path / "redact.json"
+    done = _run("redact.py", "--smoke", "--json-out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert result["cases"] == 50 and result["checked_equal"] is True
+    assert set(result["us_per_referral"]) == {"service", "baseline"} and "ratio service/baseline" in done.stdout
