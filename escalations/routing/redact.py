@@ -350,8 +350,9 @@ class Redactor:
         ``guard``: each pattern starts with a look-ahead for the characters a match can begin with (the
         first letter of a kept string, the ID or a name part, in any case; for the dates: a digit or a
         month's first letter), so the many places where nothing can begin cost one test instead of
-        every alternative: same matches, several times faster. ``literal``: names are found by folded
-        text (see the class), not by a pattern. Both False only to compare (tests)."""
+        every alternative, and the kept strings and the dates are tried only where :func:`_starts`
+        finds one may begin: same matches, several times faster. ``literal``: names are found in folded
+        text (see the class), not by a pattern. Both False only to compare (tests, bench/redact.py)."""
         kept = tuple(sorted({unicodedata.normalize("NFC", k) for k in keep if k.strip()}, key=len, reverse=True))
         dobs = frozenset(d for d in (_dob(v) for v in child_dobs) if d is not None)
         ids, id_firsts = _id_patterns(child_id or "")
