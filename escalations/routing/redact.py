@@ -393,9 +393,7 @@ class Redactor:
 
     @functools.cached_property
     def _name_pattern(self) -> re.Pattern[str]:
-        if self._name_firsts is not None:
-            return _guarded(self._name_source, self._name_firsts, True)
-        return re.compile(self._name_source, re.IGNORECASE)
+        return _guarded(self._name_source, self._name_firsts or "", self._name_firsts is not None)
 
     def redact(self, text: str) -> str:
         if self._dates is None:
