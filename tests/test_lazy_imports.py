@@ -194,3 +194,28 @@ def test_a_working_calendar_loads_the_united_kingdom_alone_with_the_same_bank_ho
     assert ["2023-05-08", "Coronation of Charles III"] in holidays_by_division["england-and-wales"]
     assert any(d == "2025-12-01" for d, _ in holidays_by_division["scotland"])  # St Andrew's Day, observed
     assert any(d == "2025-07-14" for d, _ in holidays_by_division["northern-ireland"])  # the Boyne, observed
+
+
+def test_the_service_loads_neither_rich_nor_pygments_nor_rapidfuzz() -> None:
+    """structlog is imported with rich hidden (escalations/__init__.py), the CLI's consoles are made on
+    first use, and rapidfuzz only when a label no wording fits is looked up."""
+    found = _imported(
+        "import escalations.cli.run, escalations.cli.web, escalations.app, escalations.service\n"
+        "from escalations.logs import configure_logging\n"
+        "configure_logging('console')\n"
+        "import structlog\n"
+        "structlog.get_logger('t').info('started', count=1)\n"
+        "from escalations.parsers.labels import default_labels, match_label\n"
+        "assert match_label('Name of child: A B', default_labels()) is not None")
+    assert "structlog" in found and "escalations" in found
+    assert not found & {"rich", "pygments", "rapidfuzz"}, found & {"rich", "pygments", "rapidfuzz"}
+
+
+def test_rich_and_rapidfuzz_still_load_when_used() -> None:
+    found = _imported(
+        "from escalations.cli.base import console\n"
+        "console.print('a table', markup=False)\n"
+        "from escalations.parsers.labels import default_labels, match_label\n"
+        "label = match_label('Name of refferer: A B', default_labels())\n"
+        "assert label is not None and label.fuzzy, label")
+    assert {"rich", "rapidfuzz"} <= found

@@ -9,13 +9,12 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
 import typer
 import typer.main
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
-from rich.console import Console
 from typer.core import TyperGroup
 
 from escalations.clock import LONDON, iso, local
@@ -23,6 +22,9 @@ from escalations.errors import EXIT_SETUP, SetupError, as_setup_errors, report
 from escalations.logs import configure_logging
 from escalations.private import private_umask
 from escalations.settings import Settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 #: Every top-level command and group, in the order ``--help`` lists them, and the modules of
 #: escalations/cli/ that register it (``cases`` gets export / learn / theme from records.py). A
@@ -99,8 +101,25 @@ def _registered(name: str) -> Any:
                                                   suggest_commands=app.suggest_commands)
     return None
 
-console = Console()
-err = Console(stderr=True)
+class _LazyConsole:
+    """A rich ``Console`` made on first use. rich (~2 MiB and 40 modules) is for tables and messages
+    at a terminal; ``escalations run`` prints its start-up lines without it and never needs it unless
+    it has an error to report (or runs the demo)."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+console = cast("Console", _LazyConsole())
+err = cast("Console", _LazyConsole(stderr=True))
 
 __all__ = [
     "COMMANDS",

@@ -6,6 +6,7 @@ import logging
 import re
 import signal
 import smtplib
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,10 +17,8 @@ import typer
 from escalations.cli.base import (
     app,
     console,
-    err,
     get_settings,
 )
-from escalations.cli.cases import cases_table
 from escalations.logs import FramesOnly, configure_logging
 from escalations.private import FILE_MODE
 
@@ -57,7 +56,7 @@ def run(
 
     def on_started(started: Any) -> None:
         for line in [*startup_lines(started), *(web_lines(server) if server is not None else [])]:
-            err.print(line, markup=False, highlight=False, soft_wrap=True)
+            print(line, file=sys.stderr, flush=True)  # plain lines: the service never loads rich for them
         if demo and server is not None:
             console.print(f"demo sign-in: {server.url}/sign-in as {DEMO_EMAIL} with password {demo_account(started)} "
                           "(the first sign-in sets up an authenticator app)", markup=False, highlight=False,
@@ -123,6 +122,7 @@ def _demo_driver(stop: threading.Event) -> Any:
 
     from escalations import views
     from escalations.app import App, demo_messages
+    from escalations.cli.cases import cases_table
 
     def drive(application: App) -> None:
         s = application.settings

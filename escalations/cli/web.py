@@ -9,7 +9,6 @@ import threading
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from escalations.cli.base import JsonOpt, app, build, console, err, get_settings, local, print_json
 from escalations.logs import configure_logging
@@ -147,6 +146,8 @@ def users_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(rows)
         return
+    from rich.table import Table
+
     table = Table("email", "role", "partnerships", "sign-in", "last sign-in (London)", "disabled", title="Staff accounts")
     for u in users:
         table.add_row(u.email, u.role, ", ".join(u.partnerships), _sign_in_kind(u),
@@ -202,6 +203,8 @@ def audit_list(ctx: typer.Context,
     if as_json:
         print_json(data)
         return
+    from rich.table import Table
+
     table = Table("when (London)", "who", "role", "action", "case", "detail", "from", title="Audit trail")
     for r, d in zip(rows, data, strict=True):
         table.add_row(local(r.at), d["user"], d["role"], d["action"], d["case"] or "", d["detail"] or "", d["ip"] or "")

@@ -16,7 +16,6 @@ from functools import cache
 from importlib.resources import files
 
 import yaml
-from rapidfuzz import fuzz, process
 
 from escalations.parsers.fields import CHILD_STATUSES, FIELD_NAMES
 from escalations.parsers.values import norm
@@ -182,6 +181,10 @@ def _fuzzy(label_text: str, table: LabelTable) -> str | None:
     n = norm(label_text)
     if len(n) < FUZZY_MIN_CHARS or len(n) > 120:
         return None
+    # Imported here: only a label no wording fits gets this far, and the service's own process (which
+    # loads the label table but leaves parsing to its sandbox) need not hold rapidfuzz (~2.7 MiB).
+    from rapidfuzz import fuzz, process
+
     found = process.extractOne(n, table.wordings, scorer=fuzz.ratio, score_cutoff=FUZZY_THRESHOLD)
     if found is None:
         return None

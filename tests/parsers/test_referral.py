@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from escalations.parsers.labels import _PRINTED_CHOICES
 from escalations.parsers.message import Attachment, parse_message
 from escalations.parsers.referral import (
     FIELD_NAMES,
@@ -247,9 +248,11 @@ LABELS = {
 }
 WORD = st.text(alphabet=string.ascii_letters, min_size=2, max_size=10).filter(
     lambda w: w.lower() not in {"na", "no", "none", "nil", "tbc", "tba", "tbd", "nk", "unknown", "pending", "x"})
-# A value that is itself a label ("Agency") is ambiguous on a line of its own; such values are excluded.
+# A value that is itself a label ("Agency") is ambiguous on a line of its own; such values are excluded,
+# and so are values that read as a form's printed choices ("YN", "Y/N": "Should ...? Yes/No" is a label).
 VALUE = st.lists(WORD, min_size=1, max_size=6).map(" ".join).filter(
-    lambda v: v.lower() not in {"not known", "to follow"} and _match_label(v) is None)
+    lambda v: v.lower() not in {"not known", "to follow"} and _match_label(v) is None
+    and not _PRINTED_CHOICES.fullmatch(v))
 
 
 @settings(max_examples=150, deadline=None)
