@@ -6,6 +6,7 @@ message, which the recipient's client shows once.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import email.policy
 import functools
@@ -13,7 +14,7 @@ import random
 import re
 import threading
 import uuid
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -298,16 +299,19 @@ class OutboxDispatcher:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.max_per_address_per_hour = max_per_address_per_hour
-        # Sends per address in the last hour: loaded from the outbox once, then kept in memory
-        # (querying every recent row before each send made a burst quadratic).
-        self._window: dict[str, deque[datetime]] | None = None
+        # Sends per address in the last hour, oldest first: loaded from the outbox once, then kept in
+        # memory (querying every recent row before each send made a burst quadratic). An address is
+        # dropped once its last send has left the hour (see _sweep), so this holds only the addresses
+        # mailed in about the last two hours, however many a service mails over the years.
+        self._window: dict[str, list[datetime]] | None = None
         self._window_lock = threading.Lock()
+        self._swept_at: datetime | None = None
         #: Set at shutdown: the send under way finishes, the rest of the batch stays for the next start.
         self.stopping = threading.Event()
 
-    def _recent(self, now: datetime) -> dict[str, deque[datetime]]:
+    def _recent(self, now: datetime) -> dict[str, list[datetime]]:
         if self._window is None:
-            window: dict[str, deque[datetime]] = defaultdict(deque)
+            window: dict[str, list[datetime]] = defaultdict(list)
             with self.store.reading() as s:
                 rows = s.exec(select(OutboxMessage.recipients, OutboxMessage.sent_at)
                               .where(OutboxMessage.status == "sent", col(OutboxMessage.sent_at) > now - CAP_WINDOW)
@@ -331,8 +335,7 @@ class OutboxDispatcher:
             times = window.get(address)
             if not times:
                 continue
-            while times and times[0] <= now - CAP_WINDOW:
-                times.popleft()
+            del times[:bisect.bisect_right(times, now - CAP_WINDOW)]
             if len(times) >= cap:
                 free_at = times[len(times) - cap] + CAP_WINDOW
                 later = free_at if later is None else max(later, free_at)
@@ -353,7 +356,19 @@ class OutboxDispatcher:
                 window = self._recent(now)
                 for address in _addresses(recipients):
                     window[address].append(now)
+            self._sweep(now)
             return later, now
+
+    def _sweep(self, now: datetime) -> None:
+        """Once an hour, forget the addresses with no send left in the hour (the caller holds the lock).
+        Each address's own times are trimmed when it is mailed again (_deferral); this drops the
+        addresses that are not, which would otherwise stay for good, one entry per address ever mailed."""
+        if self._window is None or (self._swept_at is not None and now - self._swept_at < CAP_WINDOW):
+            return
+        self._swept_at = now
+        horizon = now - CAP_WINDOW
+        for address in [a for a, times in self._window.items() if not times or times[-1] <= horizon]:
+            del self._window[address]
 
     def _unreserve(self, recipients: list[str], at: datetime) -> None:
         if not self.max_per_address_per_hour:

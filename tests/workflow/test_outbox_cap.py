@@ -164,3 +164,47 @@ def test_a_send_that_fails_gives_its_place_back(tmp_path: Path, clock: FakeClock
     assert sender.calls == 2 and len(sender.sent) == 1  # the second went: the failed one held no place
     [retry] = store.list_outbox("pending")
     assert retry.subject == "[X] a" and retry.attempts == 1 and "deferred" not in (retry.last_error or "")
+
+
+def test_addresses_not_mailed_again_are_forgotten_after_the_hour(tmp_path: Path, clock: FakeClock) -> None:
+    """The window holds the addresses mailed in about the last two hours, not every address ever mailed
+    (a deque per address, kept for good, grew with every new practitioner); the cap still holds."""
+
+    class Sends:
+        def __init__(self) -> None:
+            self.sent: list[list[str]] = []
+
+        def send(self, sender: str, recipients: list[str], raw: bytes, *, name_hint: str) -> None:
+            self.sent.append(recipients)
+
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'cap.sqlite3'}"), clock)
+    store.create_schema()
+    sender = Sends()
+    outbox = OutboxDispatcher(store, sender, max_per_address_per_hour=2)
+
+    def queue(to: str, tag: str) -> None:
+        with store.session() as s:
+            enqueue(s, OutgoingMail(template="reply_help.txt.j2", to=(to,), subject=f"[X] {tag}",
+                                    context={"reference": "CH-2026-0001", "partnership_name": "P", "mailbox": "m@x",
+                                             "note": "n", "commands": (), "recipient_name": ""},
+                                    dedupe_key=f"sweep:{to}:{tag}", reason="test"),
+                    renderer=Renderer(), redactor=Redactor.identity(), from_address="chscp@hackney.gov.uk",
+                    from_name="CHSCP", case_id=None, now=clock.now(), message_id_domain="escalations.invalid")
+            s.commit()
+
+    for i in range(50):
+        queue(f"practitioner{i}@example.org", "a")
+    queue("loud@example.org", "a")
+    queue("loud@example.org", "b")
+    assert outbox.send_due() == 52
+    window = outbox._window
+    assert window is not None and len(window) == 51
+    clock.advance(timedelta(minutes=30))
+    queue("loud@example.org", "c")  # the cap still counts the first two sends: deferred by 30 minutes
+    assert outbox.send_due() == 0
+    assert len(window) == 51
+    clock.advance(timedelta(minutes=31))  # every send so far has left the hour
+    queue("new@example.org", "a")
+    assert outbox.send_due() == 2  # loud's deferred mail and the new one
+    assert set(window) == {"loud@example.org", "new@example.org"}
+    assert len(sender.sent) == 54 and sender.sent.count(["loud@example.org"]) == 3
