@@ -67,11 +67,19 @@ _ALLOWED = frozenset({
 })
 
 
+#: The allowed classes themselves, looked up once (find_class runs for each class in every answer).
+_FOUND: dict[tuple[str, str], Any] = {}
+
+
 class _AnswerUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED:
-            raise pickle.UnpicklingError("unexpected class in the parse worker's answer")
-        return super().find_class(module, name)
+        key = (module, name)
+        found = _FOUND.get(key)
+        if found is None:
+            if key not in _ALLOWED:
+                raise pickle.UnpicklingError("unexpected class in the parse worker's answer")
+            found = _FOUND[key] = super().find_class(module, name)
+        return found
 
 
 _CODES = frozenset(c.value for c in LimitHit)

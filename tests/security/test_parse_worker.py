@@ -92,6 +92,10 @@ def test_answers_are_unpickled_with_an_allow_list() -> None:
         _load_answer(pickle.dumps(("ok", _Evil())))
     kind, value = _load_answer(pickle.dumps(("ok", parse_message(with_attachment(b"")))))
     assert kind == "ok" and value.subject == "Escalation"
+    with pytest.raises(pickle.UnpicklingError):  # the classes looked up once do not widen the list
+        _load_answer(pickle.dumps(("ok", _Evil())))
+    with pytest.raises(pickle.UnpicklingError):
+        _load_answer(pickle.dumps(("ok", print)))
 
 
 def test_settings_reach_the_worker(make_app: AppFactory) -> None:
