@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-from escalations.routing.policy.model import PolicyConfig
+from escalations.routing.policy.model import PolicyConfig, norm_name
 from escalations.routing.policy.plan import StagePlan, timeline
 
 LONDON = ZoneInfo("Europe/London")
@@ -166,6 +166,13 @@ def test_sutton_strategic_route_by_subgroup(shipped: PolicyConfig) -> None:
     assert p.choose_route("This is a strategic partnership issue about training").id == "strategic"
     assert p.choose_route("Dissent from the child protection conference decision").id == "cp-conference"
     assert p.choose_route("The GP has not referred").id == "professional-disagreement"
+    # the concerns themselves are never cached (norm_name's cache is for the policy's own names)
+    norm_name.cache_clear()
+    p.choose_route("Ava Smith's school has not referred her")
+    names = norm_name.cache_info().currsize
+    assert names > 0
+    p.choose_route("Another child entirely, and a new concern about her GP")
+    assert norm_name.cache_info().currsize == names
     plans = timeline(p, L(2026, 5, 1, 12), route_id="strategic", scope="quality-assurance")
     assert [r.email for r in plans[0].asked] == ["sutton-lscp.qa-chair@example.org"]
     unscoped = timeline(p, L(2026, 5, 1, 12), route_id="strategic")

@@ -548,7 +548,7 @@ class Partnership(_Model):
                 if norm_name(r.id) == wanted or norm_name(r.name) == wanted:
                     return r
         if text:
-            hay = f" {norm_name(text)} "
+            hay = f" {norm_text(text)} "  # not cached: the concern is the child's, and each is new
             for r in self.routes:
                 if any(f" {norm_name(k)} " in hay for k in r.keywords):
                     return r
@@ -578,7 +578,13 @@ class Partnership(_Model):
 @functools.lru_cache(maxsize=8192)
 def norm_name(text: str) -> str:
     """A name as compared: lower case, "&" as "and", punctuation and possessive apostrophes dropped.
-    Cached: every routing decision compares the text with every agency's names and aliases."""
+    Cached: every routing decision compares the text with every agency's names and aliases. For names
+    only: a referral's own text goes through :func:`norm_text`, so that no concern is kept here."""
+    return norm_text(text)
+
+
+def norm_text(text: str) -> str:
+    """:func:`norm_name` without the cache: for a referral's text (its concern), compared once."""
     t = text.lower().replace("’", "'").replace("&", " and ")
     t = re.sub(r"[^a-z0-9']+", " ", t)
     t = t.replace("'s ", "s ").replace("'", "")
