@@ -221,9 +221,10 @@ def mail_sender_for(settings: Settings) -> MailSender:
 
 def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSender | None = None,
               config: PolicyConfig | None = None, lease_clock: Clock | None = None,
-              read_only: bool = False) -> App:
+              read_only: bool = False, schema_in_child: bool = False) -> App:
     """``read_only``: the command only reads, so the database must exist at this release's schema
-    already (nothing is created); otherwise an empty database is created at it. Either way a
+    already (nothing is created); otherwise an empty database is created at it (``schema_in_child``:
+    by a child process, as ``escalations run`` does, so the service never holds Alembic). Either way a
     database at another revision raises :class:`SchemaError` naming ``escalations db upgrade``.
     A read-only build makes the parts that handle mail only if the command uses them; any other
     build makes them all before it returns."""
@@ -238,7 +239,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None, sender: MailSen
         if read_only:
             schema.require_current(store.engine)
         else:
-            store.create_schema()
+            store.create_schema(in_child=schema_in_child)
     except Exception:
         store.engine.dispose()
         raise

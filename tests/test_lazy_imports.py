@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from escalations.cases import schema
+from escalations.cases.store import make_engine
 from escalations.cli import COMMANDS, app, import_commands
 from tests.conftest import CONFIG_DIR, REPO
 
@@ -219,3 +220,18 @@ def test_rich_and_rapidfuzz_still_load_when_used() -> None:
         "label = match_label('Name of refferer: A B', default_labels())\n"
         "assert label is not None and label.fuzzy, label")
     assert {"rich", "rapidfuzz"} <= found
+
+
+def test_the_service_creates_a_new_database_without_loading_alembic(tmp_path: Path) -> None:
+    """``escalations run`` on a new database: a child process creates it (Alembic and Mako stay out
+    of the service, which would hold them as long as it runs); the schema is then at head."""
+    url = f"sqlite:///{tmp_path / 'new.sqlite3'}"
+    code = (f"from escalations.app import build_app\nfrom escalations.settings import Settings\n"
+            f"from escalations.cases import schema\n"
+            f"app = build_app(Settings(database_url={url!r}, data_dir={str(tmp_path / 'var')!r}, "
+            f"config_dir={str(CONFIG_DIR)!r}), schema_in_child=True)\n"
+            f"assert schema.status(app.store.engine).state is schema.SchemaState.CURRENT\n"
+            f"app.close()")
+    found = _imported(code, env=_env(tmp_path))
+    assert "sqlalchemy" in found and not found & {"alembic", "mako"}, found & {"alembic", "mako"}
+    assert schema.status(make_engine(url)).state is schema.SchemaState.CURRENT

@@ -197,9 +197,11 @@ def status_of(connection: Connection) -> SchemaStatus:
     target = head()
     if _at_head(connection, target):
         return SchemaStatus(SchemaState.CURRENT, target, target)
-    from alembic.migration import MigrationContext
+    revision = None
+    if sa.inspect(connection).has_table(VERSION_TABLE):  # else no revision: told apart without Alembic
+        from alembic.migration import MigrationContext
 
-    revision = MigrationContext.configure(connection).get_current_revision()
+        revision = MigrationContext.configure(connection).get_current_revision()
     if revision is not None:
         if revision == target:
             return SchemaStatus(SchemaState.CURRENT, revision, target)
@@ -266,13 +268,21 @@ def require_current(engine: Engine) -> None:
         raise problem
 
 
-def prepare(engine: Engine) -> None:
-    """Create an empty database at head; otherwise as :func:`require_current`."""
+def prepare(engine: Engine, *, in_child: bool = False) -> None:
+    """Create an empty database at head; otherwise as :func:`require_current`. ``in_child``: an empty
+    database (on disk or a server) is created by a short-lived child process (:func:`create_in_child`),
+    so a long-running service never holds Alembic."""
     for attempt in range(5):
         try:
             st = status(engine)
             if st.state is SchemaState.EMPTY:
-                upgrade(engine, only_if_empty=True)
+                in_memory = engine.dialect.name == "sqlite" and sqlite_path(
+                    engine.url.render_as_string(hide_password=False)) is None
+                if in_child and not in_memory:
+                    create_in_child(engine.url)
+                    require_current(engine)
+                else:
+                    upgrade(engine, only_if_empty=True)
                 return
             break
         except sa.exc.OperationalError as exc:
@@ -284,6 +294,36 @@ def prepare(engine: Engine) -> None:
     problem = refusal(st, engine.url)
     if problem is not None:
         raise problem
+
+
+#: How the child process of :func:`create_in_child` is given the database URL (never on its command
+#: line, which any local user can read).
+CHILD_URL_VARIABLE = "ESCALATIONS_SCHEMA_CHILD_URL"
+#: The child's exit status when it printed a :class:`SchemaError` sentence (1: another failure).
+CHILD_REFUSED = 2
+
+
+def create_in_child(url: sa.URL) -> None:
+    """Create an empty database at head in a child process (``python -m escalations.cases.schema_child``)
+    and wait for it. Alembic, Mako and the dialect modules Alembic loads (~9 MiB) then never enter the
+    service's own process, which would hold them for as long as it runs; a database made before is
+    recognised without them (:func:`status_of`). The child takes the same lock as :func:`upgrade`, so
+    two services starting on one empty database still create it once."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env[CHILD_URL_VARIABLE] = url.render_as_string(hide_password=False)
+    done = subprocess.run([sys.executable, "-m", "escalations.cases.schema_child"], env=env, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=600, check=False)
+    if done.returncode == 0:
+        return
+    said = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    if done.returncode == CHILD_REFUSED and said:
+        raise SchemaError(said[-1])
+    raise SchemaError(f"creating the database at {shown_url(url)} failed (exit status {done.returncode}"
+                      f"{': ' + said[-1] if said else ''}); run escalations db upgrade to see why")
 
 
 def upgrade(engine: Engine, *, only_if_empty: bool = False) -> UpgradeResult:

@@ -172,9 +172,10 @@ class Store(InboundRecords, Records):
     def owner(self) -> str:
         return self.worker.owner
 
-    def create_schema(self) -> None:
-        """Create an empty database at the schema's head; refuse one at another revision."""
-        schema.prepare(self.engine)
+    def create_schema(self, *, in_child: bool = False) -> None:
+        """Create an empty database at the schema's head; refuse one at another revision. ``in_child``:
+        made by a child process (see :func:`schema.prepare`)."""
+        schema.prepare(self.engine, in_child=in_child)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

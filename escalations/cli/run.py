@@ -41,7 +41,7 @@ def run(
         configure_logging(settings.log_format if settings.log_format != "console" else "json", logging.INFO)
     from escalations.app import build_app
 
-    application = build_app(settings)
+    application = build_app(settings, schema_in_child=True)
     from escalations.cli.web import DEMO_EMAIL, demo_account, web_lines, web_server
 
     server = web_server(application) if settings.web.enabled else None

@@ -273,6 +273,47 @@ def test_processes_starting_together_on_an_empty_database_create_it_once(databas
     assert diff_with_models(engine) == []
 
 
+def test_services_starting_together_create_it_once_each_in_a_child(database_url: str, engine: Engine) -> None:
+    """``escalations run``'s way (build_app(schema_in_child=True)): the child takes the same lock."""
+    engines = [make_engine(database_url) for _ in range(3)]
+    start = threading.Barrier(len(engines))
+    failures: list[BaseException] = []
+
+    def prepare(e: Engine) -> None:
+        start.wait()
+        try:
+            schema.prepare(e, in_child=True)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=prepare, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for e in engines:
+        e.dispose()
+    assert failures == []
+    assert schema.status(engine).state is schema.SchemaState.CURRENT
+    assert diff_with_models(engine) == []
+
+
+def test_a_child_refused_or_failing_is_one_sentence(database_url: str, engine: Engine, tmp_path: Path) -> None:
+    schema.upgrade(engine)
+    with engine.begin() as conn:
+        command.downgrade(schema._config(conn), schema.FIRST_RELEASE_REVISION)
+    with pytest.raises(schema.SchemaError, match=r"revision 0001 .* run escalations db upgrade") as refused:
+        schema.create_in_child(engine.url)  # not empty by the time the child looks: it refuses, as upgrade does
+    assert "Traceback" not in str(refused.value)
+    assert schema.status(engine).revision == schema.FIRST_RELEASE_REVISION  # left as it was
+    nowhere = sa.make_url(f"sqlite:///{tmp_path / 'no-such-directory' / 'new.sqlite3'}")
+    with pytest.raises(schema.SchemaError) as failed:
+        schema.create_in_child(nowhere)
+    message = str(failed.value)
+    assert message.startswith(f"creating the database at {nowhere} failed (exit status 1: OperationalError")
+    assert message.endswith("run escalations db upgrade to see why") and "\n" not in message
+
+
 def test_a_newer_schema_is_refused_and_never_downgraded(database_url: str, engine: Engine, tmp_path: Path) -> None:
     schema.upgrade(engine)
     with engine.begin() as conn:
