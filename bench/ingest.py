@@ -509,7 +509,7 @@ def child_pipeline(cfg: dict[str, Any]) -> None:
         relay=RelaySettings(host="127.0.0.1", port=cfg["relay_port"], security="none"),
         mailboxes=[MailboxSettings.model_validate(cfg["mailbox"])],
     )
-    app = build_app(settings)
+    app = build_app(settings, schema_in_child=True)  # as `escalations run` builds it: no Alembic held
     profiles: list[tuple[str, Any]] = []
     if cfg.get("profile"):
         _install_thread_profiler(profiles)
