@@ -301,6 +301,9 @@ def prepare(engine: Engine, *, in_child: bool = False) -> None:
 CHILD_URL_VARIABLE = "ESCALATIONS_SCHEMA_CHILD_URL"
 #: The child's exit status when it printed a :class:`SchemaError` sentence (1: another failure).
 CHILD_REFUSED = 2
+#: Creating every table of an empty database takes well under a second; a child still at it after
+#: this long (a server that accepts the connection and then never answers) is stopped.
+CHILD_TIMEOUT_SECONDS = 300
 
 
 def create_in_child(url: sa.URL) -> None:
@@ -315,8 +318,15 @@ def create_in_child(url: sa.URL) -> None:
 
     env = dict(os.environ)
     env[CHILD_URL_VARIABLE] = url.render_as_string(hide_password=False)
-    done = subprocess.run([sys.executable, "-m", "escalations.cases.schema_child"], env=env, capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, timeout=600, check=False)
+    try:
+        done = subprocess.run([sys.executable, "-m", "escalations.cases.schema_child"], env=env, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, timeout=CHILD_TIMEOUT_SECONDS, check=False)
+    except subprocess.TimeoutExpired:
+        raise SchemaError(f"creating the database at {shown_url(url)} took more than {CHILD_TIMEOUT_SECONDS} s "
+                          "and was stopped; run escalations db upgrade to see why") from None
+    except OSError as exc:
+        raise SchemaError(f"could not start a process to create the database at {shown_url(url)} "
+                          f"({exc.strerror or type(exc).__name__}); run escalations db upgrade instead") from None
     if done.returncode == 0:
         return
     said = [line.strip() for line in done.stderr.splitlines() if line.strip()]

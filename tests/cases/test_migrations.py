@@ -314,6 +314,26 @@ def test_a_child_refused_or_failing_is_one_sentence(database_url: str, engine: E
     assert message.endswith("run escalations db upgrade to see why") and "\n" not in message
 
 
+def test_a_child_that_hangs_or_cannot_start_is_one_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    url = sa.make_url(f"sqlite:///{tmp_path / 'new.sqlite3'}")
+
+    def hangs(*_args: object, **_kwargs: object) -> object:
+        raise subprocess.TimeoutExpired("python", schema.CHILD_TIMEOUT_SECONDS)
+
+    monkeypatch.setattr(subprocess, "run", hangs)
+    with pytest.raises(schema.SchemaError, match=r"took more than 300 s and was stopped; run escalations db upgrade"):
+        schema.create_in_child(url)
+
+    def cannot(*_args: object, **_kwargs: object) -> object:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(subprocess, "run", cannot)
+    with pytest.raises(schema.SchemaError, match=r"could not start a process .* \(Cannot allocate memory\)"):
+        schema.create_in_child(url)
+
+
 def test_a_newer_schema_is_refused_and_never_downgraded(database_url: str, engine: Engine, tmp_path: Path) -> None:
     schema.upgrade(engine)
     with engine.begin() as conn:
