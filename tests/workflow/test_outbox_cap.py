@@ -208,3 +208,21 @@ def test_addresses_not_mailed_again_are_forgotten_after_the_hour(tmp_path: Path,
     assert outbox.send_due() == 2  # loud's deferred mail and the new one
     assert set(window) == {"loud@example.org", "new@example.org"}
     assert len(sender.sent) == 54 and sender.sent.count(["loud@example.org"]) == 3
+
+
+def test_a_restarted_sender_counts_the_hours_sends_from_the_outbox(make_app: AppFactory, database_url: str,
+                                                                   smtp_capture: SmtpCapture, clock: FakeClock) -> None:
+    """The window is read back from the outbox (in chunks on SQLite) by a new dispatcher: the cap holds
+    across a restart, for an address mailed many times among many others."""
+    app = make_app(database_url, relay_port=smtp_capture.port, max_mails_per_address_per_hour=3)
+    for i in range(40):
+        _queue(app, f"other{i}@example.org", 1, "o")
+    _queue(app, "loud@example.org", 3, "a")
+    assert app.send_outbox() == 43
+    restarted = OutboxDispatcher(app.store, app.outbox.sender, max_per_address_per_hour=3)
+    clock.advance(timedelta(minutes=10))
+    _queue(app, "loud@example.org", 1, "b")
+    _queue(app, "other0@example.org", 1, "b")
+    assert restarted.send_due() == 1  # other0 has had one of its three; loud has none left this hour
+    (waiting,) = app.store.list_outbox("pending")
+    assert waiting.recipients == ["loud@example.org"] and waiting.next_attempt_at == clock.now() + timedelta(minutes=50)
