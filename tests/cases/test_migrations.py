@@ -248,8 +248,8 @@ def test_read_only_commands_never_create_a_database(database_url: str, engine: E
     assert listed.exit_code == 0 and listed.stdout.strip() == "[]"
 
 
-def test_processes_starting_together_on_an_empty_database_create_it_once(database_url: str,
-                                                                        engine: Engine) -> None:
+def _prepare_at_once(database_url: str, engine: Engine, *, in_child: bool) -> None:
+    """Three engines run schema.prepare on one empty database at the same moment: it is made once."""
     engines = [make_engine(database_url) for _ in range(3)]
     start = threading.Barrier(len(engines))
     failures: list[BaseException] = []
@@ -257,7 +257,7 @@ def test_processes_starting_together_on_an_empty_database_create_it_once(databas
     def prepare(e: Engine) -> None:
         start.wait()
         try:
-            schema.prepare(e)
+            schema.prepare(e, in_child=in_child)
         except BaseException as exc:
             failures.append(exc)
 
@@ -265,37 +265,22 @@ def test_processes_starting_together_on_an_empty_database_create_it_once(databas
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=120 if in_child else 60)
     for e in engines:
         e.dispose()
     assert failures == []
     assert schema.status(engine).state is schema.SchemaState.CURRENT
     assert diff_with_models(engine) == []
+
+
+def test_processes_starting_together_on_an_empty_database_create_it_once(database_url: str,
+                                                                        engine: Engine) -> None:
+    _prepare_at_once(database_url, engine, in_child=False)
 
 
 def test_services_starting_together_create_it_once_each_in_a_child(database_url: str, engine: Engine) -> None:
     """``escalations run``'s way (build_app(schema_in_child=True)): the child takes the same lock."""
-    engines = [make_engine(database_url) for _ in range(3)]
-    start = threading.Barrier(len(engines))
-    failures: list[BaseException] = []
-
-    def prepare(e: Engine) -> None:
-        start.wait()
-        try:
-            schema.prepare(e, in_child=True)
-        except BaseException as exc:
-            failures.append(exc)
-
-    threads = [threading.Thread(target=prepare, args=(e,)) for e in engines]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    for e in engines:
-        e.dispose()
-    assert failures == []
-    assert schema.status(engine).state is schema.SchemaState.CURRENT
-    assert diff_with_models(engine) == []
+    _prepare_at_once(database_url, engine, in_child=True)
 
 
 def test_a_child_refused_or_failing_is_one_sentence(database_url: str, engine: Engine, tmp_path: Path) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlmodel import Session
 
 from escalations.cases.store import Store, make_engine
 from escalations.clock import FakeClock
@@ -19,18 +20,23 @@ from tests.servers.smtp import SmtpCapture
 pytestmark = pytest.mark.servers
 
 
+def _enqueue(s: Session, renderer: Renderer, to: str, subject: str, dedupe_key: str, now: datetime) -> None:
+    """One help mail to ``to`` into the outbox, in the open session ``s``."""
+    enqueue(s, OutgoingMail(template="reply_help.txt.j2", to=(to,), subject=subject,
+                            context={"reference": "CH-2026-0001", "partnership_name": "P", "mailbox": "m@x",
+                                     "note": "n", "commands": (), "recipient_name": ""},
+                            dedupe_key=dedupe_key, reason="test"),
+            renderer=renderer, redactor=Redactor.identity(), from_address="chscp@hackney.gov.uk", from_name="CHSCP",
+            case_id=None, now=now, message_id_domain="escalations.invalid")
+
+
 def _queue(app: object, to: str, n: int, tag: str) -> None:
     from escalations.app import App
 
     assert isinstance(app, App)
     with app.store.session() as s:
         for i in range(n):
-            enqueue(s, OutgoingMail(template="reply_help.txt.j2", to=(to,), subject=f"[CH-2026-0001] {tag} {i}",
-                                    context={"reference": "CH-2026-0001", "partnership_name": "P", "mailbox": "m@x",
-                                             "note": "n", "commands": (), "recipient_name": ""},
-                                    dedupe_key=f"{tag}:{to}:{i}", reason="test"),
-                    renderer=app.renderer, redactor=Redactor.identity(), from_address="chscp@hackney.gov.uk", from_name="CHSCP", case_id=None,
-                    now=app.clock.now(), message_id_domain="escalations.invalid")
+            _enqueue(s, app.renderer, to, f"[CH-2026-0001] {tag} {i}", f"{tag}:{to}:{i}", app.clock.now())
         s.commit()
 
 
@@ -107,12 +113,7 @@ def test_two_threads_sending_at_once_share_the_cap(tmp_path: Path, clock: FakeCl
 
     def queue_one(tag: str) -> None:
         with store.session() as s:
-            enqueue(s, OutgoingMail(template="reply_help.txt.j2", to=("loud@example.org",), subject=f"[X] {tag}",
-                                    context={"reference": "CH-2026-0001", "partnership_name": "P", "mailbox": "m@x",
-                                             "note": "n", "commands": (), "recipient_name": ""},
-                                    dedupe_key=f"held:{tag}", reason="test"),
-                    renderer=renderer, redactor=Redactor.identity(), from_address="chscp@hackney.gov.uk",
-                    from_name="CHSCP", case_id=None, now=clock.now(), message_id_domain="escalations.invalid")
+            _enqueue(s, renderer, "loud@example.org", f"[X] {tag}", f"held:{tag}", clock.now())
             s.commit()
 
     queue_one("first")
@@ -153,12 +154,7 @@ def test_a_send_that_fails_gives_its_place_back(tmp_path: Path, clock: FakeClock
     outbox = OutboxDispatcher(store, sender, max_per_address_per_hour=1)
     with store.session() as s:
         for tag in ("a", "b"):
-            enqueue(s, OutgoingMail(template="reply_help.txt.j2", to=("loud@example.org",), subject=f"[X] {tag}",
-                                    context={"reference": "CH-2026-0001", "partnership_name": "P", "mailbox": "m@x",
-                                             "note": "n", "commands": (), "recipient_name": ""},
-                                    dedupe_key=f"fails:{tag}", reason="test"),
-                    renderer=Renderer(), redactor=Redactor.identity(), from_address="chscp@hackney.gov.uk",
-                    from_name="CHSCP", case_id=None, now=clock.now(), message_id_domain="escalations.invalid")
+            _enqueue(s, Renderer(), "loud@example.org", f"[X] {tag}", f"fails:{tag}", clock.now())
         s.commit()
     assert outbox.send_due() == 1
     assert sender.calls == 2 and len(sender.sent) == 1  # the second went: the failed one held no place
@@ -184,12 +180,7 @@ def test_addresses_not_mailed_again_are_forgotten_after_the_hour(tmp_path: Path,
 
     def queue(to: str, tag: str) -> None:
         with store.session() as s:
-            enqueue(s, OutgoingMail(template="reply_help.txt.j2", to=(to,), subject=f"[X] {tag}",
-                                    context={"reference": "CH-2026-0001", "partnership_name": "P", "mailbox": "m@x",
-                                             "note": "n", "commands": (), "recipient_name": ""},
-                                    dedupe_key=f"sweep:{to}:{tag}", reason="test"),
-                    renderer=Renderer(), redactor=Redactor.identity(), from_address="chscp@hackney.gov.uk",
-                    from_name="CHSCP", case_id=None, now=clock.now(), message_id_domain="escalations.invalid")
+            _enqueue(s, Renderer(), to, f"[X] {tag}", f"sweep:{to}:{tag}", clock.now())
             s.commit()
 
     for i in range(50):
